@@ -1,0 +1,17 @@
+"""The op layer: one public function per op, each dispatching CUDA -> Triton, CPU -> native (csrc),
+else the plain-PyTorch reference. ``backend()`` says which runs; ``ARTLIB_BACKEND`` forces one."""
+
+from artlib.ops._backend import BACKENDS, backend, native_available, triton_available
+from artlib.ops.mtc_loss import mtc_loss, mtc_loss_ref
+from artlib.ops.tracklet_aggregate import tracklet_aggregate, tracklet_aggregate_ref
+
+__all__ = [
+    "BACKENDS",
+    "backend",
+    "native_available",
+    "triton_available",
+    "mtc_loss",
+    "mtc_loss_ref",
+    "tracklet_aggregate",
+    "tracklet_aggregate_ref",
+]

@@ -1,0 +1,113 @@
+"""Backend selection for every op in :mod:`artlib.ops`.
+
+Each op has up to three implementations:
+
+* ``"reference"`` — plain PyTorch (``*_ref`` in the op's file), float64-capable, the ground truth;
+* ``"triton"``    — fused Triton kernels, used for CUDA tensors (and for CPU tensors under
+  ``TRITON_INTERPRET=1`` when forced, which is how the tests run them);
+* ``"native"``    — the C++ kernels in ``csrc/``, used for CPU tensors once they are built.
+
+``ARTLIB_BACKEND`` (``auto`` | ``reference`` | ``triton`` | ``native``) forces one for every op; an
+op-specific variable such as ``ARTLIB_BACKEND_MTC_LOSS`` wins over it. ``auto`` picks triton for CUDA
+tensors, native for CPU tensors when available, and the reference otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+__all__ = ["backend", "select", "triton_available", "native_available", "BACKENDS"]
+
+BACKENDS = ("auto", "reference", "triton", "native")
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """True when Triton imports (its kernels then run on CUDA, or on CPU under TRITON_INTERPRET=1)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def native_available(op: str | None = None) -> bool:
+    """True when the csrc extension is built and loaded and (if ``op`` is given) implements ``op``."""
+    try:
+        from artlib.ops import _native
+    except ImportError:
+        return False
+    return _native.available(op)
+
+
+def _requested(op: str | None) -> str:
+    value = None
+    if op is not None:
+        value = os.environ.get(f"ARTLIB_BACKEND_{op.upper()}")
+    if value is None:
+        value = os.environ.get("ARTLIB_BACKEND", "auto")
+    value = value.strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ValueError(f"ARTLIB_BACKEND must be one of {BACKENDS}, got {value!r}")
+    return value
+
+
+def select(op: str, device: torch.device | str) -> str:
+    """The implementation that ``op`` runs for tensors on ``device``.
+
+    A forced backend that cannot run on that device raises a RuntimeError that says why, rather than
+    silently running something else.
+    """
+    device = torch.device(device)
+    want = _requested(op)
+    if want == "reference":
+        return "reference"
+    if want == "triton":
+        if not triton_available():
+            raise RuntimeError("ARTLIB_BACKEND=triton but triton is not installed")
+        if device.type != "cuda" and not _interpret():
+            raise RuntimeError(
+                f"ARTLIB_BACKEND=triton needs CUDA tensors (got {device.type}); set TRITON_INTERPRET=1 "
+                "to run the Triton kernels on CPU (slow, for tests)"
+            )
+        return "triton"
+    if want == "native":
+        if device.type != "cpu":
+            raise RuntimeError(f"ARTLIB_BACKEND=native runs on CPU tensors only (got {device.type})")
+        if not native_available(op):
+            raise RuntimeError(
+                "ARTLIB_BACKEND=native but the csrc extension is not available: "
+                + _native_reason()
+            )
+        return "native"
+    # auto
+    if device.type == "cuda" and triton_available():
+        return "triton"
+    if device.type == "cpu" and native_available(op):
+        return "native"
+    return "reference"
+
+
+def _native_reason() -> str:
+    try:
+        from artlib.ops import _native
+    except ImportError as exc:  # pragma: no cover - only without the module
+        return str(exc)
+    return _native.reason()
+
+
+def backend(op: str | None = None, device: torch.device | str = "cpu") -> str:
+    """Say which implementation runs for ``op`` (or, with ``op=None``, for the ops in general) on
+    ``device``; e.g. ``artlib.ops.backend("mtc_loss", "cuda") -> "triton"``.
+
+    With ``op=None`` on CPU the answer also says why the native path is missing when it is.
+    """
+    if op is None:
+        device = torch.device(device)
+        if device.type == "cpu" and _requested(None) == "auto" and not native_available():
+            return "reference (native unavailable: " + _native_reason() + ")"
+    return select(op or "", device)
