@@ -1,0 +1,17 @@
+"""nn.Modules of ART: RSSA, tracklet aggregation, the MTC loss, the semantics bank and the ART head."""
+
+from artlib.nn.bank import SemanticBank
+from artlib.nn.head import ARTHead
+from artlib.nn.losses import MTCLoss
+from artlib.nn.rssa import RSSA, RegionDecoderLayer
+from artlib.nn.tracklets import TrackletAggregation, tracklets
+
+__all__ = [
+    "ARTHead",
+    "MTCLoss",
+    "RSSA",
+    "RegionDecoderLayer",
+    "SemanticBank",
+    "TrackletAggregation",
+    "tracklets",
+]
