@@ -3,7 +3,7 @@
 from artlib import RSSA, MTCLoss, ARTHead, SemanticBank, TrackletAggregation
 """
 
-from artlib.nn import ARTHead, MTCLoss, RSSA, SemanticBank, TrackletAggregation
+from artlib.nn import RSSA, ARTHead, MTCLoss, SemanticBank, TrackletAggregation
 
 __version__ = "0.1.0"
 

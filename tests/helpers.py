@@ -38,7 +38,9 @@ def assert_close(
         element is ``factor * |lowp_ref - expected| + atol``.
     """
     if actual.shape != expected.shape:
-        raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+        raise AssertionError(
+            f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
+        )
     dtype = dtype or actual.dtype
     t_atol, t_rtol = TOLERANCES.get(dtype, TOLERANCES[torch.float32])
     atol = t_atol if atol is None else atol

@@ -25,7 +25,7 @@ __all__ = ["backend", "select", "triton_available", "native_available", "BACKEND
 BACKENDS = ("auto", "reference", "triton", "native")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_available() -> bool:
     """True when Triton imports (its kernels then run on CUDA, or on CPU under TRITON_INTERPRET=1)."""
     return importlib.util.find_spec("triton") is not None
@@ -77,11 +77,12 @@ def select(op: str, device: torch.device | str) -> str:
         return "triton"
     if want == "native":
         if device.type != "cpu":
-            raise RuntimeError(f"ARTLIB_BACKEND=native runs on CPU tensors only (got {device.type})")
+            raise RuntimeError(
+                f"ARTLIB_BACKEND=native runs on CPU tensors only (got {device.type})"
+            )
         if not native_available(op):
             raise RuntimeError(
-                "ARTLIB_BACKEND=native but the csrc extension is not available: "
-                + _native_reason()
+                "ARTLIB_BACKEND=native but the csrc extension is not available: " + _native_reason()
             )
         return "native"
     # auto
