@@ -1,0 +1,161 @@
+"""Writing real video files with PyAV: the synthetic set, the test fixtures and the benchmarks use it.
+
+Codecs: ``"h264"`` (libx264 in .mp4, the PyAV path), ``"vp9"`` (libvpx-vp9 in .webm, which DALI's
+CPU decoder reads), ``"mjpeg"`` (.mkv). ``frame_index_image`` draws a frame's own index into its pixels
+as a grid of black/white blocks that survives lossy coding; ``read_frame_index`` reads it back, so a
+test can tell exactly which frame a decoder returned.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from fractions import Fraction
+
+import numpy as np
+
+__all__ = ["CODECS", "frame_index_image", "read_frame_index", "write_index_video", "write_video"]
+
+# codec name -> (FFmpeg encoder, file extension, pixel format)
+CODECS = {
+    "h264": ("libx264", ".mp4", "yuv420p"),
+    "vp9": ("libvpx-vp9", ".webm", "yuv420p"),
+    "mjpeg": ("mjpeg", ".mkv", "yuvj420p"),
+}
+
+INDEX_BITS = 16  # a 4 x 4 grid of blocks
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: Iterable[np.ndarray],
+    *,
+    fps: int = 25,
+    codec: str = "h264",
+    gop: int | None = None,
+    pts: Sequence[int] | None = None,
+    time_base: Fraction | None = None,
+    crf: int = 20,
+    bframes: int | None = None,
+) -> str:
+    """Encode ``frames`` (each (H, W, 3) uint8 RGB, H and W even) into ``path``; returns the path.
+
+    gop: keyframe interval (None: the encoder's default; for H.264 a fixed interval with scene-cut
+    keyframes off). pts: per-frame presentation timestamps in ``time_base`` units (a variable frame
+    rate); default: frame i at i / fps. Written to ``path + '.part'`` and renamed, so an interrupted
+    write leaves no half file under ``path``.
+    """
+    import av
+
+    if codec not in CODECS:
+        raise ValueError(f"codec: expected one of {sorted(CODECS)}, got {codec!r}")
+    encoder, _, pix_fmt = CODECS[codec]
+    path = os.fspath(path)
+    tmp = path + ".part"
+    fmt = {"h264": "mp4", "vp9": "webm", "mjpeg": "matroska"}[codec]
+    container = av.open(tmp, "w", format=fmt)
+    try:
+        stream = container.add_stream(encoder, rate=fps)
+        stream.pix_fmt = pix_fmt
+        options = {}
+        if codec == "h264":
+            options = {"crf": str(crf), "preset": "veryfast"}
+            params = []
+            if gop is not None:
+                params += [f"keyint={gop}", f"min-keyint={gop}", "scenecut=0"]
+            if bframes is not None:
+                params.append(f"bframes={bframes}")
+            if params:
+                options["x264-params"] = ":".join(params)
+        elif codec == "vp9":
+            options = {"crf": str(crf + 10), "b": "0", "deadline": "realtime", "cpu-used": "8"}
+            options["row-mt"] = "1"
+            if gop is not None:
+                options["g"] = str(gop)
+        elif codec == "mjpeg":
+            options = {"q:v": "3"}
+        stream.options = options
+        if pts is not None:
+            tb = time_base or Fraction(1, 1000)
+            stream.codec_context.time_base = tb  # the encoder's clock first, then the muxer's
+            stream.time_base = tb
+        first = True
+        for i, img in enumerate(frames):
+            img = np.ascontiguousarray(img, dtype=np.uint8)
+            if first:
+                stream.height, stream.width = img.shape[:2]
+                first = False
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if pts is not None:
+                frame.pts = int(pts[i])
+                frame.time_base = tb
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        if first:
+            raise ValueError("frames: expected at least one frame, got none")
+        for packet in stream.encode():
+            container.mux(packet)
+    finally:
+        container.close()
+    os.replace(tmp, path)
+    return path
+
+
+def frame_index_image(index: int, height: int = 64, width: int = 64, seed: int = 0) -> np.ndarray:
+    """An (H, W, 3) uint8 frame whose 4 x 4 grid of blocks spells ``index`` in binary (white = 1),
+    each block bordered by mid grey so that coding noise stays inside it."""
+    if not 0 <= index < 2**INDEX_BITS:
+        raise ValueError(f"index: expected 0 <= index < {2**INDEX_BITS}, got {index}")
+    img = np.full((height, width, 3), 128, np.uint8)
+    bh, bw = height // 4, width // 4
+    for b in range(INDEX_BITS):
+        r, c = divmod(b, 4)
+        val = 255 if (index >> b) & 1 else 0
+        img[
+            r * bh + bh // 4 : (r + 1) * bh - bh // 4, c * bw + bw // 4 : (c + 1) * bw - bw // 4
+        ] = val
+    return img
+
+
+def read_frame_index(frame: np.ndarray) -> int:
+    """Inverse of ``frame_index_image`` for a decoded (H, W, 3) frame (any lossy coding)."""
+    frame = np.asarray(frame)
+    h, w = frame.shape[:2]
+    bh, bw = h // 4, w // 4
+    index = 0
+    for b in range(INDEX_BITS):
+        r, c = divmod(b, 4)
+        block = frame[
+            r * bh + bh // 4 : (r + 1) * bh - bh // 4, c * bw + bw // 4 : (c + 1) * bw - bw // 4
+        ]
+        if block.mean() > 128:
+            index |= 1 << b
+    return index
+
+
+def write_index_video(
+    path: str | os.PathLike,
+    num_frames: int,
+    *,
+    size: tuple[int, int] = (64, 64),
+    codec: str = "h264",
+    fps: int = 25,
+    gop: int | None = None,
+    vfr: bool = False,
+    bframes: int | None = None,
+) -> str:
+    """A video whose frame i shows i (``frame_index_image``). ``vfr=True`` gives frame durations
+    cycling through 0.5, 1.5 and 1 times 1/fps: a variable frame rate, so time-based indexing
+    (frame = t·fps) returns the wrong frames while index-based decoding must not."""
+    h, w = size
+    pts = None
+    time_base = None
+    if vfr:
+        unit = 1000 // (2 * fps)  # ms
+        durations = [unit, 3 * unit, 2 * unit]
+        pts = np.cumsum([0] + [durations[i % 3] for i in range(num_frames - 1)]).tolist()
+        time_base = Fraction(1, 1000)
+    frames = (frame_index_image(i, h, w) for i in range(num_frames))
+    return write_video(
+        path, frames, fps=fps, codec=codec, gop=gop, pts=pts, time_base=time_base, bframes=bframes
+    )
