@@ -211,7 +211,9 @@ def build_model(
     )
     if cfg.baseline:
         return ART(backbone, len(class_names), None, baseline=True, dropout=cfg.dropout)
-    if cfg.bank:
+    if bank is not None:
+        pass
+    elif cfg.bank:
         bank = SemanticBank.from_file(cfg.bank, momentum=cfg.bank_momentum)
     else:
         from artlib.text import build_semantic_bank, clean_labels
@@ -373,7 +375,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     t0 = time.time()
     train_loader, val_loader, names = build_data(cfg, info)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(cfg, names, info).to(info.device)
+    model = build_model(cfg, names).to(info.device)
     optimizer, scheduler = build_optimizer(cfg, model)
     use_amp = cfg.amp and info.device.type == "cuda"
     scaler = torch.amp.GradScaler(info.device.type, enabled=False)  # bf16 needs no loss scaling

@@ -1,0 +1,104 @@
+"""Draw each tracklet's attention over the frames of one video (like the paper's Fig. 7/8).
+
+    python examples/visualize_tracklets.py --checkpoint runs/synthetic/checkpoints/checkpoint_epoch0012.pt \
+        --video path/to/video.mp4 --out tracklets.png
+
+One row per tracklet k: the T sampled frames with the last RSSA decoder layer's attention of query k
+(averaged over heads) laid over them, and the tracklet-aggregation weight of each frame in the title.
+The last line printed names the PNG and the predicted class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by the trainer")
+    p.add_argument("--video", required=True, help="a video file")
+    p.add_argument("--out", default="tracklets.png", help="output PNG")
+    p.add_argument("--bank", help="bank file, if the run used --bank (else the checkpoint's bank)")
+    args = p.parse_args(argv)
+
+    from artlib.data import VideoDataset, VideoItem
+    from artlib.engine.config import TrainConfig
+    from artlib.engine.trainer import build_model
+    from artlib.nn import SemanticBank
+
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    known = set(TrainConfig.__dataclass_fields__)
+    cfg = TrainConfig(**{k: v for k, v in state["config"].items() if k in known})
+    names = state["class_names"]
+    if cfg.baseline:
+        p.error("the checkpoint is a --baseline model: it has no tracklets to draw")
+    # the bank's S and S^a come from the checkpoint; a placeholder of the right shape avoids
+    # running the text encoder again
+    s_shape = state["model"]["bank.S"].shape
+    cfg.pretrained = None
+    model = build_model(cfg, names, bank=SemanticBank(torch.zeros(s_shape)))
+    model.load_state_dict(state["model"])
+    model.eval()
+
+    ds = VideoDataset(
+        [VideoItem(args.video, 0)],
+        num_frames=cfg.num_frames,
+        train=False,
+        crop_size=cfg.crop_size,
+        flip=False,
+    )
+    sample = ds[0]
+    if sample is None:
+        p.error(f"could not decode {args.video}")
+    video = sample["video"] if isinstance(sample, dict) else sample[0]
+    video = video.unsqueeze(0)
+    with torch.no_grad():
+        tokens, cls = model.backbone(video)
+        logits, maps = model.head(tokens, cls, return_maps=True)  # maps (1, T, heads, K, L)
+        _, s_topk = model.head.select_semantics(cls)
+        r = model.head.rssa(model.head.token_proj(tokens), s_topk)
+        from artlib.ops.tracklet_aggregate import tracklet_weights_ref
+
+        weights = tracklet_weights_ref(r.float(), s_topk.float())[0]  # (T, K)
+    att = maps[0].mean(1)  # (T, K, L)
+    t, k, l = att.shape
+    side = int(round(l**0.5))
+    if side * side != l:
+        p.error(f"cannot lay {l} tokens on a square grid")
+    att = rearrange(att, "t k (h w) -> (t k) 1 h w", h=side)
+    h, w = video.shape[-2:]
+    att = F.interpolate(att, size=(h, w), mode="bilinear", align_corners=False)
+    att = rearrange(att, "(t k) 1 h w -> k t h w", t=t)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
+    frames = (video[0] * std + mean).clamp(0, 1)  # (T, 3, H, W)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(k, t, figsize=(1.6 * t, 1.8 * k), squeeze=False)
+    for kk in range(k):
+        for tt in range(t):
+            ax = axes[kk][tt]
+            ax.imshow(frames[tt].permute(1, 2, 0).numpy())
+            a = att[kk, tt]
+            ax.imshow((a / a.max().clamp_min(1e-8)).numpy(), cmap="jet", alpha=0.45)
+            ax.set_title(f"k{kk + 1} t{tt + 1} w={weights[tt, kk]:.2f}", fontsize=6)
+            ax.axis("off")
+    pred = int(logits.argmax(-1))
+    fig.suptitle(f"predicted: {names[pred]}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+    print(f"wrote {args.out}: {k} tracklets x {t} frames, predicted '{names[pred]}'")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The trainer end to end on a tiny synthetic set: 2 CPU ranks through torchrun, checkpoints and
+resume, kill-and-resume equals an uninterrupted run (deterministic mode), bad flags."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = str(REPO / "examples" / "train_finegym.py")
+
+TINY = [
+    "--synthetic-classes",
+    "4",
+    "--synthetic-train-per-class",
+    "4",
+    "--synthetic-val-per-class",
+    "2",
+    "--synthetic-size",
+    "32",
+    "--num-frames",
+    "4",
+    "--crop-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--workers",
+    "0",
+    "--dim",
+    "32",
+    "--heads",
+    "2",
+    "--no-progress",
+    "--seed",
+    "1",
+]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    bank = cache / "bank.pt"
+    torch.save({"bank": torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(0))}, bank)
+    e = dict(os.environ, ARTLIB_CACHE=str(cache), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    e.pop("ARTLIB_TEST_KILL_AFTER_EPOCH", None)
+    return e, str(bank)
+
+
+def _run(cmd, env, extra_env=None, check=True):
+    e = dict(env, **(extra_env or {}))
+    res = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=600, cwd=REPO)
+    if check and res.returncode != 0:
+        raise AssertionError(
+            f"{cmd} exited {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+        )
+    return res
+
+
+def _ckpts(out: Path):
+    return sorted(p.name for p in (out / "checkpoints").glob("checkpoint_epoch*.pt"))
+
+
+def test_torchrun_two_cpu_ranks_checkpoint_and_resume(env, tmp_path):
+    e, bank = env
+    out = tmp_path / "ddp"
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+    ]
+    res = _run(
+        torchrun + [SCRIPT, *TINY, "--bank", bank, "--epochs", "2", "--output-dir", str(out)], e
+    )
+    assert "FINAL ART" in res.stdout, res.stdout[-2000:]
+    assert _ckpts(out) == ["checkpoint_epoch0001.pt", "checkpoint_epoch0002.pt"]
+    assert (out / "metrics.csv").read_text().count("\n") == 3  # header + 2 epochs
+    assert (out / "confusion.png").stat().st_size > 0
+    # resume: one more epoch starts from epoch 2's checkpoint
+    res = _run(
+        torchrun
+        + [
+            SCRIPT,
+            *TINY,
+            "--bank",
+            bank,
+            "--epochs",
+            "3",
+            "--output-dir",
+            str(out),
+            "--resume",
+            "auto",
+        ],
+        e,
+    )
+    assert "resumed from epoch 2" in res.stderr
+    assert _ckpts(out)[-1] == "checkpoint_epoch0003.pt"
+    state = torch.load(out / "checkpoints" / "checkpoint_epoch0003.pt", weights_only=False)
+    assert state["epoch"] == 3 and "bank.agent" in "".join(state["model"])
+
+
+def test_kill_and_resume_matches_uninterrupted_run(env, tmp_path):
+    e, bank = env
+    base = [sys.executable, SCRIPT, *TINY, "--bank", bank, "--epochs", "2", "--deterministic"]
+    _run(base + ["--output-dir", str(tmp_path / "straight")], e)
+    killed = _run(
+        base + ["--output-dir", str(tmp_path / "killed")],
+        e,
+        {"ARTLIB_TEST_KILL_AFTER_EPOCH": "1"},
+        check=False,
+    )
+    assert killed.returncode != 0  # SIGKILL right after epoch 1's checkpoint
+    assert _ckpts(tmp_path / "killed") == ["checkpoint_epoch0001.pt"]
+    _run(base + ["--output-dir", str(tmp_path / "killed"), "--resume", "auto"], e)
+    a = torch.load(tmp_path / "straight/checkpoints/checkpoint_epoch0002.pt", weights_only=False)
+    b = torch.load(tmp_path / "killed/checkpoints/checkpoint_epoch0002.pt", weights_only=False)
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), f"{k} differs after kill + resume"
+    assert torch.equal(a["model"]["bank.S"], b["model"]["bank.S"])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--mtc-terms", "spatial,color"], "unknown term"),
+        (["--dim", "30", "--heads", "4"], "divisible"),
+        (["--split", "gym100"], "invalid choice"),
+        (["--lr", "abc"], "invalid float"),
+    ],
+)
+def test_bad_flags_clear_error(env, flags, message):
+    res = _run([sys.executable, SCRIPT, *flags], env[0], check=False)
+    assert res.returncode == 2 and message in res.stderr, res.stderr[-2000:]
+
+
+def test_unknown_backbone_and_missing_data_root(env, tmp_path):
+    e, bank = env
+    res = _run(
+        [
+            sys.executable,
+            SCRIPT,
+            *TINY,
+            "--bank",
+            bank,
+            "--backbone",
+            "resnet9000",
+            "--output-dir",
+            str(tmp_path / "x"),
+        ],
+        e,
+        check=False,
+    )
+    assert res.returncode != 0 and "resnet9000" in res.stderr
+    res = _run(
+        [
+            sys.executable,
+            SCRIPT,
+            "--data-root",
+            str(tmp_path / "nowhere"),
+            "--output-dir",
+            str(tmp_path / "y"),
+        ],
+        e,
+        check=False,
+    )
+    assert res.returncode != 0 and "annotation file" in res.stderr
