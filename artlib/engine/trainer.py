@@ -200,9 +200,9 @@ def head_options(cfg: TrainConfig) -> dict:
     )
 
 
-def build_model(
-    cfg: TrainConfig, class_names: list[str], info: DistInfo | None = None
-) -> nn.Module:
+def build_model(cfg: TrainConfig, class_names: list[str], bank=None) -> nn.Module:
+    """Backbone + ART head (or the baseline head). ``bank``: a ready SemanticBank, else one from
+    ``--bank`` or built with the text encoder over the class names."""
     from artlib.models import ART, build_backbone
     from artlib.nn import SemanticBank
 
@@ -211,11 +211,9 @@ def build_model(
     )
     if cfg.baseline:
         return ART(backbone, len(class_names), None, baseline=True, dropout=cfg.dropout)
-    if bank is not None:
-        pass
-    elif cfg.bank:
+    if bank is None and cfg.bank:
         bank = SemanticBank.from_file(cfg.bank, momentum=cfg.bank_momentum)
-    else:
+    elif bank is None:
         from artlib.text import build_semantic_bank, clean_labels
 
         s0 = build_semantic_bank(
