@@ -278,6 +278,7 @@ def cut_clip(
                     if frame.format.name != "yuv420p" or frame.width != w or frame.height != h:
                         frame = frame.reformat(width=w, height=h, format="yuv420p")
                     frame.pts, frame.time_base = pts, tb
+                    frame.pict_type = 0  # NONE: the source's keyframes must not force ours
                     out.mux(ost.encode(frame))
                     n += 1
                 if ost is None:
@@ -341,7 +342,14 @@ def _add_h264(out, ist, frame, *, gop: int, crf: int, preset: str, threads: int)
     ost.time_base = ist.time_base
     ost.codec_context.time_base = ist.time_base
     ost.codec_context.thread_count = threads
-    ost.options = {"crf": str(crf), "preset": preset, "g": str(gop), "threads": str(threads)}
+    ost.options = {
+        "crf": str(crf),
+        "preset": preset,
+        "threads": str(threads),
+        # a keyframe exactly every `gop` frames (scene-cut keyframes off): seek cost is bounded and
+        # predictable, and a sampled frame is at most gop - 1 decodes away from a keyframe
+        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
+    }
     return ost
 
 
@@ -706,8 +714,18 @@ def _sigterm(signum, frame):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        old = signal.signal(signal.SIGTERM, _sigterm)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        return _main(args)
+    try:
+        return _main(args)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _main(args) -> int:
     progress = not args.no_progress
-    signal.signal(signal.SIGTERM, _sigterm)
 
     if args.dataset == "diving48":
         from artlib.data.check import format_problems
