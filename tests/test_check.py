@@ -1,0 +1,121 @@
+"""``python -m artlib.data.check`` and ``prepare diving48``: missing, empty, corrupt, truncated and
+too-short videos are found and listed, and the exit status says so."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+
+av = pytest.importorskip("av")
+
+from artlib.data._write import frame_index_image, write_index_video  # noqa: E402
+from artlib.data.check import check_items, check_video  # noqa: E402
+from artlib.data.check import main as check_main  # noqa: E402
+from artlib.data.prepare import main as prepare_main  # noqa: E402
+
+T = 16
+
+
+def write_faststart(path, n):
+    """An H.264 mp4 with its index (moov) before the data, as YouTube serves them: cut short, it
+    still opens and still claims n frames."""
+    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as out:
+        s = out.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.options = {"x264-params": "keyint=8:min-keyint=8:scenecut=0"}
+        for i in range(n):
+            img = frame_index_image(i, 48, 64)
+            out.mux(s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(s.encode())
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("videos")
+    write_index_video(d / "good.mp4", 24, size=(48, 64))
+    write_index_video(d / "short.mp4", 9, size=(48, 64))
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "corrupt.mp4").write_bytes(os.urandom(3000))
+    write_faststart(d / "full.mp4", 60)
+    with av.open(str(d / "full.mp4")) as c:  # cut at packet 30: the header still says 60 frames
+        cut = [p.pos for p in c.demux(video=0) if p.size][30]
+    (d / "truncated.mp4").write_bytes((d / "full.mp4").read_bytes()[:cut])
+    return d
+
+
+def test_check_video_kinds(videos):
+    kinds = {
+        name: (p.kind, p.frames) if (p := check_video(videos / f"{name}.mp4", T)) else None
+        for name in ("good", "short", "empty", "corrupt", "full", "missing")
+    }
+    assert kinds == {
+        "good": None,
+        "short": ("short", 9),
+        "empty": ("empty", 0),
+        "corrupt": ("unreadable", -1),
+        "full": None,
+        "missing": ("missing", -1),
+    }
+    # a truncated file keeps its header's frame count: only decoding shows it
+    assert check_video(videos / "truncated.mp4", T, mode="metadata") is None
+    for mode in ("last", "full"):
+        p = check_video(videos / "truncated.mp4", T, mode=mode)
+        assert p.kind == "unreadable" and "metadata says 60" in p.detail, mode
+        assert 0 < p.frames < 60
+    # the same file is "short" when T is above what decodes
+    assert check_video(videos / "truncated.mp4", 59).kind == "short"
+
+
+def test_check_cli_lists_bad_videos_and_exits_nonzero(videos, tmp_path, capsys):
+    names = ["good", "short", "empty", "corrupt", "truncated", "missing", "good"]
+    lst = tmp_path / "train.txt"
+    lst.write_text("".join(f"{n}.mp4 {i}\n" for i, n in enumerate(names)))
+    report = tmp_path / "bad.csv"
+    argv = ["--list", str(lst), "--root", str(videos), "--num-frames", str(T), "--no-progress"]
+    assert check_main([*argv, "--workers", "2", "--report", str(report)]) == 1
+    out = capsys.readouterr().out
+    listed = {
+        os.path.basename(line.split("\t")[1]): line.split("\t")[0]
+        for line in out.splitlines()
+        if "\t" in line
+    }
+    assert listed == {
+        "short.mp4": "short",
+        "empty.mp4": "empty",
+        "corrupt.mp4": "unreadable",
+        "truncated.mp4": "unreadable",
+        "missing.mp4": "missing",
+    }
+    assert "checked 6 videos" in out and "FOUND 5 bad videos" in out
+    with open(report, newline="") as fh:
+        assert sorted(r["kind"] for r in csv.DictReader(fh)) == sorted(listed.values())
+
+    lst.write_text("good.mp4 0\nfull.mp4 1\n")
+    assert check_main([*argv, "--workers", "1"]) == 0
+    assert "OK" in capsys.readouterr().out
+    # items in list order, each path once
+    probs = check_items([videos / "missing.mp4", videos / "short.mp4", videos / "missing.mp4"])
+    assert [(os.path.basename(p.path), p.kind) for p in probs] == [
+        ("missing.mp4", "missing"),
+        ("short.mp4", "short"),
+    ]
+
+
+def test_prepare_diving48_verify(videos, tmp_path, capsys):
+    items = [{"vid_name": n, "label": i} for i, n in enumerate(["good", "full", "short", "gone"])]
+    ann = tmp_path / "Diving48_V2_test.json"
+    ann.write_text(json.dumps(items))
+    report = tmp_path / "d48.csv"
+    argv = ["diving48", "--root", str(videos), "--annotations", str(ann), "--num-frames", str(T)]
+    assert prepare_main([*argv, "--workers", "1", "--no-progress", "--report", str(report)]) == 1
+    err = capsys.readouterr().err
+    assert "short\t" in err and "short.mp4" in err and "missing\t" in err and "gone.mp4" in err
+    with open(report, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted((r["kind"], os.path.basename(r["name"])) for r in rows) == [
+        ("missing", "gone.mp4"),
+        ("short", "short.mp4"),
+    ]
