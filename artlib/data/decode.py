@@ -1,13 +1,26 @@
-"""The CPU video decoder (PyAV): exact frames by index, decoded sequentially, seeking only where it pays.
+"""The CPU video decoder (PyAV): exact frames by index, sequential decoding, skipping only safe work.
 
 Index ``i`` means the i-th frame the decoder outputs in display order (0-based), whatever the
-timestamps say, so variable-frame-rate files are indexed by frame, not by time. Decoding runs forward
-from the start and stops after the last wanted index; it seeks (to a keyframe) only when a keyframe
-lies at least ``seek_gap`` frames ahead of the decoder and no later than the next wanted frame, which
-is the only case where seeking saves work. Long-GOP files (one keyframe every 250 frames) therefore
-never seek, and the common seek-per-frame loader decodes each GOP again for every frame it wants.
+timestamps say, so variable-frame-rate files are indexed by frame, not by time.
 
-PyAV (``av``) is imported lazily: ``import artlib.data`` works without it.
+How ``decode_frames`` works (and why it is exact):
+
+1. Demux the packets (no decoding) until every wanted frame's display position is known: the display
+   index of a packet is the rank of its timestamp among the stream's (non-discarded) packets, final
+   once 32 later packets have all come past it (H.264/HEVC reorder at most 16 frames).
+2. Feed the decoder forward from the start, and stop after the last wanted frame. Two kinds of packet
+   are never fed: (a) those before a keyframe that lies at least ``seek_gap`` packets ahead of the
+   decoder and no later than the next wanted frame (a "seek", done in memory: drain, flush, jump), and
+   (b) for H.264/HEVC, non-reference frames (``nal_ref_idc == 0`` / sub-layer non-reference NAL types)
+   that are not wanted: no other frame depends on them, so skipping them cannot change any other frame
+   (this is what FFmpeg's own ``skip_frame=nonref`` does; it saves ~40% of the decoding on x264
+   defaults).
+3. Check as it goes that the decoder returns exactly the fed frames in increasing display order; on any
+   surprise (missing timestamps, edit lists that drop frames, a decoder that reorders differently) it
+   starts over with the plain path that counts every decoded frame, which is the definition.
+
+Long-GOP files (one keyframe every 250 frames) therefore never seek, while the common seek-per-frame
+loader decodes the GOP again for every frame it wants. PyAV is imported lazily.
 """
 
 from __future__ import annotations
@@ -22,9 +35,12 @@ import torch
 
 __all__ = ["VideoDecodeError", "VideoInfo", "decode_frames", "video_info"]
 
-# Seeking costs a decoder flush plus the frames from the keyframe to the target; decoding one
-# 480p H.264 frame costs ~1-2 ms on this 2-core CPU. Below ~32 skipped frames seeking does not pay.
-DEFAULT_SEEK_GAP = 32
+# A seek here is in memory (the packets are already demuxed): it costs a decoder drain and flush,
+# about the time of a few frames, so it pays once it skips more than a handful of packets.
+DEFAULT_SEEK_GAP = 16
+# Packets past a frame that must all have later timestamps before its display rank is final
+# (H.264/HEVC reorder at most 16 frames).
+_REORDER_MARGIN = 32
 
 
 class VideoDecodeError(RuntimeError):
@@ -95,8 +111,9 @@ def _count_packets(container, stream) -> int:
 def video_info(path: str | os.PathLike, exact: bool = False) -> VideoInfo:
     """Frame count, frame rate, size and codec of the first video stream of ``path``.
 
-    Raises VideoDecodeError (with the path and the reason) on a missing, empty or unreadable file and
-    on a file without a video stream. ``exact=True`` decodes every frame to count them (slow; also
+    Raises VideoDecodeError (with the path and the reason) on a missing, empty or unreadable file, on
+    a file without a video stream, and on a WebM/MKV file holding under 80% of the frames its header's
+    duration implies (truncated). ``exact=True`` decodes every frame to count them (slow; also
     proves the file decodes to its end), otherwise the container's count is trusted.
     """
     av = _av()
@@ -115,8 +132,18 @@ def video_info(path: str | os.PathLike, exact: bool = False) -> VideoInfo:
             if exact:
                 stream.thread_type = "AUTO"
                 n = sum(1 for _ in container.decode(stream))
-            else:
-                n = int(stream.frames or 0) or _count_packets(container, stream)
+            elif stream.frames:
+                n = int(stream.frames)
+            else:  # no count in the header (WebM, MKV): count packets, check against the duration
+                n = _count_packets(container, stream)
+                expect = duration * fps
+                if n and n < 0.8 * expect - 2:
+                    raise VideoDecodeError(
+                        path,
+                        f"truncated: {n} frames present, the header's duration {duration:.2f} s "
+                        f"at {fps:.3g} fps implies about {round(expect)}",
+                        num_decoded=n,
+                    )
         except av.FFmpegError as e:
             raise VideoDecodeError(path, f"corrupt stream ({type(e).__name__}: {e})") from None
         if n <= 0:
@@ -126,29 +153,12 @@ def video_info(path: str | os.PathLike, exact: bool = False) -> VideoInfo:
         container.close()
 
 
-def _index_table(container, stream):
-    """Display-order presentation timestamps and keyframe display indices, by demuxing only."""
-    pts, key_pts = [], set()
-    for packet in container.demux(stream):
-        if packet.size == 0:
-            continue
-        if packet.pts is None:
-            return None
-        pts.append(packet.pts)
-        if packet.is_keyframe:
-            key_pts.add(packet.pts)
-    pts.sort()
-    if len(set(pts)) != len(pts):
-        return None
-    keys = [i for i, p in enumerate(pts) if p in key_pts]
-    return pts, keys
-
-
 def decode_frames(
     path: str | os.PathLike,
     indices: Sequence[int] | np.ndarray | torch.Tensor,
     *,
     seek_gap: int | None = DEFAULT_SEEK_GAP,
+    skip_nonref: bool = True,
     threads: int = 0,
 ) -> torch.Tensor:
     """Decode the frames ``indices`` of ``path`` -> uint8 tensor (len(indices), H, W, 3), RGB.
@@ -157,7 +167,8 @@ def decode_frames(
     (each distinct frame is decoded once). Equivalent to ``torch.stack([all_frames[i] for i in
     indices])`` where ``all_frames`` is every frame of the file decoded in order, but decodes only up
     to the last wanted index and seeks forward to a keyframe when that skips at least ``seek_gap``
-    frames (``seek_gap=None``: never seek). ``threads``: FFmpeg decoder threads (0: FFmpeg decides).
+    packets (``seek_gap=None``: never seek); ``skip_nonref`` skips unwanted non-reference H.264/HEVC
+    frames (see the module docstring). ``threads``: FFmpeg decoder threads (0: FFmpeg decides).
 
     Raises VideoDecodeError on unreadable files and when an index is past the last frame (its
     ``num_decoded`` then holds the number of frames the file really has).
@@ -171,7 +182,7 @@ def decode_frames(
     if min(idx) < 0:
         raise ValueError(f"indices: expected indices >= 0, got {min(idx)}")
     wanted = sorted(set(idx))
-    frames = _run(path, lambda c, s: _decode(c, s, wanted, seek_gap), threads)
+    frames = _run(path, lambda c, s: _decode(c, s, wanted, seek_gap, skip_nonref), threads)
     if frames is _RESTART:  # the seek table did not match the decoder: count frames plainly
         frames = _run(path, lambda c, s: _decode_plain(c, s, wanted), threads)
     if isinstance(frames, int):
@@ -202,45 +213,146 @@ def _run(path: str, fn, threads: int):
         container.close()
 
 
-def _decode(container, stream, wanted: list[int], seek_gap: int | None):
-    """{index: HxWx3 uint8 array}; the number of frames seen if the video ends early; or _RESTART."""
-    # Build the pts table only if some gap between wanted frames could hold a keyframe worth a seek.
-    gaps = np.diff([-1, *wanted])
-    if seek_gap is None or gaps.max() <= seek_gap:
-        return _decode_plain(container, stream, wanted)
-    table = _index_table(container, stream)
-    if table is None or len(table[1]) < 2:  # no usable timestamps, or nothing to seek to
+def _decode(container, stream, wanted: list[int], seek_gap: int | None, skip_nonref: bool):
+    """{index: HxWx3 uint8 array}; or _RESTART (the plain path then decides, also for short files)."""
+    # 1. demux until the display rank of every frame up to wanted[-1] is final
+    need = wanted[-1]
+    packets, pts_list = [], []  # in decode order; pts of shown (non-discarded) packets
+    since_check = 0
+    for pkt in container.demux(stream):
+        if pkt.size == 0:
+            continue
+        if pkt.pts is None:
+            return _RESTART
+        packets.append(pkt)
+        if not pkt.is_discard:
+            pts_list.append(pkt.pts)
+        since_check += 1
+        if len(pts_list) > need + _REORDER_MARGIN and since_check >= _REORDER_MARGIN:
+            since_check = 0
+            cut = sorted(pts_list)[need]
+            if min(pts_list[-_REORDER_MARGIN:]) > cut:
+                break
+    if len(pts_list) <= need or len(set(pts_list)) != len(pts_list):
         return _RESTART
-    pts, keys = table
-    pts_index = {p: i for i, p in enumerate(pts)}
-    container.seek(pts[0], stream=stream, backward=True, any_frame=False)
-    frames_iter = container.decode(stream)
+    rank = {p: i for i, p in enumerate(sorted(pts_list))}
+    disp = [
+        None if pkt.is_discard else rank[pkt.pts] for pkt in packets
+    ]  # display index per packet
+    where = {d: j for j, d in enumerate(disp) if d is not None}  # display index -> decode position
+    wanted_set = set(wanted)
+    is_ref = _ref_checker(stream) if skip_nonref else None
+    keys = [j for j, pkt in enumerate(packets) if pkt.is_keyframe]
+    cc = stream.codec_context
+
     out: dict[int, np.ndarray] = {}
-    pos = -1  # display index of the last decoded frame
-    k = 0  # position in wanted
-    last_seek = 0  # never seek twice to the same keyframe (a seek may land before it)
-    while k < len(wanted):
-        target = wanted[k]
-        if pos >= 0:  # (frame 0 is always decoded first: it checks the table against the decoder)
-            j = bisect.bisect_right(keys, target) - 1
-            if j >= 0 and keys[j] > last_seek and keys[j] - (pos + 1) >= seek_gap:
-                container.seek(pts[keys[j]], stream=stream, backward=True, any_frame=False)
-                frames_iter = container.decode(stream)
-                last_seek = keys[j]
-        frame = next(frames_iter, None)
-        if frame is None:
-            return _RESTART  # ended early: let the plain pass count the frames
-        i = pts_index.get(frame.pts)
-        if i is None or i > target or (pos < 0 and i != 0):
-            return _RESTART  # edit list, missing pts, or a seek that landed past the target
-        pos = i
-        if i == target:
-            out[i] = frame.to_ndarray(format="rgb24")
-            k += 1
+    fed: set[int] = set()  # display indices fed since the last flush
+    seen: set[int] = set()  # display indices the decoder returned since the last flush
+    state = {"last": -1, "start": 0}  # last output display index; display index of the run start
+
+    def take(frames) -> bool:
+        for frame in frames:
+            i = rank.get(frame.pts)
+            if i is None or i <= state["last"] or i not in fed:
+                return False  # not a frame we fed, or out of display order
+            state["last"] = i
+            seen.add(i)
+            if i in wanted_set:
+                out[i] = frame.to_ndarray(format="rgb24")
+        return True
+
+    def drain() -> bool:
+        if not take(cc.decode(None)):
+            return False
+        # every fed frame at or after the run's start must have come out
+        if any(i >= state["start"] and i not in seen for i in fed):
+            return False
+        cc.flush_buffers()
+        fed.clear()
+        seen.clear()
+        return True
+
+    j = 0  # next packet to feed
+    started = False
+    for target in wanted:
+        d = where[target]
+        if d < j:
+            continue  # already fed (it is inside the decoder or already out)
+        # 2a. a keyframe at or before d (in decode order) that is not after target (in display order)
+        ks = [k for k in keys[: bisect.bisect_right(keys, d)] if disp[k] is not None]
+        ks = [k for k in ks if disp[k] <= target]
+        if seek_gap is not None and ks and ks[-1] - j >= seek_gap:
+            if started and not drain():
+                return _RESTART
+            j = ks[-1]
+            state["start"], state["last"] = disp[j], -1
+        started = True
+        while j <= d:
+            pkt, i = packets[j], disp[j]
+            j += 1
+            # 2b. an unwanted non-reference frame: nothing depends on it
+            if is_ref is not None and i is not None and i not in wanted_set and not is_ref(pkt):
+                continue
+            if i is not None:
+                fed.add(i)
+            if not take(cc.decode(pkt)):
+                return _RESTART
+    if not drain():
+        return _RESTART
+    if len(out) != len(wanted_set):
+        return _RESTART
     return out
 
 
-def _decode_plain(container, stream, wanted: list[int]):
+def _ref_checker(stream):
+    """A function packet -> False when the packet is a non-reference H.264/HEVC frame, else True;
+    None for other codecs (all their frames are fed)."""
+    cc = stream.codec_context
+    name = cc.name
+    if name not in ("h264", "hevc"):
+        return None
+    extra = bytes(cc.extradata or b"")
+    length_size = None  # None: Annex B start codes
+    if extra[:1] == b"\x01":
+        if name == "h264" and len(extra) >= 5:
+            length_size = (extra[4] & 3) + 1
+        elif name == "hevc" and len(extra) >= 23:
+            length_size = (extra[21] & 3) + 1
+        else:
+            return None
+
+    def nal_units(data: bytes):
+        if length_size is not None:
+            i = 0
+            while i + length_size < len(data):
+                n = int.from_bytes(data[i : i + length_size], "big")
+                i += length_size
+                if n <= 0 or i + n > len(data):
+                    return
+                yield data[i : i + 2]
+                i += n
+        else:
+            i = data.find(b"\x00\x00\x01")
+            while 0 <= i < len(data) - 4:
+                yield data[i + 3 : i + 5]
+                i = data.find(b"\x00\x00\x01", i + 3)
+
+    def is_ref(pkt) -> bool:
+        for head in nal_units(bytes(pkt)):
+            if name == "h264":
+                kind = head[0] & 0x1F
+                if 1 <= kind <= 5:  # a slice: its nal_ref_idc says whether others may use it
+                    return (head[0] >> 5) & 3 != 0
+            else:
+                kind = (head[0] >> 1) & 0x3F
+                if kind <= 31:  # VCL: even types below 16 are sub-layer non-reference pictures
+                    return not (kind <= 14 and kind % 2 == 0)
+        return True
+
+    return is_ref
+
+
+def _decode_plain(container, stream, wanted: list[int]):  # the definition of index i
     """Count decoded frames from the start: {index: array}, or the frame count if it ends early."""
     out: dict[int, np.ndarray] = {}
     pos, k = -1, 0
