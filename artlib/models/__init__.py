@@ -1,0 +1,26 @@
+"""Backbones (frame tokens + a global token) and the full ART model.
+
+Every backbone: ``forward(video (B,T,3,H,W)) → (tokens (B,T',L,C), cls (B,C))``, ``out_dim`` = C,
+``num_tokens(H, W)`` = L, ``frames_out(T)`` = T'. Imports need only torch, einops and numpy.
+"""
+
+from artlib.models.art import ART, as_bank
+from artlib.models.registry import BACKBONES, build_backbone, count_parameters, list_backbones
+from artlib.models.tea import MotionExcitation, MultipleTemporalAggregation, TEAResNet50
+from artlib.models.tiny import TinyVideoBackbone
+from artlib.models.uniformerv2 import GlobalUniBlock, UniFormerV2
+
+__all__ = [
+    "ART",
+    "BACKBONES",
+    "GlobalUniBlock",
+    "MotionExcitation",
+    "MultipleTemporalAggregation",
+    "TEAResNet50",
+    "TinyVideoBackbone",
+    "UniFormerV2",
+    "as_bank",
+    "build_backbone",
+    "count_parameters",
+    "list_backbones",
+]

@@ -1,0 +1,145 @@
+"""ART = a video backbone + the ART head (Fig. 3 of the paper).
+
+Legend: B videos, T frames in, T' frames out of the backbone, L tokens per frame, C backbone width,
+N_cls classes, N_prom prompts, C_t text width.
+
+    video (B,T,3,H,W) -> backbone -> tokens X (B,T',L,C), x_cls (B,C) -> ARTHead -> logits (B,N_cls)
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from artlib.nn import ARTHead, SemanticBank
+
+
+def as_bank(bank, momentum: float = 0.999) -> SemanticBank:
+    """A SemanticBank from a SemanticBank, an S⁰ tensor (N_prom, N_cls, C_t) or a bank file path."""
+    if isinstance(bank, SemanticBank):
+        return bank
+    if isinstance(bank, Tensor):
+        return SemanticBank(bank, momentum=momentum)
+    if isinstance(bank, (str, os.PathLike)):
+        if not os.path.isfile(bank):
+            raise FileNotFoundError(f"bank: semantics bank file not found: {os.fspath(bank)!r}")
+        return SemanticBank.from_file(bank, momentum=momentum)
+    raise TypeError(
+        f"bank: expected a SemanticBank, an (N_prom, N_cls, C_t) tensor or a file path, "
+        f"got {type(bank).__name__}"
+    )
+
+
+class ART(nn.Module):
+    """The full model: ``backbone`` then :class:`artlib.nn.ARTHead`.
+
+    Args:
+        backbone: any module with ``forward(video (B,T,3,H,W)) → (tokens (B,T',L,C), cls (B,C))``
+            and an ``out_dim`` (C); ``frames_out(T)`` if it changes the frame count.
+        num_classes: N_cls.
+        bank: the semantics bank (SemanticBank, S⁰ tensor or a file written by
+            ``artlib.text.build_semantic_bank``); may be None with ``baseline=True``.
+        baseline: backbone + dropout + linear classifier on ``cls`` only (the paper's Table IV
+            baseline); its loss dict is {"v", "total"}.
+        num_frames: T of the input videos (the head's prompts P are sized for T').
+        dropout: before the classifiers (paper 0.5).
+        momentum: μ of the bank EMA when ``bank`` is not already a SemanticBank.
+        **head_options: passed to ARTHead (dim, num_queries, heads, se_layers, act_layers,
+            gamma_mtc, gamma_sema, use_se, aggregation, ...).
+
+    ``forward(video, labels=None, return_maps=False)``: logits (B, N_cls) from head_con; with labels
+    ``(logits, losses)`` with ``losses["total"]`` to backpropagate (Eq. 18). Call ``ema_update()``
+    after every optimizer step (S ← μS + (1−μ)Sᵃ, Eq. 12). The text encoder is never run here.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        bank=None,
+        baseline: bool = False,
+        num_frames: int = 16,
+        dropout: float = 0.5,
+        momentum: float = 0.999,
+        **head_options,
+    ):
+        super().__init__()
+        if not hasattr(backbone, "out_dim"):
+            raise TypeError(
+                f"backbone: expected a module with an 'out_dim' attribute (its width C), got "
+                f"{type(backbone).__name__}"
+            )
+        self.backbone = backbone
+        self.num_classes, self.num_frames, self.baseline = num_classes, num_frames, baseline
+        width = int(backbone.out_dim)
+        frames = backbone.frames_out(num_frames) if hasattr(backbone, "frames_out") else num_frames
+        if baseline:
+            if head_options:
+                raise ValueError(f"baseline=True takes no head options, got {sorted(head_options)}")
+            self.dropout = nn.Dropout(dropout)
+            self.fc = nn.Linear(width, num_classes)
+            self.bank = as_bank(bank, momentum) if bank is not None else None
+            self.head = None
+        else:
+            if bank is None:
+                raise ValueError("bank: ART needs a semantics bank (or pass baseline=True)")
+            self.head = ARTHead(
+                width,
+                num_classes,
+                as_bank(bank, momentum),
+                num_frames=frames,
+                dropout=dropout,
+                **head_options,
+            )
+
+    def _check(self, video: Tensor) -> None:
+        if not isinstance(video, Tensor) or video.dim() != 5:
+            raise ValueError(
+                f"video: expected (B, T, 3, H, W), got {getattr(video, 'shape', type(video).__name__)}"
+            )
+        if video.shape[1] != self.num_frames:
+            raise ValueError(
+                f"video: expected T = num_frames = {self.num_frames} frames, got shape "
+                f"{tuple(video.shape)}"
+            )
+
+    def forward(self, video: Tensor, labels: Tensor | None = None, return_maps: bool = False):
+        self._check(video)
+        tokens, cls = self.backbone(video)
+        if self.head is not None:
+            return self.head(tokens, cls, labels, return_maps=return_maps)
+        if return_maps:
+            raise ValueError("return_maps: the baseline has no region attention maps")
+        logits = self.fc(self.dropout(cls))
+        if labels is None:
+            return logits
+        loss = F.cross_entropy(logits, labels)
+        return logits, {"v": loss, "total": loss}
+
+    @torch.no_grad()
+    def ema_update(self) -> None:
+        """Eq. 12 on the bank; a no-op for the baseline."""
+        if self.head is not None:
+            self.head.ema_update()
+
+    def param_groups(self, lr: float, backbone_lr_scale: float = 0.1, weight_decay: float = 0.05):
+        """Optimizer groups: the backbone at ``lr·backbone_lr_scale``, the rest at ``lr``; biases,
+        norms, embeddings and the bank get no weight decay."""
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            is_backbone = name.startswith("backbone.")
+            no_wd = p.dim() < 2 or "embedding" in name or name.endswith(("agent", "video_query"))
+            groups.setdefault((is_backbone, no_wd), []).append(p)
+        return [
+            {
+                "params": ps,
+                "lr": lr * (backbone_lr_scale if bb else 1.0),
+                "weight_decay": 0.0 if no_wd else weight_decay,
+            }
+            for (bb, no_wd), ps in groups.items()
+        ]

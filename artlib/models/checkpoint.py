@@ -1,0 +1,152 @@
+"""Checkpoint files: resolve an open_clip pretrained tag or a local path, read a state dict.
+
+Nothing here downloads. A tag is looked up in open_clip's own caches (the Hugging Face hub cache and
+``~/.cache/clip``); if the file is not there, a FileNotFoundError says where it looked and asks for a
+local path. open_clip is imported only when a tag (not a path) is given, so the models build on
+machines without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".pkl")
+
+
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    """Where a ``pretrained`` argument points. ``tag`` is None for a plain path; ``quick_gelu`` is
+    what open_clip's pretrained config says for that tag (OpenAI weights use QuickGELU)."""
+
+    path: str
+    tag: str | None = None
+    quick_gelu: bool | None = None
+
+
+def looks_like_path(pretrained: str | os.PathLike) -> bool:
+    s = os.fspath(pretrained)
+    return os.sep in s or "/" in s or s.endswith(_WEIGHT_SUFFIXES) or s.startswith((".", "~"))
+
+
+def resolve_clip_pretrained(
+    model_name: str, pretrained: str | os.PathLike, cache_dir: str | None = None
+) -> ResolvedCheckpoint:
+    """``pretrained`` (a local file, or an open_clip tag such as "openai" or "laion2b_s34b_b88k" for
+    ``model_name`` such as "ViT-B-16") → the local file that holds the weights.
+
+    Raises FileNotFoundError (naming the path, or the places searched for a tag), ValueError for a
+    tag open_clip does not know for that model, ImportError if a tag is given without open_clip.
+    """
+    s = os.path.expanduser(os.fspath(pretrained))
+    if os.path.isfile(s):
+        return ResolvedCheckpoint(path=os.path.abspath(s))
+    if looks_like_path(pretrained):
+        raise FileNotFoundError(f"pretrained: checkpoint file not found: {s!r}")
+    try:
+        import open_clip
+        from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+    except ImportError as e:  # pragma: no cover - depends on the machine
+        raise ImportError(
+            f"pretrained={pretrained!r} is an open_clip tag, which needs open_clip_torch installed "
+            f"(pip install 'artlib[clip]'); or pass a local checkpoint path"
+        ) from e
+    del open_clip
+    cfg = get_pretrained_cfg(model_name, s)
+    if not cfg:
+        tags = list_pretrained_tags_by_model(model_name)
+        raise ValueError(
+            f"pretrained: {s!r} is neither an existing file nor an open_clip tag for {model_name!r}; "
+            f"known tags: {tags}"
+        )
+    searched = []
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        repo_id, filename = os.path.split(hub)  # "org/repo/" → ("org/repo", ""): default file names
+        names = (
+            [filename]
+            if filename
+            else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        )
+        if filename.endswith((".bin", ".pth")):
+            names.insert(0, filename[:-4] + ".safetensors")
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover
+            try_to_load_from_cache = None
+        for name in names:
+            searched.append(f"HF cache {repo_id}/{name}")
+            if try_to_load_from_cache is not None:
+                found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
+                if isinstance(found, str) and os.path.isfile(found):
+                    return ResolvedCheckpoint(found, s, cfg.get("quick_gelu"))
+    url = cfg.get("url", "")
+    if url:
+        target = os.path.join(
+            cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url)
+        )
+        searched.append(target)
+        if os.path.isfile(target):
+            return ResolvedCheckpoint(target, s, cfg.get("quick_gelu"))
+    raise FileNotFoundError(
+        f"pretrained: weights for {model_name!r} tag {s!r} are not in the local cache (searched: "
+        f"{'; '.join(searched)}). artlib never downloads weights: fetch them once with open_clip "
+        f"(open_clip.create_model({model_name!r}, pretrained={s!r})) on a machine with network "
+        f"access, or pass the path of a local checkpoint file."
+    )
+
+
+def load_state_dict_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], bool]:
+    """Read a checkpoint → (state dict on CPU, was_torchscript).
+
+    Accepts safetensors, a plain ``torch.save`` state dict (optionally under "state_dict" or "model"
+    and with a "module." prefix) and OpenAI's TorchScript CLIP archives.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path!r}")
+    jit = False
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        obj = load_file(path, device="cpu")
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # not a plain state dict: maybe an OpenAI TorchScript archive
+            try:
+                obj = torch.jit.load(path, map_location="cpu").state_dict()
+                jit = True
+            except Exception:
+                raise RuntimeError(f"could not read checkpoint {path!r}: {e}") from e
+    if isinstance(obj, torch.jit.ScriptModule):
+        obj, jit = obj.state_dict(), True
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "module"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise RuntimeError(f"checkpoint {path!r} does not hold a state dict")
+    sd = {
+        k[7:] if k.startswith("module.") else k: v for k, v in obj.items() if isinstance(v, Tensor)
+    }
+    return sd, jit
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes (what the bank cache keys weights by)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def strip_prefix(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """Keys under ``prefix`` with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}

@@ -1,0 +1,63 @@
+"""``build_backbone(name, pretrained=None, **kwargs)``: the backbones by name."""
+
+from __future__ import annotations
+
+import os
+
+from torch import nn
+
+from artlib.models.checkpoint import load_state_dict_file
+from artlib.models.tea import TEAResNet50
+from artlib.models.tiny import TinyVideoBackbone
+from artlib.models.uniformerv2 import UniFormerV2
+
+BACKBONES = {
+    "tiny": "TinyVideoBackbone (CPU runs and tests); pretrained: a state dict file of it",
+    "uniformerv2_b16": "UniFormerV2 on CLIP ViT-B/16; pretrained: open_clip tag or checkpoint path",
+    "uniformerv2_l14": "UniFormerV2 on CLIP ViT-L/14; pretrained: open_clip tag or checkpoint path",
+    "tea_r50": "TEA ResNet-50; pretrained: a torchvision ResNet-50 ImageNet checkpoint path",
+}
+
+
+def list_backbones() -> list[str]:
+    return list(BACKBONES)
+
+
+def _require_file(pretrained) -> str:
+    path = os.path.expanduser(os.fspath(pretrained))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained: checkpoint file not found: {path!r}")
+    return path
+
+
+def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwargs) -> nn.Module:
+    """Build a backbone by name: "tiny", "uniformerv2_b16", "uniformerv2_l14", "tea_r50".
+
+    pretrained: None (random weights), or for UniFormerV2 an open_clip tag ("openai", ...) found in
+    the local cache or a CLIP checkpoint path, for TEA a torchvision ResNet-50 ImageNet checkpoint
+    path, for "tiny" a state dict saved from it. kwargs go to the constructor (e.g. small widths
+    for tests). Unknown names raise ValueError listing the known ones; a missing checkpoint file
+    raises FileNotFoundError naming the path.
+    """
+    key = name.lower().replace("-", "_").replace("/", "")
+    if key == "tiny":
+        model = TinyVideoBackbone(**kwargs)
+        if pretrained is not None:
+            sd, _ = load_state_dict_file(_require_file(pretrained))
+            model.load_state_dict(sd)
+        return model
+    if key in ("uniformerv2_b16", "uniformerv2_l14"):
+        return UniFormerV2.from_pretrained(key[-3:], pretrained, **kwargs)
+    if key == "tea_r50":
+        model = TEAResNet50(**kwargs)
+        if pretrained is not None:
+            model.load_imagenet(_require_file(pretrained))
+        return model
+    raise ValueError(f"name: unknown backbone {name!r}; known: {list_backbones()}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["BACKBONES", "build_backbone", "count_parameters", "list_backbones"]
