@@ -1,0 +1,144 @@
+// Shared helpers for artlib's native CPU kernels (csrc/*.cpp): argument checks, dtype handling and a
+// row-major GEMM that calls the BLAS inside libtorch_cpu directly.
+//
+// Why a direct BLAS call: the region-attention core runs five small GEMMs per frame (e.g. 16 x 196 x
+// 256) inside at::parallel_for. at::mm on from_blob slices costs a few microseconds of dispatch and
+// TensorImpl construction per call; the Fortran symbols sgemm_/dgemm_ that libtorch_cpu exports (MKL
+// on x86 wheels) cost nothing extra. They are declared weak, checked once against at::mm on a small
+// problem, and replaced by at::mm when missing or wrong (e.g. an ILP64 BLAS).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+
+namespace artlib_native {
+
+// ---- argument checks: errors name the argument, what was expected and what was given -------------
+
+inline void check_cpu_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "artlib native: ", name, " must be a CPU tensor, got ",
+                    t.device());
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "artlib native: ", name,
+                   " must be floating point (float32/float64; float16/bfloat16 run in float32), got ",
+                   t.scalar_type());
+}
+
+inline void check_dim(const at::Tensor& t, int64_t dim, const char* name, const char* layout) {
+  TORCH_CHECK_VALUE(t.dim() == dim, "artlib native: ", name, " must be ", layout, " (", dim,
+                    "-d), got shape ", t.sizes());
+}
+
+// float64 stays float64; float32, float16 and bfloat16 are computed in float32.
+inline at::ScalarType compute_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline at::Tensor as_compute(const at::Tensor& t, at::ScalarType ct) {
+  return t.to(ct).contiguous();
+}
+
+// ---- BLAS ----------------------------------------------------------------------------------------
+
+extern "C" {
+#if defined(__GNUC__) && !defined(_WIN32)
+#define ARTLIB_WEAK __attribute__((weak))
+#else
+#define ARTLIB_WEAK
+#endif
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc) ARTLIB_WEAK;
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+            const double* beta, double* c, const int* ldc) ARTLIB_WEAK;
+}
+
+template <typename T>
+struct Blas;
+template <>
+struct Blas<float> {
+  static auto fn() { return &sgemm_; }
+};
+template <>
+struct Blas<double> {
+  static auto fn() { return &dgemm_; }
+};
+
+// at::mm on views of raw row-major buffers; the fallback when the BLAS symbols are missing or wrong.
+template <typename T>
+void gemm_aten(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+               const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  const at::TensorOptions opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  const at::Tensor A = ta ? at::from_blob(const_cast<T*>(a), {m, k}, {1, lda}, opts)
+              : at::from_blob(const_cast<T*>(a), {m, k}, {lda, 1}, opts);
+  const at::Tensor B = tb ? at::from_blob(const_cast<T*>(b), {k, n}, {1, ldb}, opts)
+              : at::from_blob(const_cast<T*>(b), {k, n}, {ldb, 1}, opts);
+  at::Tensor C = at::from_blob(c, {m, n}, {ldc, 1}, opts);
+  if (beta == T(0)) {
+    if (k == 0) {
+      C.zero_();
+    } else {
+      at::mm_out(C, A, B);
+      if (alpha != T(1)) C.mul_(alpha);
+    }
+  } else {
+    C.addmm_(A, B, beta, alpha);
+  }
+}
+
+template <typename T>
+void gemm_blas(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+               const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+  const char cta = ta ? 'T' : 'N', ctb = tb ? 'T' : 'N';
+  const int im = static_cast<int>(m), in = static_cast<int>(n), ik = static_cast<int>(k);
+  const int ilda = static_cast<int>(lda), ildb = static_cast<int>(ldb), ildc = static_cast<int>(ldc);
+  Blas<T>::fn()(&ctb, &cta, &in, &im, &ik, &alpha, b, &ildb, a, &ilda, &beta, c, &ildc);
+}
+
+// Checks the BLAS symbol once against at::mm on a small odd-shaped product (all four transpose
+// combinations, leading dimensions larger than the rows); true when it is present and agrees.
+template <typename T>
+bool blas_ok_check() {
+  if (Blas<T>::fn() == nullptr) return false;
+  const int64_t m = 5, n = 7, k = 3, ld = 9;
+  const at::TensorOptions opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  const at::Tensor gen = at::arange(0, 2 * ld * ld, opts).sin();
+  const T* a = gen.data_ptr<T>();
+  const T* b = a + ld * ld;
+  for (int t = 0; t < 4; ++t) {
+    bool ta = t & 1, tb = t & 2;
+    at::Tensor c1 = at::zeros({m, ld}, opts), c2 = at::zeros({m, ld}, opts);
+    gemm_blas<T>(ta, tb, m, n, k, T(1), a, ld, b, ld, T(0), c1.data_ptr<T>(), ld);
+    gemm_aten<T>(ta, tb, m, n, k, T(1), a, ld, b, ld, T(0), c2.data_ptr<T>(), ld);
+    if (!at::allclose(c1, c2, 1e-4, 1e-5)) return false;
+  }
+  return true;
+}
+
+template <typename T>
+bool blas_ok() {
+  // Decided once, on the first call (outside any parallel region: the kernels call it before
+  // at::parallel_for).
+  static const bool ok = blas_ok_check<T>();
+  return ok;
+}
+
+// C (m x n, row stride ldc) = alpha * op(A) op(B) + beta * C, all row-major; op(A) is m x k.
+template <typename T>
+inline void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+                 int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc, bool use_blas) {
+  if (m == 0 || n == 0) return;
+  if (use_blas && k > 0) {
+    gemm_blas<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  } else {
+    gemm_aten<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+}
+
+}  // namespace artlib_native

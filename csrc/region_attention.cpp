@@ -1,0 +1,231 @@
+// Native CPU kernels for the region-attention core (DESIGN.md "The core, written out"), the absorbed
+// form of Eq. 3 of the ART paper.
+//
+// Shapes: N frames (B*T), M query rows per frame (heads*K, the heads folded into the queries),
+// L tokens per frame, d latent width.
+//   q (N, M, d)  queries, already scaled by 1/sqrt(d_h);   x (N, L, d)  frame tokens (keys = values).
+//
+// Forward, per frame:   S = q x^T (M x L),  P = softmax_rows(S),  a = P x (M x d),  lse = logsumexp_rows(S)
+// Backward, given da:   dP = da x^T;  delta_m = da_m . a_m;  dS = P * (dP - delta);
+//                       dq = dS x;  dx = P^T da + dS^T q
+//
+// Equivalent to `torch.softmax(q @ x.mT, -1) @ x` (and its autograd), but each frame's x is read from
+// memory once per pass: one thread owns a frame, its M x L score block lives in a thread-local buffer
+// (<= 200 KB at M = 128, L = 196), and the two (forward) or three (backward) GEMMs that touch x run
+// back to back while x sits in L2. The backward stacks [q; da] so that one GEMM yields [S; dP] and
+// one GEMM yields dx = [dS; P]^T [q; da].
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "native.h"
+
+namespace artlib_native {
+namespace {
+
+using at::Tensor;
+
+template <typename T>
+inline T row_max(const T* row, int64_t n) {
+  using Vec = at::vec::Vectorized<T>;
+  return at::vec::reduce_all<T>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, row, n);
+}
+
+// row <- exp(row - shift); returns the sum of the new row.
+template <typename T>
+inline T exp_shift_sum(T* row, int64_t n, T shift) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  const Vec vshift(shift);
+  Vec vsum(T(0));
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    Vec v = (Vec::loadu(row + i) - vshift).exp();
+    v.store(row + i);
+    vsum = vsum + v;
+  }
+  T sum = at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, vsum);
+  for (; i < n; ++i) {
+    row[i] = std::exp(row[i] - shift);
+    sum += row[i];
+  }
+  return sum;
+}
+
+// In place: row <- softmax(row); returns logsumexp of the original row.
+template <typename T>
+inline T softmax_row(T* row, int64_t n) {
+  using Vec = at::vec::Vectorized<T>;
+  const T mx = row_max(row, n);
+  const T sum = exp_shift_sum(row, n, mx);
+  const T inv = T(1) / sum;
+  at::vec::map([inv](Vec v) { return v * Vec(inv); }, row, row, n);
+  return mx + std::log(sum);
+}
+
+// logsumexp of a row, without changing it (float64 backward: see core_bwd_kernel).
+template <typename T>
+inline T row_logsumexp(const T* row, int64_t n, T* scratch) {
+  const T mx = row_max(row, n);
+  std::copy(row, row + n, scratch);
+  return mx + std::log(exp_shift_sum(scratch, n, mx));
+}
+
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t n) {
+  using Vec = at::vec::Vectorized<T>;
+  return at::vec::map2_reduce_all<T>([](Vec x, Vec y) { return x * y; },
+                                     [](Vec x, Vec y) { return x + y; }, a, b, n);
+}
+
+// top <- dS = P * (dP - delta) with P = exp(S - lse); bottom <- P.   (top holds S, bottom holds dP)
+template <typename T>
+inline void softmax_bwd_rows(T* top, T* bottom, int64_t n, T lse, T delta) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  const Vec vlse(lse), vdelta(delta);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    Vec p = (Vec::loadu(top + i) - vlse).exp();
+    Vec ds = p * (Vec::loadu(bottom + i) - vdelta);
+    ds.store(top + i);
+    p.store(bottom + i);
+  }
+  for (; i < n; ++i) {
+    T p = std::exp(top[i] - lse);
+    top[i] = p * (bottom[i] - delta);
+    bottom[i] = p;
+  }
+}
+
+template <typename T>
+void core_fwd_kernel(const T* q, const T* x, T* a, float* lse, int64_t N, int64_t M, int64_t L,
+                     int64_t D) {
+  const bool use_blas = blas_ok<T>();
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> s(static_cast<size_t>(M * L));  // this thread's M x L block of S, then P
+    for (int64_t n = begin; n < end; ++n) {
+      const T* qn = q + n * M * D;
+      const T* xn = x + n * L * D;
+      gemm<T>(false, true, M, L, D, T(1), qn, D, xn, D, T(0), s.data(), L, use_blas);  // S = q x^T
+      for (int64_t m = 0; m < M; ++m) {
+        lse[n * M + m] = static_cast<float>(softmax_row(s.data() + m * L, L));
+      }
+      gemm<T>(false, false, M, D, L, T(1), s.data(), L, xn, D, T(0), a + n * M * D, D,
+              use_blas);  // a = P x
+    }
+  });
+}
+
+template <typename T>
+void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const float* lse, T* dq,
+                     T* dx, int64_t N, int64_t M, int64_t L, int64_t D) {
+  const bool use_blas = blas_ok<T>();
+  // lse arrives in float32. Recomputing P = exp(S - lse) with it is exact to float32 rounding, which
+  // is all a float32 gradient needs; a float64 gradient recomputes each row's logsumexp from S.
+  constexpr bool exact_lse = std::is_same_v<T, double>;
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> w(static_cast<size_t>(2 * M * D));  // [q; da]   (2M x d)
+    std::vector<T> y(static_cast<size_t>(2 * M * L));  // [S; dP] -> [dS; P]   (2M x L)
+    std::vector<T> scratch(exact_lse ? static_cast<size_t>(L) : 0);
+    for (int64_t n = begin; n < end; ++n) {
+      const T* qn = q + n * M * D;
+      const T* dan = da + n * M * D;
+      const T* an = a + n * M * D;
+      const T* xn = x + n * L * D;
+      std::copy(qn, qn + M * D, w.data());
+      std::copy(dan, dan + M * D, w.data() + M * D);
+      // [S; dP] = [q; da] x^T: x is read once for both.
+      gemm<T>(false, true, 2 * M, L, D, T(1), w.data(), D, xn, D, T(0), y.data(), L, use_blas);
+      for (int64_t m = 0; m < M; ++m) {
+        T* top = y.data() + m * L;
+        T* bottom = y.data() + (M + m) * L;
+        const T row_lse =
+            exact_lse ? row_logsumexp(top, L, scratch.data()) : static_cast<T>(lse[n * M + m]);
+        const T delta = dot(dan + m * D, an + m * D, D);  // delta_m = da_m . a_m
+        softmax_bwd_rows(top, bottom, L, row_lse, delta);
+      }
+      // dq = dS x
+      gemm<T>(false, false, M, D, L, T(1), y.data(), L, xn, D, T(0), dq + n * M * D, D, use_blas);
+      // dx = [dS; P]^T [q; da] = dS^T q + P^T da
+      gemm<T>(true, false, L, D, 2 * M, T(1), y.data(), L, w.data(), D, T(0), dx + n * L * D, D,
+              use_blas);
+    }
+  });
+}
+
+void check_core_inputs(const Tensor& q, const Tensor& x) {
+  check_cpu_float(q, "q");
+  check_cpu_float(x, "x");
+  check_dim(q, 3, "q", "(N, M, d)");
+  check_dim(x, 3, "x", "(N, L, d)");
+  TORCH_CHECK_VALUE(x.size(0) == q.size(0) && x.size(2) == q.size(2),
+                    "artlib native: x must be (N, L, d) = (", q.size(0), ", L, ", q.size(2),
+                    ") to match q ", q.sizes(), ", got ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(1) >= 1, "artlib native: x must have L >= 1 tokens, got ", x.sizes());
+  TORCH_CHECK_TYPE(q.scalar_type() == x.scalar_type(), "artlib native: q and x must share a dtype, got ",
+                   q.scalar_type(), " and ", x.scalar_type());
+}
+
+std::tuple<Tensor, Tensor> core_fwd(const Tensor& q, const Tensor& x) {
+  check_core_inputs(q, x);
+  const auto ct = compute_type(q.scalar_type());
+  const Tensor qc = as_compute(q, ct), xc = as_compute(x, ct);
+  const int64_t N = q.size(0), M = q.size(1), L = x.size(1), D = q.size(2);
+  Tensor a = at::empty({N, M, D}, qc.options());
+  Tensor lse = at::empty({N, M}, qc.options().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_core_fwd", [&] {
+    core_fwd_kernel<scalar_t>(qc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+                              a.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<float>(), N, M, L,
+                              D);
+  });
+  return {a.to(q.scalar_type()), lse};
+}
+
+std::tuple<Tensor, Tensor> core_bwd(const Tensor& da, const Tensor& q, const Tensor& x,
+                                    const Tensor& a, const Tensor& lse) {
+  check_core_inputs(q, x);
+  check_cpu_float(da, "da");
+  check_cpu_float(a, "a");
+  check_cpu_float(lse, "lse");
+  TORCH_CHECK_VALUE(da.sizes() == q.sizes(), "artlib native: da must have q's shape ", q.sizes(),
+                    ", got ", da.sizes());
+  TORCH_CHECK_VALUE(a.sizes() == q.sizes(), "artlib native: a must have q's shape ", q.sizes(),
+                    ", got ", a.sizes());
+  TORCH_CHECK_VALUE(lse.dim() == 2 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1),
+                    "artlib native: lse must be (N, M) = (", q.size(0), ", ", q.size(1), "), got ",
+                    lse.sizes());
+  const auto ct = compute_type(q.scalar_type());
+  const Tensor qc = as_compute(q, ct), xc = as_compute(x, ct), dac = as_compute(da, ct),
+               ac = as_compute(a, ct), lsec = as_compute(lse, at::kFloat);
+  const int64_t N = q.size(0), M = q.size(1), L = x.size(1), D = q.size(2);
+  Tensor dq = at::empty({N, M, D}, qc.options());
+  Tensor dx = at::empty({N, L, D}, qc.options());
+  AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_core_bwd", [&] {
+    core_bwd_kernel<scalar_t>(dac.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
+                              xc.const_data_ptr<scalar_t>(), ac.const_data_ptr<scalar_t>(),
+                              lsec.const_data_ptr<float>(), dq.mutable_data_ptr<scalar_t>(),
+                              dx.mutable_data_ptr<scalar_t>(), N, M, L, D);
+  });
+  return {dq.to(q.scalar_type()), dx.to(x.scalar_type())};
+}
+
+}  // namespace
+}  // namespace artlib_native
+
+TORCH_LIBRARY_FRAGMENT(artlib, m) {
+  m.def("native_region_attention_core_fwd(Tensor q, Tensor x) -> (Tensor, Tensor)");
+  m.def(
+      "native_region_attention_core_bwd(Tensor da, Tensor q, Tensor x, Tensor a, Tensor lse) -> "
+      "(Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(artlib, CPU, m) {
+  m.impl("native_region_attention_core_fwd", &artlib_native::core_fwd);
+  m.impl("native_region_attention_core_bwd", &artlib_native::core_bwd);
+}
