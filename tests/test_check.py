@@ -75,7 +75,11 @@ def test_check_cli_lists_bad_videos_and_exits_nonzero(videos, tmp_path, capsys):
     lst.write_text("".join(f"{n}.mp4 {i}\n" for i, n in enumerate(names)))
     report = tmp_path / "bad.csv"
     argv = ["--list", str(lst), "--root", str(videos), "--num-frames", str(T), "--no-progress"]
-    assert check_main([*argv, "--workers", "2", "--report", str(report)]) == 1
+    good = tmp_path / "good.txt"
+    assert (
+        check_main([*argv, "--workers", "2", "--report", str(report), "--write-good", str(good)])
+        == 1
+    )
     out = capsys.readouterr().out
     listed = {
         os.path.basename(line.split("\t")[1]): line.split("\t")[0]
@@ -92,6 +96,8 @@ def test_check_cli_lists_bad_videos_and_exits_nonzero(videos, tmp_path, capsys):
     assert "checked 6 videos" in out and "FOUND 5 bad videos" in out
     with open(report, newline="") as fh:
         assert sorted(r["kind"] for r in csv.DictReader(fh)) == sorted(listed.values())
+
+    assert good.read_text() == "good.mp4 0\ngood.mp4 6\n"  # usable items, labels kept
 
     lst.write_text("good.mp4 0\nfull.mp4 1\n")
     assert check_main([*argv, "--workers", "1"]) == 0

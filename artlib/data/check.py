@@ -20,6 +20,8 @@ decodes every frame. Problems are reported as
 
 The exit status is 0 when no problem is found and 1 otherwise, with the list printed (one
 ``kind<TAB>path<TAB>frames<TAB>detail`` line each) and optionally written as CSV (``--report``).
+``--write-good LIST`` writes the usable items as a generic ``<path> <label>`` list, e.g. FineGym's
+element list minus the clips whose YouTube video could not be downloaded.
 """
 
 from __future__ import annotations
@@ -198,6 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--format", default="generic", choices=FORMATS)
     p.add_argument("--workers", type=int, default=max(1, min(os.cpu_count() or 1, 8)))
     p.add_argument("--report", default=None, help="also write the problems to this CSV")
+    p.add_argument(
+        "--write-good",
+        default=None,
+        metavar="LIST",
+        help="write the usable items as a generic '<path> <label>' list (paths relative to --root)",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--metadata-only", action="store_true", help="do not decode the last frame")
     g.add_argument("--full", action="store_true", help="decode every frame (slow, thorough)")
@@ -218,6 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.report:
         write_problems(problems, args.report)
+    if args.write_good:
+        from artlib.data.annotations import write_generic_list
+
+        bad = {p.path for p in problems}
+        good = [it for it in items if os.fspath(it.path) not in bad]
+        write_generic_list(args.write_good, good, root=args.root)
     n = len({os.fspath(getattr(it, "path", it)) for it in items})
     print(f"checked {n} videos from {args.list}")
     print(format_problems(problems, args.num_frames))
