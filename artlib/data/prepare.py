@@ -410,9 +410,11 @@ def _process(job: ClipJob, src: str, out_dir: str, opts: dict) -> ClipResult:
     dst = Path(out_dir, job.name + ".mp4")
     try:
         if dst.exists():
-            return ClipResult(
-                job.name, "done", _probe_frames(dst), seconds=time.perf_counter() - t0
-            )
+            try:
+                n = _probe_frames(dst)
+                return ClipResult(job.name, "done", n, seconds=time.perf_counter() - t0)
+            except Exception:  # noqa: BLE001 - damaged after the fact (not by us): cut it again
+                dst.unlink()
         n, note = cut_clip(src, dst, job.start, job.end, **opts)
         return ClipResult(job.name, "cut", n, note=note, seconds=time.perf_counter() - t0)
     except Exception as err:  # noqa: BLE001 - reported per clip, the run goes on
@@ -578,9 +580,12 @@ def _run_pool(todo, out: str, opts: dict, workers: int, record, bar) -> None:
                 if nxt is not None:
                     pending.add(ex.submit(_process, nxt[0], nxt[1], out, opts))
     except BaseException:
-        ex.shutdown(wait=False, cancel_futures=True)
-        for proc in list(getattr(ex, "_processes", {}).values()):
+        procs = list((getattr(ex, "_processes", None) or {}).values())
+        for proc in procs:  # stop now: a clip in flight is lost (its .part is removed), none other
             proc.kill()
+        for proc in procs:
+            proc.join()
+        ex.shutdown(wait=True, cancel_futures=True)
         raise
     ex.shutdown(wait=True)
 
