@@ -6,6 +6,8 @@
 //   q (N, M, d)  queries, already scaled by 1/sqrt(d_h);   x (N, L, d)  frame tokens (keys = values).
 //
 // Forward, per frame:   S = q x^T (M x L),  P = softmax_rows(S),  a = P x (M x d),  lse = logsumexp_rows(S)
+//                       (a in q's dtype; lse in float32, float64 for float64 input; float16 and
+//                       bfloat16 are computed in float32)
 // Backward, given da:   dP = da x^T;  delta_m = da_m . a_m;  dS = P * (dP - delta);
 //                       dq = dS x;  dx = P^T da + dS^T q
 //
@@ -68,7 +70,7 @@ inline T softmax_row(T* row, int64_t n) {
   return mx + std::log(sum);
 }
 
-// logsumexp of a row, without changing it (float64 backward: see core_bwd_kernel).
+// logsumexp of a row, without changing it (float64 backward given a float32 lse: see core_bwd).
 template <typename T>
 inline T row_logsumexp(const T* row, int64_t n, T* scratch) {
   const T mx = row_max(row, n);
@@ -104,7 +106,7 @@ inline void softmax_bwd_rows(T* top, T* bottom, int64_t n, T lse, T delta) {
 }
 
 template <typename T>
-void core_fwd_kernel(const T* q, const T* x, T* a, float* lse, int64_t N, int64_t M, int64_t L,
+void core_fwd_kernel(const T* q, const T* x, T* a, T* lse, int64_t N, int64_t M, int64_t L,
                      int64_t D) {
   const bool use_blas = blas_ok<T>();
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
@@ -114,7 +116,7 @@ void core_fwd_kernel(const T* q, const T* x, T* a, float* lse, int64_t N, int64_
       const T* xn = x + n * L * D;
       gemm<T>(false, true, M, L, D, T(1), qn, D, xn, D, T(0), s.data(), L, use_blas);  // S = q x^T
       for (int64_t m = 0; m < M; ++m) {
-        lse[n * M + m] = static_cast<float>(softmax_row(s.data() + m * L, L));
+        lse[n * M + m] = softmax_row(s.data() + m * L, L);
       }
       gemm<T>(false, false, M, D, L, T(1), s.data(), L, xn, D, T(0), a + n * M * D, D,
               use_blas);  // a = P x
@@ -123,12 +125,9 @@ void core_fwd_kernel(const T* q, const T* x, T* a, float* lse, int64_t N, int64_
 }
 
 template <typename T>
-void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const float* lse, T* dq,
-                     T* dx, int64_t N, int64_t M, int64_t L, int64_t D) {
+void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const T* lse, T* dq, T* dx,
+                     int64_t N, int64_t M, int64_t L, int64_t D, bool exact_lse) {
   const bool use_blas = blas_ok<T>();
-  // lse arrives in float32. Recomputing P = exp(S - lse) with it is exact to float32 rounding, which
-  // is all a float32 gradient needs; a float64 gradient recomputes each row's logsumexp from S.
-  constexpr bool exact_lse = std::is_same_v<T, double>;
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> w(static_cast<size_t>(2 * M * D));  // [q; da]   (2M x d)
     std::vector<T> y(static_cast<size_t>(2 * M * L));  // [S; dP] -> [dS; P]   (2M x L)
@@ -146,7 +145,7 @@ void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const floa
         T* top = y.data() + m * L;
         T* bottom = y.data() + (M + m) * L;
         const T row_lse =
-            exact_lse ? row_logsumexp(top, L, scratch.data()) : static_cast<T>(lse[n * M + m]);
+            exact_lse ? row_logsumexp(top, L, scratch.data()) : lse[n * M + m];
         const T delta = dot(dan + m * D, an + m * D, D);  // delta_m = da_m . a_m
         softmax_bwd_rows(top, bottom, L, row_lse, delta);
       }
@@ -178,11 +177,11 @@ std::tuple<Tensor, Tensor> core_fwd(const Tensor& q, const Tensor& x) {
   const Tensor qc = as_compute(q, ct), xc = as_compute(x, ct);
   const int64_t N = q.size(0), M = q.size(1), L = x.size(1), D = q.size(2);
   Tensor a = at::empty({N, M, D}, qc.options());
-  Tensor lse = at::empty({N, M}, qc.options().dtype(at::kFloat));
+  Tensor lse = at::empty({N, M}, qc.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_core_fwd", [&] {
     core_fwd_kernel<scalar_t>(qc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
-                              a.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<float>(), N, M, L,
-                              D);
+                              a.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<scalar_t>(), N, M,
+                              L, D);
   });
   return {a.to(q.scalar_type()), lse};
 }
@@ -202,15 +201,18 @@ std::tuple<Tensor, Tensor> core_bwd(const Tensor& da, const Tensor& q, const Ten
                     lse.sizes());
   const auto ct = compute_type(q.scalar_type());
   const Tensor qc = as_compute(q, ct), xc = as_compute(x, ct), dac = as_compute(da, ct),
-               ac = as_compute(a, ct), lsec = as_compute(lse, at::kFloat);
+               ac = as_compute(a, ct), lsec = as_compute(lse, ct);
+  // A float64 gradient given a float32 lse (e.g. from another implementation) recomputes each
+  // row's logsumexp from S: P = exp(S - lse) with a float32 lse is only float32-exact.
+  const bool exact_lse = ct == at::kDouble && lse.scalar_type() != at::kDouble;
   const int64_t N = q.size(0), M = q.size(1), L = x.size(1), D = q.size(2);
   Tensor dq = at::empty({N, M, D}, qc.options());
   Tensor dx = at::empty({N, L, D}, qc.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_core_bwd", [&] {
     core_bwd_kernel<scalar_t>(dac.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
                               xc.const_data_ptr<scalar_t>(), ac.const_data_ptr<scalar_t>(),
-                              lsec.const_data_ptr<float>(), dq.mutable_data_ptr<scalar_t>(),
-                              dx.mutable_data_ptr<scalar_t>(), N, M, L, D);
+                              lsec.const_data_ptr<scalar_t>(), dq.mutable_data_ptr<scalar_t>(),
+                              dx.mutable_data_ptr<scalar_t>(), N, M, L, D, exact_lse);
   });
   return {dq.to(q.scalar_type()), dx.to(x.scalar_type())};
 }

@@ -72,15 +72,13 @@ def core_inputs(n, m, l, d, dtype, contiguous=True):
 def check_core(q, x, da, dtype):
     a, lse = _native.region_attention_core_forward(q, x)
     dq, dx = _native.region_attention_core_backward(da, q, x, a, lse)
-    assert (
-        a.dtype == dtype and dq.dtype == dtype and dx.dtype == dtype and lse.dtype == torch.float32
-    )
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert a.dtype == dtype and dq.dtype == dtype and dx.dtype == dtype and lse.dtype == acc
     # ground truth in float64; for float32 the allowed error scales with eager float32's own error
     want = core_ref_grads(q.double(), x.double(), da.double())
     lowp = core_ref_grads(q, x, da) if dtype != torch.float64 else [None] * 4
     for name, got, exp, lp in zip(("a", "lse", "dq", "dx"), (a, lse, dq, dx), want, lowp):
-        kind = torch.float32 if name == "lse" else dtype
-        assert_close(got, exp, dtype=kind, lowp_ref=lp if name != "lse" else None, name=name)
+        assert_close(got, exp, dtype=dtype, lowp_ref=lp, name=name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
@@ -98,6 +96,16 @@ def test_core_noncontiguous(dtype):
     q, x, da = core_inputs(3, 16, 50, 24, dtype, contiguous=False)
     assert not q.is_contiguous() and not x.is_contiguous()
     check_core(q, x, da.transpose(1, 2).contiguous().transpose(1, 2), dtype)
+
+
+def test_core_float64_backward_with_float32_lse():
+    """A float32 lse (e.g. from another backend) still gives float64-exact gradients."""
+    q, x, da = core_inputs(2, 3, 50, 20, torch.float64)
+    a, lse = _native.region_attention_core_forward(q, x)
+    dq, dx = _native.region_attention_core_backward(da, q, x, a, lse.float())
+    _, _, want_dq, want_dx = core_ref_grads(q, x, da)
+    assert_close(dq, want_dq, name="dq")
+    assert_close(dx, want_dx, name="dx")
 
 
 def test_core_bfloat16_runs_in_float32():

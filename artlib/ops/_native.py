@@ -200,7 +200,8 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("artlib::native_region_attention_core_fwd")
     def _(q, x):
-        return q.new_empty(q.shape), q.new_empty(q.shape[:2], dtype=torch.float32)
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        return q.new_empty(q.shape), q.new_empty(q.shape[:2], dtype=acc)
 
     @torch.library.register_fake("artlib::native_region_attention_core_bwd")
     def _(da, q, x, a, lse):
@@ -285,7 +286,8 @@ def _require() -> None:
 
 def region_attention_core_forward(q: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     """Region-attention core, absorbed form: ``q`` (N, M, d) already scaled, ``x`` (N, L, d) ->
-    ``a`` (N, M, d) in q's dtype and ``lse`` (N, M) float32.
+    ``a`` (N, M, d) in q's dtype and ``lse`` (N, M) in float32 (float64 for float64 input), as
+    ``region_attention_core_ref``.
 
     Equivalent to ``s = q @ x.mT; a = s.softmax(-1) @ x; lse = s.logsumexp(-1)``.
     float16/bfloat16 inputs are computed in float32.
@@ -300,7 +302,7 @@ def region_attention_core_backward(
     """Backward of :func:`region_attention_core_forward`: ``(dq (N, M, d), dx (N, L, d))``.
 
     dP = da x^T; delta_m = da_m . a_m; dS = P * (dP - delta); dq = dS x; dx = P^T da + dS^T q, with P
-    recomputed from q, x and lse (float64 inputs recompute each row's logsumexp exactly).
+    recomputed from q, x and lse (float64 inputs with a float32 lse recompute each row's logsumexp).
     """
     _require()
     return torch.ops.artlib.native_region_attention_core_bwd(da, q, x, a, lse)
