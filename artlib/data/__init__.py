@@ -12,13 +12,48 @@ from .annotations import (
     read_ssv2,
     write_generic_list,
 )
+from .dali import DaliVideoLoader, dali_decode_frames, make_dali_loader
+from .dataset import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SampleFailure,
+    ShardedSampler,
+    TooManyFailures,
+    VideoDataset,
+    VideoLoader,
+    collate_skip_failures,
+    make_loader,
+)
 from .decode import VideoDecodeError, VideoInfo, decode_frames, video_info
+from .sampling import crop_params, item_rng, sample_indices
+from .synthetic import CLASS_NAMES, SyntheticSet, make_finegrained_set
 
 __all__ = [
+    "CLASS_NAMES",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DaliVideoLoader",
+    "SampleFailure",
+    "ShardedSampler",
+    "SyntheticSet",
+    "TooManyFailures",
+    "VideoDataset",
     "VideoDecodeError",
     "VideoInfo",
     "VideoItem",
+    "VideoLoader",
+    "collate_skip_failures",
+    "crop_params",
+    "dali_decode_frames",
     "decode_frames",
+    "item_rng",
+    "make_dali_loader",
+    "make_finegrained_set",
+    "make_loader",
     "read_annotations",
     "read_diving48",
     "read_finegym",
@@ -26,6 +61,7 @@ __all__ = [
     "read_kinetics",
     "read_ntu",
     "read_ssv2",
+    "sample_indices",
     "video_info",
     "write_generic_list",
 ]
