@@ -33,7 +33,7 @@ from artlib.data.prepare import (  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (120, 160)  # H, W
-YT_A, YT_B, YT_MISSING = "AAAAAAAAAAA", "BBBBBBBBB-b", "CCCCCCCCCCC"
+YT_A, YT_B, YT_W, YT_MISSING = "AAAAAAAAAAA", "BBBBBBBBB-b", "WWWWWWWWW_w", "CCCCCCCCCCC"
 
 
 def clip_indices(path) -> list[int]:
@@ -61,12 +61,14 @@ def expected(raw_frames, start, end) -> list[int]:
 def raw(tmp_path_factory):
     """RAW/<A>.mp4: 25 fps CFR, 250 frames, keyframe every 25 (so cuts seek); RAW/<B>/<B>.mp4: a
     variable frame rate (frame durations 20, 60, 40 ms), 120 frames, in the one-folder-per-video
-    layout some downloaders use. <MISSING> is not there."""
+    layout some downloaders use; RAW/<W>.webm: VP9 in WebM (ms timestamps), as YouTube often serves.
+    <MISSING> is not there."""
     root = tmp_path_factory.mktemp("raw")
     a = write_index_video(root / f"{YT_A}.mp4", 250, size=SIZE, fps=25, gop=25)
     (root / YT_B).mkdir()
     b = write_index_video(root / YT_B / f"{YT_B}.mp4", 120, size=SIZE, fps=25, gop=30, vfr=True)
-    return {"dir": root, YT_A: timed_indices(a), YT_B: timed_indices(b)}
+    w = write_index_video(root / f"{YT_W}.webm", 60, size=SIZE, codec="vp9", gop=20)
+    return {"dir": root, YT_A: timed_indices(a), YT_B: timed_indices(b), YT_W: timed_indices(w)}
 
 
 def seg(*stamps):
@@ -107,6 +109,13 @@ ANNOTATIONS = {
             },
         }
     },
+    YT_W: {
+        "E_000000_000002": {
+            "event": 5,
+            "timestamps": [[0.3, 2.3]],
+            "segments": {"A_0000_0001": seg((0.42, 1.5))},  # [0.72, 1.8): 18..44
+        }
+    },
     YT_MISSING: {
         "E_000002_000004": {
             "event": 1,
@@ -128,7 +137,7 @@ def expected_clips(raw) -> dict[str, list[int]]:
 def test_finegym_jobs_names_and_spans():
     jobs = {j.name: j for j in finegym_jobs(ANNOTATIONS)}
     # names as in gym99/gym288 element lists; events without segments give no clip
-    assert len(jobs) == 9
+    assert len(jobs) == 10
     j = jobs[f"{YT_A}_E_000001_000005_A_0001_0003"]
     # first stage start .. last stage end, relative to the event's start, exact decimals
     assert (j.source, j.start, j.end) == (YT_A, Fraction("2.2"), Fraction("3.52"))
@@ -153,6 +162,7 @@ def test_finegym_cut_exact_frames_report_and_check(raw, tmp_path, capsys):
     assert want[f"{YT_A}_E_000001_000005_A_0000_0001"] == list(range(25, 50))  # [1.0, 2.0)
     assert want[f"{YT_A}_E_000001_000005_A_0001_0003"] == list(range(55, 88))  # [2.2, 3.52)
     assert want[f"{YT_A}_E_000005_000009_A_0000_0002"] == list(range(149, 200))  # [5.96, 8.0)
+    assert want[f"{YT_W}_E_000000_000002_A_0000_0001"] == list(range(18, 45))  # [0.72, 1.8)
     got = {p.stem: clip_indices(p) for p in out.glob("*.mp4")}
     assert sorted(got) == sorted(want)
     for name in want:
@@ -178,7 +188,7 @@ def test_finegym_cut_exact_frames_report_and_check(raw, tmp_path, capsys):
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
     assert main([*argv, "--workers", "1", "--no-progress", "--strict"]) == 1
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")} == mtimes
-    assert "0 cut, 7 already done" in capsys.readouterr().out
+    assert "0 cut, 8 already done" in capsys.readouterr().out
 
     # the checker on the gym99-style element list of these clips finds the missing and short ones
     elements = tmp_path / "gym99_val_element.txt"

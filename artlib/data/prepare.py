@@ -298,9 +298,8 @@ def cut_clip(
         tmp.unlink(missing_ok=True)
         raise
     note = ""
-    if (
-        not reached_end and last_t is not None and last_t + step < end
-    ):  # frames are missing at the end
+    # the video ran out inside the span, more than a frame before its end: the clip is cut short
+    if not reached_end and last_t is not None and last_t + step < end:
         note = f"source ends at {float(last_t):.3f} s, before the span's end {float(end):.3f} s"
     return n, note
 
@@ -332,13 +331,13 @@ def _frames_from(inp, ist, origin: Fraction, start: Fraction):
 
 
 def _add_h264(out, ist, frame, *, gop: int, crf: int, preset: str, threads: int):
-    import av  # noqa: F401
-
     rate = ist.average_rate or ist.guessed_rate or Fraction(25)
     ost = out.add_stream("libx264", rate=rate)
     # yuv420p needs even sides: drop a trailing odd row/column by rescaling (rare in practice)
     ost.width, ost.height = frame.width - frame.width % 2, frame.height - frame.height % 2
     ost.pix_fmt = "yuv420p"
+    if ist.codec_context.sample_aspect_ratio:  # keep anamorphic sources' display shape
+        ost.codec_context.sample_aspect_ratio = ist.codec_context.sample_aspect_ratio
     ost.time_base = ist.time_base
     ost.codec_context.time_base = ist.time_base
     ost.codec_context.thread_count = threads
