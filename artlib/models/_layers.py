@@ -99,7 +99,9 @@ class QueryAttention(Attention):
         b_q, _, b_v = self.in_proj_bias.chunk(3)
         qh = F.linear(q, w_q, b_q).view(B, M, h, dh)  # (B, M, h, dh)
         q_abs = torch.einsum("bmhd,hdc->bhmc", qh, w_k.view(h, dh, C)) / math.sqrt(dh)
-        attn = torch.softmax(torch.einsum("bhmc,bnc->bhmn", q_abs, x).float(), dim=-1).to(x.dtype)
+        scores = torch.einsum("bhmc,bnc->bhmn", q_abs, x)
+        low = scores.dtype in (torch.float16, torch.bfloat16)
+        attn = torch.softmax(scores.float() if low else scores, dim=-1).to(x.dtype)
         ctx = torch.einsum("bhmn,bnc->bhmc", attn, x)  # (B, h, M, C): P·x before projecting
         out = torch.einsum("bhmc,hdc->bmhd", ctx, w_v.view(h, dh, C)) + b_v.view(h, dh)
         return self.out_proj(out.reshape(B, M, C))

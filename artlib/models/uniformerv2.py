@@ -90,7 +90,8 @@ class UniFormerV2(nn.Module):
             UniFormerV2's Kinetics models do; ``frames_out(T)`` says what comes out).
         local_layers: which blocks get LT_MHRA (default all), ``local_ratio``/``local_kernel`` its
             bottleneck ratio and temporal tube length.
-        global_layers: number of Global UniBlocks, fed by the last ones of the blocks (default 4).
+        global_layers: number of Global UniBlocks, fed by the last ones of the blocks (default
+            min(4, layers), as UniFormerV2 does for B/16 and L/14).
         global_dropout: dropout in the Global UniBlocks' FFN.
         grad_checkpointing: recompute each block in backward (saves memory for L/14).
 
@@ -112,11 +113,13 @@ class UniFormerV2(nn.Module):
         local_layers: Sequence[int] | None = None,
         local_ratio: float = 1.5,
         local_kernel: int = 3,
-        global_layers: int = 4,
+        global_layers: int | None = None,
         global_dropout: float = 0.0,
         grad_checkpointing: bool = False,
     ):
         super().__init__()
+        if global_layers is None:
+            global_layers = min(4, layers)
         if not 0 <= global_layers <= layers:
             raise ValueError(f"global_layers: expected 0..layers = {layers}, got {global_layers}")
         if temporal_kernel < 1 or temporal_kernel % 2 != 1:

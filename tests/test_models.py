@@ -1,0 +1,347 @@
+"""artlib.models: backbones, UniFormerV2's step-0 equivalence with CLIP's image ViT, TEA, ART."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from artlib.models import (
+    ART,
+    TEAResNet50,
+    TinyVideoBackbone,
+    UniFormerV2,
+    build_backbone,
+    list_backbones,
+)
+from artlib.models._layers import QueryAttention, temporal_conv
+from artlib.models.tea import MotionExcitation, MultipleTemporalAggregation
+from tests.helpers import assert_close
+
+SMALL_VIT = dict(width=64, layers=3, heads=2, patch_size=16, img_size=224, global_layers=2)
+
+
+def _roundtrip(model: nn.Module, fresh: nn.Module, *inputs):
+    """state_dict → bytes → a freshly built model gives the same outputs."""
+    model.eval()
+    fresh.eval()
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    with torch.no_grad():
+        a, b = model(*inputs), fresh(*inputs)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+# Building blocks --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_temporal_conv_matches_conv3d(k):
+    B, T, C, H, W = 2, 4, 6, 3, 5
+    x = torch.randn(B, T, C, H, W, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(k, C, 1, 1, dtype=torch.float64, requires_grad=True)
+    out = temporal_conv(x, w)
+    ref_w = w.detach().clone().requires_grad_()
+    ref = F.conv3d(  # depthwise (k,1,1) conv over T with zero padding
+        x.permute(0, 2, 1, 3, 4), ref_w[:, :, 0, 0].t().reshape(C, 1, k, 1, 1), padding=(k // 2, 0, 0),
+        groups=C,
+    ).permute(0, 2, 1, 3, 4)  # fmt: skip
+    assert_close(out, ref, name="temporal_conv")
+    g = torch.randn_like(out)
+    gx, gw = torch.autograd.grad(out, (x, w), g)
+    rx, rw = torch.autograd.grad(ref, (x, ref_w), g)
+    assert_close(gx, rx, name="d x")
+    assert_close(gw, rw, name="d w")
+
+
+def test_query_attention_matches_multihead_attention():
+    C, heads = 48, 6
+    mha = nn.MultiheadAttention(C, heads, batch_first=True).double()
+    qa = QueryAttention(C, heads).double()
+    qa.load_state_dict(mha.state_dict())
+    with torch.no_grad():
+        for p in list(mha.parameters()) + list(qa.parameters()):
+            p.normal_(0, 0.3)  # biases non-zero too
+        qa.load_state_dict(mha.state_dict())
+    q = torch.randn(3, 2, C, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 50, C, dtype=torch.float64, requires_grad=True)
+    out = qa(q, x)
+    ref = mha(q, x, x, need_weights=False)[0]
+    assert_close(out, ref, name="absorbed attention")
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, x, qa.in_proj_weight, qa.in_proj_bias), g)
+    exp = torch.autograd.grad(ref, (q, x, mha.in_proj_weight, mha.in_proj_bias), g)
+    for name, a, e in zip(("dq", "dx", "d in_proj_weight"), got, exp):
+        assert_close(a, e, name=name)
+    # the key bias cancels in the softmax: its gradient is zero, MHA's too
+    assert_close(got[3], exp[3], atol=1e-10, name="d in_proj_bias")
+
+
+# UniFormerV2 -------------------------------------------------------------------------------------
+
+
+def test_uniformerv2_shapes_224():
+    m = UniFormerV2(**SMALL_VIT)
+    tokens, cls = m(torch.randn(2, 3, 3, 224, 224))
+    assert tokens.shape == (2, 3, 196, 64) and cls.shape == (2, 64)
+    assert m.out_dim == 64 and m.num_tokens(224, 224) == 196 and m.frames_out(3) == 3
+    m2 = UniFormerV2(**{**SMALL_VIT, "temporal_stride": 2, "global_layers": 0})
+    tokens, cls = m2(torch.randn(1, 4, 3, 160, 160))  # other size: positional embedding resized
+    assert tokens.shape == (1, 2, 100, 64) and m2.frames_out(4) == 2
+
+
+def _clip_vit():
+    open_clip = pytest.importorskip("open_clip")
+    from open_clip.transformer import VisionTransformer
+
+    del open_clip
+    return VisionTransformer(
+        image_size=224, patch_size=16, width=64, layers=3, heads=2, mlp_ratio=4.0, output_dim=32,
+        output_tokens=True,
+    ).eval()  # fmt: skip
+
+
+def test_uniformerv2_step0_equals_clip_image_vit():
+    """Temporal parts start as the identity: frame tokens = CLIP's per-frame ln_post tokens, cls =
+    frame average of CLIP's pooled feature; open_clip's state dict loads as it is."""
+    vit = _clip_vit()
+    m = UniFormerV2(**SMALL_VIT).eval()
+    report = m.load_clip_state_dict({f"visual.{k}": v for k, v in vit.state_dict().items()})
+    assert report == {"missing": [], "unexpected": []}
+    B, T = 2, 3
+    video = torch.randn(B, T, 3, 224, 224)
+    with torch.no_grad():
+        tokens, cls = m(video)
+        pooled, ref_tokens = vit(video.flatten(0, 1))
+    assert_close(tokens, ref_tokens.view(B, T, 196, 64), name="frame tokens")
+    assert_close(cls @ vit.proj, pooled.view(B, T, -1).mean(1), name="cls (projected)")
+
+
+def test_uniformerv2_temporal_parts_learn():
+    """At step 0 frames are independent; every new part gets a gradient; once trained a little,
+    frames mix in time and the global branch reaches cls."""
+    m = UniFormerV2(**SMALL_VIT)
+    video = torch.randn(1, 4, 3, 224, 224)
+    tokens, cls = m(video)
+    (tokens.square().mean() + cls.square().mean()).backward()
+    assert m.fusion_alpha.grad.abs() > 0
+    assert all(b.lmhra.up.weight.grad.abs().sum() > 0 for b in m.transformer.resblocks)
+    with torch.no_grad():
+        moved = video.clone()
+        moved[:, 0] += 1.0
+        assert torch.equal(m(moved)[0][:, 1:], tokens[:, 1:].detach()), "frames leak at step 0"
+        for blk in m.transformer.resblocks:
+            blk.lmhra.up.weight.normal_(0, 0.1)
+        m.fusion_alpha.fill_(0.5)
+        t2, c2 = m(video)
+        t3, _ = m(moved)
+        assert (t3[:, 1] - t2[:, 1]).abs().max() > 1e-4, "LT_MHRA must mix neighbouring frames"
+    m.zero_grad()
+    _, c2 = m(video)
+    c2.square().mean().backward()
+    assert m.video_query.grad.abs().sum() > 0
+    assert all(g.dpe.weight.grad.abs().sum() > 0 for g in m.global_blocks)
+
+
+def test_uniformerv2_pretrained_path_and_state_dict(tmp_path):
+    vit = _clip_vit()
+    ckpt = tmp_path / "clip_vit.pt"
+    sd = {f"visual.{k}": v for k, v in vit.state_dict().items()}
+    sd["logit_scale"] = torch.tensor(4.6)  # a full CLIP checkpoint carries text/other keys
+    torch.save(sd, ckpt)
+    small = {k: v for k, v in SMALL_VIT.items() if k != "global_layers"}
+    m = build_backbone("uniformerv2_b16", pretrained=ckpt, global_layers=1, **small)
+    assert torch.equal(m.transformer.resblocks[1].attn.in_proj_weight,
+                       vit.transformer.resblocks[1].attn.in_proj_weight)  # fmt: skip
+    assert torch.equal(m.conv1.weight[:, :, 1], vit.conv1.weight)
+    assert m.conv1.weight[:, :, [0, 2]].abs().max() == 0
+    video = torch.randn(1, 2, 3, 224, 224)
+    _roundtrip(m, UniFormerV2(**{**SMALL_VIT, "global_layers": 1}), video)
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"visual.conv1.weight": torch.zeros(8, 3, 16, 16)}, wrong)
+    with pytest.raises(RuntimeError, match="conv1.weight"):
+        build_backbone("uniformerv2_b16", pretrained=wrong, **small)
+
+
+# TEA ---------------------------------------------------------------------------------------------
+
+
+def test_tea_shapes_224_and_state_dict():
+    m = TEAResNet50(base_width=8, layers=(1, 2, 1, 1))
+    video = torch.randn(2, 3, 3, 224, 224)
+    tokens, cls = m(video)
+    assert tokens.shape == (2, 3, 49, 256) and cls.shape == (2, 256)
+    assert m.out_dim == 256 and m.num_tokens(224) == 49
+    assert_close(cls, tokens.mean((1, 2)), name="cls = token average")
+    _roundtrip(m, TEAResNet50(base_width=8, layers=(1, 2, 1, 1)), video[:1])
+
+
+def test_motion_excitation():
+    me = MotionExcitation(32, reduction=4).eval()
+    x = torch.randn(2 * 3, 32, 5, 5)
+    assert torch.equal(me(x, 3), x), "conv_exp starts at zero: A = 0, ME is the identity"
+    with torch.no_grad():
+        me.conv_exp.weight.normal_()
+        # reference: TEA's equations written out per frame
+        xr = me.bn_red(me.conv_red(x)).view(2, 3, 8, 5, 5)
+        xt = me.conv_trans(xr.flatten(0, 1)).view(2, 3, 8, 5, 5)
+        m = torch.zeros_like(xr)
+        for t in range(2):
+            m[:, t] = xt[:, t + 1] - xr[:, t]
+        a = 2 * torch.sigmoid(me.conv_exp(m.mean((-2, -1), keepdim=True).flatten(0, 1))) - 1
+        assert_close(me(x, 3), x + x * a, name="ME")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_multiple_temporal_aggregation(stride):
+    mta = MultipleTemporalAggregation(16, stride)
+    with torch.no_grad():
+        for w in mta.temporal:
+            w.normal_()
+    B, T = 2, 3
+    x = torch.randn(B * T, 16, 6, 6)
+
+    def tconv(v, w):  # depthwise kernel-3 conv over time, as a Conv1d
+        q = v.shape[1]
+        seq = v.view(B, T, q, -1).permute(0, 3, 2, 1).reshape(-1, q, T)
+        out = F.conv1d(seq, w[:, :, 0, 0].t().unsqueeze(1), padding=1, groups=q)
+        return out.view(B, -1, q, T).permute(0, 3, 2, 1).reshape(v.shape)
+
+    parts = x.chunk(4, dim=1)
+    outs = [F.avg_pool2d(parts[0], 3, stride, 1) if stride > 1 else parts[0]]
+    for i in range(1, 4):
+        xi = parts[i] + outs[-1] if (i > 1 and stride == 1) else parts[i]
+        outs.append(mta.spatial[i - 1](tconv(xi, mta.temporal[i - 1])))
+    assert_close(mta(x, T), torch.cat(outs, 1), name=f"MTA stride {stride}")
+
+
+def test_tea_imagenet_weights_load(tmp_path):
+    """A torchvision ResNet-50 checkpoint loads; with TEA off the network *is* torchvision's."""
+    tv = pytest.importorskip("torchvision")
+    ref = tv.models.resnet50().eval()
+    path = tmp_path / "resnet50.pth"
+    torch.save(ref.state_dict(), path)
+    plain = build_backbone("tea_r50", pretrained=path, tea_stages=()).eval()
+    video = torch.randn(1, 2, 3, 64, 64)
+    with torch.no_grad():
+        tokens, _ = plain(video)
+        x = video[0]
+        feats = ref.layer4(
+            ref.layer3(ref.layer2(ref.layer1(ref.maxpool(ref.relu(ref.bn1(ref.conv1(x)))))))
+        )
+    assert_close(tokens[0], feats.flatten(2).transpose(1, 2), name="last-stage tokens")
+    tea = build_backbone("tea_r50", pretrained=path)
+    w = ref.layer2[0].conv2.weight
+    assert torch.equal(tea.layer2[0].conv2.spatial[1].weight, w[64:96, 64:96])
+    assert torch.equal(tea.layer3[2].bn2.running_var, ref.layer3[2].bn2.running_var)
+
+
+# Tiny, registry ----------------------------------------------------------------------------------
+
+
+def test_tiny_shapes_and_state_dict(tmp_path):
+    m = TinyVideoBackbone(width=32, depth=2, patch_size=32, img_size=224, heads=2)
+    video = torch.randn(2, 4, 3, 224, 224)
+    tokens, cls = m(video)
+    assert tokens.shape == (2, 4, 49, 32) and cls.shape == (2, 32)
+    tokens, _ = m(torch.randn(1, 2, 3, 96, 96))  # other size: positional embedding resized
+    assert tokens.shape == (1, 2, 9, 32)
+    _roundtrip(m, TinyVideoBackbone(width=32, depth=2, patch_size=32, img_size=224, heads=2), video)
+    path = tmp_path / "tiny.pt"
+    torch.save(m.state_dict(), path)
+    m2 = build_backbone(
+        "tiny", pretrained=path, width=32, depth=2, patch_size=32, img_size=224, heads=2
+    )
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+
+
+def test_build_backbone_errors(tmp_path):
+    assert set(list_backbones()) == {"tiny", "uniformerv2_b16", "uniformerv2_l14", "tea_r50"}
+    with pytest.raises(
+        ValueError, match=r"unknown backbone 'resnet9'.*tiny.*uniformerv2_b16.*tea_r50"
+    ):
+        build_backbone("resnet9")
+    missing = str(tmp_path / "no_such_weights.pth")
+    for name in ("tiny", "tea_r50", "uniformerv2_b16"):
+        with pytest.raises(FileNotFoundError, match="no_such_weights.pth"):
+            build_backbone(
+                name,
+                pretrained=missing,
+                **({"width": 64, "layers": 1, "heads": 2} if "uni" in name else {}),
+            )
+    pytest.importorskip("open_clip")
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        UniFormerV2.from_pretrained(
+            "b16", "laion2b_s34b_b88k", cache_dir=str(tmp_path), width=64, layers=1, heads=2
+        )
+    with pytest.raises(ValueError, match="known tags"):
+        build_backbone("uniformerv2_l14", pretrained="no_such_tag")
+    with pytest.raises(ValueError, match="video"):
+        UniFormerV2(width=64, layers=1, heads=2, global_layers=0)(torch.randn(1, 2, 3, 100, 100))
+
+
+# ART ---------------------------------------------------------------------------------------------
+
+
+def _art(**kw):
+    backbone = TinyVideoBackbone(width=32, depth=1, patch_size=16, img_size=64, heads=2)
+    bank = F.normalize(torch.randn(4, 5, 24), dim=-1)
+    opts = dict(dim=32, num_queries=2, heads=4, se_layers=1, act_layers=1, dropout=0.0)
+    return ART(backbone, 5, bank, num_frames=4, **{**opts, **kw})
+
+
+def test_art_forward_losses_and_ema():
+    model = _art()
+    video, labels = torch.randn(3, 4, 3, 64, 64), torch.tensor([0, 4, 2])
+    logits = model(video)
+    assert logits.shape == (3, 5)
+    logits, losses = model(video, labels)
+    assert {"v", "con", "mtc", "sema", "total"} <= set(losses)
+    losses["total"].backward()
+    assert model.backbone.conv1.weight.grad.abs().sum() > 0
+    assert model.head.bank.agent.grad.abs().sum() > 0
+    s_before = model.head.bank.S.clone()
+    with torch.no_grad():
+        model.head.bank.agent.add_(1.0)
+    model.ema_update()
+    mu = model.head.bank.momentum
+    assert_close(
+        model.head.bank.S, mu * s_before + (1 - mu) * model.head.bank.agent.detach(), name="EMA"
+    )
+    with pytest.raises(ValueError, match="num_frames = 4"):
+        model(torch.randn(1, 3, 3, 64, 64))
+
+
+def test_art_baseline_and_bank_inputs(tmp_path):
+    backbone = TinyVideoBackbone(width=32, depth=1, patch_size=16, img_size=64, heads=2)
+    base = ART(backbone, 5, None, baseline=True, num_frames=4, dropout=0.0)
+    video, labels = torch.randn(2, 4, 3, 64, 64), torch.tensor([1, 3])
+    logits, losses = base(video, labels)
+    assert set(losses) == {"v", "total"}
+    tokens, cls = backbone(video)
+    assert_close(logits, base.fc(cls), name="baseline = linear on cls")
+    base.ema_update()  # no bank: a no-op
+    with pytest.raises(ValueError, match="bank"):
+        ART(backbone, 5, None, num_frames=4)
+    path = tmp_path / "bank.pt"
+    torch.save({"bank": F.normalize(torch.randn(4, 5, 24), dim=-1)}, path)
+    art = ART(backbone, 5, str(path), num_frames=4, dim=32, heads=4, se_layers=1, act_layers=1)
+    assert torch.equal(art.head.bank.S, torch.load(path)["bank"])
+    with pytest.raises(FileNotFoundError, match="missing_bank"):
+        ART(backbone, 5, str(tmp_path / "missing_bank.pt"), num_frames=4)
+    groups = art.param_groups(lr=1e-3)
+    assert sum(len(g["params"]) for g in groups) == len(list(art.parameters()))
+
+
+def test_art_state_dict_roundtrip():
+    torch.manual_seed(1)
+    a = _art()
+    torch.manual_seed(2)
+    b = _art()
+    _roundtrip(a, b, torch.randn(2, 4, 3, 64, 64))
