@@ -184,10 +184,8 @@ def head_options(cfg: TrainConfig) -> dict:
         dim=cfg.dim,
         heads=cfg.heads,
         num_queries=cfg.num_queries,
-        num_frames=cfg.num_frames,
         se_layers=cfg.se_layers,
         act_layers=cfg.act_layers,
-        dropout=cfg.dropout,
         gamma_mtc=cfg.gamma_mtc,
         gamma_sema=cfg.gamma_sema,
         lam=cfg.lam,
@@ -206,11 +204,11 @@ def build_model(cfg: TrainConfig, class_names: list[str], bank=None) -> nn.Modul
     from artlib.models import ART, build_backbone
     from artlib.nn import SemanticBank
 
-    backbone = build_backbone(
-        cfg.backbone, pretrained=cfg.pretrained, num_frames=cfg.num_frames, img_size=cfg.crop_size
-    )
+    kw = {} if cfg.backbone.startswith("tea") else {"img_size": cfg.crop_size}
+    backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained, **kw)
+    common = dict(num_frames=cfg.num_frames, dropout=cfg.dropout)
     if cfg.baseline:
-        return ART(backbone, len(class_names), None, baseline=True, dropout=cfg.dropout)
+        return ART(backbone, len(class_names), None, baseline=True, **common)
     if bank is None and cfg.bank:
         bank = SemanticBank.from_file(cfg.bank, momentum=cfg.bank_momentum)
     elif bank is None:
@@ -222,7 +220,7 @@ def build_model(cfg: TrainConfig, class_names: list[str], bank=None) -> nn.Modul
         bank = SemanticBank(s0, momentum=cfg.bank_momentum)
     if bank.num_classes != len(class_names):
         raise ValueError(f"--bank has {bank.num_classes} classes, the data set {len(class_names)}")
-    return ART(backbone, len(class_names), bank, **head_options(cfg))
+    return ART(backbone, len(class_names), bank, **common, **head_options(cfg))
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module):
@@ -495,12 +493,8 @@ def _has_unused(cfg: TrainConfig) -> bool:
 
 
 def _failures(*loaders) -> dict:
-    failed = 0
-    for ld in loaders:
-        stats = getattr(ld, "failures", None)
-        if stats is not None:
-            failed += len(stats) if hasattr(stats, "__len__") else int(stats)
-    return {"skipped_videos": failed}
+    """Distinct videos skipped so far (the loaders log each with its path)."""
+    return {"skipped_videos": sum(len(getattr(ld, "failures", {})) for ld in loaders)}
 
 
 def _maybe_die(epoch: int) -> None:
