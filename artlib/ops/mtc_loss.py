@@ -20,10 +20,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from einops import rearrange
+from einops import einsum, rearrange
 from torch import Tensor
 
-__all__ = ["mtc_loss", "mtc_loss_ref", "TEMPORAL_MODES", "COS_EPS"]
+from artlib.ops._backend import select
+
+__all__ = ["mtc_loss", "mtc_loss_ref", "mtc_loss_backward_ref", "TEMPORAL_MODES", "COS_EPS"]
 
 TEMPORAL_MODES = ("hinge", "linear")
 COS_EPS = 1e-8
@@ -98,14 +100,189 @@ def mtc_loss_ref(
     return total, spatial, temporal_term, tracklet
 
 
+def _term_scales(t: int, k: int) -> tuple[float, float, float]:
+    """The normalizers of Eq. 5, 6, 7: 1/(T K (K-1)), 1/((T-1) K), 1/(K (K-1)); 0 where a term is 0."""
+    c_s = 1.0 / (t * k * (k - 1)) if k > 1 else 0.0
+    c_t = 1.0 / ((t - 1) * k) if t > 1 else 0.0
+    c_tr = 1.0 / (k * (k - 1)) if k > 1 else 0.0
+    return c_s, c_t, c_tr
+
+
+def _repel_grad_matrix(gram: Tensor, a: Tensor) -> Tensor:
+    """M (..., K, K) with ``M @ X = d/dX [a * sum_{i!=j} cos(x_i, x_j)]`` for X (..., K, D) whose Gram
+    matrix is ``gram``. With s_i = 1/max(|x_i|, eps) and u_i = s_i x_i: M_ij = 2 a s_i s_j (i != j) and
+    M_ii = -2 a s_i^2 sum_{j!=i} <u_i, u_j> where |x_i| >= eps (below eps the reference divides by the
+    constant eps, so there is no projection term)."""
+    k = gram.shape[-1]
+    norm = torch.diagonal(gram, dim1=-2, dim2=-1).clamp_min(0).sqrt()
+    s = 1.0 / norm.clamp_min(COS_EPS)
+    off = ~torch.eye(k, dtype=torch.bool, device=gram.device)
+    ss = (s.unsqueeze(-1) * s.unsqueeze(-2)) * off
+    proj_coef = (gram * ss).sum(-1)  # sum_{j!=i} <u_i, u_j>
+    diag = torch.where(norm >= COS_EPS, -(s * s) * proj_coef, torch.zeros_like(s))
+    return 2.0 * a * (ss + torch.diag_embed(diag))
+
+
+def mtc_loss_backward_ref(
+    grad: Tensor,
+    responses: Tensor,
+    lam: float = 0.6,
+    temporal: str = "hinge",
+    weights: Sequence[float] = (1.0, 1.0, 1.0),
+) -> Tensor:
+    """The gradient of :func:`mtc_loss_ref` in closed form, plain PyTorch (no autograd, no second
+    forward): ``grad`` (4,) holds d out / d (total, spatial, temporal, tracklet); returns dR like
+    ``responses``. Equivalent to ``torch.autograd.grad(torch.stack(mtc_loss_ref(R, ...)), R, grad)``
+    and the specification of the Triton backward:
+
+        dR_t = (M_t + M^tr) R_t + diag(D_t) R_t + P_t * R_(t-1) + N_t * R_(t+1)
+
+    with M_t from G_t = R_t R_tᵀ (Eq. 5), M^tr from H = sum_t G_t (Eq. 7) (see
+    :func:`_repel_grad_matrix`) and the per-query temporal coefficients (Eq. 6).
+    """
+    acc = torch.float64 if responses.dtype == torch.float64 else torch.float32
+    r = responses.to(acc)
+    g = grad.to(acc)
+    b, t, k, _ = r.shape
+    c_s, c_t, c_tr = _term_scales(t, k)
+    w_s, w_t, w_tr = (float(w) for w in weights)
+    a_s = (g[0] * w_s + g[1]) * (c_s / b)  # d out / d sum_{b,t,i!=j} cos, through Eq. 8 and mean_B
+    a_t = (g[0] * w_t + g[2]) * (c_t / b)
+    a_tr = (g[0] * w_tr + g[3]) * (c_tr / b)
+
+    gram = einsum(r, r, "b t i d, b t j d -> b t i j")  # G_t
+    mat = _repel_grad_matrix(gram, a_s)  # Eq. 5
+    mat = mat + _repel_grad_matrix(gram.sum(1), a_tr).unsqueeze(1)  # Eq. 7, H = sum_t G_t
+    dr = mat @ r  # (B, T, K, d)
+
+    if t > 1:  # Eq. 6, the pairs (t, t+1)
+        norm = torch.diagonal(gram, dim1=-2, dim2=-1).sqrt()  # (B, T, K)
+        s = 1.0 / norm.clamp_min(COS_EPS)
+        proj = (norm >= COS_EPS).to(acc)
+        cos = (r[:, :-1] * r[:, 1:]).sum(-1) * s[:, :-1] * s[:, 1:]  # (B, T-1, K)
+        if temporal == "hinge":
+            gam = -a_t * (lam - cos > 0).to(acc)
+        else:
+            gam = (-a_t).expand_as(cos)
+        pair = (gam * s[:, :-1] * s[:, 1:]).unsqueeze(-1)
+        dr[:, :-1] += pair * r[:, 1:]
+        dr[:, 1:] += pair * r[:, :-1]
+        gc = gam * cos
+        dr[:, :-1] -= (proj[:, :-1] * s[:, :-1] ** 2 * gc).unsqueeze(-1) * r[:, :-1]
+        dr[:, 1:] -= (proj[:, 1:] * s[:, 1:] ** 2 * gc).unsqueeze(-1) * r[:, 1:]
+    return dr.to(responses.dtype).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The custom op: artlib::mtc_loss (+ artlib::mtc_loss_backward), dispatching per backend.
+
+
+def _impl(responses: Tensor) -> str:
+    """The implementation for these responses; the Triton kernels accumulate in fp32, so float64
+    inputs take the reference."""
+    impl = select("mtc_loss", responses.device)
+    if impl == "triton" and responses.dtype == torch.float64:
+        return "reference"
+    return impl
+
+
+def _out_dtype(responses: Tensor) -> torch.dtype:
+    return torch.float64 if responses.dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("artlib::mtc_loss", mutates_args=())
+def _mtc_loss_op(
+    responses: Tensor, lam: float, hinge: bool, w_s: float, w_t: float, w_tr: float
+) -> tuple[Tensor, Tensor]:
+    """-> (out (4,) = [total, spatial, temporal, tracklet], stats). stats is what the backward of the
+    same implementation reuses: H = sum_t R_t R_tᵀ (B, K, K) fp32 for Triton, empty otherwise."""
+    impl = _impl(responses)
+    if impl == "triton":
+        from artlib.ops.triton.mtc_loss import mtc_loss_fwd_triton
+
+        return mtc_loss_fwd_triton(responses, lam, hinge, w_s, w_t, w_tr)
+    if impl == "native":
+        from artlib.ops import _native
+
+        out = _native.mtc_loss_forward(responses, lam, hinge, w_s, w_t, w_tr)
+    else:
+        temporal = "hinge" if hinge else "linear"
+        out = torch.stack(mtc_loss_ref(responses, lam, temporal, (w_s, w_t, w_tr)))
+    return out, responses.new_empty((0,), dtype=torch.float32)
+
+
+@_mtc_loss_op.register_fake
+def _(responses, lam, hinge, w_s, w_t, w_tr):
+    b, _, k, _ = responses.shape
+    stats = (b, k, k) if _impl(responses) == "triton" else (0,)
+    out = responses.new_empty((4,), dtype=_out_dtype(responses))
+    return out, responses.new_empty(stats, dtype=torch.float32)
+
+
+@torch.library.custom_op("artlib::mtc_loss_backward", mutates_args=())
+def _mtc_loss_backward_op(
+    grad: Tensor,
+    responses: Tensor,
+    stats: Tensor,
+    lam: float,
+    hinge: bool,
+    w_s: float,
+    w_t: float,
+    w_tr: float,
+) -> Tensor:
+    """dR (contiguous, responses' dtype) from grad (4,) of [total, spatial, temporal, tracklet]."""
+    impl = _impl(responses)
+    if impl == "triton":
+        from artlib.ops.triton.mtc_loss import mtc_loss_bwd_triton
+
+        if stats.numel() == 0:  # the forward ran on another backend: rebuild H
+            r32 = responses.float()
+            stats = einsum(r32, r32, "b t i d, b t j d -> b i j")
+        return mtc_loss_bwd_triton(grad, responses, stats, lam, hinge, w_s, w_t, w_tr)
+    if impl == "native":
+        from artlib.ops import _native
+
+        return _native.mtc_loss_backward(grad, responses, lam, hinge, w_s, w_t, w_tr)
+    temporal = "hinge" if hinge else "linear"
+    return mtc_loss_backward_ref(grad, responses, lam, temporal, (w_s, w_t, w_tr))
+
+
+@_mtc_loss_backward_op.register_fake
+def _(grad, responses, stats, lam, hinge, w_s, w_t, w_tr):
+    return responses.new_empty(responses.shape)
+
+
+def _mtc_setup_context(ctx, inputs, output):
+    responses, lam, hinge, w_s, w_t, w_tr = inputs
+    ctx.save_for_backward(responses, output[1])
+    ctx.args = (lam, hinge, w_s, w_t, w_tr)
+
+
+def _mtc_backward(ctx, grad_out, _grad_stats):
+    responses, stats = ctx.saved_tensors
+    dr = _mtc_loss_backward_op(grad_out, responses, stats, *ctx.args)
+    return dr, None, None, None, None, None
+
+
+_mtc_loss_op.register_autograd(_mtc_backward, setup_context=_mtc_setup_context)
+
+
 def mtc_loss(
     responses: Tensor,
     lam: float = 0.6,
     temporal: str = "hinge",
     weights: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """MTC loss over region responses ``(B, T, K, d)`` -> ``(total, spatial, temporal, tracklet)``.
+    """MTC loss over region responses ``(B, T, K, d)`` -> ``(total, spatial, temporal, tracklet)``,
+    0-d tensors in fp32 (float64 for float64 input).
 
-    Equivalent to :func:`mtc_loss_ref`; dispatches to the fastest implementation for the device.
+    Equivalent to :func:`mtc_loss_ref` (forward and gradient). It is the custom op
+    ``artlib::mtc_loss``: fused Triton kernels for CUDA tensors (one read of R forward, one
+    backward), the native CPU kernels once built, else the reference with a closed-form backward
+    (:func:`mtc_loss_backward_ref`); ``artlib.ops.backend("mtc_loss", device)`` says which runs.
+    ``temporal="hinge"`` (default) is DESIGN.md's reading of Eq. 6, ``"linear"`` the printed form.
     """
-    return mtc_loss_ref(responses, lam, temporal, weights)
+    check_mtc_args(responses, lam, temporal, weights)
+    w_s, w_t, w_tr = (float(w) for w in weights)
+    out, _ = _mtc_loss_op(responses, float(lam), temporal == "hinge", w_s, w_t, w_tr)
+    return out[0], out[1], out[2], out[3]

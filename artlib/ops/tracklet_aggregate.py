@@ -17,7 +17,15 @@ import torch
 from einops import einsum
 from torch import Tensor
 
-__all__ = ["tracklet_aggregate", "tracklet_aggregate_ref", "tracklet_weights_ref", "AGG_MODES"]
+from artlib.ops import _backend
+
+__all__ = [
+    "tracklet_aggregate",
+    "tracklet_aggregate_ref",
+    "tracklet_aggregate_backward_ref",
+    "tracklet_weights_ref",
+    "AGG_MODES",
+]
 
 AGG_MODES = ("saliency", "mean", "sum")
 
@@ -75,11 +83,113 @@ def tracklet_aggregate_ref(
     return out.to(responses.dtype)
 
 
+def tracklet_aggregate_backward_ref(
+    grad: Tensor, responses: Tensor, semantics: Tensor, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """The gradient of saliency :func:`tracklet_aggregate_ref` in closed form, plain PyTorch (no
+    autograd, no second forward): grad (B, K, d) -> (dR like responses, dS like semantics).
+    Equivalent to ``torch.autograd.grad(tracklet_aggregate_ref(R, S, "saliency", tau), (R, S), grad)``
+    and the specification of the Triton backward. With P = softmax_t(<s_i, r_tk> / tau) (B, K, T, K)
+    and w = mean_i P:
+
+        dw_tk = <g_k, r_tk> / T,   dA_itk = P_itk (dw_tk - sum_t' P_it'k dw_t'k) / (K tau)
+        dR = w g / T + sum_i dA_i s_i,   dS_i = sum_(t,k) dA_itk r_tk
+    """
+    acc = torch.float64 if responses.dtype == torch.float64 else torch.float32
+    r, s, g = responses.to(acc), semantics.to(acc), grad.to(acc)
+    t, k = r.shape[1], r.shape[2]
+    p = (einsum(s, r, "b i d, b t k d -> b i t k") / temperature).softmax(dim=2)  # Eq. 9
+    w = p.mean(dim=1)  # (B, T, K)
+    dw = einsum(g, r, "b k d, b t k d -> b t k") / t
+    da = p * (dw.unsqueeze(1) - (p * dw.unsqueeze(1)).sum(2, keepdim=True)) / (k * temperature)
+    dr = (w / t).unsqueeze(-1) * g.unsqueeze(1) + einsum(da, s, "b i t k, b i d -> b t k d")
+    ds = einsum(da, r, "b i t k, b t k d -> b i d")
+    return dr.to(responses.dtype).contiguous(), ds.to(semantics.dtype).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The custom op: artlib::tracklet_aggregate (+ artlib::tracklet_aggregate_backward), saliency mode.
+
+
+def _impl(responses: Tensor) -> str:
+    """triton for CUDA tensors (not float64: the kernels accumulate in fp32), else the reference;
+    there is no native kernel for this op, so a forced ``native`` runs the reference."""
+    try:
+        impl = _backend.select("tracklet_aggregate", responses.device)
+    except RuntimeError:
+        if _backend._requested("tracklet_aggregate") == "native":
+            return "reference"
+        raise
+    if impl == "native" or (impl == "triton" and responses.dtype == torch.float64):
+        return "reference"
+    return impl
+
+
+@torch.library.custom_op("artlib::tracklet_aggregate", mutates_args=())
+def _tracklet_aggregate_op(responses: Tensor, semantics: Tensor, temperature: float) -> Tensor:
+    """Saliency aggregation (Eq. 9): R (B, T, K, d), S (B, K, d) -> (B, K, d) in R's dtype."""
+    if _impl(responses) == "triton":
+        from artlib.ops.triton.tracklet_aggregate import tracklet_aggregate_fwd_triton
+
+        return tracklet_aggregate_fwd_triton(responses, semantics, temperature)
+    return tracklet_aggregate_ref(responses, semantics, "saliency", temperature).contiguous()
+
+
+@_tracklet_aggregate_op.register_fake
+def _(responses, semantics, temperature):
+    b, _, k, d = responses.shape
+    return responses.new_empty((b, k, d))
+
+
+@torch.library.custom_op("artlib::tracklet_aggregate_backward", mutates_args=())
+def _tracklet_aggregate_backward_op(
+    grad: Tensor, responses: Tensor, semantics: Tensor, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """(dR, dS), contiguous, in the dtypes of responses and semantics."""
+    if _impl(responses) == "triton":
+        from artlib.ops.triton.tracklet_aggregate import tracklet_aggregate_bwd_triton
+
+        return tracklet_aggregate_bwd_triton(grad, responses, semantics, temperature)
+    return tracklet_aggregate_backward_ref(grad, responses, semantics, temperature)
+
+
+@_tracklet_aggregate_backward_op.register_fake
+def _(grad, responses, semantics, temperature):
+    return responses.new_empty(responses.shape), semantics.new_empty(semantics.shape)
+
+
+def _ta_setup_context(ctx, inputs, output):
+    responses, semantics, temperature = inputs
+    ctx.save_for_backward(responses, semantics)
+    ctx.temperature = temperature
+
+
+def _ta_backward(ctx, grad):
+    responses, semantics = ctx.saved_tensors
+    dr, ds = _tracklet_aggregate_backward_op(grad, responses, semantics, ctx.temperature)
+    return dr, ds, None
+
+
+_tracklet_aggregate_op.register_autograd(_ta_backward, setup_context=_ta_setup_context)
+
+
 def tracklet_aggregate(
     responses: Tensor,
     semantics: Tensor | None = None,
     mode: str = "saliency",
     temperature: float = 1.0,
 ) -> Tensor:
-    """Aggregate each tracklet over time -> (B, K, d). Equivalent to :func:`tracklet_aggregate_ref`."""
-    return tracklet_aggregate_ref(responses, semantics, mode, temperature)
+    """Aggregate each tracklet over time: R (B, T, K, d) [, S^topk (B, K, d)] -> (B, K, d) in R's dtype.
+
+    Equivalent to :func:`tracklet_aggregate_ref` (forward and gradients). ``mode="saliency"`` (Eq. 9)
+    is the custom op ``artlib::tracklet_aggregate``: fused Triton kernels for CUDA tensors (one read of
+    R forward, one backward), else the reference with a closed-form backward
+    (:func:`tracklet_aggregate_backward_ref`). ``"mean"`` and ``"sum"`` are a single reduction in plain
+    PyTorch.
+    """
+    check_aggregate_args(responses, semantics, mode)
+    if mode != "saliency":
+        return tracklet_aggregate_ref(responses, semantics, mode, temperature)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    return _tracklet_aggregate_op(responses, semantics, float(temperature))

@@ -1,0 +1,330 @@
+"""Fused Triton kernels for the MTC loss (Eq. 5-8), forward and backward.
+
+Shapes: B videos, T frames, K region queries, d width; R (B, T, K, d) with any strides.
+
+Everything the loss needs is a K x K Gram matrix or a per-query dot product:
+
+* G_t = R_t R_tᵀ (K x K) per frame: its diagonal gives the norms n_tk, its off-diagonal the spatial
+  cosines G_ij / (max(n_i, eps) max(n_j, eps))                                           (Eq. 5)
+* c_tk = <r_tk, r_(t+1)k> per query: the temporal cosines                                 (Eq. 6)
+* H = sum_t G_t per video: the Gram of vec(Tr_k), so the tracklet cosines                 (Eq. 7)
+
+Forward: one program per video streams its T frames once (each frame's (K, d) tile in d-chunks;
+the previous frame's chunk is read again for c_t, from cache), keeps G_t and H in registers and writes
+the video's four terms, already divided by B, plus H (B, K, K) for the backward.
+
+Backward: one program per (video, frame). With s_k = 1 / max(n_k, eps) and u_k = s_k r_k, the gradient
+of sum_{i!=j} <u_i, u_j> is a K x K matrix times R_t, the temporal term adds multiples of r_(t-1)k and
+r_(t+1)k, so  dR_t = (M_t + M^tr + diag(D_t)) R_t + P_t * R_(t-1) + N_t * R_(t+1)  with
+M_ij = 2 a s_i s_j (i != j),  M_ii = -[n_i >= eps] 2 a s_i^2 sum_{j!=i} s_i s_j G_ij
+(the projection onto the tangent of the unit sphere; a vector shorter than eps is divided by eps, as
+in the reference's clamp). Pass 1 over d builds G_t and the neighbours' dot products, pass 2 writes
+dR_t. H comes from the forward, so the backward also reads R once (the neighbours' chunks from cache).
+
+Accumulation is fp32 for fp16/bf16/fp32 inputs (loaded, then cast: bf16 arithmetic is wrong under
+TRITON_INTERPRET=1). ``tl.dot`` runs with ``input_precision="ieee"``: TF32 would put ~1e-3 relative
+error into the norms.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["mtc_loss_fwd_triton", "mtc_loss_bwd_triton"]
+
+COS_EPS = 1e-8
+
+
+@triton.jit
+def _mtc_fwd_kernel(
+    r_ptr,
+    part_ptr,
+    gram_ptr,
+    stride_rb,
+    stride_rt,
+    stride_rk,
+    stride_rd,
+    T,
+    K,
+    D,
+    lam,
+    w_s,
+    w_t,
+    w_tr,
+    c_s,
+    c_t,
+    c_tr,
+    inv_b,
+    EPS: tl.constexpr,
+    HINGE: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    b = tl.program_id(0)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_k = offs_k < K
+    eye = offs_k[:, None] == offs_k[None, :]
+    offdiag = (offs_k[:, None] != offs_k[None, :]) & mask_k[:, None] & mask_k[None, :]
+    base = r_ptr + b.to(tl.int64) * stride_rb
+
+    h = tl.zeros([BLOCK_K, BLOCK_K], tl.float32)  # sum_t G_t: Gram of vec(Tr_k), Eq. 7
+    spatial = tl.zeros([BLOCK_K], tl.float32)
+    temporal = tl.zeros([BLOCK_K], tl.float32)
+    s_prev = tl.zeros([BLOCK_K], tl.float32)
+    for t in range(0, T):
+        g = tl.zeros([BLOCK_K, BLOCK_K], tl.float32)
+        cross = tl.zeros([BLOCK_K], tl.float32)  # <r_(t-1)k, r_tk>
+        row = base + t * stride_rt + offs_k[:, None] * stride_rk
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + offs_d
+            m = mask_k[:, None] & (cols < D)[None, :]
+            ptrs = row + cols[None, :] * stride_rd
+            cur = tl.load(ptrs, mask=m, other=0.0).to(tl.float32)
+            prev = tl.load(ptrs - stride_rt, mask=m & (t > 0), other=0.0).to(tl.float32)
+            g += tl.dot(cur, tl.trans(cur), input_precision="ieee")
+            cross += tl.sum(prev * cur, axis=1)
+        sq = tl.sum(tl.where(eye, g, 0.0), axis=1)
+        s = 1.0 / tl.maximum(tl.sqrt(sq), EPS)
+        # Eq. 5: sum_{i != j} cos(r_ti, r_tj)
+        spatial += tl.sum(tl.where(offdiag, g * s[:, None] * s[None, :], 0.0), axis=1)
+        # Eq. 6: the pair (t-1, t)
+        cos = cross * s_prev * s
+        if HINGE:
+            val = tl.maximum(lam - cos, 0.0)
+        else:
+            val = lam - cos
+        temporal += tl.where(mask_k & (t > 0), val, 0.0)
+        s_prev = s
+        h += g
+
+    hs = 1.0 / tl.maximum(tl.sqrt(tl.sum(tl.where(eye, h, 0.0), axis=1)), EPS)
+    tracklet_b = tl.sum(
+        tl.sum(tl.where(offdiag, h * hs[:, None] * hs[None, :], 0.0), axis=1), axis=0
+    )
+    spatial_b = tl.sum(spatial, axis=0) * c_s
+    temporal_b = tl.sum(temporal, axis=0) * c_t
+    tracklet_b = tracklet_b * c_tr
+    total_b = w_s * spatial_b + w_t * temporal_b + w_tr * tracklet_b  # Eq. 8
+    tl.store(part_ptr + b * 4 + 0, total_b * inv_b)
+    tl.store(part_ptr + b * 4 + 1, spatial_b * inv_b)
+    tl.store(part_ptr + b * 4 + 2, temporal_b * inv_b)
+    tl.store(part_ptr + b * 4 + 3, tracklet_b * inv_b)
+    gptrs = gram_ptr + b * K * K + offs_k[:, None] * K + offs_k[None, :]
+    tl.store(gptrs, h, mask=mask_k[:, None] & mask_k[None, :])
+
+
+@triton.jit
+def _mtc_bwd_kernel(
+    r_ptr,
+    gram_ptr,
+    grad_ptr,
+    dr_ptr,
+    stride_rb,
+    stride_rt,
+    stride_rk,
+    stride_rd,
+    stride_gb,
+    stride_gt,
+    stride_gk,
+    stride_gd,
+    T,
+    K,
+    D,
+    lam,
+    w_s,
+    w_t,
+    w_tr,
+    c_s,
+    c_t,
+    c_tr,
+    inv_b,
+    EPS: tl.constexpr,
+    HINGE: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    b = tl.program_id(0)
+    t = tl.program_id(1)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_k = offs_k < K
+    eye = offs_k[:, None] == offs_k[None, :]
+    offdiag = (offs_k[:, None] != offs_k[None, :]) & mask_k[:, None] & mask_k[None, :]
+    has_prev = t > 0
+    has_next = t < T - 1
+
+    # d total / d term, through Eq. 8 and the mean over B.
+    g_total = tl.load(grad_ptr + 0).to(tl.float32)
+    a_s = (g_total * w_s + tl.load(grad_ptr + 1).to(tl.float32)) * inv_b * c_s
+    a_t = (g_total * w_t + tl.load(grad_ptr + 2).to(tl.float32)) * inv_b * c_t
+    a_tr = (g_total * w_tr + tl.load(grad_ptr + 3).to(tl.float32)) * inv_b * c_tr
+
+    row = r_ptr + b.to(tl.int64) * stride_rb + t * stride_rt + offs_k[:, None] * stride_rk
+    # Pass 1: G_t and the dot products with the neighbouring frames.
+    g = tl.zeros([BLOCK_K, BLOCK_K], tl.float32)
+    c_prev = tl.zeros([BLOCK_K], tl.float32)
+    c_next = tl.zeros([BLOCK_K], tl.float32)
+    sq_prev = tl.zeros([BLOCK_K], tl.float32)
+    sq_next = tl.zeros([BLOCK_K], tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + offs_d
+        m = mask_k[:, None] & (cols < D)[None, :]
+        ptrs = row + cols[None, :] * stride_rd
+        cur = tl.load(ptrs, mask=m, other=0.0).to(tl.float32)
+        prev = tl.load(ptrs - stride_rt, mask=m & has_prev, other=0.0).to(tl.float32)
+        nxt = tl.load(ptrs + stride_rt, mask=m & has_next, other=0.0).to(tl.float32)
+        g += tl.dot(cur, tl.trans(cur), input_precision="ieee")
+        c_prev += tl.sum(prev * cur, axis=1)
+        c_next += tl.sum(cur * nxt, axis=1)
+        sq_prev += tl.sum(prev * prev, axis=1)
+        sq_next += tl.sum(nxt * nxt, axis=1)
+
+    n = tl.sqrt(tl.sum(tl.where(eye, g, 0.0), axis=1))
+    s = 1.0 / tl.maximum(n, EPS)
+    proj = (n >= EPS) & mask_k  # below eps the reference divides by the constant eps
+
+    # Eq. 5: spatial repulsion within frame t.
+    sg = tl.where(offdiag, g * s[:, None] * s[None, :], 0.0)
+    p = 2.0 * a_s * tl.sum(sg, axis=1)  # <dL/du_i, u_i>
+    mat = tl.where(offdiag, 2.0 * a_s * s[:, None] * s[None, :], 0.0)
+    diag = tl.where(proj, -s * s * p, 0.0)
+
+    # Eq. 7: tracklet repulsion, through H = sum_t G_t saved by the forward.
+    hptrs = gram_ptr + b * K * K + offs_k[:, None] * K + offs_k[None, :]
+    h = tl.load(hptrs, mask=mask_k[:, None] & mask_k[None, :], other=0.0)
+    hn = tl.sqrt(tl.sum(tl.where(eye, h, 0.0), axis=1))
+    hs = 1.0 / tl.maximum(hn, EPS)
+    hproj = (hn >= EPS) & mask_k
+    shg = tl.where(offdiag, h * hs[:, None] * hs[None, :], 0.0)
+    hp = 2.0 * a_tr * tl.sum(shg, axis=1)
+    mat += tl.where(offdiag, 2.0 * a_tr * hs[:, None] * hs[None, :], 0.0)
+    diag += tl.where(hproj, -hs * hs * hp, 0.0)
+
+    # Eq. 6: the pairs (t-1, t) and (t, t+1); gamma = a_t * d term / d cos.
+    s_prev = 1.0 / tl.maximum(tl.sqrt(sq_prev), EPS)
+    s_next = 1.0 / tl.maximum(tl.sqrt(sq_next), EPS)
+    cos_prev = c_prev * s_prev * s
+    cos_next = c_next * s * s_next
+    if HINGE:
+        gam_prev = tl.where(lam - cos_prev > 0.0, -a_t, 0.0)
+        gam_next = tl.where(lam - cos_next > 0.0, -a_t, 0.0)
+    else:
+        gam_prev = tl.zeros([BLOCK_K], tl.float32) - a_t
+        gam_next = tl.zeros([BLOCK_K], tl.float32) - a_t
+    gam_prev = tl.where(mask_k & has_prev, gam_prev, 0.0)
+    gam_next = tl.where(mask_k & has_next, gam_next, 0.0)
+    coef_prev = s * gam_prev * s_prev
+    coef_next = s * gam_next * s_next
+    diag += tl.where(proj, -s * s * (gam_prev * cos_prev + gam_next * cos_next), 0.0)
+
+    mat += tl.where(eye, diag[:, None], 0.0)
+
+    # Pass 2: dR_t = mat R_t + coef_prev * R_(t-1) + coef_next * R_(t+1).
+    out_row = dr_ptr + b.to(tl.int64) * stride_gb + t * stride_gt + offs_k[:, None] * stride_gk
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + offs_d
+        m = mask_k[:, None] & (cols < D)[None, :]
+        ptrs = row + cols[None, :] * stride_rd
+        cur = tl.load(ptrs, mask=m, other=0.0).to(tl.float32)
+        prev = tl.load(ptrs - stride_rt, mask=m & has_prev, other=0.0).to(tl.float32)
+        nxt = tl.load(ptrs + stride_rt, mask=m & has_next, other=0.0).to(tl.float32)
+        dr = tl.dot(mat, cur, input_precision="ieee")
+        dr += coef_prev[:, None] * prev + coef_next[:, None] * nxt
+        tl.store(out_row + cols[None, :] * stride_gd, dr.to(dr_ptr.dtype.element_ty), mask=m)
+
+
+def _blocks(k: int, d: int) -> tuple[int, int, int]:
+    """(BLOCK_K, BLOCK_D, num_warps): K padded to a power of two >= 16 (``tl.dot``'s minimum on GPUs),
+    a d-chunk that keeps one (BLOCK_K, BLOCK_D) fp32 tile at <= 8192 elements."""
+    block_k = max(16, triton.next_power_of_2(k))
+    block_d = max(16, min(triton.next_power_of_2(d), 8192 // block_k))
+    num_warps = 8 if block_k * block_d >= 8192 else 4
+    return block_k, block_d, num_warps
+
+
+def _coefs(t: int, k: int) -> tuple[float, float, float]:
+    """Normalizers of Eq. 5, 6, 7; 0 where a term is defined as 0 (K = 1, T = 1)."""
+    c_s = 1.0 / (t * k * (k - 1)) if k > 1 else 0.0
+    c_t = 1.0 / ((t - 1) * k) if t > 1 else 0.0
+    c_tr = 1.0 / (k * (k - 1)) if k > 1 else 0.0
+    return c_s, c_t, c_tr
+
+
+def mtc_loss_fwd_triton(
+    r: Tensor, lam: float, hinge: bool, w_s: float, w_t: float, w_tr: float
+) -> tuple[Tensor, Tensor]:
+    """-> (out (4,) fp32 = [total, spatial, temporal, tracklet], H (B, K, K) fp32)."""
+    b, t, k, d = r.shape
+    block_k, block_d, num_warps = _blocks(k, d)
+    part = torch.empty((b, 4), device=r.device, dtype=torch.float32)
+    gram = torch.empty((b, k, k), device=r.device, dtype=torch.float32)
+    c_s, c_t, c_tr = _coefs(t, k)
+    _mtc_fwd_kernel[(b,)](
+        r,
+        part,
+        gram,
+        *r.stride(),
+        t,
+        k,
+        d,
+        float(lam),
+        float(w_s),
+        float(w_t),
+        float(w_tr),
+        c_s,
+        c_t,
+        c_tr,
+        1.0 / b,
+        EPS=COS_EPS,
+        HINGE=bool(hinge),
+        BLOCK_K=block_k,
+        BLOCK_D=block_d,
+        num_warps=num_warps,
+    )
+    return part.sum(0), gram
+
+
+def mtc_loss_bwd_triton(
+    grad: Tensor,
+    r: Tensor,
+    gram: Tensor,
+    lam: float,
+    hinge: bool,
+    w_s: float,
+    w_t: float,
+    w_tr: float,
+) -> Tensor:
+    """grad (4,) of (total, spatial, temporal, tracklet), H from the forward -> dR like r."""
+    b, t, k, d = r.shape
+    block_k, block_d, num_warps = _blocks(k, d)
+    dr = torch.empty((b, t, k, d), device=r.device, dtype=r.dtype)
+    c_s, c_t, c_tr = _coefs(t, k)
+    _mtc_bwd_kernel[(b, t)](
+        r,
+        gram.contiguous(),
+        grad.contiguous(),
+        dr,
+        *r.stride(),
+        *dr.stride(),
+        t,
+        k,
+        d,
+        float(lam),
+        float(w_s),
+        float(w_t),
+        float(w_tr),
+        c_s,
+        c_t,
+        c_tr,
+        1.0 / b,
+        EPS=COS_EPS,
+        HINGE=bool(hinge),
+        BLOCK_K=block_k,
+        BLOCK_D=block_d,
+        num_warps=num_warps,
+    )
+    return dr

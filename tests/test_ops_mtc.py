@@ -1,0 +1,204 @@
+"""artlib.ops.mtc_loss: every implementation against the plain-PyTorch reference, values and gradients.
+
+Shapes: B T K d. The Triton kernels run on CPU under TRITON_INTERPRET=1 (set in conftest), so their
+shapes stay small; K = 17 exercises a 32-row tile, d = 37 a masked d-chunk.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import artlib.ops as ops
+from artlib.ops import _backend
+from artlib.ops.mtc_loss import _mtc_loss_op, mtc_loss_backward_ref, mtc_loss_ref
+from tests.helpers import assert_close
+
+NAMES = ("total", "spatial", "temporal", "tracklet")
+
+
+def ref_with_grad(r: torch.Tensor, grad: torch.Tensor, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out (4,), dR) of the reference by autograd."""
+    r = r.detach().requires_grad_()
+    out = torch.stack(mtc_loss_ref(r, **kw))
+    if not out.requires_grad:  # K = 1 and T = 1: every term is a constant
+        return out.detach(), torch.zeros_like(r)
+    (dr,) = torch.autograd.grad(out, r, grad.to(out.dtype))
+    return out.detach(), dr
+
+
+def op_with_grad(r: torch.Tensor, grad: torch.Tensor, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    r = r.detach().requires_grad_()
+    out = torch.stack(ops.mtc_loss(r, **kw))
+    (dr,) = torch.autograd.grad(out, r, grad.to(out.dtype))
+    return out.detach(), dr
+
+
+def responses(shape, dtype=torch.float32, zero=True, noncontiguous=False):
+    b, t, k, d = shape
+    if noncontiguous:  # stored as (B, K, T, d + 1), seen as (B, T, K, d)
+        r = torch.randn(b, k, t, d + 1, dtype=dtype).transpose(1, 2)[..., :d]
+    else:
+        r = torch.randn(b, t, k, d).to(dtype)
+    if zero:
+        r[0, 0, 0] = 0.0  # a zero-vector response: cos is 0, the gradient goes through eps
+    return r
+
+
+KW = [
+    dict(lam=0.6, temporal="hinge", weights=(1.0, 1.0, 1.0)),
+    dict(lam=0.3, temporal="linear", weights=(0.5, 2.0, 1.5)),
+]
+SHAPES = [(2, 3, 4, 5), (2, 1, 3, 6), (2, 4, 1, 6), (1, 1, 1, 3), (3, 5, 3, 37)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kw", KW, ids=["hinge", "linear"])
+def test_closed_form_backward_matches_autograd(shape, kw):
+    r = responses(shape, torch.float64)
+    grad = torch.randn(4, dtype=torch.float64)
+    _, expected = ref_with_grad(r, grad, **kw)
+    assert_close(mtc_loss_backward_ref(grad, r, **kw), expected, name="dR")
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (3, 5, 3, 37)])
+def test_op_matches_reference(monkeypatch, backend, shape):
+    """The public op (the reference with its closed-form backward, or what auto picks on CPU)."""
+    monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", backend)
+    r = responses(shape)
+    grad = torch.randn(4)
+    for kw in KW:
+        out, dr = op_with_grad(r, grad, **kw)
+        exp_out, exp_dr = ref_with_grad(r.double(), grad, **kw)
+        low_out, low_dr = ref_with_grad(r, grad, **kw)
+        assert_close(out, exp_out, lowp_ref=low_out, name="out")
+        assert_close(dr, exp_dr, lowp_ref=low_dr, name="dR")
+
+
+triton_only = pytest.mark.skipif(not _backend.triton_available(), reason="triton not installed")
+
+
+@triton_only
+@pytest.mark.parametrize(
+    "shape,dtype,noncontiguous",
+    [
+        ((2, 3, 4, 5), torch.float32, False),
+        ((2, 1, 3, 37), torch.float32, False),  # T = 1, d not a power of two
+        ((2, 4, 1, 6), torch.float32, True),  # K = 1, non-contiguous
+        ((1, 2, 17, 20), torch.float32, False),  # K > 16: a 32-row tile
+        ((2, 3, 3, 37), torch.float16, False),
+        ((2, 3, 3, 37), torch.bfloat16, True),
+    ],
+)
+def test_triton_matches_reference(monkeypatch, shape, dtype, noncontiguous):
+    monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", "triton")
+    assert ops.backend("mtc_loss", "cpu") == "triton"
+    # a zero vector's gradient is ~1/eps: beyond fp16, and meaningless to compare in bf16
+    r = responses(shape, dtype, zero=dtype == torch.float32, noncontiguous=noncontiguous)
+    assert r.is_contiguous() != noncontiguous
+    grad = torch.randn(4)
+    for kw in KW:
+        out, dr = op_with_grad(r, grad, **kw)
+        exp_out, exp_dr = ref_with_grad(r.double(), grad, **kw)
+        low_out, low_dr = ref_with_grad(r, grad, **kw)
+        assert out.dtype == torch.float32 and dr.dtype == dtype
+        for i, name in enumerate(NAMES):
+            assert_close(out[i], exp_out[i], dtype=torch.float32, lowp_ref=low_out[i], name=name)
+        assert_close(dr, exp_dr.to(dtype), lowp_ref=low_dr, name="dR")
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_edge_cases(monkeypatch, backend):
+    """K = 1: spatial and tracklet are 0; T = 1: temporal is 0; zero responses: no NaN or inf."""
+    if backend == "triton" and not _backend.triton_available():
+        pytest.skip("triton not installed")
+    monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", backend)
+    grad = torch.ones(4)
+    out, dr = op_with_grad(torch.randn(2, 3, 1, 5), grad)
+    assert out[1] == 0 and out[3] == 0 and torch.isfinite(dr).all()
+    out, dr = op_with_grad(torch.randn(2, 1, 3, 5), grad)
+    assert out[2] == 0 and torch.isfinite(dr).all()
+    out, dr = op_with_grad(torch.zeros(2, 3, 3, 5), grad, lam=0.6)
+    assert torch.isfinite(out).all() and torch.isfinite(dr).all()
+    # every cosine of a zero vector is 0: spatial = tracklet = 0, the hinge is lam
+    assert_close(out, torch.tensor([0.6, 0.0, 0.6, 0.0]), name="zeros")
+
+
+def test_native_is_wired(monkeypatch):
+    """select() -> "native" calls _native.mtc_loss_forward/backward with the documented arguments."""
+    from artlib.ops import _native
+
+    calls = []
+
+    def fwd(r, lam, hinge, w_s, w_t, w_tr):
+        calls.append(("fwd", lam, hinge, (w_s, w_t, w_tr)))
+        temporal = "hinge" if hinge else "linear"
+        return torch.stack(mtc_loss_ref(r, lam, temporal, (w_s, w_t, w_tr)))
+
+    def bwd(grad, r, lam, hinge, w_s, w_t, w_tr):
+        calls.append(("bwd", lam, hinge, (w_s, w_t, w_tr)))
+        return mtc_loss_backward_ref(grad, r, lam, "hinge" if hinge else "linear", (w_s, w_t, w_tr))
+
+    monkeypatch.setattr(_native, "available", lambda op=None: True)
+    monkeypatch.setattr(_native, "mtc_loss_forward", fwd)
+    monkeypatch.setattr(_native, "mtc_loss_backward", bwd)
+    monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", "native")
+    r = responses((2, 3, 4, 5))
+    out, dr = op_with_grad(r, torch.ones(4), lam=0.3, temporal="linear", weights=(1, 2, 3))
+    assert calls == [("fwd", 0.3, False, (1.0, 2.0, 3.0)), ("bwd", 0.3, False, (1.0, 2.0, 3.0))]
+    exp_out, exp_dr = ref_with_grad(r, torch.ones(4), lam=0.3, temporal="linear", weights=(1, 2, 3))
+    assert_close(out, exp_out, name="out")
+    assert_close(dr, exp_dr, name="dR")
+
+
+def test_errors_before_dispatch(monkeypatch):
+    # a backend that cannot run here: argument errors must still come first
+    monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", "native")
+    monkeypatch.setenv("ARTLIB_NO_NATIVE", "1")
+    with pytest.raises(ValueError, match="responses"):
+        ops.mtc_loss(torch.randn(2, 3, 4))
+    with pytest.raises(TypeError, match="responses"):
+        ops.mtc_loss(torch.ones(2, 3, 4, 5, dtype=torch.int64))
+    with pytest.raises(ValueError, match="temporal"):
+        ops.mtc_loss(torch.randn(2, 3, 4, 5), temporal="cosine")
+    with pytest.raises(ValueError, match="weights"):
+        ops.mtc_loss(torch.randn(2, 3, 4, 5), weights=(1.0, 1.0))
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_opcheck(monkeypatch, backend):
+    if backend == "triton" and not _backend.triton_available():
+        pytest.skip("triton not installed")
+    monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", backend)
+    r = torch.randn(2, 3, 4, 5, requires_grad=True)
+    torch.library.opcheck(_mtc_loss_op, (r, 0.6, True, 1.0, 0.5, 2.0))
+
+
+def test_compile_fullgraph():
+    """The op traces whole into a graph (dynamo + fake tensors + AOT autograd)."""
+
+    def f(r):
+        total, spatial, temporal, tracklet = ops.mtc_loss(r, 0.5, "hinge", (1.0, 2.0, 0.5))
+        return total * 2 + spatial
+
+    r = torch.randn(2, 3, 4, 5, requires_grad=True)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    out = compiled(r)
+    (dr,) = torch.autograd.grad(out, r)
+    (expected,) = torch.autograd.grad(f(r), r)
+    assert_close(out, f(r), name="out")
+    assert_close(dr, expected, name="dR")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k", [1, 2, 8, 32, 64])
+def test_cuda_matches_reference(dtype, k):
+    r = responses((4, 16, k, 256), dtype).cuda()
+    grad = torch.randn(4, device="cuda")
+    out, dr = op_with_grad(r, grad)
+    exp_out, exp_dr = ref_with_grad(r.double(), grad)
+    low_out, low_dr = ref_with_grad(r, grad)
+    assert_close(out, exp_out, dtype=torch.float32, lowp_ref=low_out, name="out")
+    assert_close(dr, exp_dr.to(dtype), lowp_ref=low_dr, name="dR")
