@@ -14,7 +14,14 @@ from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["CODECS", "frame_index_image", "read_frame_index", "write_index_video", "write_video"]
+__all__ = [
+    "CODECS",
+    "frame_index_image",
+    "read_frame_index",
+    "write_broken_videos",
+    "write_index_video",
+    "write_video",
+]
 
 # codec name -> (FFmpeg encoder, file extension, pixel format)
 CODECS = {
@@ -159,3 +166,40 @@ def write_index_video(
     return write_video(
         path, frames, fps=fps, codec=codec, gop=gop, pts=pts, time_base=time_base, bframes=bframes
     )
+
+
+def write_broken_videos(folder: str | os.PathLike) -> dict[str, str]:
+    """Write one file of each broken kind into ``folder`` -> {kind: path}: "missing" (not written),
+    "empty" (0 bytes), "garbage" (random bytes named .mp4), "truncated" (an H.264 .mp4 cut in half:
+    its index at the end is gone), "truncated_webm" (a VP9 .webm cut in half: fewer frames than its
+    header's duration), "audio_only" (an AAC .m4a). For tests of the skip-and-count rules."""
+    import av
+
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    files = {"missing": os.path.join(folder, "missing.mp4")}
+    files["empty"] = os.path.join(folder, "empty.mp4")
+    open(files["empty"], "wb").close()
+    files["garbage"] = os.path.join(folder, "garbage.mp4")
+    with open(files["garbage"], "wb") as fh:
+        fh.write(np.random.default_rng(0).bytes(4000))
+    for kind, codec, ext in (("truncated", "h264", ".mp4"), ("truncated_webm", "vp9", ".webm")):
+        whole = write_index_video(os.path.join(folder, f"whole_{codec}{ext}"), 40, codec=codec)
+        with open(whole, "rb") as fh:
+            data = fh.read()
+        os.remove(whole)
+        files[kind] = os.path.join(folder, kind + ext)
+        with open(files[kind], "wb") as fh:
+            fh.write(data[: len(data) // 2])
+    files["audio_only"] = os.path.join(folder, "audio_only.m4a")
+    with av.open(files["audio_only"], "w") as out:
+        stream = out.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), "fltp", "mono")
+        frame.sample_rate = 16000
+        for i in range(10):
+            frame.pts = i * 1024
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return files
