@@ -1,11 +1,14 @@
 """The DALI data path: ``fn.external_source`` (encoded bytes, frame indices, crop window, flip, label,
-index) -> ``fn.decoders.video`` ("mixed" = NVDEC on a GPU, "cpu" without one) -> ``fn.resize`` of the
-crop window to crop_size² -> ``fn.crop_mirror_normalize`` (flip, mean/std, FCHW float) ->
+index) -> ``fn.decoders.video`` ("mixed" = NVDEC on a GPU, "cpu" without one) -> ``fn.slice`` (the crop
+window) -> ``fn.resize`` to crop_size² (linear, antialiased) -> ``fn.crop_mirror_normalize`` (flip, mean/std, FCHW float) ->
 ``DALIGenericIterator``; sharded per DDP rank.
 
 The frame indices, crop window and flip of each sample come from ``VideoDataset.plan`` — the same
 seeded draws as the PyAV path — so both paths read the same frames (index i = i-th decoded frame in
-display order) with the same augmentation parameters; only the resampling filter differs slightly.
+display order) with the same augmentation parameters. The decoded frames are bit-identical to the
+PyAV path's with ``accurate_rgb=True``; the resized clips agree within one grey level inside and
+differ at the outer two pixels of the crop (DALI's resize repeats the edge pixel, PyTorch's
+antialiased resize renormalizes its weights there).
 
 DALI's CPU decoder reads only VP8, VP9 and MJPEG; on CPU DALI silently drops an H.264 file and later
 fails with an unrelated message (``num_shards_ <= Size()``), so ``DaliVideoLoader`` reads each file's
@@ -88,8 +91,8 @@ class _Source:
             with open(path, "rb") as fh:
                 cols[0].append(np.frombuffer(fh.read(), dtype=np.uint8))
             cols[1].append(idx.reshape(-1).astype(np.int32))
-            cols[2].append(np.array([top, left], np.float32))
-            cols[3].append(np.array([top + h, left + w], np.float32))
+            cols[2].append(np.array([left, top], np.int32))  # slice anchor, WH order
+            cols[3].append(np.array([w, h], np.int32))
             cols[4].append(np.array(int(flipped), np.int32))
             cols[5].append(np.array([label, index], np.int64))
             self.loader.stats["short"] += int(info.num_frames < ds.num_frames)
@@ -140,15 +143,18 @@ class DaliVideoLoader(VideoLoader):
             exec_pipelined=False,
         )
         def pipe():
-            encoded, frames, roi_start, roi_end, flip, meta = fn.external_source(
+            encoded, frames, anchor, shape, flip, meta = fn.external_source(
                 source=self.source, num_outputs=6, batch=True,
-                dtype=[types.UINT8, types.INT32, types.FLOAT, types.FLOAT, types.INT32, types.INT64],
+                dtype=[types.UINT8, types.INT32, types.INT32, types.INT32, types.INT32, types.INT64],
             )  # fmt: skip
             video = fn.decoders.video(encoded, frames=frames, device="mixed" if gpu else "cpu")
-            video = fn.resize(
-                video, size=[S, S], roi_start=roi_start, roi_end=roi_end, antialias=True,
-                interp_type=types.INTERP_LINEAR,
+            # crop, then resize the window alone (as the PyAV path does; a resize ROI would also
+            # read the pixels around the window at its edges)
+            video = fn.slice(
+                video, anchor, shape, axis_names="WH", normalized_anchor=False,
+                normalized_shape=False,
             )  # fmt: skip
+            video = fn.resize(video, size=[S, S], antialias=True, interp_type=types.INTERP_LINEAR)
             video = fn.crop_mirror_normalize(
                 video, mirror=flip, mean=mean, std=std, dtype=types.FLOAT, output_layout="FCHW"
             )

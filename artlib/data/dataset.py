@@ -87,6 +87,7 @@ class VideoDataset(torch.utils.data.Dataset):
     Randomness comes from ``item_rng(seed, epoch, index)``: the same seed, epoch and index give the same
     frames, crop and flip in any process and on the DALI path (``artlib.data.dali``), which uses the
     same ``plan``. ``set_epoch`` (called by the loader) changes the draws per epoch.
+    ``accurate_rgb=True``: YUV -> RGB bit-identical to DALI's (slower; see ``decode_frames``).
     """
 
     def __init__(
@@ -103,6 +104,7 @@ class VideoDataset(torch.utils.data.Dataset):
         num_clips: int = 1,
         seed: int = 0,
         decode_threads: int | None = None,
+        accurate_rgb: bool = False,
     ):
         if num_frames < 1:
             raise ValueError(f"num_frames: expected >= 1, got {num_frames}")
@@ -121,6 +123,7 @@ class VideoDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.decode_threads = decode_threads
+        self.accurate_rgb = accurate_rgb
         self._frames: dict[int, int] = {}  # index -> true frame count when the header was wrong
 
     def __len__(self) -> int:
@@ -156,7 +159,7 @@ class VideoDataset(torch.utils.data.Dataset):
         n = self._frames.get(index, info.num_frames)
         idx, crop = self.plan(index, n, info.height, info.width)
         try:
-            frames = decode_frames(path, idx.reshape(-1), threads=self._threads())
+            frames = self._decode(path, idx)
         except VideoDecodeError as e:
             if e.num_decoded is None or e.num_decoded == 0 or _truncated(n, e.num_decoded):
                 if e.num_decoded:
@@ -166,11 +169,16 @@ class VideoDataset(torch.utils.data.Dataset):
                 raise
             self._frames[index] = n = e.num_decoded  # header overstated the count a little
             idx, crop = self.plan(index, n, info.height, info.width)
-            frames = decode_frames(path, idx.reshape(-1), threads=self._threads())
+            frames = self._decode(path, idx)
         video = self.transform(frames, crop)  # (num_clips*T, 3, S, S)
         if self.num_clips > 1:
             video = video.view(self.num_clips, self.num_frames, *video.shape[1:])
         return {"video": video, "label": label, "index": index, "short": n < self.num_frames}
+
+    def _decode(self, path: str, idx: np.ndarray) -> torch.Tensor:
+        return decode_frames(
+            path, idx.reshape(-1), threads=self._threads(), accurate_rgb=self.accurate_rgb
+        )
 
     def transform(
         self, frames: torch.Tensor, crop: tuple[int, int, int, int, bool]
