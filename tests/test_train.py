@@ -46,7 +46,7 @@ def env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     bank = cache / "bank.pt"
     torch.save({"bank": torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(0))}, bank)
-    e = dict(os.environ, ARTLIB_CACHE=str(cache), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    e = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     e.pop("ARTLIB_TEST_KILL_AFTER_EPOCH", None)
     return e, str(bank)
 
@@ -56,7 +56,7 @@ def _run(cmd, env, extra_env=None, check=True):
     res = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=600, cwd=REPO)
     if check and res.returncode != 0:
         raise AssertionError(
-            f"{cmd} exited {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+            f"{cmd} exited {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-20000:]}"
         )
     return res
 

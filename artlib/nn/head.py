@@ -163,7 +163,7 @@ class ARTHead(nn.Module):
         _, s_topk = self.select_semantics(cls)  # (B, K, d)
         out = self.rssa(x, s_topk, return_attention=return_maps)
         r, maps = out if return_maps else (out, None)  # R (B, T, K, d), Eq. 3
-        agg = self.aggregate(r, s_topk)  # Eq. 9 -> (B, K, d)
+        agg = self.aggregate(r, s_topk.to(r.dtype))  # Eq. 9 -> (B, K, d); autocast: R may be fp32
         fused = torch.cat([cls, rearrange(agg, "b k d -> b (k d)").to(cls.dtype)], dim=-1)
         logits = self.head_con(self.dropout(fused))  # Eq. 11
         if labels is None:
