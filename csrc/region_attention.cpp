@@ -21,10 +21,13 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <tuple>
 #include <vector>
 
+#include "gemm.h"
 #include "native.h"
 
 namespace artlib_native {
@@ -105,21 +108,65 @@ inline void softmax_bwd_rows(T* top, T* bottom, int64_t n, T lse, T delta) {
   }
 }
 
+// The three GEMM shapes of the core, on the micro-kernels of gemm.h or on the BLAS in libtorch.
+// "auto" takes the micro-kernels for M <= 32 query rows and BLAS above. Measured on the 2-core dev
+// box (AVX2, MKL), N = 384 frames, best of 8: M = 16 fwd 80 vs 108 ms, bwd 335 vs 343 ms (own vs
+// MKL); M = 128 fwd 466 vs 420 ms, bwd 1054 vs 817 ms. Without usable BLAS symbols the
+// micro-kernels run everywhere. ARTLIB_NATIVE_GEMM=own|blas|aten forces one (benchmarks, tests;
+// "aten" is at::mm on slices, the slow but safe path).
+template <typename T>
+struct Gemms {
+  bool own = true;
+  bool blas = false;
+
+  explicit Gemms(int64_t M) {
+    const char* env = std::getenv("ARTLIB_NATIVE_GEMM");
+    const std::string mode = env ? env : "auto";
+    blas = blas_ok<T>();
+    if (mode == "own") {
+      own = true;
+    } else if (mode == "blas") {
+      own = false;
+    } else if (mode == "aten") {
+      own = blas = false;
+    } else {
+      own = M <= 32 || !blas;
+    }
+  }
+  // C (m x n) = A (m x k) B (n x k)^T
+  void nt(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+          int64_t ldc) const {
+    if (own) return kern::gemm_nt<T>(m, n, k, A, lda, B, ldb, C, ldc);
+    gemm<T>(false, true, m, n, k, T(1), A, lda, B, ldb, T(0), C, ldc, blas);
+  }
+  // C (m x n) = A (m x k) B (k x n)
+  void nn(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+          int64_t ldc) const {
+    if (own) return kern::gemm_nn<T>(m, n, k, A, lda, B, ldb, C, ldc);
+    gemm<T>(false, false, m, n, k, T(1), A, lda, B, ldb, T(0), C, ldc, blas);
+  }
+  // C (m x n) = A (k x m)^T B (k x n)
+  void tn(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+          int64_t ldc) const {
+    if (own) return kern::gemm_tn<T>(m, n, k, A, lda, B, ldb, C, ldc);
+    gemm<T>(true, false, m, n, k, T(1), A, lda, B, ldb, T(0), C, ldc, blas);
+  }
+};
+
 template <typename T>
 void core_fwd_kernel(const T* q, const T* x, T* a, T* lse, int64_t N, int64_t M, int64_t L,
                      int64_t D) {
-  const bool use_blas = blas_ok<T>();
+  const Gemms<T> mm(M);
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> s(static_cast<size_t>(M * L));  // this thread's M x L block of S, then P
     for (int64_t n = begin; n < end; ++n) {
       const T* qn = q + n * M * D;
       const T* xn = x + n * L * D;
-      gemm<T>(false, true, M, L, D, T(1), qn, D, xn, D, T(0), s.data(), L, use_blas);  // S = q x^T
+      mm.nt(M, L, D, qn, D, xn, D, s.data(), L);  // S = q x^T
       for (int64_t m = 0; m < M; ++m) {
         lse[n * M + m] = softmax_row(s.data() + m * L, L);
       }
-      gemm<T>(false, false, M, D, L, T(1), s.data(), L, xn, D, T(0), a + n * M * D, D,
-              use_blas);  // a = P x
+      mm.nn(M, D, L, s.data(), L, xn, D, a + n * M * D, D);  // a = P x
     }
   });
 }
@@ -127,7 +174,7 @@ void core_fwd_kernel(const T* q, const T* x, T* a, T* lse, int64_t N, int64_t M,
 template <typename T>
 void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const T* lse, T* dq, T* dx,
                      int64_t N, int64_t M, int64_t L, int64_t D, bool exact_lse) {
-  const bool use_blas = blas_ok<T>();
+  const Gemms<T> mm(M);
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> w(static_cast<size_t>(2 * M * D));  // [q; da]   (2M x d)
     std::vector<T> y(static_cast<size_t>(2 * M * L));  // [S; dP] -> [dS; P]   (2M x L)
@@ -140,7 +187,7 @@ void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const T* l
       std::copy(qn, qn + M * D, w.data());
       std::copy(dan, dan + M * D, w.data() + M * D);
       // [S; dP] = [q; da] x^T: x is read once for both.
-      gemm<T>(false, true, 2 * M, L, D, T(1), w.data(), D, xn, D, T(0), y.data(), L, use_blas);
+      mm.nt(2 * M, L, D, w.data(), D, xn, D, y.data(), L);
       for (int64_t m = 0; m < M; ++m) {
         T* top = y.data() + m * L;
         T* bottom = y.data() + (M + m) * L;
@@ -150,10 +197,9 @@ void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const T* l
         softmax_bwd_rows(top, bottom, L, row_lse, delta);
       }
       // dq = dS x
-      gemm<T>(false, false, M, D, L, T(1), y.data(), L, xn, D, T(0), dq + n * M * D, D, use_blas);
+      mm.nn(M, D, L, y.data(), L, xn, D, dq + n * M * D, D);
       // dx = [dS; P]^T [q; da] = dS^T q + P^T da
-      gemm<T>(true, false, L, D, 2 * M, T(1), y.data(), L, w.data(), D, T(0), dx + n * L * D, D,
-              use_blas);
+      mm.tn(L, D, 2 * M, y.data(), L, w.data(), D, dx + n * L * D, D);
     }
   });
 }

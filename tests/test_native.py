@@ -91,6 +91,14 @@ def test_core_matches_reference(shape, dtype):
     check_core(*core_inputs(*shape, dtype), dtype)
 
 
+@pytest.mark.parametrize("gemm", ["own", "blas", "aten"])
+def test_core_each_gemm_path(gemm, monkeypatch):
+    """The micro-kernels, libtorch's BLAS and at::mm (auto picks by M) all give the reference."""
+    monkeypatch.setenv("ARTLIB_NATIVE_GEMM", gemm)
+    for shape in ((2, 3, 50, 33), (2, 40, 49, 20)):
+        check_core(*core_inputs(*shape, torch.float32), torch.float32)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 def test_core_noncontiguous(dtype):
     q, x, da = core_inputs(3, 16, 50, 24, dtype, contiguous=False)

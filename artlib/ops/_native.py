@@ -55,7 +55,7 @@ log = logging.getLogger("artlib")
 OPS = ("region_attention", "mtc_loss")
 
 _SOURCES = ("region_attention.cpp", "mtc_loss.cpp")
-_HEADERS = ("native.h",)
+_HEADERS = ("native.h", "gemm.h")
 _NAME = "artlib_native"
 
 _lock = threading.Lock()
