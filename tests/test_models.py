@@ -345,3 +345,12 @@ def test_art_state_dict_roundtrip():
     torch.manual_seed(2)
     b = _art()
     _roundtrip(a, b, torch.randn(2, 4, 3, 64, 64))
+
+
+def test_art_bf16_autocast_step():
+    model = _art()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, losses = model(torch.randn(2, 4, 3, 64, 64), torch.tensor([1, 3]))
+    losses["total"].backward()
+    assert torch.isfinite(losses["total"])
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
