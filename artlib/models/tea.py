@@ -109,18 +109,21 @@ class TEABottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, tea: bool = True):
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, tea: bool = True, mid: int | None = None
+    ):
         super().__init__()
         out = planes * self.expansion
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.me = MotionExcitation(planes) if tea else None
+        mid = mid or planes  # inner width (ResNet: planes; Res2Net-50 26w×4s: 1.625·planes)
+        self.conv1 = nn.Conv2d(inplanes, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.me = MotionExcitation(mid) if tea else None
         if tea:
-            self.conv2 = MultipleTemporalAggregation(planes, stride)
+            self.conv2 = MultipleTemporalAggregation(mid, stride)
         else:
-            self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+            self.conv2 = nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv3 = nn.Conv2d(mid, out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out)
         self.downsample = None
         if stride != 1 or inplanes != out:
@@ -154,6 +157,10 @@ class TEAResNet50(nn.Module):
         base_width: channels of the first stage's bottleneck (64 for ResNet-50; small for tests).
         layers: blocks per stage (ResNet-50: 3, 4, 6, 3).
         tea_stages: which of the 4 stages use TEA blocks (default all).
+        inner_scale: bottleneck inner width over ResNet's (1.0: torchvision ResNet-50, whose
+            ImageNet weights load, 14.5 M parameters since MTA's 3 sub-convs hold 3/16 of a 3×3
+            conv's weights; 1.625: the inner width of Res2Net-50 26w×4s that the TEA paper builds
+            on, about 24 M parameters).
 
     ``forward(video (B,T,3,H,W)) → (tokens (B,T,L,C), cls (B,C))`` with L = (H/32)·(W/32),
     C = 32·base_width (2048), cls the average of the tokens over T and L (TSN-style consensus).
@@ -165,6 +172,7 @@ class TEAResNet50(nn.Module):
         base_width: int = 64,
         layers: Sequence[int] = (3, 4, 6, 3),
         tea_stages: Sequence[int] = (0, 1, 2, 3),
+        inner_scale: float = 1.0,
     ):
         super().__init__()
         if len(layers) != 4:
@@ -180,10 +188,11 @@ class TEAResNet50(nn.Module):
         inplanes = base_width
         for s, n in enumerate(layers):
             planes = base_width * 2**s
+            mid = 4 * max(1, round(planes * inner_scale / 4))
             blocks = []
             for b in range(n):
                 stride = 2 if (s > 0 and b == 0) else 1
-                blocks.append(TEABottleneck(inplanes, planes, stride, tea=s in tea_stages))
+                blocks.append(TEABottleneck(inplanes, planes, stride, s in tea_stages, mid))
                 inplanes = planes * TEABottleneck.expansion
             setattr(self, f"layer{s + 1}", _Stage(blocks))
         self.out_dim = inplanes

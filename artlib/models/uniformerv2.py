@@ -19,7 +19,8 @@ tokens per frame, N = 1 + L tokens with the class token, C width, q the learnabl
 Step 0 is the image model: the stem's extra taps, LT_MHRA's output projection and α start at zero,
 and the global branch only writes into ``cls`` through α, so tokens (B,T,L,C) equal CLIP's
 per-frame ``ln_post`` tokens and ``cls`` the frame average of CLIP's pooled (pre-projection) feature.
-(The paper fuses with sigmoid(α), 0.5 at the official init; a raw α from 0 gives the exact start.)
+(The paper squashes α with a sigmoid, which cannot start at 0; a raw α from 0 gives the exact
+start.)
 
 Parameter names follow open_clip's ``VisionTransformer`` (``conv1``, ``class_embedding``,
 ``positional_embedding``, ``ln_pre``, ``transformer.resblocks.{i}.{ln_1,attn,ln_2,mlp}``,
