@@ -174,9 +174,9 @@ def test_uniformerv2_pretrained_path_and_state_dict(tmp_path):
 
 def test_tea_shapes_224_and_state_dict():
     m = TEAResNet50(base_width=8, layers=(1, 2, 1, 1))
-    video = torch.randn(2, 3, 3, 224, 224)
+    video = torch.randn(2, 2, 3, 224, 224)
     tokens, cls = m(video)
-    assert tokens.shape == (2, 3, 49, 256) and cls.shape == (2, 256)
+    assert tokens.shape == (2, 2, 49, 256) and cls.shape == (2, 256)
     assert m.out_dim == 256 and m.num_tokens(224) == 49
     assert_close(cls, tokens.mean((1, 2)), name="cls = token average")
     _roundtrip(m, TEAResNet50(base_width=8, layers=(1, 2, 1, 1)), video[:1])

@@ -190,8 +190,9 @@ def test_bank_cache_keyed_by_weights(clip_checkpoint, tmp_path):
     # ... other bytes: another key
     sd = torch.load(path, weights_only=True)["state_dict"]
     sd["module.ln_final.bias"] = sd["module.ln_final.bias"] + 1
-    torch.save({"state_dict": sd}, other)
-    assert bank_path(NAMES, MODEL, other, TWO_TEMPLATES, tmp_path) != key_ckpt
+    changed = tmp_path / "changed.pt"
+    torch.save({"state_dict": sd}, changed)
+    assert bank_path(NAMES, MODEL, changed, TWO_TEMPLATES, tmp_path) != key_ckpt
 
 
 def test_bank_deterministic_and_rng_untouched(tmp_path):
