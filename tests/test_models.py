@@ -354,3 +354,17 @@ def test_art_bf16_autocast_step():
     losses["total"].backward()
     assert torch.isfinite(losses["total"])
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize(
+    "name, C, L",
+    [("uniformerv2_b16", 768, 196), ("uniformerv2_l14", 1024, 256), ("tea_r50", 2048, 49),
+     ("tiny", 64, 784)],
+)  # fmt: skip
+def test_full_size_presets_on_meta(name, C, L):
+    """The real configurations at 224², built and run on the meta device (shapes only, instant)."""
+    with torch.device("meta"):
+        m = build_backbone(name)
+        tokens, cls = m(torch.empty(2, 3, 3, 224, 224))
+    assert m.out_dim == C and m.num_tokens(224, 224) == L
+    assert tokens.shape == (2, 3, L, C) and cls.shape == (2, C)
