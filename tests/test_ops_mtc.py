@@ -106,6 +106,14 @@ def test_triton_matches_reference(monkeypatch, shape, dtype, noncontiguous):
         for i, name in enumerate(NAMES):
             assert_close(out[i], exp_out[i], dtype=torch.float32, lowp_ref=low_out[i], name=name)
         assert_close(dr, exp_dr.to(dtype), lowp_ref=low_dr, name="dR")
+    # only some terms reach the loss: the others get no gradient (None, not zeros)
+    grad = torch.tensor([1.5, 0.0, -2.0, 0.0])
+    _, exp_dr = ref_with_grad(r.double(), grad)
+    _, low_dr = ref_with_grad(r, grad)
+    rr = r.detach().requires_grad_()
+    total, _, temporal, _ = ops.mtc_loss(rr)
+    (dr,) = torch.autograd.grad(1.5 * total - 2.0 * temporal, rr)
+    assert_close(dr, exp_dr.to(dtype), lowp_ref=low_dr, name="dR (total, temporal)")
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
@@ -175,8 +183,12 @@ def test_opcheck(monkeypatch, backend):
     torch.library.opcheck(_mtc_loss_op, (r, 0.6, True, 1.0, 0.5, 2.0))
 
 
-def test_compile_fullgraph():
+@pytest.mark.parametrize("backend", ["auto", "triton"])
+def test_compile_fullgraph(monkeypatch, backend):
     """The op traces whole into a graph (dynamo + fake tensors + AOT autograd)."""
+    if backend == "triton" and not _backend.triton_available():
+        pytest.skip("triton not installed")
+    monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", backend)
 
     def f(r):
         total, spatial, temporal, tracklet = ops.mtc_loss(r, 0.5, "hinge", (1.0, 2.0, 0.5))

@@ -97,14 +97,16 @@ def tracklet_aggregate_backward_ref(
     """
     acc = torch.float64 if responses.dtype == torch.float64 else torch.float32
     r, s, g = responses.to(acc), semantics.to(acc), grad.to(acc)
-    t, k = r.shape[1], r.shape[2]
-    p = (einsum(s, r, "b i d, b t k d -> b i t k") / temperature).softmax(dim=2)  # Eq. 9
+    b, t, k, d = r.shape
+    rows = r.reshape(b, t * k, d)  # rows (t, k): the layouts below are plain bmm, no copies of R
+    p = (torch.bmm(s, rows.mT) / temperature).view(b, k, t, k).softmax(dim=2)  # Eq. 9, (B, i, T, K)
     w = p.mean(dim=1)  # (B, T, K)
-    dw = einsum(g, r, "b k d, b t k d -> b t k") / t
+    dw = (r * g.unsqueeze(1)).sum(-1) / t
     da = p * (dw.unsqueeze(1) - (p * dw.unsqueeze(1)).sum(2, keepdim=True)) / (k * temperature)
-    dr = (w / t).unsqueeze(-1) * g.unsqueeze(1) + einsum(da, s, "b i t k, b i d -> b t k d")
-    ds = einsum(da, r, "b i t k, b t k d -> b i d")
-    return dr.to(responses.dtype).contiguous(), ds.to(semantics.dtype).contiguous()
+    da = da.reshape(b, k, t * k)
+    dr = torch.bmm(da.mT, s).view(b, t, k, d).addcmul_(w.unsqueeze(-1) / t, g.unsqueeze(1))
+    ds = torch.bmm(da, rows)
+    return dr.to(responses.dtype), ds.to(semantics.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -125,14 +127,28 @@ def _impl(responses: Tensor) -> str:
     return impl
 
 
-@torch.library.custom_op("artlib::tracklet_aggregate", mutates_args=())
-def _tracklet_aggregate_op(responses: Tensor, semantics: Tensor, temperature: float) -> Tensor:
-    """Saliency aggregation (Eq. 9): R (B, T, K, d), S (B, K, d) -> (B, K, d) in R's dtype."""
+def _forward_impl(responses: Tensor, semantics: Tensor, temperature: float) -> Tensor:
     if _impl(responses) == "triton":
         from artlib.ops.triton.tracklet_aggregate import tracklet_aggregate_fwd_triton
 
         return tracklet_aggregate_fwd_triton(responses, semantics, temperature)
     return tracklet_aggregate_ref(responses, semantics, "saliency", temperature).contiguous()
+
+
+def _backward_impl(
+    grad: Tensor, responses: Tensor, semantics: Tensor, temperature: float
+) -> tuple[Tensor, Tensor]:
+    if _impl(responses) == "triton":
+        from artlib.ops.triton.tracklet_aggregate import tracklet_aggregate_bwd_triton
+
+        return tracklet_aggregate_bwd_triton(grad, responses, semantics, temperature)
+    return tracklet_aggregate_backward_ref(grad, responses, semantics, temperature)
+
+
+@torch.library.custom_op("artlib::tracklet_aggregate", mutates_args=())
+def _tracklet_aggregate_op(responses: Tensor, semantics: Tensor, temperature: float) -> Tensor:
+    """Saliency aggregation (Eq. 9): R (B, T, K, d), S (B, K, d) -> (B, K, d) in R's dtype."""
+    return _forward_impl(responses, semantics, temperature)
 
 
 @_tracklet_aggregate_op.register_fake
@@ -146,11 +162,7 @@ def _tracklet_aggregate_backward_op(
     grad: Tensor, responses: Tensor, semantics: Tensor, temperature: float
 ) -> tuple[Tensor, Tensor]:
     """(dR, dS), contiguous, in the dtypes of responses and semantics."""
-    if _impl(responses) == "triton":
-        from artlib.ops.triton.tracklet_aggregate import tracklet_aggregate_bwd_triton
-
-        return tracklet_aggregate_bwd_triton(grad, responses, semantics, temperature)
-    return tracklet_aggregate_backward_ref(grad, responses, semantics, temperature)
+    return _backward_impl(grad, responses, semantics, temperature)
 
 
 @_tracklet_aggregate_backward_op.register_fake
@@ -173,6 +185,23 @@ def _ta_backward(ctx, grad):
 _tracklet_aggregate_op.register_autograd(_ta_backward, setup_context=_ta_setup_context)
 
 
+class _TrackletAggregateFunction(torch.autograd.Function):
+    """The custom op's forward and backward for eager mode, at a fraction of the custom op's Python
+    dispatch cost (see ``artlib.ops.mtc_loss._MTCLossFunction``)."""
+
+    @staticmethod
+    def forward(ctx, responses, semantics, temperature):
+        ctx.save_for_backward(responses, semantics)
+        ctx.temperature = temperature
+        return _forward_impl(responses, semantics, temperature)
+
+    @staticmethod
+    def backward(ctx, grad):
+        responses, semantics = ctx.saved_tensors
+        dr, ds = _backward_impl(grad, responses, semantics, ctx.temperature)
+        return dr, ds, None
+
+
 def tracklet_aggregate(
     responses: Tensor,
     semantics: Tensor | None = None,
@@ -182,14 +211,17 @@ def tracklet_aggregate(
     """Aggregate each tracklet over time: R (B, T, K, d) [, S^topk (B, K, d)] -> (B, K, d) in R's dtype.
 
     Equivalent to :func:`tracklet_aggregate_ref` (forward and gradients). ``mode="saliency"`` (Eq. 9)
-    is the custom op ``artlib::tracklet_aggregate``: fused Triton kernels for CUDA tensors (one read of
-    R forward, one backward), else the reference with a closed-form backward
-    (:func:`tracklet_aggregate_backward_ref`). ``"mean"`` and ``"sum"`` are a single reduction in plain
-    PyTorch.
+    runs fused Triton kernels for CUDA tensors (one read of R forward, one backward), else the
+    reference with a closed-form backward (:func:`tracklet_aggregate_backward_ref`); under
+    ``torch.compile`` it is the custom op ``artlib::tracklet_aggregate``, in eager mode the same
+    implementation behind a ``torch.autograd.Function``. ``"mean"`` and ``"sum"`` are a single
+    reduction in plain PyTorch.
     """
     check_aggregate_args(responses, semantics, mode)
     if mode != "saliency":
         return tracklet_aggregate_ref(responses, semantics, mode, temperature)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    return _tracklet_aggregate_op(responses, semantics, float(temperature))
+    if torch.compiler.is_compiling():
+        return _tracklet_aggregate_op(responses, semantics, float(temperature))
+    return _TrackletAggregateFunction.apply(responses, semantics, float(temperature))

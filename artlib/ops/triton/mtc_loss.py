@@ -28,6 +28,8 @@ error into the norms.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import triton
 import triton.language as tl
@@ -121,7 +123,10 @@ def _mtc_fwd_kernel(
 def _mtc_bwd_kernel(
     r_ptr,
     gram_ptr,
-    grad_ptr,
+    g_total_ptr,
+    g_spatial_ptr,
+    g_temporal_ptr,
+    g_tracklet_ptr,
     dr_ptr,
     stride_rb,
     stride_rt,
@@ -144,6 +149,7 @@ def _mtc_bwd_kernel(
     inv_b,
     EPS: tl.constexpr,
     HINGE: tl.constexpr,
+    GRADS: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -157,11 +163,23 @@ def _mtc_bwd_kernel(
     has_prev = t > 0
     has_next = t < T - 1
 
-    # d total / d term, through Eq. 8 and the mean over B.
-    g_total = tl.load(grad_ptr + 0).to(tl.float32)
-    a_s = (g_total * w_s + tl.load(grad_ptr + 1).to(tl.float32)) * inv_b * c_s
-    a_t = (g_total * w_t + tl.load(grad_ptr + 2).to(tl.float32)) * inv_b * c_t
-    a_tr = (g_total * w_tr + tl.load(grad_ptr + 3).to(tl.float32)) * inv_b * c_tr
+    # The incoming gradient of each term (bit i of GRADS: output i has one), through Eq. 8 and the
+    # mean over B.
+    g_total = 0.0
+    g_s = 0.0
+    g_t = 0.0
+    g_tr = 0.0
+    if GRADS & 1:
+        g_total = tl.load(g_total_ptr).to(tl.float32)
+    if GRADS & 2:
+        g_s = tl.load(g_spatial_ptr).to(tl.float32)
+    if GRADS & 4:
+        g_t = tl.load(g_temporal_ptr).to(tl.float32)
+    if GRADS & 8:
+        g_tr = tl.load(g_tracklet_ptr).to(tl.float32)
+    a_s = (g_total * w_s + g_s) * inv_b * c_s
+    a_t = (g_total * w_t + g_t) * inv_b * c_t
+    a_tr = (g_total * w_tr + g_tr) * inv_b * c_tr
 
     row = r_ptr + b.to(tl.int64) * stride_rb + t * stride_rt + offs_k[:, None] * stride_rk
     # Pass 1: G_t and the dot products with the neighbouring frames.
@@ -289,7 +307,7 @@ def mtc_loss_fwd_triton(
 
 
 def mtc_loss_bwd_triton(
-    grad: Tensor,
+    grads: Sequence[Tensor | None],
     r: Tensor,
     gram: Tensor,
     lam: float,
@@ -298,15 +316,19 @@ def mtc_loss_bwd_triton(
     w_t: float,
     w_tr: float,
 ) -> Tensor:
-    """grad (4,) of (total, spatial, temporal, tracklet), H from the forward -> dR like r."""
+    """The 0-d gradients of (total, spatial, temporal, tracklet) (None: no gradient), H from the
+    forward -> dR like r (contiguous). The gradients are read in the kernel: no host sync, and no
+    zero-filled tensors for the terms nothing depends on."""
     b, t, k, d = r.shape
+    mask = sum(1 << i for i, g in enumerate(grads) if g is not None)
+    ptrs = [gram if g is None else g for g in grads]
     block_k, block_d, num_warps = _blocks(k, d)
     dr = torch.empty((b, t, k, d), device=r.device, dtype=r.dtype)
     c_s, c_t, c_tr = _coefs(t, k)
     _mtc_bwd_kernel[(b, t)](
         r,
-        gram.contiguous(),
-        grad.contiguous(),
+        gram,
+        *ptrs,
         dr,
         *r.stride(),
         *dr.stride(),
@@ -323,6 +345,7 @@ def mtc_loss_bwd_triton(
         1.0 / b,
         EPS=COS_EPS,
         HINGE=bool(hinge),
+        GRADS=mask,
         BLOCK_K=block_k,
         BLOCK_D=block_d,
         num_warps=num_warps,
