@@ -1,7 +1,9 @@
-"""artlib.ops.mtc_loss: every implementation against the plain-PyTorch reference, values and gradients.
+"""artlib.ops.mtc_loss: every implementation against the plain-PyTorch reference, values and
+gradients.
 
 Shapes: B T K d. The Triton kernels run on CPU under TRITON_INTERPRET=1 (set in conftest), so their
-shapes stay small; K = 17 exercises a 32-row tile, d = 37 a masked d-chunk.
+shapes stay small; K = 17 exercises a 32-row tile and d = 150 two d-chunks, d = 37 a masked
+d-chunk.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ triton_only = pytest.mark.skipif(not _backend.triton_available(), reason="triton
         ((2, 3, 4, 5), torch.float32, False),
         ((2, 1, 3, 37), torch.float32, False),  # T = 1, d not a power of two
         ((2, 4, 1, 6), torch.float32, True),  # K = 1, non-contiguous
-        ((1, 2, 17, 20), torch.float32, False),  # K > 16: a 32-row tile
+        ((1, 2, 17, 150), torch.float32, False),  # K > 16: a 32-row tile, two d-chunks
         ((2, 3, 3, 37), torch.float16, False),
         ((2, 3, 3, 37), torch.bfloat16, True),
     ],
@@ -107,6 +109,7 @@ def test_triton_matches_reference(monkeypatch, shape, dtype, noncontiguous):
             assert_close(out[i], exp_out[i], dtype=torch.float32, lowp_ref=low_out[i], name=name)
         assert_close(dr, exp_dr.to(dtype), lowp_ref=low_dr, name="dR")
     # only some terms reach the loss: the others get no gradient (None, not zeros)
+    r = responses(shape, dtype, zero=False, noncontiguous=noncontiguous)
     grad = torch.tensor([1.5, 0.0, -2.0, 0.0])
     _, exp_dr = ref_with_grad(r.double(), grad)
     _, low_dr = ref_with_grad(r, grad)
@@ -134,7 +137,7 @@ def test_edge_cases(monkeypatch, backend):
 
 
 def test_native_is_wired(monkeypatch):
-    """select() -> "native" calls _native.mtc_loss_forward/backward with the documented arguments."""
+    """select() -> "native" calls _native.mtc_loss_forward/backward with the documented args."""
     from artlib.ops import _native
 
     calls = []

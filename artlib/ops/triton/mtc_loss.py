@@ -257,10 +257,11 @@ def _mtc_bwd_kernel(
 
 def _blocks(k: int, d: int) -> tuple[int, int, int]:
     """(BLOCK_K, BLOCK_D, num_warps): K padded to a power of two >= 16 (``tl.dot``'s minimum on GPUs),
-    a d-chunk that keeps one (BLOCK_K, BLOCK_D) fp32 tile at <= 8192 elements."""
+    a d-chunk that keeps one (BLOCK_K, BLOCK_D) fp32 tile at <= 4096 elements: the backward holds
+    three of them (frames t-1, t, t+1), 48 registers a thread at 8 warps."""
     block_k = max(16, triton.next_power_of_2(k))
-    block_d = max(16, min(triton.next_power_of_2(d), 8192 // block_k))
-    num_warps = 8 if block_k * block_d >= 8192 else 4
+    block_d = max(16, min(triton.next_power_of_2(d), 4096 // block_k))
+    num_warps = 8 if block_k * block_d >= 4096 else 4
     return block_k, block_d, num_warps
 
 

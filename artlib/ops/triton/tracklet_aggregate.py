@@ -243,12 +243,12 @@ def _ta_bwd_semantics_kernel(
 
 def _blocks(t: int, k: int, d: int) -> tuple[int, int, int, int]:
     """(BLOCK_T, BLOCK_K, BLOCK_D, num_warps): T and K padded to powers of two >= 16 (``tl.dot``'s
-    minimum on GPUs), a d-chunk that keeps the larger (rows, BLOCK_D) fp32 tile at <= 8192 elements."""
+    minimum on GPUs), a d-chunk that keeps the larger (rows, BLOCK_D) fp32 tile at <= 4096 elements."""
     block_t = max(16, triton.next_power_of_2(t))
     block_k = max(16, triton.next_power_of_2(k))
     rows = max(block_t, block_k)
-    block_d = max(16, min(triton.next_power_of_2(d), 8192 // rows))
-    num_warps = 8 if rows * block_d >= 8192 else 4
+    block_d = max(16, min(triton.next_power_of_2(d), 4096 // rows))
+    num_warps = 8 if rows * block_d >= 4096 else 4
     return block_t, block_k, block_d, num_warps
 
 
