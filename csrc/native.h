@@ -4,8 +4,8 @@
 // Why a direct BLAS call: the region-attention core runs five small GEMMs per frame (e.g. 16 x 196 x
 // 256) inside at::parallel_for. at::mm on from_blob slices costs a few microseconds of dispatch and
 // TensorImpl construction per call; the Fortran symbols sgemm_/dgemm_ that libtorch_cpu exports (MKL
-// on x86 wheels) cost nothing extra. They are declared weak, checked once against at::mm on a small
-// problem, and replaced by at::mm when missing or wrong (e.g. an ILP64 BLAS).
+// on x86 wheels) cost nothing extra. They are declared weak and checked once against at::mm on a
+// small problem; when missing or wrong (e.g. an ILP64 BLAS) the micro-kernels of gemm.h run instead.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -44,29 +44,47 @@ inline at::Tensor as_compute(const at::Tensor& t, at::ScalarType ct) {
 
 // ---- BLAS ----------------------------------------------------------------------------------------
 
+// Declared weak: when libtorch_cpu does not export them the pointers are null and the kernels use
+// the micro-kernels of gemm.h instead. Only on ELF platforms (Linux); elsewhere no BLAS is used.
+#if defined(__GNUC__) && defined(__ELF__)
+#define ARTLIB_BLAS_SYMBOLS 1
 extern "C" {
-#if defined(__GNUC__) && !defined(_WIN32)
-#define ARTLIB_WEAK __attribute__((weak))
-#else
-#define ARTLIB_WEAK
-#endif
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-            const float* beta, float* c, const int* ldc) ARTLIB_WEAK;
+            const float* beta, float* c, const int* ldc) __attribute__((weak));
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
-            const double* beta, double* c, const int* ldc) ARTLIB_WEAK;
+            const double* beta, double* c, const int* ldc) __attribute__((weak));
 }
+#else
+#define ARTLIB_BLAS_SYMBOLS 0
+#endif
+
+template <typename T>
+using blas_fn = void (*)(const char*, const char*, const int*, const int*, const int*, const T*,
+                         const T*, const int*, const T*, const int*, const T*, T*, const int*);
 
 template <typename T>
 struct Blas;
 template <>
 struct Blas<float> {
-  static auto fn() { return &sgemm_; }
+  static blas_fn<float> fn() {
+#if ARTLIB_BLAS_SYMBOLS
+    return &sgemm_;
+#else
+    return nullptr;
+#endif
+  }
 };
 template <>
 struct Blas<double> {
-  static auto fn() { return &dgemm_; }
+  static blas_fn<double> fn() {
+#if ARTLIB_BLAS_SYMBOLS
+    return &dgemm_;
+#else
+    return nullptr;
+#endif
+  }
 };
 
 // at::mm on views of raw row-major buffers; the fallback when the BLAS symbols are missing or wrong.

@@ -109,8 +109,13 @@ def _cpu_flags() -> tuple[str, list[str]]:
 
 def _build_config(src: Path) -> tuple[str, list[str], list[str]]:
     cap, vec_flags = _cpu_flags()
-    cflags = ["-O3", "-fopenmp", "-DNDEBUG", *vec_flags]
-    ldflags = ["-fopenmp"]
+    if sys.platform == "win32":  # MSVC: no at::vec flags, no OpenMP (at::parallel_for runs serially)
+        cflags, ldflags = ["/O2", "/DNDEBUG", "/DCPU_CAPABILITY=DEFAULT"], []
+        cap = "DEFAULT"
+    elif sys.platform == "darwin":  # Apple clang has no -fopenmp: the kernels run single-threaded
+        cflags, ldflags = ["-O3", "-DNDEBUG", *vec_flags], []
+    else:  # at::parallel_for is OpenMP inside the headers: without -fopenmp it runs serially
+        cflags, ldflags = ["-O3", "-fopenmp", "-DNDEBUG", *vec_flags], ["-fopenmp"]
     h = hashlib.sha256()
     for name in _SOURCES + _HEADERS:
         h.update(name.encode())
