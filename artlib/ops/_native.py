@@ -109,7 +109,8 @@ def _cpu_flags() -> tuple[str, list[str]]:
 
 def _build_config(src: Path) -> tuple[str, list[str], list[str]]:
     cap, vec_flags = _cpu_flags()
-    if sys.platform == "win32":  # MSVC: no at::vec flags, no OpenMP (at::parallel_for runs serially)
+    # MSVC: no at::vec flags, no OpenMP (at::parallel_for runs serially)
+    if sys.platform == "win32":
         cflags, ldflags = ["/O2", "/DNDEBUG", "/DCPU_CAPABILITY=DEFAULT"], []
         cap = "DEFAULT"
     elif sys.platform == "darwin":  # Apple clang has no -fopenmp: the kernels run single-threaded
