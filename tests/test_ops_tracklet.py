@@ -107,6 +107,16 @@ def test_edge_cases(monkeypatch, backend):
     assert_close(ds, torch.zeros_like(ds), name="dS")
 
 
+def test_gradcheck():
+    """float64 takes the reference forward and the closed-form backward: check it numerically."""
+    r, s = inputs((2, 3, 3, 4), torch.float64, scale=1.0)
+    r.requires_grad_()
+    s.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda r, s: ops.tracklet_aggregate(r, s, temperature=0.7), (r, s)
+    )
+
+
 def test_native_falls_back_to_reference(monkeypatch):
     """There is no native kernel for this op: a forced native backend runs the reference."""
     monkeypatch.setenv("ARTLIB_BACKEND", "native")
