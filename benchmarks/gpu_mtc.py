@@ -10,9 +10,10 @@ Needs only torch, triton, einops, numpy.
    and for the total alone) and saliency ``tracklet_aggregate`` (out, dR, dS) on the Triton backend,
    fp32 / fp16 / bf16, against the reference in float64, with tests/helpers.py's rule (error at most
    2x that of the reference run at the same precision, plus the dtype's floor). Shapes: the paper's
-   (B 24, T 16, d 256, K 2/8/32), K 64, K 1, T 1, d 37 and 100, non-contiguous R.
-2. Timings: forward + ``torch.autograd.grad`` at B 24, T 16, d 256, K in {2, 8, 32}, fp32 (and bf16
-   at K 2), median of ``triton.testing.do_bench`` (L2 flushed between runs):
+   (B 24, T 16, d 256, K 2/8/32), K 64, K 1, T 1, d 37 and 100, non-contiguous R (fp16/bf16: a
+   subset, to keep the Triton compiles few).
+2. Timings: forward + ``torch.autograd.grad`` at B 24, T 16, d 256, K in {2, 8, 32}, fp32, median
+   of ``triton.testing.do_bench`` (L2 flushed between runs):
    - ``artlib``: the public op in eager mode (Triton kernels behind an autograd.Function);
    - ``artlib-compiled``: the public op inside ``torch.compile`` (the custom op in a graph);
    - ``eager-ref``: ``mtc_loss_ref`` / ``tracklet_aggregate_ref`` under autograd;
@@ -137,7 +138,9 @@ def run_checks() -> None:
         ]
     for dtype in DTYPES:
         dn = str(dtype).replace("torch.", "")
-        for shape in shapes:
+        # fewer shapes at low precision: each new tile configuration is a Triton compile
+        some = shapes if dtype == torch.float32 or DRY else [shapes[0], shapes[2], shapes[-1]]
+        for shape in some:
             report(
                 f"mtc_loss {dn} {shape} hinge",
                 lambda shape=shape, dtype=dtype: check_mtc(shape, dtype),
@@ -184,8 +187,8 @@ def bench_ms(fn) -> float:
 
 def run_timings() -> list[tuple]:
     b, t, d = (2, 3, 20) if DRY else (24, 16, 256)
+    # fp32: R is a LayerNorm output, which autocast keeps in fp32
     cases = [(k, torch.float32) for k in ((2, 3) if DRY else (2, 8, 32))]
-    cases.append((2, torch.bfloat16))
     if DRY:  # the custom-op path through dynamo + AOT autograd, without inductor's CPU compile time
         compiled = {
             "mtc-artlib": torch.compile(mtc_loss, fullgraph=True, backend="aot_eager"),

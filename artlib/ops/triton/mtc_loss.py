@@ -40,7 +40,7 @@ __all__ = ["mtc_loss_fwd_triton", "mtc_loss_bwd_triton"]
 COS_EPS = 1e-8
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "K"])  # shapes with the same blocks share a compile
 def _mtc_fwd_kernel(
     r_ptr,
     part_ptr,
@@ -119,7 +119,7 @@ def _mtc_fwd_kernel(
     tl.store(gptrs, h, mask=mask_k[:, None] & mask_k[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "K"])  # shapes with the same blocks share a compile
 def _mtc_bwd_kernel(
     r_ptr,
     gram_ptr,

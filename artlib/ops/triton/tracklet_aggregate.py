@@ -41,7 +41,7 @@ def _saliency(a, mask_i, mask_t, inv_k):
     return p, w
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "K"])  # shapes with the same blocks share a compile
 def _ta_fwd_kernel(
     r_ptr,
     s_ptr,
@@ -101,7 +101,7 @@ def _ta_fwd_kernel(
         tl.store(out_row + cols * stride_od, o.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "K"])  # shapes with the same blocks share a compile
 def _ta_bwd_kernel(
     r_ptr,
     s_ptr,
@@ -187,7 +187,7 @@ def _ta_bwd_kernel(
         )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "K"])  # shapes with the same blocks share a compile
 def _ta_bwd_semantics_kernel(
     r_ptr,
     da_ptr,
