@@ -48,6 +48,13 @@ struct MtcDims {
   int64_t B, T, K, D;
 };
 
+// Videos per parallel task: at least ~256K elements of r each, so that the paper's shape (24 x 16 x
+// 2 x 256 = 196K elements, ~0.1 ms of work) runs on one thread. Waking a second OpenMP thread costs
+// more than it saves there, and on a busy machine a descheduled thread stalled whole calls by ms.
+inline int64_t video_grain(const MtcDims& m) {
+  return std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, m.T * m.K * m.D));
+}
+
 // Per-video quantities shared by the forward and the backward.
 template <typename T>
 struct VideoStats {
@@ -96,7 +103,7 @@ struct VideoStats {
 template <typename T>
 void mtc_fwd_kernel(const T* r, const MtcDims& m, double lam, bool hinge, double* out) {
   const int64_t TT = m.T, K = m.K, D = m.D;
-  at::parallel_for(0, m.B, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, m.B, video_grain(m), [&](int64_t begin, int64_t end) {
     VideoStats<T> st(m);
     for (int64_t b = begin; b < end; ++b) {
       const T* rb = r + b * TT * K * D;
@@ -149,7 +156,7 @@ void mtc_bwd_kernel(const T* r, const MtcDims& m, double lam, bool hinge, double
   const double a_s = K > 1 ? 2.0 * c_s / static_cast<double>(B * TT * K * (K - 1)) : 0.0;
   const double a_t = TT > 1 ? c_t / static_cast<double>(B * (TT - 1) * K) : 0.0;
   const double a_tr = K > 1 ? 2.0 * c_tr / static_cast<double>(B * K * (K - 1)) : 0.0;
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B, video_grain(m), [&](int64_t begin, int64_t end) {
     VideoStats<T> st(m);
     std::vector<T> g(TT * K * D);  // dL/du_tk
     for (int64_t b = begin; b < end; ++b) {

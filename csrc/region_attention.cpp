@@ -20,6 +20,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
@@ -153,11 +154,17 @@ struct Gemms {
   }
 };
 
+// Frames per parallel task: at least ~1M multiply-adds each (at the paper's shapes, 16 x 196 x 256
+// per GEMM, every frame is its own task), so tiny calls do not pay for waking OpenMP threads.
+inline int64_t frame_grain(int64_t M, int64_t L, int64_t D) {
+  return std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, M * L * D));
+}
+
 template <typename T>
 void core_fwd_kernel(const T* q, const T* x, T* a, T* lse, int64_t N, int64_t M, int64_t L,
                      int64_t D) {
   const Gemms<T> mm(M);
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N, frame_grain(M, L, D), [&](int64_t begin, int64_t end) {
     std::vector<T> s(static_cast<size_t>(M * L));  // this thread's M x L block of S, then P
     for (int64_t n = begin; n < end; ++n) {
       const T* qn = q + n * M * D;
@@ -175,7 +182,7 @@ template <typename T>
 void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const T* lse, T* dq, T* dx,
                      int64_t N, int64_t M, int64_t L, int64_t D, bool exact_lse) {
   const Gemms<T> mm(M);
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N, frame_grain(M, L, D), [&](int64_t begin, int64_t end) {
     std::vector<T> w(static_cast<size_t>(2 * M * D));  // [q; da]   (2M x d)
     std::vector<T> y(static_cast<size_t>(2 * M * L));  // [S; dP] -> [dS; P]   (2M x L)
     std::vector<T> scratch(exact_lse ? static_cast<size_t>(L) : 0);

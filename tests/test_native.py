@@ -126,7 +126,7 @@ def test_core_bfloat16_runs_in_float32():
 
 
 def test_core_threads_agree(threads):
-    q, x, da = core_inputs(6, 16, 196, 64, torch.float32)
+    q, x, da = core_inputs(6, 16, 196, 256, torch.float32)  # one frame per task
     out = []
     for n in (1, 2):
         threads(n)
@@ -213,7 +213,7 @@ def test_mtc_zero_vectors_and_noncontiguous(dtype):
 
 
 def test_mtc_threads_agree(threads):
-    r = mtc_inputs(24, 16, 2, 64, torch.float32)
+    r = mtc_inputs(48, 16, 4, 256, torch.float32)  # 3 tasks of 16 videos (>= 2^18 elements each)
     grad = torch.tensor([1.0, 0.3, -0.2, 0.5])
     out = []
     for n in (1, 2):
