@@ -10,9 +10,10 @@ unset TRITON_INTERPRET
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 status=0
+exec > >(tee "${OUT:-/tmp}/gpu_check.log") 2>&1
 for script in benchmarks/gpu_region_attention.py benchmarks/gpu_mtc.py benchmarks/gpu_model.py; do
   [ -f "$script" ] || { echo "missing $script"; continue; }
   echo "=== $script"
-  timeout 200 python "$script" || { echo "FAILED: $script (exit $?)"; status=1; }
+  timeout "${GPU_CHECK_TIMEOUT:-150}" python "$script" || { echo "FAILED: $script (exit $?)"; status=1; }
 done
 exit $status
