@@ -473,6 +473,18 @@ def region_attention(
     """
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    if isinstance(query, Tensor) and torch.is_autocast_enabled(query.device.type):
+        # Custom ops sit outside autocast's op lists, so cast as nn.Linear would: under bf16
+        # autocast a LayerNorm hands over fp32 while a Linear hands over bf16 (seen on an H200 in
+        # the ART step), a mix the kernels reject.
+        dt = torch.get_autocast_dtype(query.device.type)
+        query, x, in_proj_weight, out_proj_weight = (
+            t.to(dt) if isinstance(t, Tensor) else t
+            for t in (query, x, in_proj_weight, out_proj_weight)
+        )
+        in_proj_bias, out_proj_bias = (
+            t.to(dt) if isinstance(t, Tensor) else t for t in (in_proj_bias, out_proj_bias)
+        )
     lead, k, l, d = check_region_attention_args(
         query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads
     )
