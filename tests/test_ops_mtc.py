@@ -2,7 +2,7 @@
 gradients.
 
 Shapes: B T K d. The Triton kernels run on CPU under TRITON_INTERPRET=1 (set in conftest), so their
-shapes stay small; K = 17 exercises a 32-row tile and d = 150 two d-chunks, d = 37 a masked
+shapes stay small; K = 17 exercises a 32-row tile and d = 300 two d-chunks, d = 37 a masked
 d-chunk.
 """
 
@@ -88,7 +88,7 @@ triton_only = pytest.mark.skipif(not _backend.triton_available(), reason="triton
         ((2, 3, 4, 5), torch.float32, False),
         ((2, 1, 3, 37), torch.float32, False),  # T = 1, d not a power of two
         ((2, 4, 1, 6), torch.float32, True),  # K = 1, non-contiguous
-        ((1, 2, 17, 150), torch.float32, False),  # K > 16: a 32-row tile, two d-chunks
+        ((1, 2, 17, 300), torch.float32, False),  # K > 16: a 32-row tile, two d-chunks
         ((2, 3, 3, 37), torch.float16, False),
         ((2, 3, 3, 37), torch.bfloat16, True),
     ],

@@ -2,7 +2,7 @@
 values and gradients (responses and semantics).
 
 Shapes: B T K d; R (B, T, K, d), S (B, K, d). The Triton kernels run on CPU under TRITON_INTERPRET=1
-(set in conftest), so their shapes stay small; K = 17 exercises a 32-row tile and d = 150 two
+(set in conftest), so their shapes stay small; K = 17 exercises a 32-row tile and d = 300 two
 d-chunks, d = 37 a masked chunk.
 """
 
@@ -80,7 +80,7 @@ def test_op_matches_reference(shape):
         ((2, 3, 4, 5), torch.float32, False, 1.0),
         ((2, 1, 3, 37), torch.float32, True, 1.0),  # T = 1, d not a power of two, non-contiguous
         ((2, 4, 1, 6), torch.float32, False, 0.5),  # K = 1, a temperature
-        ((1, 2, 17, 150), torch.float32, False, 1.0),  # K > 16: a 32-row tile, two d-chunks
+        ((1, 2, 17, 300), torch.float32, False, 1.0),  # K > 16: a 32-row tile, two d-chunks
         ((2, 3, 3, 37), torch.float16, False, 1.0),
         ((2, 3, 3, 37), torch.bfloat16, True, 1.0),
     ],

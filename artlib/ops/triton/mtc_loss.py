@@ -9,9 +9,10 @@ Everything the loss needs is a K x K Gram matrix or a per-query dot product:
 * c_tk = <r_tk, r_(t+1)k> per query: the temporal cosines                                 (Eq. 6)
 * H = sum_t G_t per video: the Gram of vec(Tr_k), so the tracklet cosines                 (Eq. 7)
 
-Forward: one program per video streams its T frames once (each frame's (K, d) tile in d-chunks;
-the previous frame's chunk is read again for c_t, from cache), keeps G_t and H in registers and writes
-the video's four terms, already divided by B, plus H (B, K, K) for the backward.
+Forward: one program per video streams its T frames once, keeps G_t and H in registers and writes
+the video's four terms, already divided by B, plus H (B, K, K) for the backward. A frame that fits
+one tile (K <= 32 at d = 256) is loaded once and kept for the next frame's c_t; a larger one is
+read in d-chunks, the previous frame's chunk again from cache.
 
 Backward: one program per (video, frame). With s_k = 1 / max(n_k, eps) and u_k = s_k r_k, the gradient
 of sum_{i!=j} <u_i, u_j> is a K x K matrix times R_t, the temporal term adds multiples of r_(t-1)k and
@@ -19,7 +20,8 @@ r_(t+1)k, so  dR_t = (M_t + M^tr + diag(D_t)) R_t + P_t * R_(t-1) + N_t * R_(t+1
 M_ij = 2 a s_i s_j (i != j),  M_ii = -[n_i >= eps] 2 a s_i^2 sum_{j!=i} s_i s_j G_ij
 (the projection onto the tangent of the unit sphere; a vector shorter than eps is divided by eps, as
 in the reference's clamp). Pass 1 over d builds G_t and the neighbours' dot products, pass 2 writes
-dR_t. H comes from the forward, so the backward also reads R once (the neighbours' chunks from cache).
+dR_t (from registers when the frames fit one tile each). H comes from the forward, so the backward
+also reads R once (the neighbours' tiles from cache).
 
 Accumulation is fp32 for fp16/bf16/fp32 inputs (loaded, then cast: bf16 arithmetic is wrong under
 TRITON_INTERPRET=1). ``tl.dot`` runs with ``input_precision="ieee"``: TF32 would put ~1e-3 relative
@@ -64,6 +66,7 @@ def _mtc_fwd_kernel(
     HINGE: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    SINGLE_D: tl.constexpr,
 ):
     b = tl.program_id(0)
     offs_k = tl.arange(0, BLOCK_K)
@@ -72,23 +75,33 @@ def _mtc_fwd_kernel(
     eye = offs_k[:, None] == offs_k[None, :]
     offdiag = (offs_k[:, None] != offs_k[None, :]) & mask_k[:, None] & mask_k[None, :]
     base = r_ptr + b.to(tl.int64) * stride_rb
+    mask_kd = mask_k[:, None] & (offs_d < D)[None, :]
 
     h = tl.zeros([BLOCK_K, BLOCK_K], tl.float32)  # sum_t G_t: Gram of vec(Tr_k), Eq. 7
     spatial = tl.zeros([BLOCK_K], tl.float32)
     temporal = tl.zeros([BLOCK_K], tl.float32)
     s_prev = tl.zeros([BLOCK_K], tl.float32)
+    prev_tile = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
     for t in range(0, T):
-        g = tl.zeros([BLOCK_K, BLOCK_K], tl.float32)
-        cross = tl.zeros([BLOCK_K], tl.float32)  # <r_(t-1)k, r_tk>
         row = base + t * stride_rt + offs_k[:, None] * stride_rk
-        for d0 in range(0, D, BLOCK_D):
-            cols = d0 + offs_d
-            m = mask_k[:, None] & (cols < D)[None, :]
-            ptrs = row + cols[None, :] * stride_rd
-            cur = tl.load(ptrs, mask=m, other=0.0).to(tl.float32)
-            prev = tl.load(ptrs - stride_rt, mask=m & (t > 0), other=0.0).to(tl.float32)
-            g += tl.dot(cur, tl.trans(cur), input_precision="ieee")
-            cross += tl.sum(prev * cur, axis=1)
+        if SINGLE_D:
+            # A frame is one tile: each frame is loaded once and kept for the next c_t.
+            cur = tl.load(row + offs_d[None, :] * stride_rd, mask=mask_kd, other=0.0)
+            cur = cur.to(tl.float32)
+            g = tl.dot(cur, tl.trans(cur), input_precision="ieee")
+            cross = tl.sum(prev_tile * cur, axis=1)  # <r_(t-1)k, r_tk>
+            prev_tile = cur
+        else:
+            g = tl.zeros([BLOCK_K, BLOCK_K], tl.float32)
+            cross = tl.zeros([BLOCK_K], tl.float32)
+            for d0 in range(0, D, BLOCK_D):
+                cols = d0 + offs_d
+                m = mask_k[:, None] & (cols < D)[None, :]
+                ptrs = row + cols[None, :] * stride_rd
+                cur = tl.load(ptrs, mask=m, other=0.0).to(tl.float32)
+                prev = tl.load(ptrs - stride_rt, mask=m & (t > 0), other=0.0).to(tl.float32)
+                g += tl.dot(cur, tl.trans(cur), input_precision="ieee")
+                cross += tl.sum(prev * cur, axis=1)
         sq = tl.sum(tl.where(eye, g, 0.0), axis=1)
         s = 1.0 / tl.maximum(tl.sqrt(sq), EPS)
         # Eq. 5: sum_{i != j} cos(r_ti, r_tj)
@@ -152,6 +165,7 @@ def _mtc_bwd_kernel(
     GRADS: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    SINGLE_D: tl.constexpr,
 ):
     b = tl.program_id(0)
     t = tl.program_id(1)
@@ -183,23 +197,35 @@ def _mtc_bwd_kernel(
 
     row = r_ptr + b.to(tl.int64) * stride_rb + t * stride_rt + offs_k[:, None] * stride_rk
     # Pass 1: G_t and the dot products with the neighbouring frames.
-    g = tl.zeros([BLOCK_K, BLOCK_K], tl.float32)
-    c_prev = tl.zeros([BLOCK_K], tl.float32)
-    c_next = tl.zeros([BLOCK_K], tl.float32)
-    sq_prev = tl.zeros([BLOCK_K], tl.float32)
-    sq_next = tl.zeros([BLOCK_K], tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        cols = d0 + offs_d
-        m = mask_k[:, None] & (cols < D)[None, :]
-        ptrs = row + cols[None, :] * stride_rd
-        cur = tl.load(ptrs, mask=m, other=0.0).to(tl.float32)
-        prev = tl.load(ptrs - stride_rt, mask=m & has_prev, other=0.0).to(tl.float32)
-        nxt = tl.load(ptrs + stride_rt, mask=m & has_next, other=0.0).to(tl.float32)
-        g += tl.dot(cur, tl.trans(cur), input_precision="ieee")
-        c_prev += tl.sum(prev * cur, axis=1)
-        c_next += tl.sum(cur * nxt, axis=1)
-        sq_prev += tl.sum(prev * prev, axis=1)
-        sq_next += tl.sum(nxt * nxt, axis=1)
+    if SINGLE_D:  # the three frames are one tile each: loaded once, kept for pass 2
+        m1 = mask_k[:, None] & (offs_d < D)[None, :]
+        ptrs1 = row + offs_d[None, :] * stride_rd
+        cur1 = tl.load(ptrs1, mask=m1, other=0.0).to(tl.float32)
+        prev1 = tl.load(ptrs1 - stride_rt, mask=m1 & has_prev, other=0.0).to(tl.float32)
+        nxt1 = tl.load(ptrs1 + stride_rt, mask=m1 & has_next, other=0.0).to(tl.float32)
+        g = tl.dot(cur1, tl.trans(cur1), input_precision="ieee")
+        c_prev = tl.sum(prev1 * cur1, axis=1)
+        c_next = tl.sum(cur1 * nxt1, axis=1)
+        sq_prev = tl.sum(prev1 * prev1, axis=1)
+        sq_next = tl.sum(nxt1 * nxt1, axis=1)
+    else:
+        g = tl.zeros([BLOCK_K, BLOCK_K], tl.float32)
+        c_prev = tl.zeros([BLOCK_K], tl.float32)
+        c_next = tl.zeros([BLOCK_K], tl.float32)
+        sq_prev = tl.zeros([BLOCK_K], tl.float32)
+        sq_next = tl.zeros([BLOCK_K], tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + offs_d
+            m = mask_k[:, None] & (cols < D)[None, :]
+            ptrs = row + cols[None, :] * stride_rd
+            cur = tl.load(ptrs, mask=m, other=0.0).to(tl.float32)
+            prev = tl.load(ptrs - stride_rt, mask=m & has_prev, other=0.0).to(tl.float32)
+            nxt = tl.load(ptrs + stride_rt, mask=m & has_next, other=0.0).to(tl.float32)
+            g += tl.dot(cur, tl.trans(cur), input_precision="ieee")
+            c_prev += tl.sum(prev * cur, axis=1)
+            c_next += tl.sum(cur * nxt, axis=1)
+            sq_prev += tl.sum(prev * prev, axis=1)
+            sq_next += tl.sum(nxt * nxt, axis=1)
 
     n = tl.sqrt(tl.sum(tl.where(eye, g, 0.0), axis=1))
     s = 1.0 / tl.maximum(n, EPS)
@@ -243,24 +269,30 @@ def _mtc_bwd_kernel(
 
     # Pass 2: dR_t = mat R_t + coef_prev * R_(t-1) + coef_next * R_(t+1).
     out_row = dr_ptr + b.to(tl.int64) * stride_gb + t * stride_gt + offs_k[:, None] * stride_gk
-    for d0 in range(0, D, BLOCK_D):
-        cols = d0 + offs_d
-        m = mask_k[:, None] & (cols < D)[None, :]
-        ptrs = row + cols[None, :] * stride_rd
-        cur = tl.load(ptrs, mask=m, other=0.0).to(tl.float32)
-        prev = tl.load(ptrs - stride_rt, mask=m & has_prev, other=0.0).to(tl.float32)
-        nxt = tl.load(ptrs + stride_rt, mask=m & has_next, other=0.0).to(tl.float32)
-        dr = tl.dot(mat, cur, input_precision="ieee")
-        dr += coef_prev[:, None] * prev + coef_next[:, None] * nxt
-        tl.store(out_row + cols[None, :] * stride_gd, dr.to(dr_ptr.dtype.element_ty), mask=m)
+    if SINGLE_D:
+        dr = tl.dot(mat, cur1, input_precision="ieee")
+        dr += coef_prev[:, None] * prev1 + coef_next[:, None] * nxt1
+        tl.store(out_row + offs_d[None, :] * stride_gd, dr.to(dr_ptr.dtype.element_ty), mask=m1)
+    else:
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + offs_d
+            m = mask_k[:, None] & (cols < D)[None, :]
+            ptrs = row + cols[None, :] * stride_rd
+            cur = tl.load(ptrs, mask=m, other=0.0).to(tl.float32)
+            prev = tl.load(ptrs - stride_rt, mask=m & has_prev, other=0.0).to(tl.float32)
+            nxt = tl.load(ptrs + stride_rt, mask=m & has_next, other=0.0).to(tl.float32)
+            dr = tl.dot(mat, cur, input_precision="ieee")
+            dr += coef_prev[:, None] * prev + coef_next[:, None] * nxt
+            tl.store(out_row + cols[None, :] * stride_gd, dr.to(dr_ptr.dtype.element_ty), mask=m)
 
 
 def _blocks(k: int, d: int) -> tuple[int, int, int]:
     """(BLOCK_K, BLOCK_D, num_warps): K padded to a power of two >= 16 (``tl.dot``'s minimum on GPUs),
-    a d-chunk that keeps one (BLOCK_K, BLOCK_D) fp32 tile at <= 4096 elements: the backward holds
-    three of them (frames t-1, t, t+1), 48 registers a thread at 8 warps."""
+    a d-chunk that keeps one (BLOCK_K, BLOCK_D) fp32 tile at <= 8192 elements, so a whole frame is
+    one tile up to K = 32 at d = 256 (SINGLE_D: each frame read once); the backward then holds three
+    such tiles (frames t-1, t, t+1), 96 registers a thread at 8 warps."""
     block_k = max(16, triton.next_power_of_2(k))
-    block_d = max(16, min(triton.next_power_of_2(d), 4096 // block_k))
+    block_d = max(16, min(triton.next_power_of_2(d), 8192 // block_k))
     num_warps = 8 if block_k * block_d >= 4096 else 4
     return block_k, block_d, num_warps
 
@@ -302,6 +334,7 @@ def mtc_loss_fwd_triton(
         HINGE=bool(hinge),
         BLOCK_K=block_k,
         BLOCK_D=block_d,
+        SINGLE_D=block_d >= d,
         num_warps=num_warps,
     )
     return part.sum(0), gram
@@ -349,6 +382,7 @@ def mtc_loss_bwd_triton(
         GRADS=mask,
         BLOCK_K=block_k,
         BLOCK_D=block_d,
+        SINGLE_D=block_d >= d,
         num_warps=num_warps,
     )
     return dr

@@ -6,8 +6,9 @@ strides. Per tracklet k of video b (one program each), with Tr_k = R[b, :, k] (T
     A = S_b Tr_kᵀ / tau (K x T),   P = softmax over t (rows),   w = mean over rows of P (T,)
     out_k = wᵀ Tr_k / T
 
-Forward: pass 1 over d builds A (``tl.dot`` of the (K, d) and (T, d) tiles, d in chunks), pass 2
-writes out_k; the second read of Tr_k comes from cache.
+Forward: pass 1 over d builds A (``tl.dot`` of the (K, d) and (T, d) tiles), pass 2 writes out_k;
+when Tr_k is one tile (T, K <= 32 at d = 256) it stays in registers between the passes, otherwise
+pass 2 reads its chunks again, from cache.
 
 Backward, given g_k = dL/d out_k:  dw_t = <g_k, r_tk> / T,  dA_it = P_it (dw_t - sum_t' P_it' dw_t') / K,
     dTr_k = w g_kᵀ / T + dAᵀ S_b / tau,   dS_b = sum_k dA^(k) Tr_k / tau.
@@ -63,6 +64,7 @@ def _ta_fwd_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    SINGLE_D: tl.constexpr,
 ):
     b = tl.program_id(0)
     k = tl.program_id(1)
@@ -75,30 +77,53 @@ def _ta_fwd_kernel(
     s_row = s_ptr + b.to(tl.int64) * stride_sb + offs_i[:, None] * stride_sk
 
     # Pass 1: A = <s_i, r_tk> / tau (Eq. 9's saliency logits).
-    a = tl.zeros([BLOCK_K, BLOCK_T], tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        cols = d0 + offs_d
-        mask_d = cols < D
-        tr = tl.load(
-            tr_row + cols[None, :] * stride_rd, mask=mask_t[:, None] & mask_d[None, :], other=0.0
-        )
-        sm = tl.load(
-            s_row + cols[None, :] * stride_sd, mask=mask_i[:, None] & mask_d[None, :], other=0.0
-        )
-        a += tl.dot(sm.to(tl.float32), tl.trans(tr.to(tl.float32)), input_precision="ieee")
+    if SINGLE_D:  # Tr_k is one tile: loaded once, kept for pass 2
+        tr1 = tl.load(
+            tr_row + offs_d[None, :] * stride_rd,
+            mask=mask_t[:, None] & (offs_d < D)[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        sm1 = tl.load(
+            s_row + offs_d[None, :] * stride_sd,
+            mask=mask_i[:, None] & (offs_d < D)[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        a = tl.dot(sm1, tl.trans(tr1), input_precision="ieee")
+    else:
+        a = tl.zeros([BLOCK_K, BLOCK_T], tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + offs_d
+            mask_d = cols < D
+            tr = tl.load(
+                tr_row + cols[None, :] * stride_rd,
+                mask=mask_t[:, None] & mask_d[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            sm = tl.load(
+                s_row + cols[None, :] * stride_sd,
+                mask=mask_i[:, None] & mask_d[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            a += tl.dot(sm, tl.trans(tr), input_precision="ieee")
     _, w = _saliency(a * inv_tau, mask_i, mask_t, 1.0 / K)
     w = w / T
 
-    # Pass 2: Tr_k^agg = 1/T sum_t w_t r_tk.
+    # Pass 2: Tr_k^agg = 1/T sum_t w_t r_tk (a single-tile Tr_k is still in registers).
     out_row = out_ptr + b.to(tl.int64) * stride_ob + k * stride_ok
-    for d0 in range(0, D, BLOCK_D):
-        cols = d0 + offs_d
-        mask_d = cols < D
-        tr = tl.load(
-            tr_row + cols[None, :] * stride_rd, mask=mask_t[:, None] & mask_d[None, :], other=0.0
-        )
-        o = tl.sum(w[:, None] * tr.to(tl.float32), axis=0)
-        tl.store(out_row + cols * stride_od, o.to(out_ptr.dtype.element_ty), mask=mask_d)
+    if SINGLE_D:
+        o = tl.sum(w[:, None] * tr1, axis=0)
+        tl.store(out_row + offs_d * stride_od, o.to(out_ptr.dtype.element_ty), mask=offs_d < D)
+    else:
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + offs_d
+            mask_d = cols < D
+            tr = tl.load(
+                tr_row + cols[None, :] * stride_rd,
+                mask=mask_t[:, None] & mask_d[None, :],
+                other=0.0,
+            )
+            o = tl.sum(w[:, None] * tr.to(tl.float32), axis=0)
+            tl.store(out_row + cols * stride_od, o.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
 @triton.jit(do_not_specialize=["T", "K"])  # shapes with the same blocks share a compile
@@ -129,6 +154,7 @@ def _ta_bwd_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    SINGLE_D: tl.constexpr,
 ):
     b = tl.program_id(0)
     k = tl.program_id(1)
@@ -142,20 +168,36 @@ def _ta_bwd_kernel(
     g_row = g_ptr + b.to(tl.int64) * stride_gb + k * stride_gk
 
     # Pass 1: A and dw_t = <g_k, r_tk> / T.
-    a = tl.zeros([BLOCK_K, BLOCK_T], tl.float32)
-    dw = tl.zeros([BLOCK_T], tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        cols = d0 + offs_d
-        mask_d = cols < D
-        tr = tl.load(
-            tr_row + cols[None, :] * stride_rd, mask=mask_t[:, None] & mask_d[None, :], other=0.0
+    if SINGLE_D:  # one tile each: S_b and g_k are kept for pass 2
+        mask_d1 = offs_d < D
+        tr1 = tl.load(
+            tr_row + offs_d[None, :] * stride_rd, mask=mask_t[:, None] & mask_d1[None, :], other=0.0
         ).to(tl.float32)
-        sm = tl.load(
-            s_row + cols[None, :] * stride_sd, mask=mask_i[:, None] & mask_d[None, :], other=0.0
+        sm1 = tl.load(
+            s_row + offs_d[None, :] * stride_sd, mask=mask_i[:, None] & mask_d1[None, :], other=0.0
         ).to(tl.float32)
-        gk = tl.load(g_row + cols * stride_gd, mask=mask_d, other=0.0).to(tl.float32)
-        a += tl.dot(sm, tl.trans(tr), input_precision="ieee")
-        dw += tl.sum(tr * gk[None, :], axis=1)
+        gk1 = tl.load(g_row + offs_d * stride_gd, mask=mask_d1, other=0.0).to(tl.float32)
+        a = tl.dot(sm1, tl.trans(tr1), input_precision="ieee")
+        dw = tl.sum(tr1 * gk1[None, :], axis=1)
+    else:
+        a = tl.zeros([BLOCK_K, BLOCK_T], tl.float32)
+        dw = tl.zeros([BLOCK_T], tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + offs_d
+            mask_d = cols < D
+            tr = tl.load(
+                tr_row + cols[None, :] * stride_rd,
+                mask=mask_t[:, None] & mask_d[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            sm = tl.load(
+                s_row + cols[None, :] * stride_sd,
+                mask=mask_i[:, None] & mask_d[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            gk = tl.load(g_row + cols * stride_gd, mask=mask_d, other=0.0).to(tl.float32)
+            a += tl.dot(sm, tl.trans(tr), input_precision="ieee")
+            dw += tl.sum(tr * gk[None, :], axis=1)
     p, w = _saliency(a * inv_tau, mask_i, mask_t, 1.0 / K)
     w = w / T
     dw = dw / T
@@ -172,19 +214,29 @@ def _ta_bwd_kernel(
 
     # Pass 2: dTr_k = w g_kᵀ / T + dAᵀ S_b / tau.
     x_row = dr_ptr + b.to(tl.int64) * stride_xb + k * stride_xk + offs_t[:, None] * stride_xt
-    for d0 in range(0, D, BLOCK_D):
-        cols = d0 + offs_d
-        mask_d = cols < D
-        sm = tl.load(
-            s_row + cols[None, :] * stride_sd, mask=mask_i[:, None] & mask_d[None, :], other=0.0
-        ).to(tl.float32)
-        gk = tl.load(g_row + cols * stride_gd, mask=mask_d, other=0.0).to(tl.float32)
-        dtr = w[:, None] * gk[None, :] + tl.dot(da_t, sm, input_precision="ieee")
+    if SINGLE_D:
+        dtr = w[:, None] * gk1[None, :] + tl.dot(da_t, sm1, input_precision="ieee")
         tl.store(
-            x_row + cols[None, :] * stride_xd,
+            x_row + offs_d[None, :] * stride_xd,
             dtr.to(dr_ptr.dtype.element_ty),
-            mask=mask_t[:, None] & mask_d[None, :],
+            mask=mask_t[:, None] & mask_d1[None, :],
         )
+    else:
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + offs_d
+            mask_d = cols < D
+            sm = tl.load(
+                s_row + cols[None, :] * stride_sd,
+                mask=mask_i[:, None] & mask_d[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            gk = tl.load(g_row + cols * stride_gd, mask=mask_d, other=0.0).to(tl.float32)
+            dtr = w[:, None] * gk[None, :] + tl.dot(da_t, sm, input_precision="ieee")
+            tl.store(
+                x_row + cols[None, :] * stride_xd,
+                dtr.to(dr_ptr.dtype.element_ty),
+                mask=mask_t[:, None] & mask_d[None, :],
+            )
 
 
 @triton.jit(do_not_specialize=["T", "K"])  # shapes with the same blocks share a compile
@@ -243,11 +295,12 @@ def _ta_bwd_semantics_kernel(
 
 def _blocks(t: int, k: int, d: int) -> tuple[int, int, int, int]:
     """(BLOCK_T, BLOCK_K, BLOCK_D, num_warps): T and K padded to powers of two >= 16 (``tl.dot``'s
-    minimum on GPUs), a d-chunk that keeps the larger (rows, BLOCK_D) fp32 tile at <= 4096 elements."""
+    minimum on GPUs), a d-chunk that keeps the larger (rows, BLOCK_D) fp32 tile at <= 8192 elements:
+    up to T, K = 32 at d = 256, Tr_k and S_b are one tile each (SINGLE_D: read once a program)."""
     block_t = max(16, triton.next_power_of_2(t))
     block_k = max(16, triton.next_power_of_2(k))
     rows = max(block_t, block_k)
-    block_d = max(16, min(triton.next_power_of_2(d), 4096 // rows))
+    block_d = max(16, min(triton.next_power_of_2(d), 8192 // rows))
     num_warps = 8 if rows * block_d >= 4096 else 4
     return block_t, block_k, block_d, num_warps
 
@@ -271,6 +324,7 @@ def tracklet_aggregate_fwd_triton(r: Tensor, s: Tensor, temperature: float) -> T
         BLOCK_T=block_t,
         BLOCK_K=block_k,
         BLOCK_D=block_d,
+        SINGLE_D=block_d >= d,
         num_warps=num_warps,
     )
     return out
@@ -302,9 +356,12 @@ def tracklet_aggregate_bwd_triton(
         BLOCK_T=block_t,
         BLOCK_K=block_k,
         BLOCK_D=block_d,
+        SINGLE_D=block_d >= d,
         num_warps=num_warps,
     )
-    _ta_bwd_semantics_kernel[(b, triton.cdiv(d, block_d))](
+    # dS: d in chunks of 64 so that B * d / 64 programs share the loop over the K tracklets
+    block_ds = max(16, min(triton.next_power_of_2(d), 64))
+    _ta_bwd_semantics_kernel[(b, triton.cdiv(d, block_ds))](
         r,
         da,
         ds,
@@ -315,7 +372,7 @@ def tracklet_aggregate_bwd_triton(
         d,
         BLOCK_T=block_t,
         BLOCK_K=block_k,
-        BLOCK_D=block_d,
-        num_warps=num_warps,
+        BLOCK_D=block_ds,
+        num_warps=4,
     )
     return dr, ds
