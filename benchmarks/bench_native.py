@@ -16,13 +16,16 @@ One fwd+bwd call = forward + the gradients of q and x for a fixed random da.
 
 MTC: B = 24, T = 16, K = 2, d = 256 against ``mtc_loss_ref`` eager and compiled.
 
-Without a compiler the native cases skip and say why. The file takes ~2-3 min on the 2-core dev box
+``ARTLIB_BENCH_THREADS=1`` runs everything on one thread: on a shared, busy machine a descheduled
+OpenMP thread stalls 2-thread calls by milliseconds, which swamps the small cases. Without a
+compiler the native cases skip and say why. The file takes ~2-3 min on the 2-core dev box
 (mostly the N = 384, M = 128 cases and inductor's first compile).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
@@ -30,6 +33,9 @@ import torch.nn.functional as F
 
 from artlib.ops import _native
 from artlib.ops.mtc_loss import mtc_loss_ref
+
+if os.environ.get("ARTLIB_BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["ARTLIB_BENCH_THREADS"]))
 
 L, D = 196, 256
 CORE_CASES = [(32, 16), (32, 128), (384, 16), (384, 128)]  # (N, M)

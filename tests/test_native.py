@@ -254,6 +254,16 @@ def test_opcheck():
         torch.library.opcheck(op, args)
 
 
+def test_backend_reports_native(monkeypatch):
+    from artlib.ops import backend
+
+    for var in ("ARTLIB_BACKEND", "ARTLIB_BACKEND_MTC_LOSS", "ARTLIB_BACKEND_REGION_ATTENTION"):
+        monkeypatch.delenv(var, raising=False)
+    assert backend() == "native"
+    assert backend("mtc_loss") == backend("region_attention") == "native"
+    assert not _native.available("tracklet_aggregate")  # no native kernel: never built for it
+
+
 def test_disabled_by_env(monkeypatch):
     from artlib.ops import backend
 

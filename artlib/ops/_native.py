@@ -254,7 +254,7 @@ def available(op: str | None = None) -> bool:
 
     The first call with ``op`` in :data:`OPS` (or ``None``) triggers the one-time build.
     """
-    if op is not None and op not in OPS:
+    if op and op not in OPS:  # None or "" (backend() with no op): the extension as a whole
         return False
     return load()
 
