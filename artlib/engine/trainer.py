@@ -52,20 +52,23 @@ def _dataset_files(cfg: TrainConfig):
         tr, names = read_generic_list(cfg.train_list, root)
         va, _ = read_generic_list(cfg.val_list, root)
         return tr, va, names
-    if cfg.dataset == "finegym":
+    if cfg.dataset == "finegym":  # the layout of README "Preparing FineGym"
         ann = root / "annotations"
-        videos = root / "subactions"
-        train_file = ann / f"{cfg.split}_train_element_v2.txt"
-        val_file = ann / f"{cfg.split}_val_element.txt"
+        train_file = _first(
+            ann,
+            [
+                f"{cfg.split}_train_element_v1.1.txt",
+                f"{cfg.split}_train_element_v2.txt",
+                f"{cfg.split}_train_element.txt",
+            ],
+            "annotation file",
+        )
+        val_file = _first(ann, [f"{cfg.split}_val_element.txt"], "annotation file")
+        videos = _first(root, ["clips", "subactions", "videos"], "clip folder")
         cats = ann / f"{cfg.split}_categories.txt"
-        for f in (train_file, val_file):
-            if not f.is_file():
-                raise FileNotFoundError(
-                    f"FineGym annotation file {f} not found: --data-root must hold annotations/ and "
-                    "subactions/ (see the README section 'Preparing FineGym')"
-                )
-        tr, names = read_finegym(train_file, videos, cats if cats.is_file() else None)
-        va, _ = read_finegym(val_file, videos, cats if cats.is_file() else None)
+        cats = cats if cats.is_file() else None
+        tr, names = read_finegym(train_file, videos, cats)
+        va, _ = read_finegym(val_file, videos, cats)
         return tr, va, names
     if cfg.dataset == "diving48":
         vocab = root / "Diving48_vocab.json"
@@ -73,6 +76,16 @@ def _dataset_files(cfg: TrainConfig):
         va, _ = read_diving48(root / "Diving48_V2_test.json", root / "rgb", vocab)
         return tr, va, names
     raise ValueError(f"unknown dataset {cfg.dataset!r}")
+
+
+def _first(folder: Path, names: list[str], what: str) -> Path:
+    for n in names:
+        if (folder / n).exists():
+            return folder / n
+    raise FileNotFoundError(
+        f"no {what} in {folder} (looked for {', '.join(names)}): see the README section "
+        "'Preparing FineGym and Diving48' for the expected layout under --data-root"
+    )
 
 
 def build_data(cfg: TrainConfig, info: DistInfo):
