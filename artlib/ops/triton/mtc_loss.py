@@ -11,8 +11,8 @@ Everything the loss needs is a K x K Gram matrix or a per-query dot product:
 
 Forward: one program per video streams its T frames once, keeps G_t and H in registers and writes
 the video's four terms, already divided by B, plus H (B, K, K) for the backward. A frame that fits
-one tile (K <= 32 at d = 256) is loaded once and kept for the next frame's c_t; a larger one is
-read in d-chunks, the previous frame's chunk again from cache.
+one tile (K <= 16 at d = 256) is loaded once and kept for the next frame's c_t; a larger one is
+read in d-chunks, the previous frame's chunk again from cache. Tile sizes: see ``_blocks``.
 
 Backward: one program per (video, frame). With s_k = 1 / max(n_k, eps) and u_k = s_k r_k, the gradient
 of sum_{i!=j} <u_i, u_j> is a K x K matrix times R_t, the temporal term adds multiples of r_(t-1)k and
@@ -20,7 +20,7 @@ r_(t+1)k, so  dR_t = (M_t + M^tr + diag(D_t)) R_t + P_t * R_(t-1) + N_t * R_(t+1
 M_ij = 2 a s_i s_j (i != j),  M_ii = -[n_i >= eps] 2 a s_i^2 sum_{j!=i} s_i s_j G_ij
 (the projection onto the tangent of the unit sphere; a vector shorter than eps is divided by eps, as
 in the reference's clamp). Pass 1 over d builds G_t and the neighbours' dot products, pass 2 writes
-dR_t (from registers when the frames fit one tile each). H comes from the forward, so the backward
+dR_t (from registers when the frames fit one tile each, K <= 16 at d = 256). H comes from the forward, so the backward
 also reads R once (the neighbours' tiles from cache).
 
 Accumulation is fp32 for fp16/bf16/fp32 inputs (loaded, then cast: bf16 arithmetic is wrong under
@@ -286,14 +286,17 @@ def _mtc_bwd_kernel(
             tl.store(out_row + cols[None, :] * stride_gd, dr.to(dr_ptr.dtype.element_ty), mask=m)
 
 
-def _blocks(k: int, d: int) -> tuple[int, int, int]:
-    """(BLOCK_K, BLOCK_D, num_warps): K padded to a power of two >= 16 (``tl.dot``'s minimum on GPUs),
-    a d-chunk that keeps one (BLOCK_K, BLOCK_D) fp32 tile at <= 8192 elements, so a whole frame is
-    one tile up to K = 32 at d = 256 (SINGLE_D: each frame read once); the backward then holds three
-    such tiles (frames t-1, t, t+1), 96 registers a thread at 8 warps."""
+def _blocks(k: int, d: int, backward: bool) -> tuple[int, int, int]:
+    """(BLOCK_K, BLOCK_D, num_warps). K is padded to a power of two >= 16 (``tl.dot``'s minimum on
+    GPUs). The d-chunk is the largest that compiles without (or with a few bytes of) register spills
+    for sm_90, fp32/fp16/bf16, 8 warps (checked with ptxas -v): BLOCK_K * BLOCK_D <= 4096 forward
+    (it holds two frames), and backward <= 4096 at BLOCK_K = 16, <= 2048 beyond (it holds frames
+    t-1, t, t+1 and several K x K matrices: 190 registers at 16 x 256). At d = 256 a whole frame is
+    one tile (SINGLE_D: read once) up to K = 16."""
     block_k = max(16, triton.next_power_of_2(k))
-    block_d = max(16, min(triton.next_power_of_2(d), 8192 // block_k))
-    num_warps = 8 if block_k * block_d >= 4096 else 4
+    cap = 4096 if not backward or block_k <= 16 else 2048
+    block_d = max(16, min(triton.next_power_of_2(d), cap // block_k))
+    num_warps = 8 if block_k * block_d >= 2048 else 4
     return block_k, block_d, num_warps
 
 
@@ -310,7 +313,7 @@ def mtc_loss_fwd_triton(
 ) -> tuple[Tensor, Tensor]:
     """-> (out (4,) fp32 = [total, spatial, temporal, tracklet], H (B, K, K) fp32)."""
     b, t, k, d = r.shape
-    block_k, block_d, num_warps = _blocks(k, d)
+    block_k, block_d, num_warps = _blocks(k, d, backward=False)
     part = torch.empty((b, 4), device=r.device, dtype=torch.float32)
     gram = torch.empty((b, k, k), device=r.device, dtype=torch.float32)
     c_s, c_t, c_tr = _coefs(t, k)
@@ -356,7 +359,7 @@ def mtc_loss_bwd_triton(
     b, t, k, d = r.shape
     mask = sum(1 << i for i, g in enumerate(grads) if g is not None)
     ptrs = [gram if g is None else g for g in grads]
-    block_k, block_d, num_warps = _blocks(k, d)
+    block_k, block_d, num_warps = _blocks(k, d, backward=True)
     dr = torch.empty((b, t, k, d), device=r.device, dtype=r.dtype)
     c_s, c_t, c_tr = _coefs(t, k)
     _mtc_bwd_kernel[(b, t)](
