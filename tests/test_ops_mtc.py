@@ -13,7 +13,12 @@ import torch
 
 import artlib.ops as ops
 from artlib.ops import _backend
-from artlib.ops.mtc_loss import _mtc_loss_op, mtc_loss_backward_ref, mtc_loss_ref
+from artlib.ops.mtc_loss import (
+    _mtc_loss_backward_op,
+    _mtc_loss_op,
+    mtc_loss_backward_ref,
+    mtc_loss_ref,
+)
 from tests.helpers import assert_close
 
 NAMES = ("total", "spatial", "temporal", "tracklet")
@@ -206,6 +211,11 @@ def test_opcheck(monkeypatch, backend):
     monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", backend)
     r = torch.randn(2, 3, 4, 5, requires_grad=True)
     torch.library.opcheck(_mtc_loss_op, (r, 0.6, True, 1.0, 0.5, 2.0))
+    _, stats = _mtc_loss_op(r.detach(), 0.6, True, 1.0, 0.5, 2.0)
+    args = (torch.randn(4), r.detach(), stats, 0.6, True, 1.0, 0.5, 2.0)
+    torch.library.opcheck(
+        _mtc_loss_backward_op, args, test_utils=("test_schema", "test_faketensor")
+    )
 
 
 @pytest.mark.parametrize("backend", ["auto", "triton"])

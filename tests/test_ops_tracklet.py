@@ -14,6 +14,7 @@ import torch
 import artlib.ops as ops
 from artlib.ops import _backend
 from artlib.ops.tracklet_aggregate import (
+    _tracklet_aggregate_backward_op,
     _tracklet_aggregate_op,
     tracklet_aggregate_backward_ref,
     tracklet_aggregate_ref,
@@ -160,6 +161,9 @@ def test_opcheck(monkeypatch, backend):
     r = torch.randn(2, 3, 4, 5, requires_grad=True)
     s = torch.randn(2, 4, 5, requires_grad=True)
     torch.library.opcheck(_tracklet_aggregate_op, (r, s, 0.7))
+    args = (torch.randn(2, 4, 5), r.detach(), s.detach(), 0.7)
+    utils = ("test_schema", "test_faketensor")
+    torch.library.opcheck(_tracklet_aggregate_backward_op, args, test_utils=utils)
 
 
 def test_compile_fullgraph():
