@@ -226,8 +226,16 @@ def run_timings() -> list[tuple]:
             for name, fn in fns.items():
                 try:
                     start = time.perf_counter()
-                    step(fn)()  # warm-up (compiles)
+                    grads = step(fn)()  # warm-up (compiles)
                     warm = time.perf_counter() - start
+                    if name == "artlib-compiled":  # the custom-op path, checked once per shape
+                        expected = step(ours)()
+                        report(
+                            f"{op} K={k} under torch.compile == eager",
+                            lambda g=grads, e=expected: [
+                                assert_close(a, b, name="grad") for a, b in zip(g, e)
+                            ],
+                        )
                     times[name] = bench_ms(step(fn))
                     if warm > 5:
                         print(f"  ({op} K={k} {name}: first call {warm:.1f} s)")
