@@ -34,6 +34,7 @@ class TrainConfig:
     num_frames: int = 16
     crop_size: int = 224
     flip: bool = True
+    crop_scale_min: float = 0.4  # random resized crop keeps [crop_scale_min, 1] of the area
     eval_clips: int = 1
     max_failure_fraction: float = 0.1
     synthetic_classes: int = 8
@@ -96,6 +97,8 @@ PRESETS: dict[str, dict] = {
         text_model="ViT-S-16-alt",
         num_frames=8,
         crop_size=64,
+        flip=False,  # a flip turns "limb left" into "limb right": it changes the synthetic labels
+        crop_scale_min=0.8,  # keep the small limb in view
         epochs=12,
         batch_size=16,
         optimizer="adamw",
@@ -148,6 +151,11 @@ def build_parser(
         action="store_false",
         default=None,
         help="no horizontal flip (flips change some classes' meaning)",
+    )
+    g.add_argument(
+        "--crop-scale-min",
+        type=float,
+        help="random resized crop keeps at least this fraction of the area",
     )
     g.add_argument("--eval-clips", type=int, help="clips per video in evaluation")
     g.add_argument(
@@ -282,6 +290,9 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.num_frames >= 1, f"--num-frames must be >= 1, got {cfg.num_frames}")
     need(cfg.num_queries >= 1, f"--num-queries must be >= 1, got {cfg.num_queries}")
     need(cfg.crop_size >= 16, f"--crop-size must be >= 16, got {cfg.crop_size}")
+    need(
+        0 < cfg.crop_scale_min <= 1, f"--crop-scale-min must be in (0, 1], got {cfg.crop_scale_min}"
+    )
     need(0 <= cfg.dropout < 1, f"--dropout must be in [0, 1), got {cfg.dropout}")
     need(
         0 <= cfg.max_failure_fraction <= 1,

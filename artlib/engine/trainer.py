@@ -158,7 +158,9 @@ def build_data(cfg: TrainConfig, info: DistInfo):
         )
         return train_loader, val_loader, names
 
-    train_ds = VideoDataset(train_items, train=True, flip=cfg.flip, **common)
+    train_ds = VideoDataset(
+        train_items, train=True, flip=cfg.flip, scale=(cfg.crop_scale_min, 1.0), **common
+    )
     val_ds = VideoDataset(val_items, train=False, flip=False, num_clips=cfg.eval_clips, **common)
     dist_on = info.distributed
     train_loader = make_loader(
