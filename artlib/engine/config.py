@@ -94,7 +94,7 @@ PRESETS: dict[str, dict] = {
     "paper": {},
     "synthetic": dict(
         backbone="tiny",
-        text_model="ViT-S-16-alt",
+        text_model="random",  # see build_model: a random CLIP text tower gives one vector
         num_frames=8,
         crop_size=64,
         flip=False,  # a flip turns "limb left" into "limb right": it changes the synthetic labels
@@ -173,7 +173,10 @@ def build_parser(
     g.add_argument(
         "--pretrained", help="backbone weights: an open_clip tag or a local checkpoint path"
     )
-    g.add_argument("--text-model", help="open_clip text tower for the semantics bank")
+    g.add_argument(
+        "--text-model",
+        help="open_clip text tower for the semantics bank, or 'random' for a seeded random bank",
+    )
     g.add_argument(
         "--text-pretrained", help="text tower weights: tag or local path (default: random)"
     )
