@@ -16,10 +16,9 @@ overhead removed); peak memory above the inputs. Cases:
 
 - ``artlib``: ``region_attention`` as dispatched (form picked per shape: fused Triton core or standard);
 - ``artlib-fused``: the absorbed form with the fused Triton core, forced;
-- ``mha``: ``nn.MultiheadAttention(d, heads, batch_first=True)``;
-- ``sdpa``: in/out projections + ``F.scaled_dot_product_attention`` (the standard form);
-- ``absorbed-sdpa``: the absorbed form with SDPA as the core (head dim d, scale 1, k = v = x);
-- ``flex``: projections + compiled FlexAttention, where it compiles.
+- ``mha``, ``sdpa``, ``absorbed-sdpa``, ``flex``: the stock alternatives of
+  benchmarks/bench_region_attention.py (nn.MultiheadAttention; projections + SDPA; the absorbed form
+  with SDPA as its core; projections + compiled FlexAttention, where it compiles).
 
 The floor: one read of x (N L d bf16 bytes) at the copy bandwidth measured in the same run.
 """
@@ -36,19 +35,14 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("ARTLIB_NO_NATIVE", "1")  # only CUDA tensors here
 
-from artlib.ops.region_attention import (  # noqa: E402
-    _fold_queries,
-    _value_heads,
-    region_attention,
-    region_attention_form,
-)
+from artlib.ops.region_attention import region_attention, region_attention_form  # noqa: E402
 
 N, L, D, HEADS = 24 * 16, 196, 256, 8
 ENV = "ARTLIB_BACKEND_REGION_ATTENTION"
@@ -121,8 +115,11 @@ def check(shapes, dtypes) -> list[str]:
     x = torch.randn(4, 50, 256, device="cuda")
     out, w = region_attention(q, x, *_params(m), 8, need_weights=True, form="absorbed")
     ref, w_ref = m(q, x, x, average_attn_weights=False)
-    err = max((out - ref).abs().max().item(), (w - w_ref).abs().max().item(),
-              (w.sum(-1) - 1).abs().max().item())
+    err = max(
+        (out - ref).abs().max().item(),
+        (w - w_ref).abs().max().item(),
+        (w.sum(-1) - 1).abs().max().item(),
+    )
     log(f"check need_weights: max abs err {err:.2e}")
     if err > 1e-4:
         failures.append(f"need_weights err {err}")
@@ -133,54 +130,12 @@ def check(shapes, dtypes) -> list[str]:
 # ---- timings --------------------------------------------------------------------------------------
 
 
-def _split(p):
-    wi, bi, wo, bo = p
-    return wi[:D], wi[D:], bi[:D], bi[D:], wo, bo
-
-
-def impl_sdpa(q, x, p):
-    w_q, w_kv, b_q, b_kv, wo, bo = _split(p)
-    n, k, _ = q.shape
-    qh = F.linear(q, w_q, b_q).view(n, k, HEADS, -1).transpose(1, 2)
-    kv = F.linear(x, w_kv, b_kv).view(n, L, 2, HEADS, -1)
-    kh, vh = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
-    ctx = F.scaled_dot_product_attention(qh, kh, vh)
-    return F.linear(ctx.transpose(1, 2).reshape(n, k, D), wo, bo)
-
-
-def impl_absorbed_sdpa(q, x, p):
-    wi, bi, wo, bo = p
-    _, qt = _fold_queries(q, wi[:D], bi[:D], wi[D : 2 * D], HEADS)  # (N, heads K, d)
-    a = F.scaled_dot_product_attention(qt[:, None], x[:, None], x[:, None], scale=1.0)[:, 0]
-    return F.linear(_value_heads(a, wi[2 * D :], bi[2 * D :], HEADS), wo, bo)
-
-
-_FLEX = {}
-
-
-def impl_flex(q, x, p):
-    from torch.nn.attention.flex_attention import flex_attention
-
-    if "fn" not in _FLEX:
-        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
-    w_q, w_kv, b_q, b_kv, wo, bo = _split(p)
-    n, k, _ = q.shape
-    qh = F.linear(q, w_q, b_q).view(n, k, HEADS, -1).transpose(1, 2)
-    kv = F.linear(x, w_kv, b_kv).view(n, L, 2, HEADS, -1)
-    kh, vh = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
-    ctx = _FLEX["fn"](qh, kh, vh)
-    return F.linear(ctx.transpose(1, 2).reshape(n, k, D), wo, bo)
-
-
 def make_cases(mha):
-    return {
-        "artlib": lambda q, x, p: region_attention(q, x, *p, HEADS),
-        "artlib-fused": lambda q, x, p: region_attention(q, x, *p, HEADS, form="absorbed"),
-        "mha": lambda q, x, p: mha(q, x, x, need_weights=False)[0],
-        "sdpa": impl_sdpa,
-        "absorbed-sdpa": impl_absorbed_sdpa,
-        "flex": impl_flex,
-    }
+    from bench_region_attention import make_cases as stock_cases
+
+    cases = stock_cases(mha)
+    fused = {"artlib-fused": lambda q, x, p: region_attention(q, x, *p, HEADS, form="absorbed")}
+    return {"artlib": cases.pop("artlib"), **fused, **cases}
 
 
 def bench(fn, graph=True):
@@ -265,8 +220,9 @@ def timings(ks, dtype, case_names, flex_ks, budget_s):
 
 
 def sweep(ks, dtype):
-    """Time the two kernels alone over (BLOCK_L, num_warps, num_stages)."""
-    from triton.testing import do_bench
+    """Time the kernels alone over (BLOCK_L, num_warps, num_stages), as CUDA-graph replays (plain
+    do_bench of a ~20 us kernel measures the Python launch as much as the kernel)."""
+    from triton.testing import do_bench, do_bench_cudagraph
 
     from artlib.ops.triton.region_attention import core_backward, core_forward
 
@@ -274,18 +230,27 @@ def sweep(ks, dtype):
     rows = []
     x = torch.randn(N, L, D, device="cuda", dtype=dtype)
     for k in ks:
-        m = k * HEADS
-        q = torch.randn(N, m, D, device="cuda", dtype=dtype) * D**-0.5
+        q = torch.randn(HEADS, N, k, D, device="cuda", dtype=dtype) * D**-0.5
         a, lse = core_forward(q, x)
         da = torch.randn_like(a)
         for cfg in configs:
             row = {"K": k, "config": cfg}
-            runs = [("fwd", lambda q=q, cfg=cfg: core_forward(q, x, config=cfg)),
-                    ("bwd", lambda q=q, cfg=cfg, da=da, a=a, lse=lse:
-                     core_backward(da, q, x, a, lse, config=cfg))]
+            runs = [
+                ("fwd", lambda q=q, cfg=cfg: core_forward(q, x, config=cfg)),
+                (
+                    "bwd",
+                    lambda q=q, cfg=cfg, da=da, a=a, lse=lse: core_backward(
+                        da, q, x, a, lse, config=cfg
+                    ),
+                ),
+            ]
             for kind, fn in runs:
                 try:
-                    row[kind + "_ms"] = do_bench(fn, warmup=5, rep=30, return_mode="median")
+                    fn()
+                    try:
+                        row[kind + "_ms"] = do_bench_cudagraph(fn, rep=30, return_mode="median")
+                    except Exception:  # noqa: BLE001 - no graph: time it plainly
+                        row[kind + "_ms"] = do_bench(fn, warmup=5, rep=30, return_mode="median")
                 except Exception as exc:  # noqa: BLE001
                     row[kind + "_ms"] = None
                     row[kind + "_error"] = f"{type(exc).__name__}: {str(exc)[:100]}"
@@ -295,13 +260,17 @@ def sweep(ks, dtype):
 
 
 def table(results, floor_ms):
-    print("\n## region attention, N=384 L=196 d=256 heads=8, "
-          f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    print(
+        "\n## region attention, N=384 L=196 d=256 heads=8, "
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    )
     print(f"floor: one read of x (bf16) = {floor_ms * 1e3:.1f} us at the measured copy bandwidth\n")
-    print("| K | dtype | case | fwd us (graph) | fwd+bwd us (graph) | fwd+bwd peak MiB | "
-          "fwd+bwd speedup of artlib |")
+    print(
+        "| K | dtype | case | fwd us (graph) | fwd+bwd us (graph) | fwd+bwd peak MiB | "
+        "fwd+bwd speedup of artlib |"
+    )
     print("| ---: | --- | --- | ---: | ---: | ---: | ---: |")
-    for (k, dt) in dict.fromkeys((r["K"], r["dtype"]) for r in results):
+    for k, dt in dict.fromkeys((r["K"], r["dtype"]) for r in results):
         rows = [r for r in results if r["K"] == k and r["dtype"] == dt and "error" not in r]
         ours = next((r for r in rows if r["case"] == "artlib"), None)
 
@@ -310,10 +279,12 @@ def table(results, floor_ms):
 
         for r in rows:
             sp = f"{t(r, 'fwd_bwd') / t(ours, 'fwd_bwd'):.2f}x" if ours else ""
-            print(f"| {k} | {dt} | {r['case']}{' (' + r['form'] + ')' if 'form' in r else ''} | "
-                  f"{r['fwd_ms'] * 1e3:.0f} ({(r['fwd_graph_ms'] or 0) * 1e3:.0f}) | "
-                  f"{r['fwd_bwd_ms'] * 1e3:.0f} ({(r['fwd_bwd_graph_ms'] or 0) * 1e3:.0f}) | "
-                  f"{r['fwd_bwd_peak_mib']:.0f} | {sp} |")
+            print(
+                f"| {k} | {dt} | {r['case']}{' (' + r['form'] + ')' if 'form' in r else ''} | "
+                f"{r['fwd_ms'] * 1e3:.0f} ({(r['fwd_graph_ms'] or 0) * 1e3:.0f}) | "
+                f"{r['fwd_bwd_ms'] * 1e3:.0f} ({(r['fwd_bwd_graph_ms'] or 0) * 1e3:.0f}) | "
+                f"{r['fwd_bwd_peak_mib']:.0f} | {sp} |"
+            )
         for r in results:
             if r["K"] == k and r["dtype"] == dt and "error" in r:
                 print(f"| {k} | {dt} | {r['case']} | failed: {r['error'][:60]} | | | |")
@@ -333,8 +304,15 @@ def main() -> int:
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     failures = []
     try:
-        shapes = [(6, 2, 196, 256, 8), (5, 1, 49, 64, 1), (4, 3, 50, 256, 8), (3, 64, 50, 256, 8),
-                  (2, 3, 196, 1024, 16), (4, 2, 49, 96, 8)]
+        shapes = [
+            (6, 2, 196, 256, 8),
+            (5, 1, 49, 64, 1),
+            (4, 3, 50, 256, 8),
+            (3, 64, 50, 256, 8),
+            (2, 3, 196, 1024, 16),
+            (2, 8, 49, 1024, 16),
+            (4, 2, 49, 96, 8),
+        ]
         failures = check(shapes, [torch.float32, torch.float16, torch.bfloat16])
     except Exception:  # noqa: BLE001
         traceback.print_exc()
@@ -347,7 +325,7 @@ def main() -> int:
     if args.sweep:
         out["sweep"] = sweep([2, 16, 64], torch.bfloat16)
     names = ["artlib", "artlib-fused", "mha", "sdpa", "absorbed-sdpa", "flex"]
-    ks = [2, 16, 32, 64] if args.sweep else [2, 16, 64]
+    ks = [2, 8, 16, 32, 64] if args.sweep else [2, 16, 64]
     results = timings(ks, torch.bfloat16, names, flex_ks=[2], budget_s=args.budget)
     if args.sweep:
         results += timings([2], torch.float32, names[:5], flex_ks=[], budget_s=args.budget + 60)

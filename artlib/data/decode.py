@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import bisect
 import os
+import threading
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-__all__ = ["VideoDecodeError", "VideoInfo", "decode_frames", "video_info"]
+__all__ = ["VideoDecodeError", "VideoInfo", "decode_clip", "decode_frames", "video_info"]
 
 # A seek here is in memory (the packets are already demuxed): it costs a decoder drain and flush,
 # about the time of a few frames, so it pays once it skips more than a handful of packets.
@@ -116,41 +117,47 @@ def video_info(path: str | os.PathLike, exact: bool = False) -> VideoInfo:
     duration implies (truncated). ``exact=True`` decodes every frame to count them (slow; also
     proves the file decodes to its end), otherwise the container's count is trusted.
     """
-    av = _av()
     path = os.fspath(path)
     container = _open(path)
     try:
-        stream = container.streams.video[0]
-        cc = stream.codec_context
-        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-        duration = 0.0
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1_000_000
-        try:
-            if exact:
-                stream.thread_type = "AUTO"
-                n = sum(1 for _ in container.decode(stream))
-            elif stream.frames:
-                n = int(stream.frames)
-            else:  # no count in the header (WebM, MKV): count packets, check against the duration
-                n = _count_packets(container, stream)
-                expect = duration * fps
-                if n and n < 0.8 * expect - 2:
-                    raise VideoDecodeError(
-                        path,
-                        f"truncated: {n} frames present, the header's duration {duration:.2f} s "
-                        f"at {fps:.3g} fps implies about {round(expect)}",
-                        num_decoded=n,
-                    )
-        except av.FFmpegError as e:
-            raise VideoDecodeError(path, f"corrupt stream ({type(e).__name__}: {e})") from None
-        if n <= 0:
-            raise VideoDecodeError(path, "video stream has no frames", num_decoded=0)
-        return VideoInfo(path, n, fps, cc.width, cc.height, cc.name, duration, exact)
+        return _info(container, path, exact)[0]
     finally:
         container.close()
+
+
+def _info(container, path: str, exact: bool) -> tuple[VideoInfo, bool]:
+    """(VideoInfo, whether packets were read: the container must then be reopened to decode)."""
+    av = _av()
+    stream = container.streams.video[0]
+    cc = stream.codec_context
+    fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+    duration = 0.0
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / 1_000_000
+    consumed = True
+    try:
+        if exact:
+            stream.thread_type = "AUTO"
+            n = sum(1 for _ in container.decode(stream))
+        elif stream.frames:
+            n, consumed = int(stream.frames), False
+        else:  # no count in the header (WebM, MKV): count packets, check against the duration
+            n = _count_packets(container, stream)
+            expect = duration * fps
+            if n and n < 0.8 * expect - 2:
+                raise VideoDecodeError(
+                    path,
+                    f"truncated: {n} frames present, the header's duration {duration:.2f} s "
+                    f"at {fps:.3g} fps implies about {round(expect)}",
+                    num_decoded=n,
+                )
+    except av.FFmpegError as e:
+        raise VideoDecodeError(path, f"corrupt stream ({type(e).__name__}: {e})") from None
+    if n <= 0:
+        raise VideoDecodeError(path, "video stream has no frames", num_decoded=0)
+    return VideoInfo(path, n, fps, cc.width, cc.height, cc.name, duration, exact), consumed
 
 
 def decode_frames(
@@ -178,19 +185,61 @@ def decode_frames(
     Raises VideoDecodeError on unreadable files and when an index is past the last frame (its
     ``num_decoded`` then holds the number of frames the file really has).
     """
+    frames, _, _ = decode_clip(
+        path, lambda info: indices, seek_gap=seek_gap, skip_nonref=skip_nonref,
+        accurate_rgb=accurate_rgb, threads=threads, _probe=False,
+    )  # fmt: skip
+    return frames
+
+
+def decode_clip(
+    path: str | os.PathLike,
+    plan,
+    *,
+    seek_gap: int | None = DEFAULT_SEEK_GAP,
+    skip_nonref: bool = True,
+    accurate_rgb: bool = False,
+    threads: int = 0,
+    _probe: bool = True,
+) -> tuple[torch.Tensor, VideoInfo | None, list[int]]:
+    """``video_info`` and ``decode_frames`` on one opening of the file: ``plan(info)`` returns the
+    indices to decode. Returns (frames uint8 (N, H, W, 3), info, indices). The Dataset uses it."""
     path = os.fspath(path)
-    if isinstance(indices, torch.Tensor):
-        indices = indices.tolist()
-    idx = [int(i) for i in np.asarray(indices).reshape(-1)]
-    if not idx:
-        raise ValueError("indices: expected at least one frame index, got none")
-    if min(idx) < 0:
-        raise ValueError(f"indices: expected indices >= 0, got {min(idx)}")
-    wanted = sorted(set(idx))
+    av = _av()
     rgb = _rgb_converter(accurate_rgb)
-    frames = _run(path, lambda c, s: _decode(c, s, wanted, seek_gap, skip_nonref, rgb), threads)
-    if frames is _RESTART:  # the seek table did not match the decoder: count frames plainly
-        frames = _run(path, lambda c, s: _decode_plain(c, s, wanted, rgb), threads)
+    container = _open(path)
+    try:
+        info, consumed = _info(container, path, False) if _probe else (None, False)
+        indices = plan(info)
+        if isinstance(indices, torch.Tensor):
+            indices = indices.tolist()
+        idx = [int(i) for i in np.asarray(indices).reshape(-1)]
+        if not idx:
+            raise ValueError("indices: expected at least one frame index, got none")
+        if min(idx) < 0:
+            raise ValueError(f"indices: expected indices >= 0, got {min(idx)}")
+        wanted = sorted(set(idx))
+        if consumed:  # the packets were read to count them: start again
+            container.close()
+            container = _open(path)
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if threads:
+            stream.codec_context.thread_count = threads
+        try:
+            frames = _decode(container, stream, wanted, seek_gap, skip_nonref, rgb)
+            if frames is _RESTART:  # the packet plan did not match the decoder: count plainly
+                container.close()
+                container = _open(path)
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                if threads:
+                    stream.codec_context.thread_count = threads
+                frames = _decode_plain(container, stream, wanted, rgb)
+        except av.FFmpegError as e:
+            raise VideoDecodeError(path, f"corrupt stream ({type(e).__name__}: {e})") from None
+    finally:
+        container.close()
     if isinstance(frames, int):
         raise VideoDecodeError(
             path, f"frame {wanted[-1]} asked for, the video has {frames} frames", num_decoded=frames
@@ -198,35 +247,38 @@ def decode_frames(
     shapes = {f.shape for f in frames.values()}
     if len(shapes) != 1:
         raise VideoDecodeError(path, f"frame size changes inside the video: {sorted(shapes)}")
-    return torch.from_numpy(np.stack([frames[i] for i in idx]))
+    return torch.from_numpy(np.stack([frames[i] for i in idx])), info, idx
 
 
 _RESTART = object()
 
 
-def _run(path: str, fn, threads: int):
-    av = _av()
-    container = _open(path)
-    try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        if threads:
-            stream.codec_context.thread_count = threads
-        return fn(container, stream)
-    except av.FFmpegError as e:
-        raise VideoDecodeError(path, f"corrupt stream ({type(e).__name__}: {e})") from None
-    finally:
-        container.close()
+_local = threading.local()
+
+
+def _forget_reformatters() -> None:
+    """A forked child (DataLoader or checker workers) must not reuse the parent's swscale contexts:
+    one inherited mid-use deadlocked `python -m artlib.data.check --workers 2` in the test suite."""
+    global _local
+    _local = threading.local()
+
+
+os.register_at_fork(after_in_child=_forget_reformatters)
 
 
 def _rgb_converter(accurate: bool):
-    if not accurate:
-        return lambda frame: frame.to_ndarray(format="rgb24")
-    from av.video.reformatter import Interpolation
+    """frame -> (H, W, 3) uint8 RGB through one reformatter per thread: PyAV's ``to_ndarray`` makes a
+    new swscale context for every new frame (4 ms for a 64x64 frame here, 50x the conversion)."""
+    from av.video.reformatter import Interpolation, VideoReformatter
 
+    if not hasattr(_local, "reformatter"):
+        _local.reformatter = VideoReformatter()
+    reformat = _local.reformatter.reformat
+    if not accurate:
+        return lambda frame: reformat(frame, format="rgb24").to_ndarray()
     # bilinear chroma upsampling + exact rounding: bit-identical to DALI's decoder output
     flags = Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INT | Interpolation.ACCURATE_RND
-    return lambda frame: frame.reformat(format="rgb24", interpolation=flags).to_ndarray()
+    return lambda frame: reformat(frame, format="rgb24", interpolation=flags).to_ndarray()
 
 
 def _decode(container, stream, wanted, seek_gap, skip_nonref, rgb):

@@ -67,5 +67,7 @@ class RegionAttention(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (f"dim={self.embed_dim}, num_heads={self.num_heads}, "
-                f"bias={self.in_proj_bias is not None}")
+        return (
+            f"dim={self.embed_dim}, num_heads={self.num_heads}, "
+            f"bias={self.in_proj_bias is not None}"
+        )

@@ -3,6 +3,11 @@ else the plain-PyTorch reference. ``backend()`` says which runs; ``ARTLIB_BACKEN
 
 from artlib.ops._backend import BACKENDS, backend, native_available, triton_available
 from artlib.ops.mtc_loss import mtc_loss, mtc_loss_ref
+from artlib.ops.region_attention import (
+    region_attention,
+    region_attention_form,
+    region_attention_ref,
+)
 from artlib.ops.tracklet_aggregate import tracklet_aggregate, tracklet_aggregate_ref
 
 __all__ = [
@@ -12,6 +17,9 @@ __all__ = [
     "triton_available",
     "mtc_loss",
     "mtc_loss_ref",
+    "region_attention",
+    "region_attention_form",
+    "region_attention_ref",
     "tracklet_aggregate",
     "tracklet_aggregate_ref",
 ]

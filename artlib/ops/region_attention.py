@@ -44,11 +44,20 @@ __all__ = [
 
 FORMS = ("auto", "absorbed", "standard")
 
-# The absorbed form is picked while K * heads <= ratio * d. Measured crossover, fwd+bwd at N = 384
-# frames, L = 196, d = 256, 8 heads (benchmarks/bench_region_attention.py):
-#   cpu  (2-core dev machine, fp32, eager): absorbed 1.5x faster at K = 16, 0.9x at K = 32 -> 0.5
-#   cuda (H200, bf16, fused Triton core):   see docs/region_attention.md -> 1.0
-ABSORBED_MAX_ROWS_PER_DIM = {"cpu": 0.5, "cuda": 1.0}
+# The absorbed form is picked while K * heads <= ratio * d, the ratio depending on where its core runs.
+# Measured crossovers, fwd+bwd at N = 384 frames, L = 196, d = 256, 8 heads, absorbed vs standard:
+#   cuda, triton (H200, bf16, CUDA-graph replay, benchmarks/gpu_region_attention.py): 182 vs 700 us
+#        at K = 2, 359 vs 714 at K = 8, 758 vs 741 at K = 16, 1369 vs 770 at K = 32 -> 0.4 (K <= 12)
+#   cpu, native (2-core dev machine, fp32, eager): standard/absorbed time 3.8x at K = 2, 1.6x at
+#        K = 16, 0.88x at K = 24 -> 0.65 (K <= 20)
+#   cpu, reference (the same): 2.9x at K = 2, 1.65x at K = 8, 1.15x at K = 12, 0.78x at K = 16
+#        -> 0.45 (K <= 14)
+ABSORBED_MAX_ROWS_PER_DIM = {
+    ("cuda", "triton"): 0.4,
+    ("cpu", "native"): 0.65,
+    ("cpu", "reference"): 0.45,
+}
+_DEFAULT_RATIO = 0.45
 
 _OP = "region_attention"
 
@@ -67,8 +76,12 @@ def check_region_attention_args(
     num_heads: int,
 ) -> tuple[tuple[int, ...], int, int, int]:
     """Validate the arguments; return (leading dims, K, L, d)."""
-    named = {"query": query, "x": x, "in_proj_weight": in_proj_weight,
-             "out_proj_weight": out_proj_weight}
+    named = {
+        "query": query,
+        "x": x,
+        "in_proj_weight": in_proj_weight,
+        "out_proj_weight": out_proj_weight,
+    }
     if in_proj_bias is not None:
         named["in_proj_bias"] = in_proj_bias
     if out_proj_bias is not None:
@@ -96,8 +109,12 @@ def check_region_attention_args(
         raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
     if d % num_heads:
         raise ValueError(f"d={d} must be divisible by num_heads={num_heads}")
-    expected = {"in_proj_weight": (3 * d, d), "in_proj_bias": (3 * d,),
-                "out_proj_weight": (d, d), "out_proj_bias": (d,)}
+    expected = {
+        "in_proj_weight": (3 * d, d),
+        "in_proj_bias": (3 * d,),
+        "out_proj_weight": (d, d),
+        "out_proj_bias": (d,),
+    }
     for name, shape in expected.items():
         if name in named and tuple(named[name].shape) != shape:
             raise ValueError(f"{name} must be {shape} for d={d}, got {tuple(named[name].shape)}")
@@ -111,13 +128,25 @@ def check_region_attention_args(
     return lead, k, l, d
 
 
+@torch.compiler.assume_constant_result
+def _form_ratio(device_type: str) -> float:
+    """The crossover ratio for the core backend that runs on this device type (a constant per
+    process, so torch.compile takes it as one instead of tracing the backend lookup)."""
+    try:
+        name = _backend.select(_OP, device_type)
+    except RuntimeError:  # a forced backend that cannot run here: the core will say so if it runs
+        name = "reference"
+    return ABSORBED_MAX_ROWS_PER_DIM.get((device_type, name), _DEFAULT_RATIO)
+
+
 def region_attention_form(
     num_queries: int, dim: int, num_heads: int, device: torch.device | str = "cpu"
 ) -> str:
     """The form :func:`region_attention` runs for this shape: ``"absorbed"`` while
-    K * heads <= ratio * d (ratio from :data:`ABSORBED_MAX_ROWS_PER_DIM` for the device), else
-    ``"standard"``. L does not enter: both forms' costs are linear in it."""
-    ratio = ABSORBED_MAX_ROWS_PER_DIM.get(torch.device(device).type, ABSORBED_MAX_ROWS_PER_DIM["cpu"])
+    K * heads <= ratio * d, else ``"standard"``; the ratio is the measured crossover for the backend
+    that runs the core on ``device`` (:data:`ABSORBED_MAX_ROWS_PER_DIM`). L does not enter: both
+    forms' costs are linear in it."""
+    ratio = _form_ratio(torch.device(device).type)
     return "absorbed" if num_queries * num_heads <= ratio * dim else "standard"
 
 
@@ -169,12 +198,13 @@ def _split_in_proj(w: Tensor, b: Tensor | None):
 
 
 def _fold_queries(query: Tensor, w_q: Tensor, b_q: Tensor | None, w_k: Tensor, heads: int):
-    """query (N, K, d) -> (Q = query W_q^T + b_q (N, K, d), q~ (N, heads K, d)), rows ordered (h k)."""
+    """query (N, K, d) -> q~ (N, heads K, d), rows ordered (h k): (Q W_q,h^T + b_q,h) W_k,h / sqrt(d_h)."""
     d = query.shape[-1]
-    qp = F.linear(query, w_q, b_q)
-    qh = rearrange(qp, "n k (h j) -> n k h j", h=heads) * (d // heads) ** -0.5
+    qh = (
+        rearrange(F.linear(query, w_q, b_q), "n k (h j) -> n k h j", h=heads) * (d // heads) ** -0.5
+    )
     qt = einsum(qh, rearrange(w_k, "(h j) c -> h j c", h=heads), "n k h j, h j c -> n h k c")
-    return qp, rearrange(qt, "n h k c -> n (h k) c")
+    return rearrange(qt, "n h k c -> n (h k) c")
 
 
 def _value_heads(a: Tensor, w_v: Tensor, b_v: Tensor | None, heads: int) -> Tensor:
@@ -185,13 +215,15 @@ def _value_heads(a: Tensor, w_v: Tensor, b_v: Tensor | None, heads: int) -> Tens
     return ctx if b_v is None else ctx + b_v
 
 
-def _standard(query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, heads,
-              need_weights):
+def _standard(
+    query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, heads, need_weights
+):
     """nn.MultiheadAttention's computation on (N, K, d), (N, L, d): project x to keys and values."""
-    w_q, w_k, w_v, b_q, b_k, b_v = _split_in_proj(in_proj_weight, in_proj_bias)
-    q = rearrange(F.linear(query, w_q, b_q), "n k (h j) -> n h k j", h=heads)
-    k = rearrange(F.linear(x, w_k, b_k), "n l (h j) -> n h l j", h=heads)
-    v = rearrange(F.linear(x, w_v, b_v), "n l (h j) -> n h l j", h=heads)
+    d = query.shape[-1]
+    b_q, b_kv = (None, None) if in_proj_bias is None else (in_proj_bias[:d], in_proj_bias[d:])
+    q = rearrange(F.linear(query, in_proj_weight[:d], b_q), "n k (h j) -> n h k j", h=heads)
+    kv = F.linear(x, in_proj_weight[d:], b_kv)  # keys and values in one GEMM
+    k, v = (rearrange(t, "n l (h j) -> n h l j", h=heads) for t in kv.chunk(2, dim=-1))
     weights = None
     if need_weights:
         weights = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2), dim=-1)
@@ -202,10 +234,11 @@ def _standard(query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_
     return out, weights
 
 
-def _absorbed_ref(query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, heads,
-                  need_weights):
+def _absorbed_ref(
+    query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, heads, need_weights
+):
     w_q, w_k, w_v, b_q, _, b_v = _split_in_proj(in_proj_weight, in_proj_bias)
-    _, q = _fold_queries(query, w_q, b_q, w_k, heads)
+    q = _fold_queries(query, w_q, b_q, w_k, heads)
     a, lse = region_attention_core_ref(q, x)
     out = F.linear(_value_heads(a, w_v, b_v, heads), out_proj_weight, out_proj_bias)
     weights = None
@@ -236,8 +269,16 @@ def region_attention_ref(
         query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads
     )
     impl = _standard if form == "standard" else _absorbed_ref
-    out, weights = impl(query.reshape(-1, k, d), x.reshape(-1, l, d), in_proj_weight, in_proj_bias,
-                        out_proj_weight, out_proj_bias, num_heads, need_weights)
+    out, weights = impl(
+        query.reshape(-1, k, d),
+        x.reshape(-1, l, d),
+        in_proj_weight,
+        in_proj_bias,
+        out_proj_weight,
+        out_proj_bias,
+        num_heads,
+        need_weights,
+    )
     out = out.reshape(*lead, k, d)
     if need_weights:
         return out, weights.reshape(*lead, num_heads, k, l)
@@ -295,8 +336,9 @@ def _core_forward(q4: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.library.custom_op("artlib::region_attention_core_backward", mutates_args=())
-def _core_backward_op(da: Tensor, q: Tensor, x: Tensor, a: Tensor, lse: Tensor
-                      ) -> tuple[Tensor, Tensor]:
+def _core_backward_op(
+    da: Tensor, q: Tensor, x: Tensor, a: Tensor, lse: Tensor
+) -> tuple[Tensor, Tensor]:
     """Backward of the core on heads-major (heads, N, K, d) da, q, a -> (dq (heads, N, K, d), dx)."""
     name = _core_backend(q)
     if name == "triton":
@@ -315,7 +357,8 @@ def _core_backward_op(da: Tensor, q: Tensor, x: Tensor, a: Tensor, lse: Tensor
 
 @_core_backward_op.register_fake
 def _(da, q, x, a, lse):
-    return torch.empty_like(q, memory_format=torch.contiguous_format), torch.empty_like(x)
+    fmt = torch.contiguous_format  # what every backend returns
+    return torch.empty_like(q, memory_format=fmt), torch.empty_like(x, memory_format=fmt)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -376,19 +419,29 @@ def _region_attention_op(
 
 
 @_region_attention_op.register_fake
-def _(query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
-      need_weights):
+def _(
+    query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads, need_weights
+):
     n, k, d = query.shape
     h, nk = num_heads, n * k
-    weights = (query.new_empty(n, h, k, x.shape[1]) if need_weights else query.new_empty(0))
+    weights = query.new_empty(n, h, k, x.shape[1]) if need_weights else query.new_empty(0)
     lse = query.new_empty(n, h * k, dtype=_acc_dtype(query.dtype))
     q_hm, a_hm = query.new_empty(h, nk, d), query.new_empty(h, nk, d)
-    return query.new_empty(n, k, d), weights, q_hm, a_hm, lse, query.new_empty(nk, d), \
-        query.new_empty(nk, d)
+    return (
+        query.new_empty(n, k, d),
+        weights,
+        q_hm,
+        a_hm,
+        lse,
+        query.new_empty(nk, d),
+        query.new_empty(nk, d),
+    )
 
 
 def _setup_context(ctx, inputs, output):
-    query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, heads, need_weights = inputs
+    query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, heads, need_weights = (
+        inputs
+    )
     _, _, q_hm, a_hm, lse, qs, context = output
     ctx.save_for_backward(query, x, in_proj_weight, out_proj_weight, q_hm, a_hm, lse, qs, context)
     ctx.heads, ctx.need_weights = heads, need_weights
@@ -492,15 +545,28 @@ def region_attention(
         form = region_attention_form(k, d, num_heads, query.device)
     q3, x3 = query.reshape(-1, k, d), x.reshape(-1, l, d)
     if form == "standard":
-        out, weights = _standard(q3, x3, in_proj_weight, in_proj_bias, out_proj_weight,
-                                 out_proj_bias, num_heads, need_weights)
+        out, weights = _standard(
+            q3,
+            x3,
+            in_proj_weight,
+            in_proj_bias,
+            out_proj_weight,
+            out_proj_bias,
+            num_heads,
+            need_weights,
+        )
     else:
         out, weights, *_ = torch.ops.artlib.region_attention(
-            q3, x3, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
+            q3,
+            x3,
+            in_proj_weight,
+            in_proj_bias,
+            out_proj_weight,
+            out_proj_bias,
+            num_heads,
             need_weights,
         )
     out = out.reshape(*lead, k, d)
     if need_weights:
         return out, weights.reshape(*lead, num_heads, k, l)
     return out
-

@@ -49,14 +49,33 @@ def _rows(offs_m, KQ, stride_h, stride_k):
 
 @triton.jit
 def _fwd_kernel(
-    Q, X, A, LSE,
-    stride_qh, stride_qn, stride_qk, stride_qd,
-    stride_xn, stride_xl, stride_xd,
-    stride_ah, stride_an, stride_ak, stride_ad,
-    stride_ln, stride_lm,
-    M, KQ, L, D,
-    BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-    SINGLE_D: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    Q,
+    X,
+    A,
+    LSE,
+    stride_qh,
+    stride_qn,
+    stride_qk,
+    stride_qd,
+    stride_xn,
+    stride_xl,
+    stride_xd,
+    stride_ah,
+    stride_an,
+    stride_ak,
+    stride_ad,
+    stride_ln,
+    stride_lm,
+    M,
+    KQ,
+    L,
+    D,
+    BLOCK_M: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SINGLE_D: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     pid_n = tl.program_id(0).to(tl.int64)
     pid_m = tl.program_id(1)
@@ -70,8 +89,11 @@ def _fwd_kernel(
     q_rows = Q + pid_n * stride_qn + _rows(offs_m, KQ, stride_qh, stride_qk)
     x_ptr = X + pid_n * stride_xn
 
-    q_o = tl.load(q_rows[:, None] + offs_o[None, :] * stride_qd,
-                  mask=mask_m[:, None] & mask_o[None, :], other=0.0)
+    q_o = tl.load(
+        q_rows[:, None] + offs_o[None, :] * stride_qd,
+        mask=mask_m[:, None] & mask_o[None, :],
+        other=0.0,
+    )
     if DOT_F32:
         q_o = q_o.to(tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -80,8 +102,11 @@ def _fwd_kernel(
     for l0 in range(0, L, BLOCK_L):
         cur_l = l0 + offs_l
         mask_l = cur_l < L
-        x_o = tl.load(x_ptr + cur_l[:, None] * stride_xl + offs_o[None, :] * stride_xd,
-                      mask=mask_l[:, None] & mask_o[None, :], other=0.0)
+        x_o = tl.load(
+            x_ptr + cur_l[:, None] * stride_xl + offs_o[None, :] * stride_xd,
+            mask=mask_l[:, None] & mask_o[None, :],
+            other=0.0,
+        )
         if DOT_F32:
             x_o = x_o.to(tl.float32)
         if SINGLE_D:
@@ -91,10 +116,16 @@ def _fwd_kernel(
             for k0 in range(0, D, BLOCK_D):
                 cur_k = k0 + offs_k
                 mask_k = cur_k < D
-                q_k = tl.load(q_rows[:, None] + cur_k[None, :] * stride_qd,
-                              mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-                x_k = tl.load(x_ptr + cur_l[:, None] * stride_xl + cur_k[None, :] * stride_xd,
-                              mask=mask_l[:, None] & mask_k[None, :], other=0.0)
+                q_k = tl.load(
+                    q_rows[:, None] + cur_k[None, :] * stride_qd,
+                    mask=mask_m[:, None] & mask_k[None, :],
+                    other=0.0,
+                )
+                x_k = tl.load(
+                    x_ptr + cur_l[:, None] * stride_xl + cur_k[None, :] * stride_xd,
+                    mask=mask_l[:, None] & mask_k[None, :],
+                    other=0.0,
+                )
                 if DOT_F32:
                     q_k = q_k.to(tl.float32)
                     x_k = x_k.to(tl.float32)
@@ -108,17 +139,35 @@ def _fwd_kernel(
         m_i = m_new
     acc = acc / l_i[:, None]
     a_rows = A + pid_n * stride_an + _rows(offs_m, KQ, stride_ah, stride_ak)
-    tl.store(a_rows[:, None] + offs_o[None, :] * stride_ad, acc.to(A.dtype.element_ty),
-             mask=mask_m[:, None] & mask_o[None, :])
+    tl.store(
+        a_rows[:, None] + offs_o[None, :] * stride_ad,
+        acc.to(A.dtype.element_ty),
+        mask=mask_m[:, None] & mask_o[None, :],
+    )
     if pid_d == 0:
         tl.store(LSE + pid_n * stride_ln + offs_m * stride_lm, m_i + tl.log(l_i), mask=mask_m)
 
 
 @triton.jit
-def _scores_and_dp(q_rows, da_rows, x_ptr, cur_l, mask_m, mask_l, offs_k, stride_qd, stride_dad,
-                   stride_xl, stride_xd, D,
-                   BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-                   DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+def _scores_and_dp(
+    q_rows,
+    da_rows,
+    x_ptr,
+    cur_l,
+    mask_m,
+    mask_l,
+    offs_k,
+    stride_qd,
+    stride_dad,
+    stride_xl,
+    stride_xd,
+    D,
+    BLOCK_M: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """S = q x^T and dP = dA x^T for one row block and one L tile, reduced over all of d."""
     s = tl.zeros([BLOCK_M, BLOCK_L], tl.float32)
     dp = tl.zeros([BLOCK_M, BLOCK_L], tl.float32)
@@ -128,8 +177,11 @@ def _scores_and_dp(q_rows, da_rows, x_ptr, cur_l, mask_m, mask_l, offs_k, stride
         mask_mk = mask_m[:, None] & mask_k[None, :]
         q_k = tl.load(q_rows[:, None] + cur_k[None, :] * stride_qd, mask=mask_mk, other=0.0)
         da_k = tl.load(da_rows[:, None] + cur_k[None, :] * stride_dad, mask=mask_mk, other=0.0)
-        x_k = tl.load(x_ptr + cur_l[:, None] * stride_xl + cur_k[None, :] * stride_xd,
-                      mask=mask_l[:, None] & mask_k[None, :], other=0.0)
+        x_k = tl.load(
+            x_ptr + cur_l[:, None] * stride_xl + cur_k[None, :] * stride_xd,
+            mask=mask_l[:, None] & mask_k[None, :],
+            other=0.0,
+        )
         if DOT_F32:
             q_k = q_k.to(tl.float32)
             da_k = da_k.to(tl.float32)
@@ -141,17 +193,48 @@ def _scores_and_dp(q_rows, da_rows, x_ptr, cur_l, mask_m, mask_l, offs_k, stride
 
 @triton.jit
 def _bwd_kernel(
-    DA, Q, X, A, LSE, DELTA, DQ, DX,
-    stride_dah, stride_dan, stride_dak, stride_dad,
-    stride_qh, stride_qn, stride_qk, stride_qd,
-    stride_xn, stride_xl, stride_xd,
-    stride_ah, stride_an, stride_ak, stride_ad,
-    stride_ln, stride_lm,
-    stride_dqh, stride_dqn, stride_dqk, stride_dqd,
-    stride_dxn, stride_dxl, stride_dxd,
-    M, KQ, L, D,
-    BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-    SINGLE_D: tl.constexpr, WRITE_DX: tl.constexpr, DOT_F32: tl.constexpr,
+    DA,
+    Q,
+    X,
+    A,
+    LSE,
+    DELTA,
+    DQ,
+    DX,
+    stride_dah,
+    stride_dan,
+    stride_dak,
+    stride_dad,
+    stride_qh,
+    stride_qn,
+    stride_qk,
+    stride_qd,
+    stride_xn,
+    stride_xl,
+    stride_xd,
+    stride_ah,
+    stride_an,
+    stride_ak,
+    stride_ad,
+    stride_ln,
+    stride_lm,
+    stride_dqh,
+    stride_dqn,
+    stride_dqk,
+    stride_dqd,
+    stride_dxn,
+    stride_dxl,
+    stride_dxd,
+    M,
+    KQ,
+    L,
+    D,
+    BLOCK_M: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SINGLE_D: tl.constexpr,
+    WRITE_DX: tl.constexpr,
+    DOT_F32: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     """dq for one row block (walking L); with WRITE_DX (all rows in this block) also dx, else delta
@@ -194,17 +277,36 @@ def _bwd_kernel(
         cur_l = l0 + offs_l
         mask_l = cur_l < L
         mask_lo = mask_l[:, None] & mask_o[None, :]
-        x_o = tl.load(x_ptr + cur_l[:, None] * stride_xl + offs_o[None, :] * stride_xd,
-                      mask=mask_lo, other=0.0)
+        x_o = tl.load(
+            x_ptr + cur_l[:, None] * stride_xl + offs_o[None, :] * stride_xd,
+            mask=mask_lo,
+            other=0.0,
+        )
         if DOT_F32:
             x_o = x_o.to(tl.float32)
         if SINGLE_D:
             s = tl.dot(q_o, tl.trans(x_o), input_precision=PRECISION)
             dp = tl.dot(da_o, tl.trans(x_o), input_precision=PRECISION)
         else:
-            s, dp = _scores_and_dp(q_rows, da_rows, x_ptr, cur_l, mask_m, mask_l, offs_k,
-                                   stride_qd, stride_dad, stride_xl, stride_xd, D,
-                                   BLOCK_M, BLOCK_L, BLOCK_D, DOT_F32, PRECISION)
+            s, dp = _scores_and_dp(
+                q_rows,
+                da_rows,
+                x_ptr,
+                cur_l,
+                mask_m,
+                mask_l,
+                offs_k,
+                stride_qd,
+                stride_dad,
+                stride_xl,
+                stride_xd,
+                D,
+                BLOCK_M,
+                BLOCK_L,
+                BLOCK_D,
+                DOT_F32,
+                PRECISION,
+            )
         p = tl.exp(s - lse[:, None])
         p = tl.where(mask_m[:, None] & mask_l[None, :], p, 0.0)
         ds = p * (dp - delta[:, None])
@@ -213,24 +315,50 @@ def _bwd_kernel(
         if WRITE_DX:
             dx = tl.dot(tl.trans(p.to(x_o.dtype)), da_o, input_precision=PRECISION)
             dx += tl.dot(tl.trans(ds_c), q_o, input_precision=PRECISION)
-            dx_ptrs = DX + pid_n * stride_dxn + cur_l[:, None] * stride_dxl + offs_o[None, :] * stride_dxd
+            dx_ptrs = (
+                DX + pid_n * stride_dxn + cur_l[:, None] * stride_dxl + offs_o[None, :] * stride_dxd
+            )
             tl.store(dx_ptrs, dx.to(DX.dtype.element_ty), mask=mask_lo)
     dq_rows = DQ + pid_n * stride_dqn + _rows(offs_m, KQ, stride_dqh, stride_dqk)
-    tl.store(dq_rows[:, None] + offs_o[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty),
-             mask=mask_mo)
+    tl.store(
+        dq_rows[:, None] + offs_o[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty), mask=mask_mo
+    )
 
 
 @triton.jit
 def _bwd_dx_kernel(
-    DA, Q, X, LSE, DELTA, DX,
-    stride_dah, stride_dan, stride_dak, stride_dad,
-    stride_qh, stride_qn, stride_qk, stride_qd,
-    stride_xn, stride_xl, stride_xd,
-    stride_ln, stride_lm,
-    stride_dxn, stride_dxl, stride_dxd,
-    M, KQ, L, D,
-    BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-    SINGLE_D: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    DA,
+    Q,
+    X,
+    LSE,
+    DELTA,
+    DX,
+    stride_dah,
+    stride_dan,
+    stride_dak,
+    stride_dad,
+    stride_qh,
+    stride_qn,
+    stride_qk,
+    stride_qd,
+    stride_xn,
+    stride_xl,
+    stride_xd,
+    stride_ln,
+    stride_lm,
+    stride_dxn,
+    stride_dxl,
+    stride_dxd,
+    M,
+    KQ,
+    L,
+    D,
+    BLOCK_M: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SINGLE_D: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """dx for one L tile, walking every row block of the frame (used when M needs several)."""
     pid_n = tl.program_id(0).to(tl.int64)
@@ -243,8 +371,9 @@ def _bwd_dx_kernel(
     mask_o = offs_o < D
     mask_lo = mask_l[:, None] & mask_o[None, :]
     x_ptr = X + pid_n * stride_xn
-    x_o = tl.load(x_ptr + cur_l[:, None] * stride_xl + offs_o[None, :] * stride_xd,
-                  mask=mask_lo, other=0.0)
+    x_o = tl.load(
+        x_ptr + cur_l[:, None] * stride_xl + offs_o[None, :] * stride_xd, mask=mask_lo, other=0.0
+    )
     if DOT_F32:
         x_o = x_o.to(tl.float32)
     dx = tl.zeros([BLOCK_L, BLOCK_D], tl.float32)
@@ -265,16 +394,35 @@ def _bwd_dx_kernel(
             s = tl.dot(q_o, tl.trans(x_o), input_precision=PRECISION)
             dp = tl.dot(da_o, tl.trans(x_o), input_precision=PRECISION)
         else:
-            s, dp = _scores_and_dp(q_rows, da_rows, x_ptr, cur_l, mask_m, mask_l, offs_k,
-                                   stride_qd, stride_dad, stride_xl, stride_xd, D,
-                                   BLOCK_M, BLOCK_L, BLOCK_D, DOT_F32, PRECISION)
+            s, dp = _scores_and_dp(
+                q_rows,
+                da_rows,
+                x_ptr,
+                cur_l,
+                mask_m,
+                mask_l,
+                offs_k,
+                stride_qd,
+                stride_dad,
+                stride_xl,
+                stride_xd,
+                D,
+                BLOCK_M,
+                BLOCK_L,
+                BLOCK_D,
+                DOT_F32,
+                PRECISION,
+            )
         p = tl.exp(s - lse[:, None])
         p = tl.where(mask_m[:, None] & mask_l[None, :], p, 0.0)
         ds = p * (dp - delta[:, None])
         dx += tl.dot(tl.trans(p.to(x_o.dtype)), da_o, input_precision=PRECISION)
         dx += tl.dot(tl.trans(ds.to(x_o.dtype)), q_o, input_precision=PRECISION)
-    tl.store(DX + pid_n * stride_dxn + cur_l[:, None] * stride_dxl + offs_o[None, :] * stride_dxd,
-             dx.to(DX.dtype.element_ty), mask=mask_lo)
+    tl.store(
+        DX + pid_n * stride_dxn + cur_l[:, None] * stride_dxl + offs_o[None, :] * stride_dxd,
+        dx.to(DX.dtype.element_ty),
+        mask=mask_lo,
+    )
 
 
 def _interpret() -> bool:
@@ -291,22 +439,23 @@ def _blocks(m: int, d: int) -> tuple[int, int]:
     return block_m, block_d
 
 
-def default_config(kind: str, block_m: int, block_d: int, dtype: torch.dtype) -> tuple[int, int, int]:
+def default_config(
+    kind: str, block_m: int, block_d: int, dtype: torch.dtype
+) -> tuple[int, int, int]:
     """(BLOCK_L, num_warps, num_stages) for kernel ``kind`` ("fwd", "bwd", "bwd_dq", "bwd_dx").
 
-    H200, bf16, N = 384, L = 196, d = 256, 8 heads (benchmarks/gpu_region_attention.py --sweep):
-    forward best at (32, 4, 3) for K = 2, 16 and 64 (22 / 50 / 166 us); the fused backward at K = 2
-    best at (32, 4, 3) (42 us)."""
+    Measured on an H200, bf16, N = 384, L = 196, d = 256, 8 heads (benchmarks/gpu_region_attention.py
+    --sweep; one config for all kernels of a pass): (32, 4, 3) was best or within noise for the
+    forward at K = 2, 16, 64 (22 / 50 / 166 us) and for the split backward at K = 16 and 64
+    (218 / 711 us; (32, 8, 2) took 355 / 1314 us); for the fused backward at K = 2 (42 us). A fused
+    backward with 64-row blocks did better with 8 warps (518 us at K = 16 against 698 with 4, when it
+    still added dx with atomics)."""
     if _interpret():
         return 16, 4, 1
     wide = block_m * block_d * (2 if dtype == torch.float32 else 1) > 16 * 256
-    if kind == "fwd":
-        return (32, 8, 2) if wide else (32, 4, 3)
-    if kind == "bwd":
-        return (16, 8, 2) if wide else (32, 4, 3)
-    if kind == "bwd_dq":
-        return (32, 8, 2)
-    return (64, 8, 2) if block_d <= 128 or dtype != torch.float32 else (32, 8, 2)
+    if kind == "bwd" and wide:
+        return 32, 8, 2
+    return 32, 4, 3
 
 
 # The config that compiled and ran for each (kind, BLOCK_M, BLOCK_D, dtype): a config that runs out of
@@ -325,7 +474,9 @@ def _launch(kernel, kind, grid, args, meta, dtype, config=None):
         candidates = [default_config(kind, meta["BLOCK_M"], meta["BLOCK_D"], dtype), *_FALLBACKS]
     for i, (block_l, warps, stages) in enumerate(candidates):
         try:
-            kernel[grid(block_l)](*args, BLOCK_L=block_l, num_warps=warps, num_stages=stages, **meta)
+            kernel[grid(block_l)](
+                *args, BLOCK_L=block_l, num_warps=warps, num_stages=stages, **meta
+            )
         except OutOfResources:
             if i == len(candidates) - 1:
                 raise
@@ -350,8 +501,9 @@ def _check(q: Tensor) -> None:
         raise ValueError(f"q must be (heads, N, K, d), got shape {tuple(q.shape)}")
 
 
-def core_forward(q: Tensor, x: Tensor, config: tuple[int, int, int] | None = None
-                 ) -> tuple[Tensor, Tensor]:
+def core_forward(
+    q: Tensor, x: Tensor, config: tuple[int, int, int] | None = None
+) -> tuple[Tensor, Tensor]:
     """q (H, N, K, d) (any strides), x (N, L, d) -> (A (H, N, K, d) contiguous in q's dtype,
     lse (N, H K) fp32). ``config`` = (BLOCK_L, num_warps, num_stages) overrides the default."""
     _check(q)
@@ -369,8 +521,14 @@ def core_forward(q: Tensor, x: Tensor, config: tuple[int, int, int] | None = Non
     return a, lse
 
 
-def core_backward(da: Tensor, q: Tensor, x: Tensor, a: Tensor, lse: Tensor,
-                  config: tuple[int, int, int] | None = None) -> tuple[Tensor, Tensor]:
+def core_backward(
+    da: Tensor,
+    q: Tensor,
+    x: Tensor,
+    a: Tensor,
+    lse: Tensor,
+    config: tuple[int, int, int] | None = None,
+) -> tuple[Tensor, Tensor]:
     """-> (dq (H, N, K, d) contiguous in q's dtype, dx (N, L, d) in x's dtype): the gradients of
     :func:`core_forward` for the upstream gradient dA (H, N, K, d)."""
     _check(q)
@@ -384,15 +542,49 @@ def core_backward(da: Tensor, q: Tensor, x: Tensor, a: Tensor, lse: Tensor,
     fused = m <= block_m
     delta = lse if fused else torch.empty_like(lse)  # delta is written only when not fused
     common = _common(q)
-    args = (da, q, x, a, lse, delta, dq, dx, *da.stride(), *q.stride(), *x.stride(), *a.stride(),
-            *lse.stride(), *dq.stride(), *dx.stride(), m, k, l, d)
+    args = (
+        da,
+        q,
+        x,
+        a,
+        lse,
+        delta,
+        dq,
+        dx,
+        *da.stride(),
+        *q.stride(),
+        *x.stride(),
+        *a.stride(),
+        *lse.stride(),
+        *dq.stride(),
+        *dx.stride(),
+        m,
+        k,
+        l,
+        d,
+    )
     meta = dict(BLOCK_M=block_m, BLOCK_D=block_d, SINGLE_D=d <= block_d, WRITE_DX=fused, **common)
     grid = lambda _: (n, triton.cdiv(m, block_m), triton.cdiv(d, block_d))  # noqa: E731
     _launch(_bwd_kernel, "bwd" if fused else "bwd_dq", grid, args, meta, q.dtype, config)
     if not fused:
         dx_block_m = 32 if block_d >= 256 else 64
-        args = (da, q, x, lse, delta, dx, *da.stride(), *q.stride(), *x.stride(), *lse.stride(),
-                *dx.stride(), m, k, l, d)
+        args = (
+            da,
+            q,
+            x,
+            lse,
+            delta,
+            dx,
+            *da.stride(),
+            *q.stride(),
+            *x.stride(),
+            *lse.stride(),
+            *dx.stride(),
+            m,
+            k,
+            l,
+            d,
+        )
         meta = dict(BLOCK_M=dx_block_m, BLOCK_D=block_d, SINGLE_D=d <= block_d, **common)
         grid = lambda bl: (n, triton.cdiv(l, bl), triton.cdiv(d, block_d))  # noqa: E731
         _launch(_bwd_dx_kernel, "bwd_dx", grid, args, meta, q.dtype, config)
