@@ -44,11 +44,12 @@ def write_video(
     time_base: Fraction | None = None,
     crf: int = 20,
     bframes: int | None = None,
+    preset: str = "veryfast",
 ) -> str:
     """Encode ``frames`` (each (H, W, 3) uint8 RGB, H and W even) into ``path``; returns the path.
 
     gop: keyframe interval (None: the encoder's default; for H.264 a fixed interval with scene-cut
-    keyframes off). pts: per-frame presentation timestamps in ``time_base`` units (a variable frame
+    keyframes off). preset: the x264 preset (``"medium"`` is x264's default). pts: per-frame presentation timestamps in ``time_base`` units (a variable frame
     rate); default: frame i at i / fps. Written to ``path + '.part'`` and renamed, so an interrupted
     write leaves no half file under ``path``.
     """
@@ -66,7 +67,7 @@ def write_video(
         stream.pix_fmt = pix_fmt
         options = {}
         if codec == "h264":
-            options = {"crf": str(crf), "preset": "veryfast"}
+            options = {"crf": str(crf), "preset": preset}
             params = []
             if gop is not None:
                 params += [f"keyint={gop}", f"min-keyint={gop}", "scenecut=0"]

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .annotations import VideoItem
-from .decode import VideoDecodeError, decode_frames, video_info
+from .decode import VideoDecodeError, decode_clip
 from .sampling import crop_params, item_rng, sample_indices
 
 __all__ = [
@@ -155,30 +155,34 @@ class VideoDataset(torch.utils.data.Dataset):
             return SampleFailure(index, path, f"{type(e).__name__}: {e}")
 
     def _load(self, index: int, path: str, label: int) -> dict[str, Any]:
-        info = video_info(path)
-        n = self._frames.get(index, info.num_frames)
-        idx, crop = self.plan(index, n, info.height, info.width)
+        plans = {}
+
+        def plan(info, n=None):
+            n = n or self._frames.get(index, info.num_frames)
+            plans["n"], plans["info"] = n, info
+            plans["idx"], plans["crop"] = self.plan(index, n, info.height, info.width)
+            return plans["idx"].reshape(-1)
+
         try:
-            frames = self._decode(path, idx)
+            frames = self._decode(path, plan)
         except VideoDecodeError as e:
-            if e.num_decoded is None or e.num_decoded == 0 or _truncated(n, e.num_decoded):
-                if e.num_decoded:
+            n = plans.get("n")
+            if n is None or not e.num_decoded or _truncated(n, e.num_decoded):
+                if n is not None and e.num_decoded:
                     raise VideoDecodeError(
                         path, f"truncated: {e.num_decoded} of {n} declared frames decode"
                     ) from None
                 raise
-            self._frames[index] = n = e.num_decoded  # header overstated the count a little
-            idx, crop = self.plan(index, n, info.height, info.width)
-            frames = self._decode(path, idx)
-        video = self.transform(frames, crop)  # (num_clips*T, 3, S, S)
+            true_n = self._frames[index] = e.num_decoded  # the header overstated it a little
+            frames = self._decode(path, lambda info: plan(info, true_n))
+        n = plans["n"]
+        video = self.transform(frames, plans["crop"])  # (num_clips*T, 3, S, S)
         if self.num_clips > 1:
             video = video.view(self.num_clips, self.num_frames, *video.shape[1:])
         return {"video": video, "label": label, "index": index, "short": n < self.num_frames}
 
-    def _decode(self, path: str, idx: np.ndarray) -> torch.Tensor:
-        return decode_frames(
-            path, idx.reshape(-1), threads=self._threads(), accurate_rgb=self.accurate_rgb
-        )
+    def _decode(self, path: str, plan) -> torch.Tensor:
+        return decode_clip(path, plan, threads=self._threads(), accurate_rgb=self.accurate_rgb)[0]
 
     def transform(
         self, frames: torch.Tensor, crop: tuple[int, int, int, int, bool]

@@ -271,14 +271,16 @@ def _rgb_converter(accurate: bool):
     new swscale context for every new frame (4 ms for a 64x64 frame here, 50x the conversion)."""
     from av.video.reformatter import Interpolation, VideoReformatter
 
-    if not hasattr(_local, "reformatter"):
-        _local.reformatter = VideoReformatter()
+    # one per thread and per process: a context inherited through fork() (DataLoader workers) may
+    # hold a thread pool that does not exist in the child; threads=1 keeps swscale from making one
+    if getattr(_local, "pid", None) != os.getpid():
+        _local.reformatter, _local.pid = VideoReformatter(), os.getpid()
     reformat = _local.reformatter.reformat
     if not accurate:
-        return lambda frame: reformat(frame, format="rgb24").to_ndarray()
+        return lambda frame: reformat(frame, format="rgb24", threads=1).to_ndarray()
     # bilinear chroma upsampling + exact rounding: bit-identical to DALI's decoder output
     flags = Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INT | Interpolation.ACCURATE_RND
-    return lambda frame: reformat(frame, format="rgb24", interpolation=flags).to_ndarray()
+    return lambda f: reformat(f, format="rgb24", interpolation=flags, threads=1).to_ndarray()
 
 
 def _decode(container, stream, wanted, seek_gap, skip_nonref, rgb):

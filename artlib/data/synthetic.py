@@ -66,7 +66,9 @@ _VERSION = 1  # bump when the rendering changes: the cache key includes it
 @dataclass(frozen=True)
 class SyntheticSet:
     """A generated set: ``root`` (its folder), ``train_list``/``val_list`` (``<path> <label>`` files
-    for ``read_generic_list``), ``class_names``, and the configuration it was made with."""
+    for ``read_generic_list``), ``class_names``, and the configuration it was made with.
+    ``flip_safe`` is False: a horizontal flip turns "left" into "right" and "clockwise" into
+    "counter-clockwise", so train on it with ``VideoDataset(..., flip=False)``."""
 
     root: str
     train_list: str
@@ -75,6 +77,7 @@ class SyntheticSet:
     num_frames: int
     size: tuple[int, int]
     codec: str
+    flip_safe: bool = False
 
 
 def _smoothstep(x):

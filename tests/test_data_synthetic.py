@@ -1,0 +1,102 @@
+"""The synthetic fine-grained set: classes differ only by a brief local motion; files are cached per
+configuration and written atomically."""
+
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("av")
+
+from artlib.data import (  # noqa: E402
+    CLASS_NAMES,
+    VideoDataset,
+    make_finegrained_set,
+    make_loader,
+    read_generic_list,
+    video_info,
+)
+from artlib.data.synthetic import _limb_offset, render_clip  # noqa: E402
+
+
+def test_classes_differ_only_locally_and_briefly():
+    """Same random draws, different classes: the videos differ only in a small region (the limb)
+    and only inside the motion window."""
+    F, size = 32, (64, 64)
+    clips = {}
+    for label in range(8):
+        frames, start = render_clip(label, np.random.default_rng(42), F, size)
+        clips[label] = frames.astype(np.int16)
+    window = range(start, start + F // 2)
+    for a in range(8):
+        for b in range(a + 1, 8):
+            diff = np.abs(clips[a] - clips[b]).max(-1) > 8  # (F, H, W)
+            assert diff.any(), (a, b)
+            outside = [t for t in range(F) if t not in window]
+            assert not diff[outside].any(), (a, b)  # identical outside the window
+            assert diff.mean(axis=(1, 2)).max() < 0.06, (a, b)  # a small region at any time
+    # the global motion is the same: the body's pixels don't depend on the class
+    assert np.array_equal(clips[0][0], clips[5][0])
+
+
+def test_pairs_that_need_time():
+    """'up once' and 'up twice' agree at the start of the window; the twists visit the same places in
+    opposite orders."""
+    F = 32
+    once, start = render_clip(0, np.random.default_rng(1), F, (64, 64))
+    twice, _ = render_clip(4, np.random.default_rng(1), F, (64, 64))
+    w = F // 2
+    q = start + w // 8  # early in the first quarter: both are on their way up
+    assert np.abs(once[q].astype(int) - twice[q].astype(int)).max() <= 8 * 4
+    mid = start + w // 2 - 1  # the 2nd quarter's end: 'twice' is back, 'once' is still up
+    assert np.abs(once[mid].astype(int) - twice[mid].astype(int)).max() > 60
+    # the turns: the limb is where cw puts it at phase u when ccw is at phase 1 - u, and a quarter
+    # turn in they are on opposite sides
+    for u in np.linspace(0, 1, 9):
+        cw = _limb_offset("twist", (-1, 0), u, 10.0)
+        ccw = _limb_offset("twist", (1, 0), 1 - u, 10.0)
+        assert cw == pytest.approx(ccw)
+    assert _limb_offset("twist", (-1, 0), 0.25, 10.0)[0] == pytest.approx(-5.0)
+    assert _limb_offset("twist", (1, 0), 0.25, 10.0)[0] == pytest.approx(5.0)
+
+
+def test_make_set_cached_and_atomic(tmp_path):
+    kw = dict(num_classes=3, train_per_class=2, val_per_class=1, num_frames=8, size=(32, 48))
+    s = make_finegrained_set(tmp_path, **kw)
+    assert s.class_names == CLASS_NAMES[:3]
+    train, names = read_generic_list(s.train_list)
+    val, _ = read_generic_list(s.val_list)
+    assert names is None and len(train) == 6 and len(val) == 3
+    assert sorted(y for _, y in train) == [0, 0, 1, 1, 2, 2]
+    info = video_info(train[0].path)
+    assert (info.num_frames, info.height, info.width, info.codec) == (8, 32, 48, "h264")
+    mtime = os.path.getmtime(train[0].path)
+    again = make_finegrained_set(tmp_path, **kw)  # reused, not rewritten
+    assert again == s and os.path.getmtime(train[0].path) == mtime
+    other = make_finegrained_set(tmp_path, **{**kw, "seed": 1})
+    assert other.root != s.root
+    # an interrupted generation: a leftover temporary folder of a dead process, and a final folder
+    # without its completion marker -> both are redone
+    os.remove(os.path.join(other.root, "config.json"))
+    leftover = os.path.join(tmp_path, f".tmp-{os.path.basename(other.root)}-999999999")
+    os.makedirs(leftover)
+    redone = make_finegrained_set(tmp_path, **{**kw, "seed": 1})
+    assert os.path.exists(os.path.join(redone.root, "config.json"))
+    assert not os.path.exists(leftover)
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [os.path.basename(s.root), os.path.basename(other.root)]
+    )
+    with pytest.raises(ValueError, match="num_classes: expected 2..12, got 13"):
+        make_finegrained_set(tmp_path, num_classes=13)
+
+
+def test_vp9_set_loads(tmp_path):
+    s = make_finegrained_set(
+        tmp_path, num_classes=2, train_per_class=2, val_per_class=1, num_frames=8, codec="vp9"
+    )
+    items, _ = read_generic_list(s.train_list)
+    assert items[0].path.endswith(".webm")
+    loader = make_loader(VideoDataset(items, 4, train=True, crop_size=32), batch_size=2, train=True)
+    batches = list(loader)
+    assert len(batches) == 2 and batches[0]["video"].shape == (2, 4, 3, 32, 32)
+    assert loader.stats["failed"] == 0
