@@ -123,7 +123,7 @@ def test_kill_and_resume_matches_uninterrupted_run(env, tmp_path):
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), f"{k} differs after kill + resume"
-    assert torch.equal(a["model"]["bank.S"], b["model"]["bank.S"])
+    assert torch.equal(a["model"]["head.bank.S"], b["model"]["head.bank.S"])
 
 
 @pytest.mark.parametrize(
