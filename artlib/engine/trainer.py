@@ -97,25 +97,17 @@ def build_data(cfg: TrainConfig, info: DistInfo):
         from artlib.data.synthetic import make_finegrained_set
 
         root = Path(os.environ.get("ARTLIB_CACHE", Path.home() / ".cache" / "artlib")) / "synthetic"
-        if info.is_main:
-            syn = make_finegrained_set(
-                root,
-                num_classes=cfg.synthetic_classes,
-                train_per_class=cfg.synthetic_train_per_class,
-                val_per_class=cfg.synthetic_val_per_class,
-                size=(cfg.synthetic_size, cfg.synthetic_size),
-                seed=0,
-            )
+        spec = dict(
+            num_classes=cfg.synthetic_classes,
+            train_per_class=cfg.synthetic_train_per_class,
+            val_per_class=cfg.synthetic_val_per_class,
+            size=(cfg.synthetic_size, cfg.synthetic_size),
+            seed=0,
+        )
+        if info.is_main:  # rank 0 writes the videos once; the others then reuse the cached files
+            make_finegrained_set(root, **spec)
         barrier()
-        if not info.is_main:  # reuses the cached files rank 0 wrote
-            syn = make_finegrained_set(
-                root,
-                num_classes=cfg.synthetic_classes,
-                train_per_class=cfg.synthetic_train_per_class,
-                val_per_class=cfg.synthetic_val_per_class,
-                size=(cfg.synthetic_size, cfg.synthetic_size),
-                seed=0,
-            )
+        syn = make_finegrained_set(root, **spec)
         train_items, _ = read_generic_list(syn.train_list)
         val_items, _ = read_generic_list(syn.val_list)
         names = list(syn.class_names)
@@ -163,25 +155,14 @@ def build_data(cfg: TrainConfig, info: DistInfo):
         train_items, train=True, flip=cfg.flip, scale=(cfg.crop_scale_min, 1.0), **common
     )
     val_ds = VideoDataset(val_items, train=False, flip=False, num_clips=cfg.eval_clips, **common)
-    dist_on = info.distributed
-    train_loader = make_loader(
-        train_ds,
-        cfg.batch_size,
-        train=True,
+    kw = dict(
         num_workers=cfg.workers,
-        distributed=dist_on,
+        distributed=info.distributed,
         seed=cfg.seed,
         max_failure_fraction=cfg.max_failure_fraction,
     )
-    val_loader = make_loader(
-        val_ds,
-        cfg.batch_size,
-        train=False,
-        num_workers=cfg.workers,
-        distributed=dist_on,
-        seed=cfg.seed,
-        max_failure_fraction=cfg.max_failure_fraction,
-    )
+    train_loader = make_loader(train_ds, cfg.batch_size, train=True, **kw)
+    val_loader = make_loader(val_ds, cfg.batch_size, train=False, **kw)
     return train_loader, val_loader, names
 
 
