@@ -34,7 +34,8 @@ def test_classes_differ_only_locally_and_briefly():
             assert diff.any(), (a, b)
             outside = [t for t in range(F) if t not in window]
             assert not diff[outside].any(), (a, b)  # identical outside the window
-            assert diff.mean(axis=(1, 2)).max() < 0.06, (a, b)  # a small region at any time
+            # a small region at any time: at most two limb footprints, 2 x 11² px of 64² (< 7%)
+            assert diff.mean(axis=(1, 2)).max() < 0.07, (a, b)
     # the global motion is the same: the body's pixels don't depend on the class
     assert np.array_equal(clips[0][0], clips[5][0])
 

@@ -1,10 +1,10 @@
 """A small fine-grained video set written as real files, so every command runs on a fresh machine.
 
 Every video shows the same kind of scene: a random smooth texture (the background), a "body" (a soft
-disc of a random colour) that glides along a random straight path across it, and a "limb" (a small
-square of another random colour) attached to the body. All classes share this global motion. They
-differ ONLY in a brief local motion of the limb during a window of ``num_frames // 2`` frames that
-starts at a random time (in sampled frames: 4 of T = 8, 8 of T = 16):
+disc of a random colour) that glides along a short random path, and a "limb" (a white square with a
+black rim) attached to the body's right side at a random angle (±23°). All classes share this global
+motion. They differ ONLY in a brief local motion of the limb during a window of ``num_frames // 2``
+frames that starts at a random time (in sampled frames: 4 of T = 8, 8 of T = 16):
 
 ====  ============================  ==========================================================
   0   limb up once                  out (up) and held for the window, then back
@@ -18,10 +18,17 @@ starts at a random time (in sampled frames: 4 of T = 8, 8 of T = 16):
 ====  ============================  ==========================================================
 
 (``num_classes`` < 8 takes the first classes; up to 12 adds "limb down twice", "limb left twice",
-"limb up-left once", "limb down-right once".) Backgrounds, colours, paths, the limb's rest angle and
-the window's start are drawn per video, so no single frame, colour or global statistic gives the
-class away: "up once" and "up twice" differ only in whether the limb comes back in the middle, and the
-two twists only in the order of the same positions.
+"limb up-left once", "limb down-right once".) Backgrounds, body colours, positions (within ±10% of the
+frame around the middle), paths, the limb's rest angle and the window's start are drawn per video, so
+no single frame, colour or global statistic gives the class away: "up once" and "up twice" differ
+only in whether the limb comes back in the middle, and the two twists only in the order of the same
+positions. Horizontal flips swap left/right and the twists: train with ``flip=False``.
+
+Learnability, measured (2-core CPU, default set: 384 train / 128 val clips of 64x64x32, T = 8,
+random crop 0.8-1, no flip): a 2D+3D CNN of 30 k parameters with a position-aware head reaches 0.98
+val Top-1 after 24 epochs (77 s of training). The limb's fixed look and the limited position range
+are what make that possible from 384 clips: with random limb colours and positions anywhere, the
+same CNN stayed at chance after 30 epochs.
 
 ``make_finegrained_set`` writes ``train/`` and ``val/`` videos plus ``train.txt``/``val.txt`` in the
 generic ``<path> <label>`` format and ``classes.txt``, under ``<root>/finegrained-<config hash>/``. A
@@ -60,7 +67,8 @@ _CLASSES = [
     ("limb down-right once", "once", (math.sqrt(0.5), math.sqrt(0.5))),
 ]
 CLASS_NAMES = [c[0] for c in _CLASSES]
-_VERSION = 1  # bump when the rendering changes: the cache key includes it
+JITTER = 0.1  # the body's start point and path length, as a fraction of the frame
+_VERSION = 5  # bump when the rendering changes: the cache key includes it
 
 
 @dataclass(frozen=True)
@@ -113,7 +121,7 @@ def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         fx, fy = rng.uniform(0.5, 3.0, 2) * 2 * math.pi / np.array([w, h])
         phase = rng.uniform(0, 2 * math.pi)
         wave = np.sin(fx * xx + fy * yy * rng.choice([-1, 1]) + phase)
-        img += wave[..., None] * rng.uniform(-30, 30, 3)
+        img += wave[..., None] * rng.uniform(-12, 12, 3)
     return np.clip(img + base, 0, 255)
 
 
@@ -137,23 +145,26 @@ def render_clip(label: int, rng: np.random.Generator, num_frames: int, size: tup
     s = min(h, w)
     _, kind, direction = _CLASSES[label]
     bg = _texture(rng, h, w)
-    body_r = 0.13 * s
-    limb_half = 0.06 * s
-    amp = 0.16 * s
-    # the body's path: a straight line between two random points, kept inside the frame
-    margin = body_r + limb_half * 2 + amp
-    p0 = rng.uniform([margin, margin], [w - margin, h - margin])
-    p1 = rng.uniform([margin, margin], [w - margin, h - margin])
-    rest_angle = rng.uniform(0, 2 * math.pi)
+    body_r = 0.14 * s
+    limb_half = 0.08 * s
+    amp = 0.2 * s
+    # the body's path: a short straight line from a random point, kept so the limb stays inside
+    reach_x = body_r + 2 * limb_half + amp  # body centre to the limb's far edge, rightwards
+    reach_y = (body_r + limb_half) * math.sin(0.4) + amp + limb_half
+    lo, hi = np.array([body_r + 1, reach_y]), np.array([w - reach_x, h - reach_y])
+    hi = np.maximum(hi, lo)
+    # random but not anywhere: within ±JITTER·s of the middle of the allowed area, so that a small
+    # model learns the limb's relation to the body, not translation invariance, from few videos
+    mid = (lo + hi) / 2
+    p0 = np.clip(mid + rng.uniform(-JITTER * s, JITTER * s, 2), lo, hi)
+    p1 = np.clip(p0 + rng.uniform(-JITTER * s, JITTER * s, 2), lo, hi)
+    rest_angle = rng.uniform(-0.4, 0.4)  # the limb sits to the right of the body (±23°)
     rest = (body_r + limb_half) * np.array([math.cos(rest_angle), math.sin(rest_angle)])
-    # colours: random hues; the body and the limb take the luminance opposite to the background's,
-    # so both stay visible on any texture
+    # colours: the body a random colour of the luminance opposite to the background's; the limb
+    # always looks the same (white, black rim) so that a small model can find it from few videos
     dark = bg.mean() > 128
     body_col = rng.uniform(0, 90, 3) if dark else rng.uniform(165, 255, 3)
-    for _ in range(20):  # a saturated colour far from the body's
-        limb_col = rng.permutation([rng.uniform(200, 255), rng.uniform(0, 255), rng.uniform(0, 55)])
-        if np.linalg.norm(limb_col - body_col) > 150:
-            break
+    rim = max(1.0, limb_half / 3)
     window = max(4, num_frames // 2)
     start = int(rng.integers(1, max(2, num_frames - window)))
     a = np.linspace(0.0, 1.0, num_frames)[:, None]
@@ -163,9 +174,12 @@ def render_clip(label: int, rng: np.random.Generator, num_frames: int, size: tup
     )
     limb = body + rest + limb
     m_body = _disc(h, w, body[:, 0, None, None], body[:, 1, None, None], body_r)[..., None]
-    m_limb = _square(h, w, limb[:, 0, None, None], limb[:, 1, None, None], limb_half)[..., None]
+    lx, ly = limb[:, 0, None, None], limb[:, 1, None, None]
+    m_limb = _square(h, w, lx, ly, limb_half)[..., None]
+    m_core = _square(h, w, lx, ly, limb_half - rim)[..., None]
     img = bg * (1 - m_body) + body_col * m_body  # (F, H, W, 3)
-    img = img * (1 - m_limb) + limb_col * m_limb
+    img = img * (1 - m_limb)  # the black rim
+    img = img + 255.0 * m_core
     frames = np.clip(img + 0.5, 0, 255).astype(np.uint8)
     return frames, start
 
