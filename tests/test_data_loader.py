@@ -18,6 +18,7 @@ from artlib.data import (  # noqa: E402
     VideoDataset,
     decode_frames,
     make_loader,
+    sample_indices,
 )
 from artlib.data._write import (  # noqa: E402
     read_frame_index,
@@ -61,6 +62,21 @@ def test_eval_clip_is_the_centre_frames(videos):
     v = multi[0]["video"]
     assert v.shape == (2, 8, 3, 64, 64)
     assert _indices_of(v[0]) == [0, 3, 6, 9, 12, 15, 18, 21]
+
+
+def test_multi_clip_multi_crop_eval(videos):
+    good, _, _ = videos
+    ds = VideoDataset([(good[0], 0)], 4, train=False, crop_size=64, num_clips=2, num_crops=3, **RAW)
+    v = ds[0]["video"]
+    assert v.shape == (6, 4, 3, 64, 64)  # views: clip 0 (left, centre, right crop), clip 1 (...)
+    idx = sample_indices(24, 4, train=False, num_clips=2)
+    frames = decode_frames(good[0], idx.reshape(-1)).view(2, 4, 64, 80, 3).permute(0, 1, 4, 2, 3)
+    for view in range(6):
+        clip, left = divmod(view, 3)
+        ref = frames[clip][..., [0, 8, 16][left] :][..., :64].float()
+        assert_close(v[view], ref, atol=1e-3, rtol=0, name=f"view {view}")
+    with pytest.raises(ValueError, match="num_crops: expected 1, or 3 in eval mode, got 3"):
+        VideoDataset([(good[0], 0)], 4, train=True, num_crops=3)
 
 
 def test_train_transform_matches_a_plain_reference(videos):

@@ -27,7 +27,7 @@ from .dataset import (
     make_loader,
 )
 from .decode import VideoDecodeError, VideoInfo, decode_frames, video_info
-from .sampling import crop_params, item_rng, sample_indices
+from .sampling import crop_params, item_rng, sample_indices, three_crops
 from .synthetic import CLASS_NAMES, SyntheticSet, make_finegrained_set
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "read_ntu",
     "read_ssv2",
     "sample_indices",
+    "three_crops",
     "video_info",
     "write_generic_list",
 ]

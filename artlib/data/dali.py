@@ -116,6 +116,11 @@ class DaliVideoLoader(VideoLoader):
         super().__init__(dataset, batch_size, sampler, 0, drop_last, max_failure_fraction)
         if device not in ("cpu", "gpu"):
             raise ValueError(f"device: expected 'cpu' or 'gpu', got {device!r}")
+        if dataset.num_crops != 1:
+            raise ValueError(
+                f"dataset.num_crops: the DALI path takes one crop per clip, got {dataset.num_crops} "
+                "(use make_loader for multi-crop evaluation)"
+            )
         self.device = device
         self.num_threads = num_threads
         self.device_id = device_id

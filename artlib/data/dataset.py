@@ -1,6 +1,7 @@
 """The PyTorch data path on PyAV: ``VideoDataset`` (one clip per item) and ``make_loader``.
 
-A sample is a dict ``{"video": float32 (T, 3, S, S) — or (num_clips, T, 3, S, S) when num_clips > 1 —,
+A sample is a dict ``{"video": float32 (T, 3, S, S) — or (V, T, 3, S, S) with V = num_clips·num_crops
+views (clip-major) when V > 1 —,
 "label": int, "index": int}``; a batch stacks them: video (B, T, 3, S, S), label (B,), index (B,).
 
 Rules for bad inputs (issue 5, item 6):
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 
 from .annotations import VideoItem
 from .decode import VideoDecodeError, decode_clip
-from .sampling import crop_params, item_rng, sample_indices
+from .sampling import crop_params, item_rng, sample_indices, three_crops
 
 __all__ = [
     "CLIP_MEAN",
@@ -81,7 +82,8 @@ class VideoDataset(torch.utils.data.Dataset):
 
     items: VideoItem (or (path, label)) list. num_frames: T. train: random TSN offsets, random crop
     (area fraction in ``scale``, aspect in ``ratio``) and flip (if ``flip``); eval: segment centres
-    (``num_clips`` offsets) and the centre square. The crop window is resized to crop_size² (bilinear,
+    (``num_clips`` offsets) and the centre square (``num_crops=3``: the squares at the start, centre
+    and end of the long side, PyAV path only). The crop window is resized to crop_size² (bilinear,
     antialiased) and normalized with ``mean``/``std`` (0-1 scale; default CLIP's).
 
     Randomness comes from ``item_rng(seed, epoch, index)``: the same seed, epoch and index give the same
@@ -102,6 +104,7 @@ class VideoDataset(torch.utils.data.Dataset):
         mean: Sequence[float] = CLIP_MEAN,
         std: Sequence[float] = CLIP_STD,
         num_clips: int = 1,
+        num_crops: int = 1,
         seed: int = 0,
         decode_threads: int | None = None,
         accurate_rgb: bool = False,
@@ -119,7 +122,12 @@ class VideoDataset(torch.utils.data.Dataset):
         self.scale, self.ratio, self.flip = tuple(scale), tuple(ratio), flip
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        if num_clips < 1:
+            raise ValueError(f"num_clips: expected >= 1, got {num_clips}")
+        if num_crops not in (1, 3) or (train and num_crops != 1):
+            raise ValueError(f"num_crops: expected 1, or 3 in eval mode, got {num_crops}")
         self.num_clips = num_clips
+        self.num_crops = num_crops
         self.seed = seed
         self.epoch = 0
         self.decode_threads = decode_threads
@@ -176,9 +184,16 @@ class VideoDataset(torch.utils.data.Dataset):
             true_n = self._frames[index] = e.num_decoded  # the header overstated it a little
             frames = self._decode(path, lambda info: plan(info, true_n))
         n = plans["n"]
-        video = self.transform(frames, plans["crop"])  # (num_clips*T, 3, S, S)
-        if self.num_clips > 1:
-            video = video.view(self.num_clips, self.num_frames, *video.shape[1:])
+        if self.num_crops == 1:
+            video = self.transform(frames, plans["crop"])  # (num_clips*T, 3, S, S)
+        else:  # (num_clips, num_crops, T, ...) flattened clip-major
+            info = plans["info"]
+            views = [self.transform(frames, c) for c in three_crops(info.height, info.width)]
+            video = torch.stack(views).view(self.num_crops, self.num_clips, self.num_frames, -1)
+            video = video.transpose(0, 1).reshape(-1, *views[0].shape[1:])
+        views = self.num_clips * self.num_crops
+        if views > 1:
+            video = video.view(views, self.num_frames, *video.shape[1:])
         return {"video": video, "label": label, "index": index, "short": n < self.num_frames}
 
     def _decode(self, path: str, plan) -> torch.Tensor:

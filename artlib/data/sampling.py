@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-__all__ = ["crop_params", "item_rng", "sample_indices"]
+__all__ = ["crop_params", "item_rng", "sample_indices", "three_crops"]
 
 
 def _rng(rng) -> np.random.Generator:
@@ -115,3 +115,12 @@ def crop_params(
         window = ((height - h) // 2, (width - w) // 2, h, w)
     flipped = bool(flip and g.random() < 0.5)
     return (*window, flipped)
+
+
+def three_crops(height: int, width: int) -> list[tuple[int, int, int, int, bool]]:
+    """Multi-crop evaluation: the squares of side min(height, width) at the start, centre and end
+    of the long side, as (top, left, h, w, flip=False) windows."""
+    side = min(height, width)
+    if width >= height:
+        return [(0, x, side, side, False) for x in (0, (width - side) // 2, width - side)]
+    return [(y, 0, side, side, False) for y in (0, (height - side) // 2, height - side)]
