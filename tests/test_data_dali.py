@@ -89,6 +89,21 @@ def test_eval_loader_and_broken_files(videos):
     assert_close(batches[0]["video"], ref["video"], atol=1e-5, rtol=0, name="eval")
 
 
+def test_items_form_and_explicit_shards(videos):
+    """make_dali_loader(items, ..., shard_id, num_shards, **dataset kwargs), as the trainer calls it."""
+    items = [(videos["vp9"], 0), (videos["vp9_vfr"], 1), (videos["mjpeg"], 2)]
+    seen = []
+    for shard in (0, 1):
+        loader = make_dali_loader(
+            items, batch_size=2, train=False, device="cpu", shard_id=shard, num_shards=2,
+            num_frames=4, crop_size=32, flip=False,
+        )  # fmt: skip
+        batches = list(loader)
+        assert all(b["video"].shape[1:] == (4, 3, 32, 32) for b in batches)
+        seen += sum((b["index"].tolist() for b in batches), [])
+    assert sorted(seen) == [0, 0, 1, 2]  # 3 items padded to 4 over 2 shards
+
+
 def test_h264_is_refused_on_cpu(videos):
     with pytest.raises(ValueError, match="codec 'h264' cannot be decoded by DALI's CPU decoder"):
         dali_decode_frames(videos["h264"], [0])

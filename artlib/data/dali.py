@@ -22,6 +22,7 @@ DALI (``nvidia-dali-cuda130``) and PyAV are imported lazily; the frame counts co
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -232,7 +233,7 @@ def dali_decode_frames(path: str, indices, device: str = "cpu") -> torch.Tensor:
 
 
 def make_dali_loader(
-    dataset: VideoDataset,
+    dataset: VideoDataset | Sequence,
     batch_size: int,
     train: bool,
     device: str | None = None,
@@ -241,18 +242,36 @@ def make_dali_loader(
     max_failure_fraction: float = 0.1,
     drop_last: bool | None = None,
     num_threads: int = 2,
+    device_id: int | None = None,
+    shard_id: int | None = None,
+    num_shards: int | None = None,
+    **dataset_kwargs,
 ) -> DaliVideoLoader:
     """The DALI twin of ``make_loader``: same dataset (its items, T, crop, flip, mean/std, seed), same
-    sharding (by torch.distributed rank when ``distributed``), same batch structure.
-    device: "gpu" (NVDEC; default when CUDA is available) or "cpu" (VP8/VP9/MJPEG only)."""
+    sharding, same batch structure.
+
+    dataset: a VideoDataset, or its items (``VideoItem`` list) with its keyword arguments in
+    ``dataset_kwargs`` (``num_frames``, ``crop_size``, ``flip``, ...; ``train`` and ``seed`` are
+    passed on). device: "gpu" (NVDEC; default when CUDA is available) or "cpu" (VP8/VP9/MJPEG only).
+    Sharding: ``shard_id``/``num_shards`` if given, else the torch.distributed rank and world size
+    when ``distributed``. device_id: the GPU (default: the current CUDA device)."""
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    if not isinstance(dataset, VideoDataset):
+        dataset = VideoDataset(dataset, train=train, seed=seed, **dataset_kwargs)
+    elif dataset_kwargs:
+        raise ValueError(
+            f"dataset_kwargs: only with a list of items, got a VideoDataset and {sorted(dataset_kwargs)}"
+        )
     device = device or ("gpu" if torch.cuda.is_available() else "cpu")
     drop_last = train if drop_last is None else drop_last
     rank, world = _dist_rank_world(distributed)
+    if num_shards is not None:
+        rank, world = (shard_id or 0), num_shards
     sampler = ShardedSampler(len(dataset), train, seed, rank, world, drop_last=drop_last and train)
-    device_id = torch.cuda.current_device() if device == "gpu" else None
+    if device == "gpu" and device_id is None:
+        device_id = torch.cuda.current_device()
     return DaliVideoLoader(
         dataset, batch_size, sampler, device, drop_last, max_failure_fraction,
-        num_threads=num_threads, device_id=device_id,
+        num_threads=num_threads, device_id=device_id if device == "gpu" else None,
     )  # fmt: skip
