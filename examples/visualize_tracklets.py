@@ -53,8 +53,8 @@ def main(argv=None) -> int:
         flip=False,
     )
     sample = ds[0]
-    if sample is None:
-        p.error(f"could not decode {args.video}")
+    if not isinstance(sample, dict):  # a SampleFailure(index, path, reason)
+        p.error(f"could not decode {args.video}: {getattr(sample, 'reason', sample)}")
     video = sample["video"] if isinstance(sample, dict) else sample[0]
     video = video.unsqueeze(0)
     with torch.no_grad():
