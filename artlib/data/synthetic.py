@@ -236,7 +236,7 @@ def make_finegrained_set(
         val_per_class=val_per_class, num_frames=num_frames, size=[h, w], codec=codec, seed=seed,
         fps=fps,
     )  # fmt: skip
-    root = os.fspath(root)
+    root = os.path.expanduser(os.fspath(root))
     final = os.path.join(root, f"finegrained-{_config_key(cfg)}")
     names = CLASS_NAMES[:num_classes]
     result = SyntheticSet(
