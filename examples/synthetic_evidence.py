@@ -11,6 +11,7 @@ after `--` go to every run. The last line printed is the ART - baseline margin a
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import statistics
 import subprocess
@@ -25,6 +26,9 @@ ABLATIONS = {
     "no TA (mean)": ["--no-ta"],
     "no MTC": ["--mtc-terms", "none"],
     "no L_sema": ["--no-sema-video", "--no-sema-prot"],
+    "no MTC, no L_sema": ["--mtc-terms", "none", "--no-sema-video", "--no-sema-prot"],
+    "K = 1": ["--num-queries", "1"],
+    "K = 4": ["--num-queries", "4"],
 }
 
 
@@ -44,7 +48,15 @@ def run(name: str, flags: list[str], seed: int, out: Path, extra: list[str]) -> 
             *extra,
         ]
         print("$", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+        target.mkdir(parents=True, exist_ok=True)
+        with open(target / "stdout.log", "w") as log:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+        if proc.returncode:
+            tail = (target / "stdout.log").read_text().splitlines()[-15:]
+            raise RuntimeError(
+                f"{name} seed {seed} failed ({proc.returncode}):\n" + "\n".join(tail)
+            )
+        print(f"done: {name} seed {seed}: {summary.read_text().strip()}", flush=True)
     return json.loads(summary.read_text())
 
 
@@ -53,31 +65,45 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--ablations", action="store_true", help="also run the ablation variants")
     p.add_argument("--out", default="runs/evidence")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (each its own process)")
+    p.add_argument("--table", help="also write the markdown table and the margin line to this file")
     args, extra = p.parse_known_args(argv)
     extra = [a for a in extra if a != "--"]
     out = Path(args.out)
     names = list(ABLATIONS) if args.ablations else ["ART", "baseline"]
+    jobs = [(name, seed) for seed in args.seeds for name in names]
+    with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        futures = {
+            job: pool.submit(run, job[0], ABLATIONS[job[0]], job[1], out, extra) for job in jobs
+        }
+        done = {job: f.result() for job, f in futures.items()}
     results: dict[str, list[dict]] = {}
-    for seed in args.seeds:
-        for name in names:
-            results.setdefault(name, []).append(run(name, ABLATIONS[name], seed, out, extra))
-    print("\n| model | seeds | val Top-1 mean | spread (max-min) | mean class acc | minutes/run |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, seed in jobs:
+        results.setdefault(name, []).append(done[name, seed])
+    lines = [
+        "| model | seeds | val Top-1 mean | spread (max-min) | per seed | mean class acc | minutes/run |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
     for name, rs in results.items():
         top1 = [r["top1"] for r in rs]
-        print(
+        lines.append(
             f"| {name} | {len(rs)} | {statistics.mean(top1):.3f} | {max(top1) - min(top1):.3f} | "
+            f"{' '.join(f'{t:.3f}' for t in top1)} | "
             f"{statistics.mean(r['mean_class_acc'] for r in rs):.3f} | "
             f"{statistics.mean(r['minutes'] for r in rs):.1f} |"
         )
+    print("\n" + "\n".join(lines))
     art = [r["top1"] for r in results["ART"]]
     base = [r["top1"] for r in results["baseline"]]
     margin = statistics.mean(art) - statistics.mean(base)
     spread = max(max(art) - min(art), max(base) - min(base))
-    print(
-        f"\nART - baseline = {margin:+.3f} Top-1; largest seed spread {spread:.3f}; "
+    verdict = (
+        f"ART - baseline = {margin:+.3f} Top-1; largest seed spread {spread:.3f}; "
         f"{'beats' if margin > spread else 'does not beat'} the baseline by more than the spread"
     )
+    print("\n" + verdict)
+    if args.table:
+        Path(args.table).write_text("\n".join(lines) + "\n\n" + verdict + "\n")
     return 0
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from artlib.models import (
     ART,
     TEAResNet50,
+    TinyConvVideoBackbone,
     TinyVideoBackbone,
     UniFormerV2,
     build_backbone,
@@ -261,8 +262,40 @@ def test_tiny_shapes_and_state_dict(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
 
 
+def test_tiny_cnn_tokens_are_local_and_causal_in_time(tmp_path):
+    """Shapes, cls = global average of the features, the positional embedding only on the tokens,
+    and locality: a change in one corner of one frame moves only nearby tokens of nearby frames."""
+    torch.manual_seed(0)
+    m = TinyConvVideoBackbone(width=16, img_size=64, temporal_layers=1).eval()
+    video = torch.randn(2, 6, 3, 64, 64)
+    with torch.no_grad():
+        tokens, cls = m(video)
+        assert tokens.shape == (2, 6, 64, 16) and cls.shape == (2, 16)
+        feats = tokens - m.positional_embedding
+        assert_close(cls, feats.mean(dim=(1, 2)), name="cls")
+        other = video.clone()
+        other[:, 0, :, :8, :8] += 3.0  # top-left corner of frame 0
+        moved = (m(other)[0] - tokens).abs().amax(dim=(0, 3))  # (T, L)
+    assert moved[0, 0] > 0 and moved[1, 0] > 0  # the 3x3x3 conv reaches the next frame
+    assert moved[2:].max() == 0  # but no further in time
+    assert moved[:, 63].max() == 0  # nor to the far corner
+    assert m(torch.randn(1, 2, 3, 96, 96))[0].shape == (1, 2, 144, 16)  # embedding resized
+    with pytest.raises(ValueError, match="multiples of 8"):
+        m(torch.randn(1, 2, 3, 60, 64))
+    path = tmp_path / "cnn.pt"
+    torch.save(m.state_dict(), path)
+    m2 = build_backbone("tiny_cnn", pretrained=path, width=16, img_size=64, temporal_layers=1)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+
+
 def test_build_backbone_errors(tmp_path):
-    assert set(list_backbones()) == {"tiny", "uniformerv2_b16", "uniformerv2_l14", "tea_r50"}
+    assert set(list_backbones()) == {
+        "tiny",
+        "tiny_cnn",
+        "uniformerv2_b16",
+        "uniformerv2_l14",
+        "tea_r50",
+    }
     with pytest.raises(
         ValueError, match=r"unknown backbone 'resnet9'.*tiny.*uniformerv2_b16.*tea_r50"
     ):

@@ -172,3 +172,17 @@ def test_unknown_backbone_and_missing_data_root(env, tmp_path):
         check=False,
     )
     assert res.returncode != 0 and "annotation file" in res.stderr
+
+
+def test_lr_schedules():
+    from artlib.engine.config import TrainConfig
+    from artlib.engine.trainer import lr_factor
+
+    paper = TrainConfig()  # x0.1 every 20 epochs, no warm-up
+    assert [lr_factor(paper, e) for e in (0, 19, 20, 39, 40)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01]
+    )
+    cos = TrainConfig(lr_schedule="cosine", epochs=12, warmup_epochs=2)
+    f = [lr_factor(cos, e) for e in range(12)]
+    assert f[:3] == pytest.approx([0.1, 0.55, 1.0])
+    assert f[7] == pytest.approx(0.5) and all(a > b for a, b in zip(f[2:], f[3:]))

@@ -71,8 +71,10 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    lr_schedule: str = "step"  # step (the paper's: x lr_gamma every lr_step epochs) | cosine
     lr_step: int = 20
     lr_gamma: float = 0.1
+    warmup_epochs: int = 0  # linear warm-up from lr/10 (both schedules)
     bank_momentum: float = 0.999
     grad_clip: float | None = None
     amp: bool = True  # bf16 autocast on CUDA
@@ -93,7 +95,7 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "paper": {},
     "synthetic": dict(
-        backbone="tiny",
+        backbone="tiny_cnn",  # the ViT ("tiny") does not learn this set from scratch
         text_model="random",  # see build_model: a random CLIP text tower gives one vector
         num_frames=8,
         crop_size=64,
@@ -102,11 +104,12 @@ PRESETS: dict[str, dict] = {
         epochs=5,
         batch_size=16,
         synthetic_train_per_class=32,
-        synthetic_val_per_class=8,
+        synthetic_val_per_class=16,
         optimizer="adamw",
-        lr=1e-3,
+        lr=2e-3,
         weight_decay=0.05,
-        lr_step=4,
+        lr_schedule="cosine",
+        warmup_epochs=1,
         dim=64,
         heads=4,
         se_layers=1,
@@ -234,6 +237,12 @@ def build_parser(
     g.add_argument("--lr", type=float)
     g.add_argument("--momentum", type=float)
     g.add_argument("--weight-decay", type=float)
+    g.add_argument(
+        "--lr-schedule",
+        choices=["step", "cosine"],
+        help="step: x lr_gamma every lr_step epochs (paper); cosine: to 0 over the epochs",
+    )
+    g.add_argument("--warmup-epochs", type=int, help="linear lr warm-up from lr/10, in epochs")
     g.add_argument("--lr-step", type=int, help="epochs between lr decays")
     g.add_argument("--lr-gamma", type=float, help="lr decay factor")
     g.add_argument("--bank-momentum", type=float, help="mu of the bank's EMA (Eq. 12)")

@@ -8,12 +8,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import random
 import signal
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +121,9 @@ def build_data(cfg: TrainConfig, info: DistInfo):
     use_dali = cfg.loader == "dali" or (cfg.loader == "auto" and info.device.type == "cuda")
     if use_dali:
         try:
-            from artlib.data.dali import make_dali_loader
+            from artlib.data.dali import _dali, make_dali_loader
+
+            _dali()  # DALI itself is imported lazily: fail here, where PyAV can take over
         except ImportError as exc:
             if cfg.loader == "dali":
                 raise
@@ -242,8 +246,18 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module):
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     else:
         opt = torch.optim.AdamW(groups, lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, cfg))
     return opt, sched
+
+
+def lr_factor(cfg: TrainConfig, epoch: int) -> float:
+    """The lr multiplier for ``epoch`` (0-based; the scheduler steps once per epoch)."""
+    if epoch < cfg.warmup_epochs:
+        return 0.1 + 0.9 * epoch / cfg.warmup_epochs
+    if cfg.lr_schedule == "cosine":
+        span = max(1, cfg.epochs - cfg.warmup_epochs)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
+    return cfg.lr_gamma ** (epoch // cfg.lr_step)
 
 
 # ------------------------------------------------------------------------------------------ loop

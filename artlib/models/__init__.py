@@ -7,7 +7,7 @@ Every backbone: ``forward(video (B,T,3,H,W)) → (tokens (B,T',L,C), cls (B,C))`
 from artlib.models.art import ART, as_bank
 from artlib.models.registry import BACKBONES, build_backbone, count_parameters, list_backbones
 from artlib.models.tea import MotionExcitation, MultipleTemporalAggregation, TEAResNet50
-from artlib.models.tiny import TinyVideoBackbone
+from artlib.models.tiny import TinyConvVideoBackbone, TinyVideoBackbone
 from artlib.models.uniformerv2 import GlobalUniBlock, UniFormerV2
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "MotionExcitation",
     "MultipleTemporalAggregation",
     "TEAResNet50",
+    "TinyConvVideoBackbone",
     "TinyVideoBackbone",
     "UniFormerV2",
     "as_bank",

@@ -8,11 +8,12 @@ from torch import nn
 
 from artlib.models.checkpoint import load_state_dict_file
 from artlib.models.tea import TEAResNet50
-from artlib.models.tiny import TinyVideoBackbone
+from artlib.models.tiny import TinyConvVideoBackbone, TinyVideoBackbone
 from artlib.models.uniformerv2 import UniFormerV2
 
 BACKBONES = {
     "tiny": "TinyVideoBackbone (CPU runs and tests); pretrained: a state dict file of it",
+    "tiny_cnn": "TinyConvVideoBackbone, a 2D+3D CNN that learns the synthetic set from scratch",
     "uniformerv2_b16": "UniFormerV2 on CLIP ViT-B/16; pretrained: open_clip tag or checkpoint path",
     "uniformerv2_l14": "UniFormerV2 on CLIP ViT-L/14; pretrained: open_clip tag or checkpoint path",
     "tea_r50": "TEA ResNet-50; pretrained: a torchvision ResNet-50 ImageNet checkpoint path",
@@ -31,7 +32,7 @@ def _require_file(pretrained) -> str:
 
 
 def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwargs) -> nn.Module:
-    """Build a backbone by name: "tiny", "uniformerv2_b16", "uniformerv2_l14", "tea_r50".
+    """Build a backbone by name: "tiny", "tiny_cnn", "uniformerv2_b16", "uniformerv2_l14", "tea_r50".
 
     pretrained: None (random weights), or for UniFormerV2 an open_clip tag ("openai", ...) found in
     the local cache or a CLIP checkpoint path, for TEA a torchvision ResNet-50 ImageNet checkpoint
@@ -52,6 +53,11 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwa
         model = TEAResNet50(**kwargs)
         if pretrained is not None:
             model.load_imagenet(_require_file(pretrained))
+        return model
+    if key == "tiny_cnn":
+        model = TinyConvVideoBackbone(**kwargs)
+        if pretrained is not None:
+            model.load_state_dict(load_state_dict_file(_require_file(pretrained))[0])
         return model
     raise ValueError(f"name: unknown backbone {name!r}; known: {list_backbones()}")
 
