@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's evidence table on a lent GPU: examples/synthetic_evidence.py (ART vs --baseline over
 # seeds, plus the ablations), every run in its own process, many at once on one GPU.
-#   bash benchmarks/gpu_evidence.sh [JOBS] [-- extra trainer flags]
+#   [VARIANTS="no SE,no MTC"] bash benchmarks/gpu_evidence.sh [JOBS] [-- extra trainer flags]
 # The device image has no PyAV: carry its wheel in .whl/ (see CONTRIBUTING.md); it is installed to
 # /tmp/site. Writes $OUT/evidence.md (the table) and $OUT/evidence_runs.tar.gz (every run's
 # summary.json, metrics.csv and log).
@@ -32,9 +32,11 @@ cfg = config_from_args(build_parser().parse_args(sys.argv[1:]))
 build_data(cfg, DistInfo())
 print("synthetic set ready")
 EOF
-timeout "${EVIDENCE_TIMEOUT:-480}" python3 examples/synthetic_evidence.py --seeds 0 1 2 --ablations --jobs "$JOBS" \
+# VARIANTS: comma-separated names from examples/synthetic_evidence.py (default: all of them)
+timeout "${EVIDENCE_TIMEOUT:-480}" python3 examples/synthetic_evidence.py --seeds 0 1 2 --ablations \
+  ${VARIANTS:+--variants "$VARIANTS"} --jobs "$JOBS" \
   --out /tmp/evidence --table "$OUT/evidence.md" -- --workers 1 "$@"
 status=$?
-tar czf "$OUT/evidence_runs.tar.gz" -C /tmp evidence --exclude='*.pt' --exclude='*.pth' \
-  --exclude='events.*' 2>/dev/null
+tar czf "$OUT/evidence_runs.tar.gz" --exclude='*.pt' --exclude='*.pth' --exclude='events.*' \
+  -C /tmp evidence 2>/dev/null
 exit $status

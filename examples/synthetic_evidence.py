@@ -64,13 +64,22 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--ablations", action="store_true", help="also run the ablation variants")
+    p.add_argument(
+        "--variants",
+        type=lambda v: [n.strip() for n in v.split(",") if n.strip()],
+        help=f"comma-separated, of: {', '.join(ABLATIONS)} (default: ART, baseline)",
+    )
     p.add_argument("--out", default="runs/evidence")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (each its own process)")
     p.add_argument("--table", help="also write the markdown table and the margin line to this file")
     args, extra = p.parse_known_args(argv)
     extra = [a for a in extra if a != "--"]
     out = Path(args.out)
-    names = list(ABLATIONS) if args.ablations else ["ART", "baseline"]
+    unknown = [n for n in args.variants or [] if n not in ABLATIONS]
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; known: {list(ABLATIONS)}")
+    names = args.variants or (list(ABLATIONS) if args.ablations else ["ART", "baseline"])
+    names = ["ART", "baseline"] + [n for n in names if n not in ("ART", "baseline")]
     jobs = [(name, seed) for seed in args.seeds for name in names]
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
         futures = {

@@ -40,6 +40,23 @@ def test_classes_differ_only_locally_and_briefly():
     assert np.array_equal(clips[0][0], clips[5][0])
 
 
+def test_distractors_are_look_alikes_that_do_not_depend_on_the_class():
+    """Distractors add a few limb-like squares: the rest of the video is unchanged, the real limb is
+    drawn over them, and the classes still differ only inside their window."""
+    F, size = 32, (64, 64)
+    plain, start = render_clip(0, np.random.default_rng(7), F, size)
+    busy, start2 = render_clip(0, np.random.default_rng(7), F, size, distractors=2)
+    assert start2 == start
+    changed = np.abs(plain.astype(int) - busy).max(-1) > 8  # (F, H, W)
+    assert changed.any() and changed.mean(axis=(1, 2)).max() < 0.12  # two squares of 11² px
+    white = (busy.min(-1) > 240).mean(axis=(1, 2))  # limb cores: more white in every frame
+    assert (white > (plain.min(-1) > 240).mean(axis=(1, 2))).all()
+    other, _ = render_clip(6, np.random.default_rng(7), F, size, distractors=2)
+    diff = np.abs(other.astype(int) - busy).max(-1) > 8
+    outside = [t for t in range(F) if not start <= t < start + F // 2]
+    assert diff.any() and not diff[outside].any()
+
+
 def test_pairs_that_need_time():
     """'up once' and 'up twice' agree at the start of the window; the twists visit the same places in
     opposite orders."""
@@ -89,6 +106,10 @@ def test_make_set_cached_and_atomic(tmp_path):
     )
     with pytest.raises(ValueError, match="num_classes: expected 2..12, got 13"):
         make_finegrained_set(tmp_path, num_classes=13)
+    with pytest.raises(ValueError, match="distractors: expected >= 0, got -1"):
+        make_finegrained_set(tmp_path, distractors=-1)
+    busy = make_finegrained_set(tmp_path, **kw, distractors=1)
+    assert busy.root != s.root and len(read_generic_list(busy.train_list)[0]) == 6
 
 
 def test_vp9_set_loads(tmp_path):

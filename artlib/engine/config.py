@@ -41,6 +41,7 @@ class TrainConfig:
     synthetic_train_per_class: int = 48
     synthetic_val_per_class: int = 16
     synthetic_size: int = 64
+    synthetic_distractors: int = 0
     # model
     backbone: str = "uniformerv2_b16"
     pretrained: str | None = None
@@ -101,7 +102,7 @@ PRESETS: dict[str, dict] = {
         crop_size=64,
         flip=False,  # a flip turns "limb left" into "limb right": it changes the synthetic labels
         crop_scale_min=0.8,  # keep the small limb in view
-        epochs=5,
+        epochs=20,
         batch_size=16,
         synthetic_train_per_class=32,
         synthetic_val_per_class=16,
@@ -172,6 +173,11 @@ def build_parser(
     g.add_argument("--synthetic-train-per-class", type=int)
     g.add_argument("--synthetic-val-per-class", type=int)
     g.add_argument("--synthetic-size", type=int, help="frame size of the synthetic videos")
+    g.add_argument(
+        "--synthetic-distractors",
+        type=int,
+        help="look-alike squares doing class-like motions away from the body (the harder set)",
+    )
 
     g = p.add_argument_group("model")
     g.add_argument("--backbone", help="tiny | uniformerv2_b16 | uniformerv2_l14 | tea_r50")

@@ -104,6 +104,7 @@ def build_data(cfg: TrainConfig, info: DistInfo):
             train_per_class=cfg.synthetic_train_per_class,
             val_per_class=cfg.synthetic_val_per_class,
             size=(cfg.synthetic_size, cfg.synthetic_size),
+            distractors=cfg.synthetic_distractors,
             seed=0,
         )
         if info.is_main:  # rank 0 writes the videos once; the others then reuse the cached files

@@ -119,11 +119,12 @@ class TinyConvVideoBackbone(nn.Module):
           -> tokens (B,T,L,C) = features + a learned positional embedding (L,C)
 
     Args:
-        in_chans: input channels. width: C. img_size: accepted for interface parity (any H, W that
-        are multiples of 8 work). temporal_layers: the 3×3×3 residual blocks.
+        in_chans: input channels. width: C. img_size: the size the positional embedding is made for
+        (other multiples of 8 resize it). temporal_layers: the 3×3×3 residual blocks.
 
-    Default size (C = 64): 0.17 M parameters. Unlike the ViT (``TinyVideoBackbone``), it learns the
-    built-in synthetic set from scratch in a few epochs (see docs/models.md).
+    Default size (C = 64): 0.37 M parameters. Unlike the ViT (``TinyVideoBackbone``), it learns the
+    built-in synthetic set from scratch (0.94 val Top-1 after 60 epochs with a linear head; see
+    docs/models.md).
     """
 
     patch_size = 8
