@@ -134,6 +134,9 @@ def test_kill_and_resume_matches_uninterrupted_run(env, tmp_path):
         (["--dim", "30", "--heads", "4"], "divisible"),
         (["--split", "gym100"], "invalid choice"),
         (["--lr", "abc"], "invalid float"),
+        (["--lr-schedule", "linear"], "invalid choice"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs must be >= 0"),
+        (["--synthetic-distractors", "-2"], "--synthetic-distractors must be >= 0"),
     ],
 )
 def test_bad_flags_clear_error(env, flags, message):
@@ -186,3 +189,34 @@ def test_lr_schedules():
     f = [lr_factor(cos, e) for e in range(12)]
     assert f[:3] == pytest.approx([0.1, 0.55, 1.0])
     assert f[7] == pytest.approx(0.5) and all(a > b for a, b in zip(f[2:], f[3:]))
+
+
+def test_synthetic_evidence_table(env, tmp_path):
+    """examples/synthetic_evidence.py: ART and the baseline per seed, each its own trainer process,
+    two at a time; the table has a row per variant and the last line the margin against the spread."""
+    e, bank = env
+    table = tmp_path / "table.md"
+    script = str(REPO / "examples" / "synthetic_evidence.py")
+    cmd = [
+        sys.executable,
+        script,
+        "--seeds",
+        "0",
+        "1",
+        "--jobs",
+        "2",
+        "--out",
+        str(tmp_path / "ev"),
+    ]
+    res = _run([*cmd, "--table", str(table), "--", *TINY, "--epochs", "1", "--bank", bank], e)
+    rows = [
+        r
+        for r in table.read_text().splitlines()
+        if r.startswith("| ART") or r.startswith("| baseline")
+    ]
+    assert len(rows) == 2 and all("| 2 |" in r for r in rows), table.read_text()
+    summaries = sorted(p.parent.name for p in (tmp_path / "ev").glob("*/summary.json"))
+    assert summaries == ["ART_seed0", "ART_seed1", "baseline_seed0", "baseline_seed1"]
+    assert "ART - baseline = " in res.stdout.strip().splitlines()[-1]
+    bad = _run([*cmd, "--variants", "no SE,no such"], e, check=False)
+    assert bad.returncode == 2 and "unknown ['no such']" in bad.stderr

@@ -307,6 +307,12 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}")
     need(cfg.accum_steps >= 1, f"--accum-steps must be >= 1, got {cfg.accum_steps}")
     need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
+    need(cfg.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}")
+    need(cfg.lr_step >= 1, f"--lr-step must be >= 1, got {cfg.lr_step}")
+    need(
+        cfg.synthetic_distractors >= 0,
+        f"--synthetic-distractors must be >= 0, got {cfg.synthetic_distractors}",
+    )
     need(cfg.num_frames >= 1, f"--num-frames must be >= 1, got {cfg.num_frames}")
     need(cfg.num_queries >= 1, f"--num-queries must be >= 1, got {cfg.num_queries}")
     need(cfg.crop_size >= 16, f"--crop-size must be >= 16, got {cfg.crop_size}")
