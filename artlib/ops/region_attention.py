@@ -249,6 +249,19 @@ def _absorbed_ref(
     return out, weights
 
 
+def _fold(query: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(..., K, d), (..., L, d) -> (N, K, d), (N, L, d): the leading dims become one frame axis."""
+    return query.reshape(-1, *query.shape[-2:]), x.reshape(-1, *x.shape[-2:])
+
+
+def _unfold(out: Tensor, weights: Tensor | None, lead: tuple, num_heads: int, need_weights: bool):
+    """The inverse of :func:`_fold` on the results: out (..., K, d), maps (..., heads, K, L)."""
+    out = out.reshape(*lead, *out.shape[-2:])
+    if need_weights:
+        return out, weights.reshape(*lead, num_heads, *weights.shape[-2:])
+    return out
+
+
 def region_attention_ref(
     query: Tensor,
     x: Tensor,
@@ -265,13 +278,12 @@ def region_attention_ref(
     arguments and result as :func:`region_attention`; differentiable by autograd, float64-capable."""
     if form not in ("standard", "absorbed"):
         raise ValueError(f"form must be 'standard' or 'absorbed', got {form!r}")
-    lead, k, l, d = check_region_attention_args(
+    lead, *_ = check_region_attention_args(
         query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads
     )
     impl = _standard if form == "standard" else _absorbed_ref
     out, weights = impl(
-        query.reshape(-1, k, d),
-        x.reshape(-1, l, d),
+        *_fold(query, x),
         in_proj_weight,
         in_proj_bias,
         out_proj_weight,
@@ -279,10 +291,7 @@ def region_attention_ref(
         num_heads,
         need_weights,
     )
-    out = out.reshape(*lead, k, d)
-    if need_weights:
-        return out, weights.reshape(*lead, num_heads, k, l)
-    return out
+    return _unfold(out, weights, lead, num_heads, need_weights)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -538,12 +547,12 @@ def region_attention(
         in_proj_bias, out_proj_bias = (
             t.to(dt) if isinstance(t, Tensor) else t for t in (in_proj_bias, out_proj_bias)
         )
-    lead, k, l, d = check_region_attention_args(
+    lead, k, _, d = check_region_attention_args(
         query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads
     )
     if form == "auto":
         form = region_attention_form(k, d, num_heads, query.device)
-    q3, x3 = query.reshape(-1, k, d), x.reshape(-1, l, d)
+    q3, x3 = _fold(query, x)
     if form == "standard":
         out, weights = _standard(
             q3,
@@ -566,7 +575,4 @@ def region_attention(
             num_heads,
             need_weights,
         )
-    out = out.reshape(*lead, k, d)
-    if need_weights:
-        return out, weights.reshape(*lead, num_heads, k, l)
-    return out
+    return _unfold(out, weights, lead, num_heads, need_weights)
