@@ -238,14 +238,40 @@ def test_compile_fullgraph(monkeypatch, backend):
     assert_close(dr, expected, name="dR")
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("k", [1, 2, 8, 32, 64])
-def test_cuda_matches_reference(dtype, k):
-    r = responses((4, 16, k, 256), dtype).cuda()
-    grad = torch.randn(4, device="cuda")
+def check_large_shape(k: int, dtype: torch.dtype, device: str) -> None:
+    """The op at a paper-sized shape against the float64 reference (and the reference at ``dtype``).
+
+    The planted zero response (fp32 only) has a gradient of ~|r|/eps, 1e5-1e9 per element: beyond
+    fp16's range (the fp16 reference overflows too), and in fp32 only right relative to that row's
+    own scale, so that row is compared at its scale and the rest element by element."""
+    zero = dtype == torch.float32
+    r = responses((4, 16, k, 256), dtype, zero=zero).to(device)
+    grad = torch.randn(4, device=device)
     out, dr = op_with_grad(r, grad)
     exp_out, exp_dr = ref_with_grad(r.double(), grad)
     low_out, low_dr = ref_with_grad(r, grad)
     assert_close(out, exp_out, dtype=torch.float32, lowp_ref=low_out, name="out")
+    if zero:
+        row, exp_row = dr[0, 0, 0].double(), exp_dr[0, 0, 0]
+        scale = exp_row.abs().max()
+        assert scale > 1e3  # the eps path was taken
+        err = (row - exp_row).abs().max()
+        assert err <= 1e-5 * scale, f"zero row: max |err| {err:.3g} at scale {scale:.3g}"
+        dr, exp_dr, low_dr = dr.clone(), exp_dr.clone(), low_dr.clone()
+        for t in (dr, exp_dr, low_dr):
+            t[0, 0, 0] = 0
     assert_close(dr, exp_dr.to(dtype), lowp_ref=low_dr, name="dR")
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_large_shape_check_on_cpu(monkeypatch, k):
+    """The same check as on CUDA, run here through the Triton kernel under the interpreter."""
+    monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", "triton")
+    check_large_shape(k, torch.float32, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k", [1, 2, 8, 32, 64])
+def test_cuda_matches_reference(dtype, k):
+    check_large_shape(k, dtype, "cuda")

@@ -38,7 +38,7 @@ def with_grad(fn, r, s, grad, tau):
     r = r.detach().requires_grad_()
     s = s.detach().requires_grad_()
     out = fn(r, s, "saliency", tau)
-    dr, ds = torch.autograd.grad(out, (r, s), grad.to(out.dtype))
+    dr, ds = torch.autograd.grad(out, (r, s), grad.to(out))  # out's device and dtype
     return out.detach(), dr, ds
 
 
