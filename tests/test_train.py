@@ -103,6 +103,21 @@ def test_torchrun_two_cpu_ranks_checkpoint_and_resume(env, tmp_path):
     assert _ckpts(out)[-1] == "checkpoint_epoch0003.pt"
     state = torch.load(out / "checkpoints" / "checkpoint_epoch0003.pt", weights_only=False)
     assert state["epoch"] == 3 and "bank.agent" in "".join(state["model"])
+    # the tracklets of that checkpoint drawn over a video (examples/visualize_tracklets.py)
+    import numpy as np
+
+    from artlib.data._write import write_video
+    from artlib.data.synthetic import render_clip
+
+    video = tmp_path / "clip.mp4"
+    write_video(str(video), render_clip(1, np.random.default_rng(0), 16, (32, 32))[0], fps=16)
+    png = tmp_path / "tracklets.png"
+    viz = str(REPO / "examples" / "visualize_tracklets.py")
+    ckpt = str(out / "checkpoints" / "checkpoint_epoch0003.pt")
+    res = _run(
+        [sys.executable, viz, "--checkpoint", ckpt, "--video", str(video), "--out", str(png)], e
+    )
+    assert "2 tracklets x 4 frames" in res.stdout and png.stat().st_size > 10_000, res.stdout
 
 
 def test_kill_and_resume_matches_uninterrupted_run(env, tmp_path):
