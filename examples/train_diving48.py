@@ -1,5 +1,5 @@
 """Train ART on Diving48 (V2 annotations) — or, with no --data-root, on the built-in synthetic
-fine-grained set with the tiny backbone on CPU (a few minutes on 2 cores).
+fine-grained set with the small tiny_cnn backbone on CPU (a few minutes on 2 cores).
 
     # CPU, no data: the synthetic set (the README's "run the main job" command)
     python examples/train_diving48.py
