@@ -1,6 +1,8 @@
 """The DALI path (CPU decoder, VP9/MJPEG) returns the same frames as the PyAV path for the same
 indices — VFR file included — and the same batches for the same seed; H.264 is refused clearly."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from helpers import assert_close  # noqa: E402
 
 from artlib.data import (  # noqa: E402
     VideoDataset,
+    VideoItem,
     dali_decode_frames,
     decode_frames,
     make_dali_loader,
@@ -111,3 +114,11 @@ def test_h264_is_refused_on_cpu(videos):
     with pytest.raises(ValueError, match="reads only vp8, vp9, mjpeg"):
         list(make_dali_loader(ds, batch_size=2, train=False, device="cpu"))
     assert np.all(decode_frames(videos["h264"], [0]).numpy() >= 0)  # PyAV reads it
+
+
+def test_missing_dali_fails_at_construction(monkeypatch, tmp_path):
+    """Without DALI the loader refuses when built (so a caller can fall back to PyAV), not at the
+    first batch."""
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import nvidia.dali -> ImportError
+    with pytest.raises(ImportError, match="needs NVIDIA DALI"):
+        make_dali_loader([VideoItem(str(tmp_path / "x.webm"), 0)], 2, True, num_frames=4)

@@ -31,12 +31,19 @@ import torch
 from .dataset import SampleFailure, ShardedSampler, VideoDataset, VideoLoader, _dist_rank_world
 from .decode import VideoDecodeError, video_info
 
-__all__ = ["CPU_CODECS", "DaliVideoLoader", "dali_decode_frames", "make_dali_loader"]
+__all__ = [
+    "CPU_CODECS",
+    "DaliVideoLoader",
+    "dali_decode_frames",
+    "make_dali_loader",
+    "require_dali",
+]
 
 CPU_CODECS = ("vp8", "vp9", "mjpeg")
 
 
-def _dali():
+def require_dali() -> None:
+    """Raise ImportError, saying how to install it, when NVIDIA DALI cannot be imported."""
     try:
         import nvidia.dali  # noqa: F401
     except ImportError as e:
@@ -44,6 +51,10 @@ def _dali():
             "the DALI path needs NVIDIA DALI: pip install nvidia-dali-cuda130 (or use make_loader, "
             "the PyAV path)"
         ) from e
+
+
+def _dali():
+    require_dali()
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
@@ -255,6 +266,7 @@ def make_dali_loader(
     passed on). device: "gpu" (NVDEC; default when CUDA is available) or "cpu" (VP8/VP9/MJPEG only).
     Sharding: ``shard_id``/``num_shards`` if given, else the torch.distributed rank and world size
     when ``distributed``. device_id: the GPU (default: the current CUDA device)."""
+    require_dali()  # here, not at the first batch: a caller can still fall back to PyAV
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
     if not isinstance(dataset, VideoDataset):

@@ -160,6 +160,15 @@ def _info(container, path: str, exact: bool) -> tuple[VideoInfo, bool]:
     return VideoInfo(path, n, fps, cc.width, cc.height, cc.name, duration, exact), consumed
 
 
+def _video_stream(container, threads: int | None):
+    """The first video stream, set up for decoding (frame threads; ``threads`` of them if given)."""
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    if threads:
+        stream.codec_context.thread_count = threads
+    return stream
+
+
 def decode_frames(
     path: str | os.PathLike,
     indices: Sequence[int] | np.ndarray | torch.Tensor,
@@ -222,19 +231,13 @@ def decode_clip(
         if consumed:  # the packets were read to count them: start again
             container.close()
             container = _open(path)
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        if threads:
-            stream.codec_context.thread_count = threads
+        stream = _video_stream(container, threads)
         try:
             frames = _decode(container, stream, wanted, seek_gap, skip_nonref, rgb)
             if frames is _RESTART:  # the packet plan did not match the decoder: count plainly
                 container.close()
                 container = _open(path)
-                stream = container.streams.video[0]
-                stream.thread_type = "AUTO"
-                if threads:
-                    stream.codec_context.thread_count = threads
+                stream = _video_stream(container, threads)
                 frames = _decode_plain(container, stream, wanted, rgb)
         except av.FFmpegError as e:
             raise VideoDecodeError(path, f"corrupt stream ({type(e).__name__}: {e})") from None

@@ -141,6 +141,20 @@ def _square(h, w, cx, cy, half):
     return mx * my
 
 
+def _limb_path(kind, direction, start: int, window: int, amp: float, num_frames: int) -> np.ndarray:
+    """(num_frames, 2) offsets of a limb doing ``kind`` in ``direction`` in the window from ``start``."""
+    return np.array(
+        [_limb_offset(kind, direction, (t - start) / (window - 1), amp) for t in range(num_frames)]
+    )
+
+
+def _paint_limb(img, h: int, w: int, centres: np.ndarray, half: float, rim: float):
+    """A white square with a black rim at each frame's centre (F, 2) over img (F, H, W, 3)."""
+    x, y = centres[:, 0, None, None], centres[:, 1, None, None]
+    img = img * (1 - _square(h, w, x, y, half)[..., None])  # the black rim
+    return img + 255.0 * _square(h, w, x, y, half - rim)[..., None]
+
+
 def render_clip(
     label: int,
     rng: np.random.Generator,
@@ -182,10 +196,7 @@ def render_clip(
     start = int(rng.integers(1, max(2, num_frames - window)))
     a = np.linspace(0.0, 1.0, num_frames)[:, None]
     body = p0 * (1 - a) + p1 * a  # (F, 2) centres
-    limb = np.array(
-        [_limb_offset(kind, direction, (t - start) / (window - 1), amp) for t in range(num_frames)]
-    )
-    limb = body + rest + limb
+    limb = body + rest + _limb_path(kind, direction, start, window, amp, num_frames)
     img = bg
     d_amp = amp / 2  # room for them in a small frame
     margin = limb_half + d_amp + 1
@@ -199,23 +210,11 @@ def render_clip(
             if np.hypot(*(centre - p0)) > body_r + 2 * limb_half:
                 break
         d_start = int(rng.integers(0, max(1, num_frames - window)))
-        d = np.array(
-            [
-                _limb_offset(d_kind, d_dir, (t - d_start) / (window - 1), d_amp)
-                for t in range(num_frames)
-            ]
-        )
-        d = centre + d
-        dx, dy = d[:, 0, None, None], d[:, 1, None, None]
-        img = img * (1 - _square(h, w, dx, dy, limb_half)[..., None])
-        img = img + 255.0 * _square(h, w, dx, dy, limb_half - rim)[..., None]
+        path = centre + _limb_path(d_kind, d_dir, d_start, window, d_amp, num_frames)
+        img = _paint_limb(img, h, w, path, limb_half, rim)
     m_body = _disc(h, w, body[:, 0, None, None], body[:, 1, None, None], body_r)[..., None]
-    lx, ly = limb[:, 0, None, None], limb[:, 1, None, None]
-    m_limb = _square(h, w, lx, ly, limb_half)[..., None]
-    m_core = _square(h, w, lx, ly, limb_half - rim)[..., None]
     img = img * (1 - m_body) + body_col * m_body  # (F, H, W, 3)
-    img = img * (1 - m_limb)  # the black rim
-    img = img + 255.0 * m_core
+    img = _paint_limb(img, h, w, limb, limb_half, rim)
     frames = np.clip(img + 0.5, 0, 255).astype(np.uint8)
     return frames, start
 

@@ -181,7 +181,9 @@ def build_parser(
     )
 
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", help="tiny | uniformerv2_b16 | uniformerv2_l14 | tea_r50")
+    g.add_argument(
+        "--backbone", help="tiny | tiny_cnn | uniformerv2_b16 | uniformerv2_l14 | tea_r50"
+    )
     g.add_argument(
         "--pretrained", help="backbone weights: an open_clip tag or a local checkpoint path"
     )

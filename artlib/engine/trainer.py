@@ -122,9 +122,9 @@ def build_data(cfg: TrainConfig, info: DistInfo):
     use_dali = cfg.loader == "dali" or (cfg.loader == "auto" and info.device.type == "cuda")
     if use_dali:
         try:
-            from artlib.data.dali import _dali, make_dali_loader
+            from artlib.data.dali import make_dali_loader, require_dali
 
-            _dali()  # DALI itself is imported lazily: fail here, where PyAV can take over
+            require_dali()  # DALI itself is imported lazily: fail here, where PyAV can take over
         except ImportError as exc:
             if cfg.loader == "dali":
                 raise

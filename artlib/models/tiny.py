@@ -20,7 +20,40 @@ from torch import Tensor, nn
 from artlib.models._layers import LayerNorm, ResidualAttentionBlock
 
 
-class TinyVideoBackbone(nn.Module):
+def _check_video(video: Tensor, in_chans: int, multiple: int) -> None:
+    if video.dim() != 5 or video.shape[2] != in_chans:
+        raise ValueError(f"video: expected (B, T, {in_chans}, H, W), got {tuple(video.shape)}")
+    H, W = video.shape[-2:]
+    if H % multiple or W % multiple:
+        raise ValueError(f"video: H×W = {H}×{W} must be multiples of {multiple} (the patch size)")
+
+
+def _resize_grid(pos: Tensor, h: int, w: int) -> Tensor:
+    """A square (g·g, C) positional grid bilinearly resized to (h·w, C); as it is if already h×w."""
+    g = int(math.isqrt(pos.shape[0]))
+    if (h, w) == (g, g):
+        return pos
+    grid = rearrange(pos, "(h w) c -> 1 c h w", h=g, w=g)
+    grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
+    return rearrange(grid, "1 c h w -> (h w) c")
+
+
+class _FrameTokens(nn.Module):
+    """What both tiny backbones share: L = (H/p)·(W/p) tokens per frame, T' = T."""
+
+    patch_size: int
+    img_size: int
+
+    def num_tokens(self, H: int | None = None, W: int | None = None) -> int:
+        H = H or self.img_size
+        W = W or H
+        return (H // self.patch_size) * (W // self.patch_size)
+
+    def frames_out(self, T: int) -> int:
+        return T
+
+
+class TinyVideoBackbone(_FrameTokens):
     """Frame-wise ViT blocks with a cheap temporal mixing branch (UniFormerV2's local temporal
     MHRA); the same interface as the big backbones.
 
@@ -69,33 +102,12 @@ class TinyVideoBackbone(nn.Module):
         )
         self.ln_post = LayerNorm(width)
 
-    def num_tokens(self, H: int | None = None, W: int | None = None) -> int:
-        H = H or self.img_size
-        W = W or H
-        return (H // self.patch_size) * (W // self.patch_size)
-
-    def frames_out(self, T: int) -> int:
-        return T
-
     def _pos_embed(self, h: int, w: int) -> Tensor:
-        pos = self.positional_embedding
-        g = int(math.isqrt(pos.shape[0] - 1))
-        if (h, w) == (g, g):
-            return pos
-        grid = rearrange(pos[1:], "(h w) c -> 1 c h w", h=g, w=g)
-        grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
-        return torch.cat([pos[:1], rearrange(grid, "1 c h w -> (h w) c")], dim=0)
+        pos = self.positional_embedding  # the class token's row, then the grid
+        return torch.cat([pos[:1], _resize_grid(pos[1:], h, w)], dim=0)
 
     def forward(self, video: Tensor) -> tuple[Tensor, Tensor]:
-        if video.dim() != 5 or video.shape[2] != self.in_chans:
-            raise ValueError(
-                f"video: expected (B, T, {self.in_chans}, H, W), got {tuple(video.shape)}"
-            )
-        H, W = video.shape[-2:]
-        if H % self.patch_size or W % self.patch_size:
-            raise ValueError(
-                f"video: H×W = {H}×{W} must be multiples of patch_size = {self.patch_size}"
-            )
+        _check_video(video, self.in_chans, self.patch_size)
         B, T = video.shape[:2]
         x = self.conv1(rearrange(video, "b t c h w -> (b t) c h w"))
         h, w = x.shape[-2:]
@@ -108,7 +120,7 @@ class TinyVideoBackbone(nn.Module):
         return x[:, :, 1:], x[:, :, 0].mean(1)
 
 
-class TinyConvVideoBackbone(nn.Module):
+class TinyConvVideoBackbone(_FrameTokens):
     """A small 2D+3D CNN with the backbone interface, for CPU runs on small sets.
 
     Legend as above; p = 8 (three stride-2 stages), L = (H/8)·(W/8).
@@ -153,22 +165,8 @@ class TinyConvVideoBackbone(nn.Module):
         # where each token is: attention over tokens (ART's region queries) is otherwise blind to it
         self.positional_embedding = nn.Parameter(torch.randn(grid * grid, width) * 0.02)
 
-    def num_tokens(self, H: int | None = None, W: int | None = None) -> int:
-        H = H or self.img_size
-        W = W or H
-        return (H // 8) * (W // 8)
-
-    def frames_out(self, T: int) -> int:
-        return T
-
     def forward(self, video: Tensor) -> tuple[Tensor, Tensor]:
-        if video.dim() != 5 or video.shape[2] != self.in_chans:
-            raise ValueError(
-                f"video: expected (B, T, {self.in_chans}, H, W), got {tuple(video.shape)}"
-            )
-        H, W = video.shape[-2:]
-        if H % 8 or W % 8:
-            raise ValueError(f"video: H×W = {H}×{W} must be multiples of 8")
+        _check_video(video, self.in_chans, self.patch_size)
         B, T = video.shape[:2]
         x = self.frame(rearrange(video, "b t c h w -> (b t) c h w"))
         x = rearrange(x, "(b t) c h w -> b c t h w", b=B)
@@ -176,14 +174,5 @@ class TinyConvVideoBackbone(nn.Module):
             x = x + blk(x)
         cls = x.mean(dim=(2, 3, 4))
         h, w = x.shape[-2:]
-        tokens = rearrange(x, "b c t h w -> b t (h w) c") + self._pos_embed(h, w).to(x.dtype)
-        return tokens, cls
-
-    def _pos_embed(self, h: int, w: int) -> Tensor:
-        pos = self.positional_embedding
-        g = int(math.isqrt(pos.shape[0]))
-        if (h, w) == (g, g):
-            return pos
-        grid = rearrange(pos, "(h w) c -> 1 c h w", h=g, w=g)
-        grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
-        return rearrange(grid, "1 c h w -> (h w) c")
+        pos = _resize_grid(self.positional_embedding, h, w).to(x.dtype)
+        return rearrange(x, "b c t h w -> b t (h w) c") + pos, cls

@@ -540,39 +540,18 @@ def region_attention(
         # autocast a LayerNorm hands over fp32 while a Linear hands over bf16 (seen on an H200 in
         # the ART step), a mix the kernels reject.
         dt = torch.get_autocast_dtype(query.device.type)
-        query, x, in_proj_weight, out_proj_weight = (
+        query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias = (
             t.to(dt) if isinstance(t, Tensor) else t
-            for t in (query, x, in_proj_weight, out_proj_weight)
-        )
-        in_proj_bias, out_proj_bias = (
-            t.to(dt) if isinstance(t, Tensor) else t for t in (in_proj_bias, out_proj_bias)
+            for t in (query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias)
         )
     lead, k, _, d = check_region_attention_args(
         query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads
     )
     if form == "auto":
         form = region_attention_form(k, d, num_heads, query.device)
-    q3, x3 = _fold(query, x)
+    args = (*_fold(query, x), in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias)
     if form == "standard":
-        out, weights = _standard(
-            q3,
-            x3,
-            in_proj_weight,
-            in_proj_bias,
-            out_proj_weight,
-            out_proj_bias,
-            num_heads,
-            need_weights,
-        )
+        out, weights = _standard(*args, num_heads, need_weights)
     else:
-        out, weights, *_ = torch.ops.artlib.region_attention(
-            q3,
-            x3,
-            in_proj_weight,
-            in_proj_bias,
-            out_proj_weight,
-            out_proj_bias,
-            num_heads,
-            need_weights,
-        )
+        out, weights, *_ = torch.ops.artlib.region_attention(*args, num_heads, need_weights)
     return _unfold(out, weights, lead, num_heads, need_weights)
