@@ -112,6 +112,28 @@ def test_make_set_cached_and_atomic(tmp_path):
     assert busy.root != s.root and len(read_generic_list(busy.train_list)[0]) == 6
 
 
+def test_make_set_keeps_a_copy_another_process_finished_first(tmp_path, monkeypatch):
+    """Parallel runs (synthetic_evidence --jobs) generate the same set at once: the one that
+    finishes second must not delete the first one's copy, which that run is already reading."""
+    kw = dict(num_classes=2, train_per_class=1, val_per_class=1, num_frames=8, size=(32, 32))
+    first = make_finegrained_set(tmp_path, **kw)
+    inode = os.stat(first.train_list).st_ino
+    real_exists, missed = os.path.exists, []
+
+    def exists(path):  # the entry check misses the copy, as if it appeared just after
+        if str(path).endswith("config.json") and not missed:
+            missed.append(path)
+            return False
+        return real_exists(path)
+
+    monkeypatch.setattr(os.path, "exists", exists)
+    second = make_finegrained_set(tmp_path, **kw)
+    monkeypatch.undo()
+    assert missed and second == first
+    assert os.stat(first.train_list).st_ino == inode  # the first copy is still the one in place
+    assert os.listdir(tmp_path) == [os.path.basename(first.root)]  # and no temporary left
+
+
 def test_vp9_set_loads(tmp_path):
     s = make_finegrained_set(
         tmp_path, num_classes=2, train_per_class=2, val_per_class=1, num_frames=8, codec="vp9"

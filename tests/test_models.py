@@ -286,12 +286,15 @@ def test_tiny_cnn_tokens_are_local_and_causal_in_time(tmp_path):
     torch.save(m.state_dict(), path)
     m2 = build_backbone("tiny_cnn", pretrained=path, width=16, img_size=64, temporal_layers=1)
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+    short = build_backbone("tiny_cnn_t1", pretrained=path, width=16, img_size=64)  # the same net
+    assert len(short.temporal) == 1 and short.state_dict().keys() == m.state_dict().keys()
 
 
 def test_build_backbone_errors(tmp_path):
     assert set(list_backbones()) == {
         "tiny",
         "tiny_cnn",
+        "tiny_cnn_t1",
         "uniformerv2_b16",
         "uniformerv2_l14",
         "tea_r50",

@@ -149,6 +149,30 @@ def test_tracklet_aggregation_matches_eq9_loop():
     assert tracklets(r).shape == (2, 3, 5, 4)
 
 
+def test_tracklet_aggregation_sequence_keeps_frame_order():
+    r = torch.randn(2, 5, 3, 4)
+    agg = TrackletAggregation("sequence")
+    out = agg(r)
+    assert out.shape == (2, 3, 5 * 4) and agg.out_dim(4, 5) == 20
+    for k in range(3):  # tracklet k is r[:, 0, k], r[:, 1, k], ... laid end to end
+        assert_close(out[:, k], torch.cat([r[:, t, k] for t in range(5)], -1), name=f"Tr_{k}")
+    # frame order matters: reversing time changes the output (a time average would not)
+    assert not torch.allclose(agg(r.flip(1)), out)
+    assert_close(TrackletAggregation("mean")(r.flip(1)), TrackletAggregation("mean")(r), name="mean")
+    with pytest.raises(ValueError, match="responses"):
+        agg(torch.randn(2, 5, 4))
+
+
+def test_head_with_sequence_aggregation():
+    head = small_head(aggregation="sequence", t=4, dim=32, k=2)
+    assert head.head_con.in_features == 24 + 2 * 4 * 32
+    tok = torch.randn(3, 4, 9, 24, requires_grad=True)
+    logits, losses = head(tok, torch.randn(3, 24), torch.tensor([0, 5, 2]))
+    assert logits.shape == (3, 6)
+    losses["total"].backward()
+    assert tok.grad.abs().sum() > 0 and head.rssa.prompts.grad.abs().sum() > 0
+
+
 def test_tracklet_aggregation_gradients_and_errors():
     r = torch.randn(2, 5, 3, 4, requires_grad=True)
     s = torch.randn(2, 3, 4, requires_grad=True)

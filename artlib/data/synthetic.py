@@ -316,6 +316,9 @@ def make_finegrained_set(
         fh.writelines(f"{n}\n" for n in names)
     with open(os.path.join(tmp, "config.json"), "w") as fh:
         json.dump(cfg, fh, indent=1)
+    if os.path.exists(os.path.join(final, "config.json")):  # another process finished first:
+        shutil.rmtree(tmp, ignore_errors=True)  # keep its copy, which it may be reading already
+        return result
     if os.path.isdir(final):  # an incomplete copy (no config.json) left by hand: replace it
         shutil.rmtree(final, ignore_errors=True)
     try:

@@ -43,6 +43,7 @@ class TrainConfig:
     synthetic_val_per_class: int = 16
     synthetic_size: int = 64
     synthetic_distractors: int = 0
+    synthetic_seed: int = 0  # which videos are generated (not the training seed)
     # model
     backbone: str = "uniformerv2_b16"
     pretrained: str | None = None
@@ -57,6 +58,7 @@ class TrainConfig:
     act_layers: int = 4
     use_se: bool = True
     use_ta: bool = True
+    aggregation: str = "saliency"  # saliency (Eq. 9) | mean | sum | sequence (see TrackletAggregation)
     mtc_terms: tuple[str, ...] = MTC_TERMS
     sema_video: bool = True
     sema_prot: bool = True
@@ -112,6 +114,7 @@ PRESETS: dict[str, dict] = {
         weight_decay=0.05,
         lr_schedule="cosine",
         warmup_epochs=1,
+        aggregation="sequence",  # tracklets kept in frame order: see the README's evidence
         dim=64,
         heads=4,
         se_layers=1,
@@ -179,10 +182,15 @@ def build_parser(
         type=int,
         help="look-alike squares doing class-like motions away from the body (the harder set)",
     )
+    g.add_argument(
+        "--synthetic-seed",
+        type=int,
+        help="generation seed of the synthetic videos (another seed: another set of the same kind)",
+    )
 
     g = p.add_argument_group("model")
     g.add_argument(
-        "--backbone", help="tiny | tiny_cnn | uniformerv2_b16 | uniformerv2_l14 | tea_r50"
+        "--backbone", help="tiny | tiny_cnn | tiny_cnn_t1 | uniformerv2_b16 | uniformerv2_l14 | tea_r50"
     )
     g.add_argument(
         "--pretrained", help="backbone weights: an open_clip tag or a local checkpoint path"
@@ -209,11 +217,24 @@ def build_parser(
         help="no spatial semantic enhancement (Table IV)",
     )
     g.add_argument(
+        "--se",
+        dest="use_se",
+        action="store_true",
+        default=None,
+        help="spatial semantic enhancement on (the default, except in the synthetic preset)",
+    )
+    g.add_argument(
         "--no-ta",
         dest="use_ta",
         action="store_false",
         default=None,
-        help="mean pooling instead of tracklet aggregation (Table IV)",
+        help="mean pooling instead of tracklet aggregation (Table IV); wins over --aggregation",
+    )
+    g.add_argument(
+        "--aggregation",
+        choices=["saliency", "mean", "sum", "sequence"],
+        help="how a tracklet reaches head_con: saliency (Eq. 9, the paper), mean/sum (TA off), "
+        "sequence (artlib: the whole tracklet, frames in order)",
     )
     g.add_argument(
         "--mtc-terms", help="comma list of spatial,temporal,tracklet, or 'none' (Table V)"

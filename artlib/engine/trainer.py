@@ -105,7 +105,7 @@ def build_data(cfg: TrainConfig, info: DistInfo):
             val_per_class=cfg.synthetic_val_per_class,
             size=(cfg.synthetic_size, cfg.synthetic_size),
             distractors=cfg.synthetic_distractors,
-            seed=0,
+            seed=cfg.synthetic_seed,
         )
         if info.is_main:  # rank 0 writes the videos once; the others then reuse the cached files
             make_finegrained_set(root, **spec)
@@ -194,7 +194,7 @@ def head_options(cfg: TrainConfig) -> dict:
         temporal=cfg.temporal,
         mtc_weights=tuple(1.0 if t in cfg.mtc_terms else 0.0 for t in MTC_TERMS),
         use_se=cfg.use_se,
-        aggregation="saliency" if cfg.use_ta else "mean",
+        aggregation=cfg.aggregation if cfg.use_ta else "mean",
         sema_video=cfg.sema_video,
         sema_prot=cfg.sema_prot,
     )
@@ -424,9 +424,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     logs = _Logs(out, info.is_main)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
-        "%s | %s | %d classes | %d train / %d val batches per rank | %.2fM params | %s x%d",
+        "%s | %s%s | %d classes | %d train / %d val batches per rank | %.2fM params | %s x%d",
         "baseline" if cfg.baseline else "ART",
         cfg.backbone,
+        f" (weights: {cfg.pretrained})" if cfg.pretrained else " (random init)",
         len(names),
         len(train_loader),
         len(val_loader),
@@ -493,6 +494,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             "minutes": round((time.time() - t0) / 60, 2),
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        # the trained backbone alone, for --pretrained of a later run (e.g. ART on a harder set)
+        tmp = out / f".backbone.pt.tmp{os.getpid()}"
+        torch.save(_unwrap(model).backbone.state_dict(), tmp)
+        os.replace(tmp, out / "backbone.pt")
         print(
             f"FINAL {summary['model']} top1={summary['top1']:.4f} top5={summary['top5']:.4f} "
             f"mean_class_acc={summary['mean_class_acc']:.4f} best_top1={summary['best_top1']:.4f} "

@@ -14,6 +14,7 @@ from artlib.models.uniformerv2 import UniFormerV2
 BACKBONES = {
     "tiny": "TinyVideoBackbone (CPU runs and tests); pretrained: a state dict file of it",
     "tiny_cnn": "TinyConvVideoBackbone, a 2D+3D CNN that learns the synthetic set from scratch",
+    "tiny_cnn_t1": "TinyConvVideoBackbone with one 3x3x3 conv: each token sees 3 frames only",
     "uniformerv2_b16": "UniFormerV2 on CLIP ViT-B/16; pretrained: open_clip tag or checkpoint path",
     "uniformerv2_l14": "UniFormerV2 on CLIP ViT-L/14; pretrained: open_clip tag or checkpoint path",
     "tea_r50": "TEA ResNet-50; pretrained: a torchvision ResNet-50 ImageNet checkpoint path",
@@ -32,7 +33,8 @@ def _require_file(pretrained) -> str:
 
 
 def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwargs) -> nn.Module:
-    """Build a backbone by name: "tiny", "tiny_cnn", "uniformerv2_b16", "uniformerv2_l14", "tea_r50".
+    """Build a backbone by name: "tiny", "tiny_cnn", "tiny_cnn_t1", "uniformerv2_b16",
+    "uniformerv2_l14", "tea_r50".
 
     pretrained: None (random weights), or for UniFormerV2 an open_clip tag ("openai", ...) found in
     the local cache or a CLIP checkpoint path, for TEA a torchvision ResNet-50 ImageNet checkpoint
@@ -54,7 +56,9 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwa
         if pretrained is not None:
             model.load_imagenet(_require_file(pretrained))
         return model
-    if key == "tiny_cnn":
+    if key in ("tiny_cnn", "tiny_cnn_t1"):
+        if key == "tiny_cnn_t1":
+            kwargs.setdefault("temporal_layers", 1)
         model = TinyConvVideoBackbone(**kwargs)
         if pretrained is not None:
             model.load_state_dict(load_state_dict_file(_require_file(pretrained))[0])

@@ -47,7 +47,9 @@ class ARTHead(nn.Module):
         gamma_mtc, gamma_sema: g1, g2 of Eq. 18 (paper: 5, 5).
         lam, temporal, mtc_weights: MTC loss settings; ``mtc_weights=(0, 0, 0)`` turns L_MTC off.
         use_se: spatial semantic enhancement on/off (Table IV "SE").
-        aggregation: "saliency" (Eq. 9, TA on) or "mean"/"sum" (TA off, Table IV).
+        aggregation: "saliency" (Eq. 9, TA on) or "mean"/"sum" (TA off, Table IV), or
+            "sequence" (artlib: each tracklet kept whole, in frame order; head_con then sees
+            concat(x_cls, Tr_1 ... Tr_K) with every Tr_k of width T*d).
         ta_temperature: divides Eq. 9's inner products (1 = as printed).
         sema_video, sema_prot: the two terms of L_sema (Table VI).
         proto_dim: width D of the class prototypes W of Eq. 15.
@@ -112,7 +114,8 @@ class ARTHead(nn.Module):
         self.aggregate = TrackletAggregation(aggregation, ta_temperature)
         self.dropout = nn.Dropout(dropout)
         self.head_v = nn.Linear(in_dim, num_classes)  # Eq. 10
-        self.head_con = nn.Linear(in_dim + num_queries * dim, num_classes)  # Eq. 11
+        agg_dim = self.aggregate.out_dim(dim, num_frames)
+        self.head_con = nn.Linear(in_dim + num_queries * agg_dim, num_classes)  # Eq. 11
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.prototypes = nn.Parameter(torch.randn(num_classes, proto_dim) * 0.02)  # W, Eq. 15
         self.proto_mlp = nn.Sequential(
@@ -164,7 +167,7 @@ class ARTHead(nn.Module):
         out = self.rssa(x, s_topk, return_attention=return_maps)
         r, maps = out if return_maps else (out, None)  # R (B, T, K, d), Eq. 3
         agg = self.aggregate(r, s_topk.to(r.dtype))  # Eq. 9 -> (B, K, d); autocast: R may be fp32
-        fused = torch.cat([cls, rearrange(agg, "b k d -> b (k d)").to(cls.dtype)], dim=-1)
+        fused = torch.cat([cls, rearrange(agg, "b k e -> b (k e)").to(cls.dtype)], dim=-1)
         logits = self.head_con(self.dropout(fused))  # Eq. 11
         if labels is None:
             return (logits, maps) if return_maps else logits

@@ -10,7 +10,10 @@ from torch import Tensor, nn
 
 from artlib.ops.tracklet_aggregate import AGG_MODES, tracklet_aggregate
 
-__all__ = ["tracklets", "TrackletAggregation"]
+__all__ = ["tracklets", "TrackletAggregation", "AGGREGATIONS"]
+
+# Eq. 9's modes (the fused op) and "sequence", which keeps every frame of each tracklet in order
+AGGREGATIONS = (*AGG_MODES, "sequence")
 
 
 def tracklets(responses: Tensor) -> Tensor:
@@ -24,19 +27,31 @@ class TrackletAggregation(nn.Module):
     ``mode="saliency"`` weights frames by the mean over the K semantics s_i of softmax_t(<s_i, r_tk>)
     and returns 1/T sum_t r_tk w_tk; ``"mean"`` and ``"sum"`` are the ablation's plain pooling.
     ``temperature`` divides the inner products (1 = as printed in the paper).
+    ``"sequence"`` is not Eq. 9: it keeps each tracklet whole, its T responses in frame order
+    (B,K,T*d), so that a classifier on it can tell the order of a motion ("up, back, up" from "up,
+    back"), which any weighted average over time loses. An artlib option, off by default.
 
-    ``forward(responses (B,T,K,d), semantics (B,K,d)) -> (B,K,d)``.
+    ``forward(responses (B,T,K,d), semantics (B,K,d)) -> (B,K,d)``, or (B,K,T*d) for "sequence";
+    :meth:`out_dim` gives that width.
     """
 
     def __init__(self, mode: str = "saliency", temperature: float = 1.0):
         super().__init__()
-        if mode not in AGG_MODES:
-            raise ValueError(f"mode must be one of {AGG_MODES}, got {mode!r}")
+        if mode not in AGGREGATIONS:
+            raise ValueError(f"mode must be one of {AGGREGATIONS}, got {mode!r}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.mode, self.temperature = mode, float(temperature)
 
+    def out_dim(self, dim: int, num_frames: int) -> int:
+        """Width of each aggregated tracklet for responses of width ``dim`` over ``num_frames``."""
+        return dim * num_frames if self.mode == "sequence" else dim
+
     def forward(self, responses: Tensor, semantics: Tensor | None = None) -> Tensor:
+        if self.mode == "sequence":
+            if responses.dim() != 4:
+                raise ValueError(f"responses: expected (B,T,K,d), got shape {tuple(responses.shape)}")
+            return rearrange(responses, "b t k d -> b k (t d)")
         return tracklet_aggregate(responses, semantics, self.mode, self.temperature)
 
     def extra_repr(self) -> str:
