@@ -4,7 +4,7 @@
         --video path/to/video.mp4 --out tracklets.png
 
 One row per tracklet k: the T sampled frames with the last RSSA decoder layer's attention of query k
-(averaged over heads) laid over them, and the tracklet-aggregation weight of each frame in the title.
+(averaged over heads) laid over them, and (with Eq. 9 aggregation) the weight of each frame in the title.
 The last line printed names the PNG and the predicted class.
 """
 
@@ -63,11 +63,13 @@ def main(argv=None) -> int:
     with torch.no_grad():
         tokens, cls = model.backbone(video)
         logits, maps = model.head(tokens, cls, return_maps=True)  # maps (1, T, heads, K, L)
-        _, s_topk = model.head.select_semantics(cls)
-        r = model.head.rssa(model.head.token_proj(tokens), s_topk)
-        from artlib.ops.tracklet_aggregate import tracklet_weights_ref
+        weights = None  # Eq. 9's frame weights, when the model uses them
+        if model.head.aggregate.mode == "saliency":
+            from artlib.ops.tracklet_aggregate import tracklet_weights_ref
 
-        weights = tracklet_weights_ref(r.float(), s_topk.float())[0]  # (T, K)
+            _, s_topk = model.head.select_semantics(cls)
+            r = model.head.rssa(model.head.token_proj(tokens), s_topk)
+            weights = tracklet_weights_ref(r.float(), s_topk.float())[0]  # (T, K)
     att = maps[0].mean(1)  # (T, K, L)
     t, k, l = att.shape
     side = int(round(l**0.5))
@@ -93,7 +95,8 @@ def main(argv=None) -> int:
             ax.imshow(frames[tt].permute(1, 2, 0).numpy())
             a = att[kk, tt]
             ax.imshow((a / a.max().clamp_min(1e-8)).numpy(), cmap="jet", alpha=0.45)
-            ax.set_title(f"k{kk + 1} t{tt + 1} w={weights[tt, kk]:.2f}", fontsize=6)
+            w_text = "" if weights is None else f" w={weights[tt, kk]:.2f}"
+            ax.set_title(f"k{kk + 1} t{tt + 1}{w_text}", fontsize=6)
             ax.axis("off")
     pred = int(logits.argmax(-1))
     fig.suptitle(f"predicted: {names[pred]}", fontsize=9)

@@ -225,7 +225,8 @@ def test_synthetic_evidence_table(env, tmp_path):
         "--out",
         str(tmp_path / "ev"),
     ]
-    res = _run([*cmd, "--table", str(table), "--", *TINY, "--epochs", "1", "--bank", bank], e)
+    extra = ["--", *TINY, "--epochs", "1", "--bank", bank]
+    res = _run([*cmd, "--table", str(table), "--pretrain-epochs", "1", *extra], e)
     rows = [
         r
         for r in table.read_text().splitlines()
@@ -233,7 +234,19 @@ def test_synthetic_evidence_table(env, tmp_path):
     ]
     assert len(rows) == 2 and all("| 2 |" in r for r in rows), table.read_text()
     summaries = sorted(p.parent.name for p in (tmp_path / "ev").glob("*/summary.json"))
-    assert summaries == ["ART_seed0", "ART_seed1", "baseline_seed0", "baseline_seed1"]
+    assert summaries == [
+        "ART_seed0",
+        "ART_seed1",
+        "baseline_seed0",
+        "baseline_seed1",
+        "pretrain_seed0",
+    ]
+    # every run starts from the pretraining run's backbone (trained on another generated set)
+    weights = tmp_path / "ev" / "pretrain_seed0" / "backbone.pt"
+    pre_log = (tmp_path / "ev" / "pretrain_seed0" / "stdout.log").read_text()
+    assert "baseline | tiny" in pre_log and "(random init)" in pre_log
+    for run in summaries[:4]:
+        assert f"(weights: {weights})" in (tmp_path / "ev" / run / "stdout.log").read_text()
     assert "ART - baseline = " in res.stdout.strip().splitlines()[-1]
     bad = _run([*cmd, "--variants", "no SE,no such"], e, check=False)
     assert bad.returncode == 2 and "unknown ['no such']" in bad.stderr
