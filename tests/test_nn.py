@@ -158,7 +158,9 @@ def test_tracklet_aggregation_sequence_keeps_frame_order():
         assert_close(out[:, k], torch.cat([r[:, t, k] for t in range(5)], -1), name=f"Tr_{k}")
     # frame order matters: reversing time changes the output (a time average would not)
     assert not torch.allclose(agg(r.flip(1)), out)
-    assert_close(TrackletAggregation("mean")(r.flip(1)), TrackletAggregation("mean")(r), name="mean")
+    assert_close(
+        TrackletAggregation("mean")(r.flip(1)), TrackletAggregation("mean")(r), name="mean"
+    )
     with pytest.raises(ValueError, match="responses"):
         agg(torch.randn(2, 5, 4))
 

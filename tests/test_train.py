@@ -104,7 +104,9 @@ def test_torchrun_two_cpu_ranks_checkpoint_and_resume(env, tmp_path):
     state = torch.load(out / "checkpoints" / "checkpoint_epoch0003.pt", weights_only=False)
     assert state["epoch"] == 3 and "bank.agent" in "".join(state["model"])
     backbone = torch.load(out / "backbone.pt", weights_only=True)  # for a later --pretrained
-    assert backbone and all(torch.equal(v, state["model"][f"backbone.{k}"]) for k, v in backbone.items())
+    assert backbone and all(
+        torch.equal(v, state["model"][f"backbone.{k}"]) for k, v in backbone.items()
+    )
     # the tracklets of that checkpoint drawn over a video (examples/visualize_tracklets.py)
     import numpy as np
 

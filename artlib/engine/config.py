@@ -58,7 +58,9 @@ class TrainConfig:
     act_layers: int = 4
     use_se: bool = True
     use_ta: bool = True
-    aggregation: str = "saliency"  # saliency (Eq. 9) | mean | sum | sequence (see TrackletAggregation)
+    aggregation: str = (
+        "saliency"  # saliency (Eq. 9) | mean | sum | sequence (see TrackletAggregation)
+    )
     mtc_terms: tuple[str, ...] = MTC_TERMS
     sema_video: bool = True
     sema_prot: bool = True
@@ -190,7 +192,8 @@ def build_parser(
 
     g = p.add_argument_group("model")
     g.add_argument(
-        "--backbone", help="tiny | tiny_cnn | tiny_cnn_t1 | uniformerv2_b16 | uniformerv2_l14 | tea_r50"
+        "--backbone",
+        help="tiny | tiny_cnn | tiny_cnn_t1 | uniformerv2_b16 | uniformerv2_l14 | tea_r50",
     )
     g.add_argument(
         "--pretrained", help="backbone weights: an open_clip tag or a local checkpoint path"

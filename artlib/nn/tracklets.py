@@ -50,7 +50,9 @@ class TrackletAggregation(nn.Module):
     def forward(self, responses: Tensor, semantics: Tensor | None = None) -> Tensor:
         if self.mode == "sequence":
             if responses.dim() != 4:
-                raise ValueError(f"responses: expected (B,T,K,d), got shape {tuple(responses.shape)}")
+                raise ValueError(
+                    f"responses: expected (B,T,K,d), got shape {tuple(responses.shape)}"
+                )
             return rearrange(responses, "b t k d -> b k (t d)")
         return tracklet_aggregate(responses, semantics, self.mode, self.temperature)
 
