@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's evidence table on a lent GPU: examples/synthetic_evidence.py (ART vs --baseline over
 # seeds, plus the ablations), every run in its own process, many at once on one GPU.
-#   [VARIANTS="no SE,no MTC"] bash benchmarks/gpu_evidence.sh [JOBS] [-- extra trainer flags]
+#   [VARIANTS="no SE,no MTC"] [SEEDS="0 1 2 3 4"] [PRETRAIN_EPOCHS=30] \
+#     bash benchmarks/gpu_evidence.sh [JOBS] [-- extra trainer flags]
+# PRETRAIN_EPOCHS: the pretrained-backbone regime (synthetic_evidence.py --pretrain-epochs).
 # The device image has no PyAV: carry its wheel in .whl/ (see CONTRIBUTING.md); it is installed to
 # /tmp/site. Writes $OUT/evidence.md (the table) and $OUT/evidence_runs.tar.gz (every run's
 # summary.json, metrics.csv and log).
@@ -33,8 +35,10 @@ build_data(cfg, DistInfo())
 print("synthetic set ready")
 EOF
 # VARIANTS: comma-separated names from examples/synthetic_evidence.py (default: all of them)
-timeout "${EVIDENCE_TIMEOUT:-480}" python3 examples/synthetic_evidence.py --seeds 0 1 2 --ablations \
-  ${VARIANTS:+--variants "$VARIANTS"} --jobs "$JOBS" \
+# shellcheck disable=SC2086
+timeout "${EVIDENCE_TIMEOUT:-480}" python3 examples/synthetic_evidence.py --seeds ${SEEDS:-0 1 2} \
+  --ablations ${VARIANTS:+--variants "$VARIANTS"} --jobs "$JOBS" \
+  ${PRETRAIN_EPOCHS:+--pretrain-epochs "$PRETRAIN_EPOCHS"} \
   --out /tmp/evidence --table "$OUT/evidence.md" -- --workers 1 "$@"
 status=$?
 tar czf "$OUT/evidence_runs.tar.gz" --exclude='*.pt' --exclude='*.pth' --exclude='events.*' \

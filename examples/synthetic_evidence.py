@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -40,7 +41,9 @@ ABLATIONS = {
 }
 
 
-def run(name: str, flags: list[str], seed: int, out: Path, extra: list[str]) -> dict:
+def run(
+    name: str, flags: list[str], seed: int, out: Path, extra: list[str], threads: int = 0
+) -> dict:
     target = out / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}_seed{seed}"
     summary = target / "summary.json"
     if not summary.exists():
@@ -55,10 +58,13 @@ def run(name: str, flags: list[str], seed: int, out: Path, extra: list[str]) -> 
             *flags,
             *extra,
         ]
+        env = dict(os.environ)
+        if threads and "OMP_NUM_THREADS" not in env:  # parallel runs must not oversubscribe
+            env["OMP_NUM_THREADS"] = str(threads)
         print("$", " ".join(cmd), flush=True)
         target.mkdir(parents=True, exist_ok=True)
         with open(target / "stdout.log", "w") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         if proc.returncode:
             tail = (target / "stdout.log").read_text().splitlines()[-15:]
             raise RuntimeError(
@@ -100,9 +106,13 @@ def main(argv=None) -> int:
         run("pretrain", [], 0, out, extra + pre)  # flags after `extra` win
         extra = extra + ["--pretrained", str(out / "pretrain_seed0" / "backbone.pt")]
     jobs = [(name, seed) for seed in args.seeds for name in names]
+    # on 2 cores, two runs of 2 threads each (plus their loader workers) ran 2.5-3.5x slower per
+    # epoch than one run alone: give each parallel run its share of the cores
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else 0
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
         futures = {
-            job: pool.submit(run, job[0], ABLATIONS[job[0]], job[1], out, extra) for job in jobs
+            job: pool.submit(run, job[0], ABLATIONS[job[0]], job[1], out, extra, threads)
+            for job in jobs
         }
         done = {job: f.result() for job, f in futures.items()}
     results: dict[str, list[dict]] = {}
