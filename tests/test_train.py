@@ -252,3 +252,15 @@ def test_synthetic_evidence_table(env, tmp_path):
     assert "ART - baseline = " in res.stdout.strip().splitlines()[-1]
     bad = _run([*cmd, "--variants", "no SE,no such"], e, check=False)
     assert bad.returncode == 2 and "unknown ['no such']" in bad.stderr
+
+
+def test_aggregation_flags():
+    """--no-ta (Table IV) is --aggregation mean; the synthetic preset keeps tracklets in order."""
+    from artlib.engine.config import build_parser, config_from_args
+    from artlib.engine.trainer import head_options
+
+    def agg(*flags):
+        return head_options(config_from_args(build_parser().parse_args(list(flags))))["aggregation"]
+
+    assert agg() == "sequence" and agg("--data-root", "/data") == "saliency"
+    assert agg("--no-ta") == "mean" and agg("--aggregation", "sum") == "sum"

@@ -16,9 +16,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["CheckpointManager", "capture_rng", "restore_rng"]
+__all__ = ["CheckpointManager", "atomic_save", "capture_rng", "restore_rng"]
 
 _NAME = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
+
+
+def atomic_save(obj, path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file beside ``path``, fsync, rename: a reader (or a run killed
+    mid-write) sees the old file or the whole new one, never half of it."""
+    final = Path(path)
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    return final
 
 
 def capture_rng() -> dict:
@@ -68,13 +81,7 @@ class CheckpointManager:
 
     def save(self, state: dict, epoch: int) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
-        final = self.path(epoch)
-        tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)  # atomic: a reader sees the old file or the whole new one
+        final = atomic_save(state, self.path(epoch))
         for _, old in self.list()[: -self.keep]:
             old.unlink(missing_ok=True)
         return final

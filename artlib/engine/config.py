@@ -57,10 +57,8 @@ class TrainConfig:
     se_layers: int = 4
     act_layers: int = 4
     use_se: bool = True
-    use_ta: bool = True
-    aggregation: str = (
-        "saliency"  # saliency (Eq. 9) | mean | sum | sequence (see TrackletAggregation)
-    )
+    # how a tracklet reaches head_con: saliency (Eq. 9) | mean | sum | sequence (TrackletAggregation)
+    aggregation: str = "saliency"
     mtc_terms: tuple[str, ...] = MTC_TERMS
     sema_video: bool = True
     sema_prot: bool = True
@@ -220,18 +218,11 @@ def build_parser(
         help="no spatial semantic enhancement (Table IV)",
     )
     g.add_argument(
-        "--se",
-        dest="use_se",
-        action="store_true",
-        default=None,
-        help="spatial semantic enhancement on (the default, except in the synthetic preset)",
-    )
-    g.add_argument(
         "--no-ta",
-        dest="use_ta",
-        action="store_false",
-        default=None,
-        help="mean pooling instead of tracklet aggregation (Table IV); wins over --aggregation",
+        dest="aggregation",
+        action="store_const",
+        const="mean",
+        help="mean pooling instead of tracklet aggregation (Table IV): --aggregation mean",
     )
     g.add_argument(
         "--aggregation",

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artlib.engine.checkpoint import CheckpointManager, capture_rng, restore_rng
+from artlib.engine.checkpoint import CheckpointManager, atomic_save, capture_rng, restore_rng
 from artlib.engine.config import MTC_TERMS, TrainConfig
 from artlib.engine.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
 from artlib.engine.metrics import ConfusionMatrix, save_confusion_png
@@ -194,7 +194,7 @@ def head_options(cfg: TrainConfig) -> dict:
         temporal=cfg.temporal,
         mtc_weights=tuple(1.0 if t in cfg.mtc_terms else 0.0 for t in MTC_TERMS),
         use_se=cfg.use_se,
-        aggregation=cfg.aggregation if cfg.use_ta else "mean",
+        aggregation=cfg.aggregation,
         sema_video=cfg.sema_video,
         sema_prot=cfg.sema_prot,
     )
@@ -495,9 +495,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         # the trained backbone alone, for --pretrained of a later run (e.g. ART on a harder set)
-        tmp = out / f".backbone.pt.tmp{os.getpid()}"
-        torch.save(_unwrap(model).backbone.state_dict(), tmp)
-        os.replace(tmp, out / "backbone.pt")
+        atomic_save(_unwrap(model).backbone.state_dict(), out / "backbone.pt")
         print(
             f"FINAL {summary['model']} top1={summary['top1']:.4f} top5={summary['top5']:.4f} "
             f"mean_class_acc={summary['mean_class_acc']:.4f} best_top1={summary['best_top1']:.4f} "
