@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's evidence table on a lent GPU: examples/synthetic_evidence.py (ART vs --baseline over
 # seeds, plus the ablations), every run in its own process, many at once on one GPU.
-#   [VARIANTS="no SE,no MTC"] [SEEDS="0 1 2 3 4"] [PRETRAIN_EPOCHS=30] \
+#   [VARIANTS="no SE,no MTC"] [SEEDS="0 1 2 3 4"] [ABLATION_SEEDS="0 1 2"] [PRETRAIN_EPOCHS=30] \
 #     bash benchmarks/gpu_evidence.sh [JOBS] [-- extra trainer flags]
 # PRETRAIN_EPOCHS: the pretrained-backbone regime (synthetic_evidence.py --pretrain-epochs).
 # The device image has no PyAV: carry its wheel in .whl/ (see CONTRIBUTING.md); it is installed to
@@ -23,7 +23,7 @@ export ARTLIB_CACHE=${ARTLIB_CACHE:-/tmp/artlib_cache}
 unset TRITON_INTERPRET
 exec > >(tee "$OUT/gpu_evidence.log") 2>&1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-python3 -c "import torch, av; print('torch', torch.__version__, 'av', av.__version__, torch.cuda.get_device_name())" || exit 1
+python3 -c "import torch, av; print('torch', torch.__version__, 'av', av.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" || exit 1
 # the synthetic set once, before the runs share it
 python3 - "$@" <<'EOF' || exit 1
 import sys
@@ -37,6 +37,7 @@ EOF
 # VARIANTS: comma-separated names from examples/synthetic_evidence.py (default: all of them)
 # shellcheck disable=SC2086
 timeout "${EVIDENCE_TIMEOUT:-480}" python3 examples/synthetic_evidence.py --seeds ${SEEDS:-0 1 2} \
+  ${ABLATION_SEEDS:+--ablation-seeds $ABLATION_SEEDS} \
   --ablations ${VARIANTS:+--variants "$VARIANTS"} --jobs "$JOBS" \
   ${PRETRAIN_EPOCHS:+--pretrain-epochs "$PRETRAIN_EPOCHS"} \
   --out /tmp/evidence --table "$OUT/evidence.md" -- --workers 1 "$@"

@@ -228,28 +228,32 @@ def test_synthetic_evidence_table(env, tmp_path):
         str(tmp_path / "ev"),
     ]
     extra = ["--", *TINY, "--epochs", "1", "--bank", bank]
-    res = _run([*cmd, "--table", str(table), "--pretrain-epochs", "1", *extra], e)
+    abl = ["--variants", "no SE", "--ablation-seeds", "1"]
+    res = _run([*cmd, *abl, "--table", str(table), "--pretrain-epochs", "1", *extra], e)
     rows = [
         r
         for r in table.read_text().splitlines()
         if r.startswith("| ART") or r.startswith("| baseline")
     ]
     assert len(rows) == 2 and all("| 2 |" in r for r in rows), table.read_text()
+    assert "| no SE | 1 |" in table.read_text()
     summaries = sorted(p.parent.name for p in (tmp_path / "ev").glob("*/summary.json"))
     assert summaries == [
         "ART_seed0",
         "ART_seed1",
         "baseline_seed0",
         "baseline_seed1",
+        "no_SE_seed1",
         "pretrain_seed0",
     ]
     # every run starts from the pretraining run's backbone (trained on another generated set)
     weights = tmp_path / "ev" / "pretrain_seed0" / "backbone.pt"
     pre_log = (tmp_path / "ev" / "pretrain_seed0" / "stdout.log").read_text()
     assert "baseline | tiny" in pre_log and "(random init)" in pre_log
-    for run in summaries[:4]:
+    for run in summaries[:5]:
         assert f"(weights: {weights})" in (tmp_path / "ev" / run / "stdout.log").read_text()
-    assert "ART - baseline = " in res.stdout.strip().splitlines()[-1]
+    last = res.stdout.strip().splitlines()[-1]
+    assert "ART - baseline = " in last and "(per seed " in last
     bad = _run([*cmd, "--variants", "no SE,no such"], e, check=False)
     assert bad.returncode == 2 and "unknown ['no such']" in bad.stderr
 
