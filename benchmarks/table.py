@@ -16,8 +16,10 @@ def main(path: str) -> None:
     data = json.load(open(path))
     machine = data.get("machine_info", {})
     cpu = machine.get("cpu", {}).get("brand_raw") or platform.processor()
-    print(f"machine: {cpu}, {machine.get('cpu', {}).get('count', '?')} cores, "
-          f"python {machine.get('python_version', '?')}\n")
+    print(
+        f"machine: {cpu}, {machine.get('cpu', {}).get('count', '?')} cores, "
+        f"python {machine.get('python_version', '?')}\n"
+    )
     groups = defaultdict(list)
     for b in data["benchmarks"]:
         groups[b.get("group") or b["name"]].append(b)
@@ -29,7 +31,9 @@ def main(path: str) -> None:
         for c in sorted(cases, key=lambda c: c["stats"]["median"]):
             med = c["stats"]["median"]
             ratio = f"{med / base:.2f}x" if base else ""
-            print(f"| {group} | {c['name'].split('[')[-1].rstrip(']')} | {med * 1e3:.2f} | {ratio} |")
+            print(
+                f"| {group} | {c['name'].split('[')[-1].rstrip(']')} | {med * 1e3:.2f} | {ratio} |"
+            )
 
 
 if __name__ == "__main__":

@@ -57,6 +57,18 @@ def test_distractors_are_look_alikes_that_do_not_depend_on_the_class():
     assert diff.any() and not diff[outside].any()
 
 
+def test_distractor_amplitude_widens_their_motion():
+    """distractor_amplitude scales how far the look-alikes move: the area they sweep over the video
+    grows with it (0: they stand still), and the rest of the video stays the same."""
+    F, size = 32, (64, 64)
+    plain, _ = render_clip(3, np.random.default_rng(11), F, size)
+    swept = []
+    for amp in (0.0, 0.5, 1.0):
+        busy, _ = render_clip(3, np.random.default_rng(11), F, size, 2, distractor_amplitude=amp)
+        swept.append((np.abs(plain.astype(int) - busy).max(-1) > 8).any(0).sum())
+    assert swept[0] < swept[1] < swept[2], swept
+
+
 def test_pairs_that_need_time():
     """'up once' and 'up twice' agree at the start of the window; the twists visit the same places in
     opposite orders."""
@@ -108,8 +120,12 @@ def test_make_set_cached_and_atomic(tmp_path):
         make_finegrained_set(tmp_path, num_classes=13)
     with pytest.raises(ValueError, match="distractors: expected >= 0, got -1"):
         make_finegrained_set(tmp_path, distractors=-1)
+    with pytest.raises(ValueError, match="distractor_amplitude: expected 0..1, got 1.5"):
+        make_finegrained_set(tmp_path, distractors=1, distractor_amplitude=1.5)
     busy = make_finegrained_set(tmp_path, **kw, distractors=1)
     assert busy.root != s.root and len(read_generic_list(busy.train_list)[0]) == 6
+    wide = make_finegrained_set(tmp_path, **kw, distractors=1, distractor_amplitude=1.0)
+    assert wide.root not in (s.root, busy.root)
 
 
 def test_make_set_keeps_a_copy_another_process_finished_first(tmp_path, monkeypatch):

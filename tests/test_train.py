@@ -156,6 +156,7 @@ def test_kill_and_resume_matches_uninterrupted_run(env, tmp_path):
         (["--lr-schedule", "linear"], "invalid choice"),
         (["--warmup-epochs", "-1"], "--warmup-epochs must be >= 0"),
         (["--synthetic-distractors", "-2"], "--synthetic-distractors must be >= 0"),
+        (["--synthetic-distractor-amplitude", "2"], "--synthetic-distractor-amplitude must be in"),
     ],
 )
 def test_bad_flags_clear_error(env, flags, message):

@@ -161,12 +161,13 @@ def render_clip(
     num_frames: int,
     size: tuple[int, int],
     distractors: int = 0,
+    distractor_amplitude: float = 0.5,
 ):
     """The frames of one video of class ``label``: uint8 (num_frames, H, W, 3), and its window start.
 
     ``distractors``: free squares of the limb's look, anywhere off the body and behind it, each doing
-    the motion of a random class (at half the amplitude) in its own window; only the limb attached to
-    the body counts.
+    the motion of a random class (at ``distractor_amplitude`` times the limb's amplitude) in its own
+    window; only the limb attached to the body counts.
     They are drawn after everything else, so the rest of the video is the same as without them."""
     h, w = size
     s = min(h, w)
@@ -198,7 +199,7 @@ def render_clip(
     body = p0 * (1 - a) + p1 * a  # (F, 2) centres
     limb = body + rest + _limb_path(kind, direction, start, window, amp, num_frames)
     img = bg
-    d_amp = amp / 2  # room for them in a small frame
+    d_amp = amp * distractor_amplitude  # the default 0.5 leaves room for them in a small frame
     margin = limb_half + d_amp + 1
     for _ in range(distractors):  # behind the body and the limb: they never hide the real one
         d_label = int(rng.integers(len(_CLASSES)))
@@ -244,6 +245,7 @@ def make_finegrained_set(
     seed: int = 0,
     fps: int = 16,
     distractors: int = 0,
+    distractor_amplitude: float = 0.5,
 ) -> SyntheticSet:
     """Write (or reuse) the synthetic fine-grained set under ``<root>/finegrained-<hash>/``.
 
@@ -251,7 +253,8 @@ def make_finegrained_set(
     codec: "h264" (.mp4, the PyAV path) or "vp9" (.webm, DALI's CPU decoder), or "mjpeg".
     distractors: free squares that look like the limb and do class-like motions anywhere in the
     frame (see ``render_clip``): the harder variant, where the model must find the limb attached to
-    the body among look-alikes. Returns a SyntheticSet; read its lists with ``read_generic_list``.
+    the body among look-alikes. distractor_amplitude: their motion's amplitude as a fraction of the
+    limb's (default 0.5; at 1.0 only the attachment to the body tells the limb apart). Returns a SyntheticSet; read its lists with ``read_generic_list``.
     Takes ~15 s for the default 512 videos of 64x64x32 on a 2-core CPU.
     """
     if not 2 <= num_classes <= len(_CLASSES):
@@ -265,6 +268,8 @@ def make_finegrained_set(
         raise ValueError(f"num_frames: expected >= 8, got {num_frames}")
     if distractors < 0:
         raise ValueError(f"distractors: expected >= 0, got {distractors}")
+    if not 0.0 <= distractor_amplitude <= 1.0:
+        raise ValueError(f"distractor_amplitude: expected 0..1, got {distractor_amplitude}")
     if train_per_class < 1 or val_per_class < 0:
         raise ValueError(
             f"train_per_class, val_per_class: expected >= 1 and >= 0, "
@@ -277,6 +282,8 @@ def make_finegrained_set(
     )  # fmt: skip
     if distractors:  # the key of a set without distractors stays as it was
         cfg["distractors"] = distractors
+        if distractor_amplitude != 0.5:
+            cfg["distractor_amplitude"] = distractor_amplitude
     root = os.path.expanduser(os.fspath(root))
     final = os.path.join(root, f"finegrained-{_config_key(cfg)}")
     names = CLASS_NAMES[:num_classes]
@@ -306,7 +313,9 @@ def make_finegrained_set(
             os.makedirs(folder, exist_ok=True)
             for i in range(per_class):
                 rng = np.random.default_rng([seed, split_seed, label, i])
-                frames, _ = render_clip(label, rng, num_frames, (h, w), distractors)
+                frames, _ = render_clip(
+                    label, rng, num_frames, (h, w), distractors, distractor_amplitude
+                )
                 rel = os.path.join(split, f"{label:02d}", f"{i:04d}{ext}")
                 write_video(os.path.join(tmp, rel), frames, fps=fps, codec=codec)
                 lines.append(f"{rel} {label}\n")

@@ -43,6 +43,7 @@ class TrainConfig:
     synthetic_val_per_class: int = 16
     synthetic_size: int = 64
     synthetic_distractors: int = 0
+    synthetic_distractor_amplitude: float = 0.5  # of the limb's amplitude
     synthetic_seed: int = 0  # which videos are generated (not the training seed)
     # model
     backbone: str = "uniformerv2_b16"
@@ -181,6 +182,12 @@ def build_parser(
         "--synthetic-distractors",
         type=int,
         help="look-alike squares doing class-like motions away from the body (the harder set)",
+    )
+    g.add_argument(
+        "--synthetic-distractor-amplitude",
+        type=float,
+        help="the distractors' motion amplitude as a fraction of the limb's (default 0.5; at 1 "
+        "only the attachment to the body tells the limb apart)",
     )
     g.add_argument(
         "--synthetic-seed",
@@ -330,6 +337,11 @@ def validate(cfg: TrainConfig) -> None:
     need(
         cfg.synthetic_distractors >= 0,
         f"--synthetic-distractors must be >= 0, got {cfg.synthetic_distractors}",
+    )
+    need(
+        0.0 <= cfg.synthetic_distractor_amplitude <= 1.0,
+        f"--synthetic-distractor-amplitude must be in [0, 1], got "
+        f"{cfg.synthetic_distractor_amplitude}",
     )
     need(cfg.num_frames >= 1, f"--num-frames must be >= 1, got {cfg.num_frames}")
     need(cfg.num_queries >= 1, f"--num-queries must be >= 1, got {cfg.num_queries}")

@@ -105,6 +105,7 @@ def build_data(cfg: TrainConfig, info: DistInfo):
             val_per_class=cfg.synthetic_val_per_class,
             size=(cfg.synthetic_size, cfg.synthetic_size),
             distractors=cfg.synthetic_distractors,
+            distractor_amplitude=cfg.synthetic_distractor_amplitude,
             seed=cfg.synthetic_seed,
         )
         if info.is_main:  # rank 0 writes the videos once; the others then reuse the cached files
