@@ -12,7 +12,9 @@ after `--` go to every run. The last line printed is the ART - baseline margin a
 ``--pretrain-epochs N`` is the paper's regime (a pretrained backbone, then ART or the baseline head
 on the fine-grained task): it first trains the baseline for N epochs on *another* plain synthetic
 set (generation seed 1, no distractors; train split only), then starts every run's backbone from
-that run's ``backbone.pt``, so ART and the baseline start from the same weights.
+that run's ``backbone.pt``, so ART and the baseline start from the same weights. Without it, the
+runs start from the trainer's default: the synthetic preset's packaged ``tiny_cnn`` weights (made the
+same way, see artlib/models/weights/README.md); pass ``-- --pretrained none`` to train from scratch.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def main(argv=None) -> int:
     names = ["ART", "baseline"] + [n for n in names if n not in ("ART", "baseline")]
     if args.pretrain_epochs > 0:
         pre = ["--baseline", "--synthetic-seed", "1", "--synthetic-distractors", "0"]
+        pre += ["--pretrained", "none"]  # from random weights, not the packaged ones
         pre += ["--epochs", str(args.pretrain_epochs)]
         run("pretrain", [], 0, out, extra + pre)  # flags after `extra` win
         extra = extra + ["--pretrained", str(out / "pretrain_seed0" / "backbone.pt")]

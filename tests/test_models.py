@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -288,6 +289,30 @@ def test_tiny_cnn_tokens_are_local_and_causal_in_time(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
     short = build_backbone("tiny_cnn_t1", pretrained=path, width=16, img_size=64)  # the same net
     assert len(short.temporal) == 1 and short.state_dict().keys() == m.state_dict().keys()
+
+
+def test_tiny_cnn_packaged_weights():
+    """pretrained="synthetic": the tiny_cnn weights that ship inside the package (the synthetic
+    preset's default), the file its manifest describes, loaded exactly; other tags are errors."""
+    import hashlib
+    import json
+
+    from artlib.models import builtin_weights
+
+    path = builtin_weights("tiny_cnn", "synthetic")
+    manifest = json.loads((Path(path).parent / "manifest.json").read_text())["tiny_cnn_synthetic.pt"]
+    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == manifest["sha256"]
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    m = build_backbone("tiny-cnn", pretrained="synthetic")
+    assert m.state_dict().keys() == sd.keys()
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in sd.items())
+    torch.manual_seed(0)
+    fresh = build_backbone("tiny_cnn")
+    assert not torch.equal(fresh.state_dict()["frame.0.weight"], sd["frame.0.weight"])
+    with pytest.raises(ValueError, match="no packaged weights 'synthetic' for 'tiny'"):
+        builtin_weights("tiny", "synthetic")
+    with pytest.raises(FileNotFoundError, match="kinetics"):
+        build_backbone("tiny_cnn", pretrained="kinetics")
 
 
 def test_build_backbone_errors(tmp_path):

@@ -259,6 +259,22 @@ def test_synthetic_evidence_table(env, tmp_path):
     assert bad.returncode == 2 and "unknown ['no such']" in bad.stderr
 
 
+def test_synthetic_preset_starts_from_the_packaged_backbone():
+    """Without --data-root, tiny_cnn at 64x64 starts from the packaged weights; another backbone or
+    input size, or --pretrained none, from random weights; a given path wins."""
+    from artlib.engine.config import build_parser, config_from_args
+
+    def cfg(*flags):
+        return config_from_args(build_parser().parse_args(list(flags)))
+
+    assert cfg().pretrained == "synthetic"
+    assert cfg("--pretrained", "none").pretrained is None
+    assert cfg("--crop-size", "32").pretrained is None
+    assert cfg("--backbone", "tiny").pretrained is None
+    assert cfg("--pretrained", "/x/backbone.pt").pretrained == "/x/backbone.pt"
+    assert cfg("--data-root", "/data/finegym").pretrained is None  # the paper preset: none by default
+
+
 def test_aggregation_flags():
     """--no-ta (Table IV) is --aggregation mean; the synthetic preset keeps tracklets in order."""
     from artlib.engine.config import build_parser, config_from_args

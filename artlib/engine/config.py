@@ -201,7 +201,9 @@ def build_parser(
         help="tiny | tiny_cnn | tiny_cnn_t1 | uniformerv2_b16 | uniformerv2_l14 | tea_r50",
     )
     g.add_argument(
-        "--pretrained", help="backbone weights: an open_clip tag or a local checkpoint path"
+        "--pretrained",
+        help="backbone weights: an open_clip tag, a local checkpoint path, 'synthetic' (tiny_cnn's "
+        "packaged weights: the synthetic preset's default at 64x64) or 'none' (random init)",
     )
     g.add_argument(
         "--text-model",
@@ -301,6 +303,12 @@ def config_from_args(args: argparse.Namespace, dataset: str = "finegym") -> Trai
     preset = "paper" if given.get("data_root") else "synthetic"
     values = dict(PRESETS[preset])
     values.update(given)
+    if preset == "synthetic" and "pretrained" not in given:
+        # the packaged tiny_cnn weights fit only the preset's own backbone and input size
+        if values.get("backbone") == "tiny_cnn" and values.get("crop_size") == 64:
+            values["pretrained"] = "synthetic"
+    if str(values.get("pretrained")).lower() == "none":
+        values["pretrained"] = None
     values["preset"], values["dataset"] = preset, dataset
     if isinstance(values.get("mtc_terms"), str):
         values["mtc_terms"] = parse_mtc_terms(values["mtc_terms"])

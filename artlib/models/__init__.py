@@ -5,7 +5,14 @@ Every backbone: ``forward(video (B,T,3,H,W)) → (tokens (B,T',L,C), cls (B,C))`
 """
 
 from artlib.models.art import ART, as_bank
-from artlib.models.registry import BACKBONES, build_backbone, count_parameters, list_backbones
+from artlib.models.registry import (
+    BACKBONES,
+    BUILTIN_WEIGHTS,
+    build_backbone,
+    builtin_weights,
+    count_parameters,
+    list_backbones,
+)
 from artlib.models.tea import MotionExcitation, MultipleTemporalAggregation, TEAResNet50
 from artlib.models.tiny import TinyConvVideoBackbone, TinyVideoBackbone
 from artlib.models.uniformerv2 import GlobalUniBlock, UniFormerV2
@@ -13,6 +20,7 @@ from artlib.models.uniformerv2 import GlobalUniBlock, UniFormerV2
 __all__ = [
     "ART",
     "BACKBONES",
+    "BUILTIN_WEIGHTS",
     "GlobalUniBlock",
     "MotionExcitation",
     "MultipleTemporalAggregation",
@@ -22,6 +30,7 @@ __all__ = [
     "UniFormerV2",
     "as_bank",
     "build_backbone",
+    "builtin_weights",
     "count_parameters",
     "list_backbones",
 ]

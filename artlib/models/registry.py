@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from importlib import resources
 
 from torch import nn
 
@@ -21,8 +22,23 @@ BACKBONES = {
 }
 
 
+# weights that ship inside the package (artlib/models/weights/, provenance in its README.md):
+# (backbone, tag) -> file. "synthetic": tiny_cnn (width 64, 64x64 input) trained as the baseline on
+# another synthetic set (generation seed 1), the pretrained backbone of the synthetic preset.
+BUILTIN_WEIGHTS = {("tiny_cnn", "synthetic"): "tiny_cnn_synthetic.pt"}
+
+
 def list_backbones() -> list[str]:
     return list(BACKBONES)
+
+
+def builtin_weights(name: str, tag: str) -> str:
+    """The path of the packaged weights ``tag`` of backbone ``name``; ValueError if there are none."""
+    key = name.lower().replace("-", "_").replace("/", "")
+    if (key, tag) not in BUILTIN_WEIGHTS:
+        known = [f"{b}:{t}" for b, t in BUILTIN_WEIGHTS]
+        raise ValueError(f"pretrained: no packaged weights {tag!r} for {name!r}; packaged: {known}")
+    return str(resources.files("artlib.models") / "weights" / BUILTIN_WEIGHTS[key, tag])
 
 
 def _require_file(pretrained) -> str:
@@ -38,7 +54,8 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwa
 
     pretrained: None (random weights), or for UniFormerV2 an open_clip tag ("openai", ...) found in
     the local cache or a CLIP checkpoint path, for TEA a torchvision ResNet-50 ImageNet checkpoint
-    path, for "tiny" a state dict saved from it. kwargs go to the constructor (e.g. small widths
+    path, for "tiny" a state dict saved from it, for "tiny_cnn" a state dict saved from it or the
+    packaged tag "synthetic" (``BUILTIN_WEIGHTS``; needs the default width and img_size 64). kwargs go to the constructor (e.g. small widths
     for tests). Unknown names raise ValueError listing the known ones; a missing checkpoint file
     raises FileNotFoundError naming the path.
     """
@@ -61,6 +78,8 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwa
             kwargs.setdefault("temporal_layers", 1)
         model = TinyConvVideoBackbone(**kwargs)
         if pretrained is not None:
+            if (key, pretrained) in BUILTIN_WEIGHTS:
+                pretrained = builtin_weights(key, pretrained)
             model.load_state_dict(load_state_dict_file(_require_file(pretrained))[0])
         return model
     raise ValueError(f"name: unknown backbone {name!r}; known: {list_backbones()}")
@@ -70,4 +89,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["BACKBONES", "build_backbone", "count_parameters", "list_backbones"]
+__all__ = [
+    "BACKBONES",
+    "BUILTIN_WEIGHTS",
+    "build_backbone",
+    "builtin_weights",
+    "count_parameters",
+    "list_backbones",
+]
