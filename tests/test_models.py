@@ -300,7 +300,9 @@ def test_tiny_cnn_packaged_weights():
     from artlib.models import builtin_weights
 
     path = builtin_weights("tiny_cnn", "synthetic")
-    manifest = json.loads((Path(path).parent / "manifest.json").read_text())["tiny_cnn_synthetic.pt"]
+    manifest = json.loads((Path(path).parent / "manifest.json").read_text())[
+        "tiny_cnn_synthetic.pt"
+    ]
     assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == manifest["sha256"]
     sd = torch.load(path, map_location="cpu", weights_only=True)
     m = build_backbone("tiny-cnn", pretrained="synthetic")
@@ -313,6 +315,14 @@ def test_tiny_cnn_packaged_weights():
         builtin_weights("tiny", "synthetic")
     with pytest.raises(FileNotFoundError, match="kinetics"):
         build_backbone("tiny_cnn", pretrained="kinetics")
+    with pytest.raises(
+        ValueError, match="width 64, img_size 64 .* got tiny_cnn with width 64, img_size 32"
+    ):
+        build_backbone("tiny_cnn", pretrained="synthetic", img_size=32)
+    with pytest.raises(ValueError, match="got tiny_cnn_t1 with width 64, img_size 64, 1 temporal"):
+        build_backbone("tiny_cnn_t1", pretrained="synthetic")
+    with pytest.raises(FileNotFoundError, match=r"packaged weights of \['tiny_cnn:synthetic'\]"):
+        build_backbone("tiny", pretrained="synthetic")
 
 
 def test_build_backbone_errors(tmp_path):

@@ -272,7 +272,8 @@ def test_synthetic_preset_starts_from_the_packaged_backbone():
     assert cfg("--crop-size", "32").pretrained is None
     assert cfg("--backbone", "tiny").pretrained is None
     assert cfg("--pretrained", "/x/backbone.pt").pretrained == "/x/backbone.pt"
-    assert cfg("--data-root", "/data/finegym").pretrained is None  # the paper preset: none by default
+    # the paper preset: no weights by default
+    assert cfg("--data-root", "/data/finegym").pretrained is None
 
 
 def test_aggregation_flags():

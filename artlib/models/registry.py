@@ -44,7 +44,9 @@ def builtin_weights(name: str, tag: str) -> str:
 def _require_file(pretrained) -> str:
     path = os.path.expanduser(os.fspath(pretrained))
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained: checkpoint file not found: {path!r}")
+        packaged = [f"{b}:{t}" for b, t in BUILTIN_WEIGHTS if t == path]
+        hint = f" ({path!r} is the packaged weights of {packaged} only)" if packaged else ""
+        raise FileNotFoundError(f"pretrained: checkpoint file not found: {path!r}{hint}")
     return path
 
 
@@ -78,7 +80,15 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwa
             kwargs.setdefault("temporal_layers", 1)
         model = TinyConvVideoBackbone(**kwargs)
         if pretrained is not None:
-            if (key, pretrained) in BUILTIN_WEIGHTS:
+            if ("tiny_cnn", pretrained) in BUILTIN_WEIGHTS:
+                got = (model.out_dim, model.img_size, len(model.temporal))
+                if got != (64, 64, 3) or key != "tiny_cnn":
+                    raise ValueError(
+                        f"pretrained: the packaged {pretrained!r} weights are tiny_cnn with width "
+                        f"64, img_size 64 and 3 temporal layers; got {key} with width {got[0]}, "
+                        f"img_size {got[1]}, {got[2]} temporal layers (--crop-size 64, or "
+                        "--pretrained none)"
+                    )
                 pretrained = builtin_weights(key, pretrained)
             model.load_state_dict(load_state_dict_file(_require_file(pretrained))[0])
         return model
