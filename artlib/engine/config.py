@@ -4,7 +4,9 @@
   lr 0.01 x0.1 every 20 epochs, 50 epochs, dropout 0.5, T = 16, 224^2, K = 2, d = 256, g1 = g2 = 5,
   lam = 0.6, UniFormerV2-B/16.
 * ``synthetic`` (no ``--data-root``): the built-in fine-grained synthetic set with the small
-  ``tiny_cnn`` backbone on CPU, finishing in a few minutes on 2 cores. Its loss weights, dropout and
+  ``tiny_cnn`` backbone on CPU, finishing in a few minutes on 2 cores. The backbone starts from its
+  packaged weights (``--pretrained synthetic``, trained on another synthetic set; only for tiny_cnn
+  at 64x64, and ``--pretrained none`` gives random ones). Its loss weights, dropout and
   tracklet aggregation ("sequence": frames kept in order, not Eq. 9) are small-set choices (see the
   README's evidence section), not the paper's, which were tuned for FineGym.
 
