@@ -254,7 +254,8 @@ def make_finegrained_set(
     distractors: free squares that look like the limb and do class-like motions anywhere in the
     frame (see ``render_clip``): the harder variant, where the model must find the limb attached to
     the body among look-alikes. distractor_amplitude: their motion's amplitude as a fraction of the
-    limb's (default 0.5; at 1.0 only the attachment to the body tells the limb apart). Returns a SyntheticSet; read its lists with ``read_generic_list``.
+    limb's (default 0.5; at 1.0 only the attachment to the body tells the limb apart).
+    Returns a SyntheticSet; read its lists with ``read_generic_list``.
     Takes ~15 s for the default 512 videos of 64x64x32 on a 2-core CPU.
     """
     if not 2 <= num_classes <= len(_CLASSES):
