@@ -306,8 +306,11 @@ def config_from_args(args: argparse.Namespace, dataset: str = "finegym") -> Trai
     values = dict(PRESETS[preset])
     values.update(given)
     if preset == "synthetic" and "pretrained" not in given:
-        # the packaged tiny_cnn weights fit only the preset's own backbone and input size
-        if values.get("backbone") == "tiny_cnn" and values.get("crop_size") == 64:
+        from artlib.models.registry import BUILTIN_WEIGHTS
+
+        # the packaged weights, where they fit the backbone and input size chosen
+        packaged = BUILTIN_WEIGHTS.get((values.get("backbone"), "synthetic"))
+        if packaged and packaged[1]["img_size"] == values.get("crop_size"):
             values["pretrained"] = "synthetic"
     if str(values.get("pretrained")).lower() == "none":
         values["pretrained"] = None

@@ -23,9 +23,18 @@ BACKBONES = {
 
 
 # weights that ship inside the package (artlib/models/weights/, provenance in its README.md):
-# (backbone, tag) -> file. "synthetic": tiny_cnn (width 64, 64x64 input) trained as the baseline on
-# another synthetic set (generation seed 1), the pretrained backbone of the synthetic preset.
-BUILTIN_WEIGHTS = {("tiny_cnn", "synthetic"): "tiny_cnn_synthetic.pt"}
+# (backbone, tag) -> (file, the constructor arguments they fit). "synthetic": tiny_cnn trained as the
+# baseline on another synthetic set (generation seed 1), the synthetic preset's pretrained backbone.
+BUILTIN_WEIGHTS = {
+    ("tiny_cnn", "synthetic"): (
+        "tiny_cnn_synthetic.pt",
+        {"width": 64, "img_size": 64, "temporal_layers": 3},
+    ),
+}
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("-", "_").replace("/", "")
 
 
 def list_backbones() -> list[str]:
@@ -34,11 +43,10 @@ def list_backbones() -> list[str]:
 
 def builtin_weights(name: str, tag: str) -> str:
     """The path of the packaged weights ``tag`` of backbone ``name``; ValueError if there are none."""
-    key = name.lower().replace("-", "_").replace("/", "")
-    if (key, tag) not in BUILTIN_WEIGHTS:
+    if (_key(name), tag) not in BUILTIN_WEIGHTS:
         known = [f"{b}:{t}" for b, t in BUILTIN_WEIGHTS]
         raise ValueError(f"pretrained: no packaged weights {tag!r} for {name!r}; packaged: {known}")
-    return str(resources.files("artlib.models") / "weights" / BUILTIN_WEIGHTS[key, tag])
+    return str(resources.files("artlib.models") / "weights" / BUILTIN_WEIGHTS[_key(name), tag][0])
 
 
 def _require_file(pretrained) -> str:
@@ -57,11 +65,11 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwa
     pretrained: None (random weights), or for UniFormerV2 an open_clip tag ("openai", ...) found in
     the local cache or a CLIP checkpoint path, for TEA a torchvision ResNet-50 ImageNet checkpoint
     path, for "tiny" a state dict saved from it, for "tiny_cnn" a state dict saved from it or the
-    packaged tag "synthetic" (``BUILTIN_WEIGHTS``; needs the default width and img_size 64). kwargs go to the constructor (e.g. small widths
-    for tests). Unknown names raise ValueError listing the known ones; a missing checkpoint file
+    packaged tag "synthetic" (``BUILTIN_WEIGHTS``, with the constructor arguments it fits). kwargs
+    go to the constructor (e.g. small widths for tests). Unknown names raise ValueError listing the known ones; a missing checkpoint file
     raises FileNotFoundError naming the path.
     """
-    key = name.lower().replace("-", "_").replace("/", "")
+    key = _key(name)
     if key == "tiny":
         model = TinyVideoBackbone(**kwargs)
         if pretrained is not None:
@@ -81,13 +89,16 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwa
         model = TinyConvVideoBackbone(**kwargs)
         if pretrained is not None:
             if ("tiny_cnn", pretrained) in BUILTIN_WEIGHTS:
-                got = (model.out_dim, model.img_size, len(model.temporal))
-                if got != (64, 64, 3) or key != "tiny_cnn":
+                fits = BUILTIN_WEIGHTS["tiny_cnn", pretrained][1]
+                got = {"width": model.out_dim, "img_size": model.img_size}
+                got["temporal_layers"] = len(model.temporal)
+                if got != fits or key != "tiny_cnn":
                     raise ValueError(
                         f"pretrained: the packaged {pretrained!r} weights are tiny_cnn with width "
-                        f"64, img_size 64 and 3 temporal layers; got {key} with width {got[0]}, "
-                        f"img_size {got[1]}, {got[2]} temporal layers (--crop-size 64, or "
-                        "--pretrained none)"
+                        f"{fits['width']}, img_size {fits['img_size']} and "
+                        f"{fits['temporal_layers']} temporal layers; got {key} with width "
+                        f"{got['width']}, img_size {got['img_size']}, {got['temporal_layers']} "
+                        f"temporal layers (--crop-size {fits['img_size']}, or --pretrained none)"
                     )
                 pretrained = builtin_weights(key, pretrained)
             model.load_state_dict(load_state_dict_file(_require_file(pretrained))[0])
