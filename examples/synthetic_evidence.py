@@ -13,8 +13,9 @@ after `--` go to every run. The last line printed is the ART - baseline margin a
 on the fine-grained task): it first trains the baseline for N epochs on *another* plain synthetic
 set (generation seed 1, no distractors; train split only), then starts every run's backbone from
 that run's ``backbone.pt``, so ART and the baseline start from the same weights. Without it, the
-runs start from the trainer's default: the synthetic preset's packaged ``tiny_cnn`` weights (made the
-same way, see artlib/models/weights/README.md); pass ``-- --pretrained none`` to train from scratch.
+runs start from the trainer's default: the synthetic preset's packaged ``tiny_cnn`` weights (made
+the same way, see artlib/models/weights/README.md); pass ``-- --pretrained none`` to train from
+scratch.
 """
 
 from __future__ import annotations

@@ -23,8 +23,9 @@ BACKBONES = {
 
 
 # weights that ship inside the package (artlib/models/weights/, provenance in its README.md):
-# (backbone, tag) -> (file, the constructor arguments they fit). "synthetic": tiny_cnn trained as the
-# baseline on another synthetic set (generation seed 1), the synthetic preset's pretrained backbone.
+# (backbone, tag) -> (file, the constructor arguments they fit). "synthetic": tiny_cnn trained as
+# the baseline on another synthetic set (generation seed 1), the synthetic preset's pretrained
+# backbone.
 BUILTIN_WEIGHTS = {
     ("tiny_cnn", "synthetic"): (
         "tiny_cnn_synthetic.pt",
@@ -42,7 +43,7 @@ def list_backbones() -> list[str]:
 
 
 def builtin_weights(name: str, tag: str) -> str:
-    """The path of the packaged weights ``tag`` of backbone ``name``; ValueError if there are none."""
+    """The path of the packaged weights ``tag`` of backbone ``name``; ValueError if none."""
     if (_key(name), tag) not in BUILTIN_WEIGHTS:
         known = [f"{b}:{t}" for b, t in BUILTIN_WEIGHTS]
         raise ValueError(f"pretrained: no packaged weights {tag!r} for {name!r}; packaged: {known}")
@@ -66,7 +67,8 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwa
     the local cache or a CLIP checkpoint path, for TEA a torchvision ResNet-50 ImageNet checkpoint
     path, for "tiny" a state dict saved from it, for "tiny_cnn" a state dict saved from it or the
     packaged tag "synthetic" (``BUILTIN_WEIGHTS``, with the constructor arguments it fits). kwargs
-    go to the constructor (e.g. small widths for tests). Unknown names raise ValueError listing the known ones; a missing checkpoint file
+    go to the constructor (e.g. small widths for tests). Unknown names raise ValueError listing
+    the known ones; a missing checkpoint file
     raises FileNotFoundError naming the path.
     """
     key = _key(name)
