@@ -68,8 +68,7 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwa
     path, for "tiny" a state dict saved from it, for "tiny_cnn" a state dict saved from it or the
     packaged tag "synthetic" (``BUILTIN_WEIGHTS``, with the constructor arguments it fits). kwargs
     go to the constructor (e.g. small widths for tests). Unknown names raise ValueError listing
-    the known ones; a missing checkpoint file
-    raises FileNotFoundError naming the path.
+    the known ones; a missing checkpoint file raises FileNotFoundError naming the path.
     """
     key = _key(name)
     if key == "tiny":
