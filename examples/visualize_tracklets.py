@@ -39,13 +39,16 @@ def main(argv=None) -> int:
         p.error("the checkpoint is a --baseline model: it has no tracklets to draw")
     # the bank's S and S^a come from the checkpoint; a placeholder of the right shape avoids
     # running the text encoder again
-    bank_key = next((k for k in state["model"] if k.endswith("bank.S")), None)
+    weights = state["model"]
+    if state.get("model_ema") is not None:  # --model-ema: the average is what was evaluated
+        weights = state["model_ema"]["module"]
+    bank_key = next((k for k in weights if k.endswith("bank.S")), None)
     if bank_key is None:
         p.error(f"{args.checkpoint}: no semantics bank in the model state (not an ART checkpoint?)")
-    s_shape = state["model"][bank_key].shape
+    s_shape = weights[bank_key].shape
     cfg.pretrained = None
     model = build_model(cfg, names, bank=SemanticBank(torch.zeros(s_shape)))
-    model.load_state_dict(state["model"])
+    model.load_state_dict(weights)
     model.eval()
 
     ds = VideoDataset(

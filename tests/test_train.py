@@ -127,6 +127,7 @@ def test_torchrun_two_cpu_ranks_checkpoint_and_resume(env, tmp_path):
 def test_kill_and_resume_matches_uninterrupted_run(env, tmp_path):
     e, bank = env
     base = [sys.executable, SCRIPT, *TINY, "--bank", bank, "--epochs", "2", "--deterministic"]
+    base += ["--model-ema", "0.9"]  # the weight average is restored too
     _run(base + ["--output-dir", str(tmp_path / "straight")], e)
     killed = _run(
         base + ["--output-dir", str(tmp_path / "killed")],
@@ -143,6 +144,14 @@ def test_kill_and_resume_matches_uninterrupted_run(env, tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), f"{k} differs after kill + resume"
     assert torch.equal(a["model"]["head.bank.S"], b["model"]["head.bank.S"])
+    ema_a, ema_b = a["model_ema"], b["model_ema"]
+    assert ema_a["updates"] == ema_b["updates"] == 2 * 4  # 2 epochs x 16 clips / batch 4
+    for k in ema_a["module"]:
+        assert torch.equal(ema_a["module"][k], ema_b["module"][k]), f"EMA {k} differs"
+    # with --model-ema the average, not the last weights, is exported for a later --pretrained
+    backbone = torch.load(tmp_path / "killed" / "backbone.pt", weights_only=True)
+    assert all(torch.equal(v, ema_a["module"][f"backbone.{k}"]) for k, v in backbone.items())
+    assert not all(torch.equal(v, a["model"][f"backbone.{k}"]) for k, v in backbone.items())
 
 
 @pytest.mark.parametrize(
@@ -157,6 +166,7 @@ def test_kill_and_resume_matches_uninterrupted_run(env, tmp_path):
         (["--warmup-epochs", "-1"], "--warmup-epochs must be >= 0"),
         (["--synthetic-distractors", "-2"], "--synthetic-distractors must be >= 0"),
         (["--synthetic-distractor-amplitude", "2"], "--synthetic-distractor-amplitude must be in"),
+        (["--model-ema", "1.5"], "--model-ema must be in (0, 1)"),
     ],
 )
 def test_bad_flags_clear_error(env, flags, message):
@@ -195,6 +205,38 @@ def test_unknown_backbone_and_missing_data_root(env, tmp_path):
         check=False,
     )
     assert res.returncode != 0 and "annotation file" in res.stderr
+
+
+def test_model_ema_matches_the_formula():
+    """ModelEma: float tensors (parameters and buffers) follow the warmed-up EMA, integer buffers are
+    copied, the trained model is left alone, and a state dict round-trips."""
+    from artlib.engine.ema import ModelEma
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = ModelEma(model, decay=0.9)
+    expect = {k: v.clone() for k, v in model.state_dict().items()}
+    for n in range(6):
+        model.train()(torch.randn(5, 3))  # moves the BatchNorm statistics
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        d = min(0.9, (1 + n) / (10 + n))
+        for k, v in model.state_dict().items():
+            expect[k] = d * expect[k] + (1 - d) * v if v.is_floating_point() else v.clone()
+        ema.update(model)
+    got = ema.module.state_dict()
+    for k, v in expect.items():
+        torch.testing.assert_close(got[k], v, msg=k)
+    assert got["1.num_batches_tracked"].item() == 6
+    assert not torch.equal(got["0.weight"], model[0].weight)
+    assert all(not p.requires_grad for p in ema.module.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+    other = ModelEma(model, decay=0.9)
+    other.load_state_dict(ema.state_dict())
+    assert other.updates == 6 and torch.equal(other.module[0].weight, got["0.weight"])
+    with pytest.raises(ValueError, match="decay must be in"):
+        ModelEma(model, decay=1.0)
 
 
 def test_lr_schedules():

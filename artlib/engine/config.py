@@ -84,6 +84,7 @@ class TrainConfig:
     warmup_epochs: int = 0  # linear warm-up from lr/10 (both schedules)
     bank_momentum: float = 0.999
     grad_clip: float | None = None
+    model_ema: float | None = None  # decay of the weight average that is evaluated (off: None)
     amp: bool = True  # bf16 autocast on CUDA
     # run
     output_dir: str = "runs/art"
@@ -283,6 +284,13 @@ def build_parser(
     g.add_argument("--bank-momentum", type=float, help="mu of the bank's EMA (Eq. 12)")
     g.add_argument("--grad-clip", type=float)
     g.add_argument(
+        "--model-ema",
+        type=float,
+        metavar="DECAY",
+        help="evaluate, checkpoint and export an EMA of the weights with this decay per step "
+        "(e.g. 0.99); off by default",
+    )
+    g.add_argument(
         "--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on GPU"
     )
 
@@ -371,5 +379,9 @@ def validate(cfg: TrainConfig) -> None:
     need(
         cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"),
         f"--device must be auto, cpu or cuda[:N], got {cfg.device!r}",
+    )
+    need(
+        cfg.model_ema is None or 0 < cfg.model_ema < 1,
+        f"--model-ema must be in (0, 1), got {cfg.model_ema}",
     )
     need(cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}")

@@ -26,6 +26,7 @@ from torch import nn
 from artlib.engine.checkpoint import CheckpointManager, atomic_save, capture_rng, restore_rng
 from artlib.engine.config import MTC_TERMS, TrainConfig
 from artlib.engine.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
+from artlib.engine.ema import ModelEma
 from artlib.engine.metrics import ConfusionMatrix, save_confusion_png
 
 __all__ = ["train", "build_model", "build_data"]
@@ -267,7 +268,9 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def train_one_epoch(model, loader, optimizer, scaler, cfg, info, epoch, autocast) -> dict:
+def train_one_epoch(
+    model, loader, optimizer, scaler, cfg, info, epoch, autocast, ema: ModelEma | None = None
+) -> dict:
     model.train()
     sums: dict[str, float] = {}
     seen = 0
@@ -296,6 +299,8 @@ def train_one_epoch(model, loader, optimizer, scaler, cfg, info, epoch, autocast
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             _unwrap(model).ema_update()  # Eq. 12: S <- mu S + (1 - mu) S^a after each step
+            if ema is not None:  # --model-ema: after the bank's update, so it averages that too
+                ema.update(_unwrap(model))
         n = labels.numel()
         seen += n
         for k, v in losses.items():
@@ -402,6 +407,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
+    ema = ModelEma(model, cfg.model_ema) if cfg.model_ema else None
     ckpt = CheckpointManager(out / "checkpoints", keep=cfg.keep_checkpoints)
     start_epoch, best = 0, 0.0
     if cfg.resume:
@@ -414,6 +420,11 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             restore_rng(state["rng"])
+            if ema is not None and state.get("model_ema") is not None:
+                ema.load_state_dict(state["model_ema"])
+            elif ema is not None:  # a checkpoint from a run without --model-ema
+                log.warning("--model-ema: the checkpoint has no average; starting it from here")
+                ema = ModelEma(model, cfg.model_ema)
             start_epoch, best = state["epoch"], state.get("best_top1", 0.0)
             log.info("resumed from epoch %d (%s)", start_epoch, cfg.resume)
 
@@ -439,15 +450,18 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
 
     metrics: dict = {}
     cm = None
+    scored = model if ema is None else ema.module  # what is evaluated and exported
     for epoch in range(start_epoch, cfg.epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
         te = time.time()
-        row = train_one_epoch(model, train_loader, optimizer, scaler, cfg, info, epoch, autocast)
+        row = train_one_epoch(
+            model, train_loader, optimizer, scaler, cfg, info, epoch, autocast, ema
+        )
         row["lr"] = optimizer.param_groups[0]["lr"]
         scheduler.step()
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            cm = evaluate(model, val_loader, len(names), info, cfg, autocast)
+            cm = evaluate(scored, val_loader, len(names), info, cfg, autocast)
             metrics = {f"val_{k}": v for k, v in cm.compute().items()}
             row.update(metrics)
             best = max(best, metrics["val_top1"])
@@ -468,6 +482,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
+                    "model_ema": None if ema is None else ema.state_dict(),
                     "rng": capture_rng(),
                     "epoch": epoch + 1,
                     "best_top1": best,
@@ -481,7 +496,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
 
     logs.close()
     if cm is None:  # resumed after the last epoch: evaluate once more
-        cm = evaluate(model, val_loader, len(names), info, cfg, autocast)
+        cm = evaluate(scored, val_loader, len(names), info, cfg, autocast)
         metrics = {f"val_{k}": v for k, v in cm.compute().items()}
     if info.is_main:
         save_confusion_png(cm.matrix, out / "confusion.png", names)
@@ -496,7 +511,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         # the trained backbone alone, for --pretrained of a later run (e.g. ART on a harder set)
-        atomic_save(_unwrap(model).backbone.state_dict(), out / "backbone.pt")
+        atomic_save(_unwrap(scored).backbone.state_dict(), out / "backbone.pt")
         print(
             f"FINAL {summary['model']} top1={summary['top1']:.4f} top5={summary['top5']:.4f} "
             f"mean_class_acc={summary['mean_class_acc']:.4f} best_top1={summary['best_top1']:.4f} "
