@@ -167,6 +167,7 @@ def test_kill_and_resume_matches_uninterrupted_run(env, tmp_path):
         (["--synthetic-distractors", "-2"], "--synthetic-distractors must be >= 0"),
         (["--synthetic-distractor-amplitude", "2"], "--synthetic-distractor-amplitude must be in"),
         (["--model-ema", "1.5"], "--model-ema must be in (0, 1)"),
+        (["--backbone-lr-mult", "-1"], "--backbone-lr-mult must be >= 0"),
     ],
 )
 def test_bad_flags_clear_error(env, flags, message):
@@ -237,6 +238,35 @@ def test_model_ema_matches_the_formula():
     assert other.updates == 6 and torch.equal(other.module[0].weight, got["0.weight"])
     with pytest.raises(ValueError, match="decay must be in"):
         ModelEma(model, decay=1.0)
+
+
+def test_backbone_lr_mult_groups():
+    """--backbone-lr-mult: the backbone's parameters (decayed or not) run at lr x M, the head's at lr;
+    biases and norms are not decayed; the schedule scales every group alike."""
+    from artlib.engine.config import TrainConfig
+    from artlib.engine.trainer import build_optimizer
+
+    model = torch.nn.Module()
+    model.backbone = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    model.head = torch.nn.Linear(4, 2)
+    cfg = TrainConfig(
+        optimizer="adamw", lr=0.01, backbone_lr_mult=0.1, weight_decay=0.05, warmup_epochs=2
+    )
+    opt, sched = build_optimizer(cfg, model)
+    where = {id(p): n for n, p in model.named_parameters()}
+    got = {
+        where[id(p)]: (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]
+    }
+    assert got == {
+        "backbone.0.weight": (pytest.approx(1e-4), 0.05),  # warm-up: lr / 10 at epoch 0
+        "backbone.0.bias": (pytest.approx(1e-4), 0.0),
+        "backbone.1.weight": (pytest.approx(1e-4), 0.0),
+        "backbone.1.bias": (pytest.approx(1e-4), 0.0),
+        "head.weight": (pytest.approx(1e-3), 0.05),
+        "head.bias": (pytest.approx(1e-3), 0.0),
+    }
+    sched.step(), sched.step()  # past the warm-up: the full lr of each group
+    assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx([1e-3, 1e-3, 1e-2, 1e-2])
 
 
 def test_lr_schedules():

@@ -76,6 +76,7 @@ class TrainConfig:
     batch_size: int = 6  # per rank: the paper's 24 over 4 GPUs
     accum_steps: int = 1
     lr: float = 0.01
+    backbone_lr_mult: float = 1.0  # the backbone learns at lr * this (e.g. 0.1 to keep pretraining)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_schedule: str = "step"  # step (the paper's: x lr_gamma every lr_step epochs) | cosine
@@ -271,6 +272,12 @@ def build_parser(
     g.add_argument("--batch-size", type=int, help="videos per rank per step")
     g.add_argument("--accum-steps", type=int, help="gradient accumulation steps")
     g.add_argument("--lr", type=float)
+    g.add_argument(
+        "--backbone-lr-mult",
+        type=float,
+        metavar="M",
+        help="the backbone's lr is --lr x M (default 1; e.g. 0.1 to keep more of its pretraining)",
+    )
     g.add_argument("--momentum", type=float)
     g.add_argument("--weight-decay", type=float)
     g.add_argument(
@@ -353,6 +360,7 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}")
     need(cfg.accum_steps >= 1, f"--accum-steps must be >= 1, got {cfg.accum_steps}")
     need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
+    need(cfg.backbone_lr_mult >= 0, f"--backbone-lr-mult must be >= 0, got {cfg.backbone_lr_mult}")
     need(cfg.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}")
     need(cfg.lr_step >= 1, f"--lr-step must be >= 1, got {cfg.lr_step}")
     need(

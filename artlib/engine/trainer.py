@@ -236,14 +236,21 @@ def build_model(cfg: TrainConfig, class_names: list[str], bank=None) -> nn.Modul
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module):
-    decay, no_decay = [], []
+    """SGD or AdamW over four groups: (backbone | head) x (decayed | not: biases, norms, the bank's
+    agent). The backbone's groups run at ``lr * backbone_lr_mult``; the schedule scales all."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or name.endswith("agent") else decay).append(p)
+        decayed = not (p.ndim < 2 or name.endswith("agent"))
+        groups.setdefault((name.startswith("backbone."), decayed), []).append(p)
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {
+            "params": params,
+            "weight_decay": cfg.weight_decay if decayed else 0.0,
+            "lr": cfg.lr * (cfg.backbone_lr_mult if in_backbone else 1.0),
+        }
+        for (in_backbone, decayed), params in sorted(groups.items())
     ]
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
