@@ -1,5 +1,6 @@
 """A small training engine for ART (torchtitan-style parts): config, distributed setup, checkpoints,
-metrics, a weight EMA, logging and the train/eval loop. The example scripts are thin wrappers around ``train``."""
+metrics, a weight EMA, logging and the train/eval loop. The example scripts are thin wrappers
+around ``train``."""
 
 from artlib.engine.checkpoint import CheckpointManager
 from artlib.engine.config import TrainConfig, build_parser, config_from_args

@@ -7,8 +7,9 @@ buffers: BatchNorm statistics, ART's semantic bank) follow
 
 after each optimizer step n (the warm-up of ``d`` lets the average forget its random start, as in
 timm's ``ModelEmaV2``); integer buffers are copied. The average, not the last step's weights, is
-what is evaluated, checkpointed and written to ``backbone.pt``: it smooths the last epochs' SGD
-noise, so runs that differ only in their seed end closer together.
+what is evaluated, checkpointed and written to ``backbone.pt``. It smooths the last epochs' SGD
+noise; with a cosine schedule that already ends at lr 0 it changes little (within 0.002 Top-1 on
+the synthetic set, README evidence section).
 """
 
 from __future__ import annotations
