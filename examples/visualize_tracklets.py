@@ -1,10 +1,12 @@
 """Draw each tracklet's attention over the frames of one video (like the paper's Fig. 7/8).
 
-    python examples/visualize_tracklets.py --checkpoint runs/synthetic/checkpoints/checkpoint_epoch0012.pt \
+    python examples/visualize_tracklets.py \
+        --checkpoint runs/synthetic/checkpoints/checkpoint_epoch0012.pt \
         --video path/to/video.mp4 --out tracklets.png
 
-One row per tracklet k: the T sampled frames with the last RSSA decoder layer's attention of query k
-(averaged over heads) laid over them, and (with Eq. 9 aggregation) the weight of each frame in the title.
+One row per tracklet k: the T sampled frames with the last RSSA decoder layer's attention of
+query k (averaged over heads) laid over them, and (with Eq. 9 aggregation) the weight of each frame
+in the title.
 The last line printed names the PNG and the predicted class.
 """
 

@@ -209,8 +209,8 @@ def test_unknown_backbone_and_missing_data_root(env, tmp_path):
 
 
 def test_model_ema_matches_the_formula():
-    """ModelEma: float tensors (parameters and buffers) follow the warmed-up EMA, integer buffers are
-    copied, the trained model is left alone, and a state dict round-trips."""
+    """ModelEma: float tensors (parameters and buffers) follow the warmed-up EMA, integer buffers
+    are copied, the trained model is left alone, and a state dict round-trips."""
     from artlib.engine.ema import ModelEma
 
     torch.manual_seed(0)
@@ -241,8 +241,8 @@ def test_model_ema_matches_the_formula():
 
 
 def test_backbone_lr_mult_groups():
-    """--backbone-lr-mult: the backbone's parameters (decayed or not) run at lr x M, the head's at lr;
-    biases and norms are not decayed; the schedule scales every group alike."""
+    """--backbone-lr-mult: the backbone's parameters (decayed or not) run at lr x M, the head's at
+    lr; biases and norms are not decayed; the schedule scales every group alike."""
     from artlib.engine.config import TrainConfig
     from artlib.engine.trainer import build_optimizer
 
@@ -287,7 +287,8 @@ def test_lr_schedules():
 
 def test_synthetic_evidence_table(env, tmp_path):
     """examples/synthetic_evidence.py: ART and the baseline per seed, each its own trainer process,
-    two at a time; the table has a row per variant and the last line the margin against the spread."""
+    two at a time; the table has a row per variant and the last line the margin against the
+    spread."""
     e, bank = env
     table = tmp_path / "table.md"
     script = str(REPO / "examples" / "synthetic_evidence.py")

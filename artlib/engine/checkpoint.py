@@ -1,9 +1,9 @@
-"""Checkpoints that survive a kill: written to a temporary file in the same folder, flushed and fsynced,
-then renamed over the final name (atomic on POSIX), keeping the last ``keep``.
+"""Checkpoints that survive a kill: written to a temporary file in the same folder, flushed and
+fsynced, then renamed over the final name (atomic on POSIX), keeping the last ``keep``.
 
-A checkpoint holds everything a resumed run needs to continue as if never stopped: model (including the
-bank's S and S^a), optimizer, scheduler, grad scaler, RNG states (python, numpy, torch, CUDA), epoch
-and step.
+A checkpoint holds everything a resumed run needs to continue as if never stopped: model (including
+the bank's S and S^a), optimizer, scheduler, grad scaler, the ``--model-ema`` average, RNG states
+(python, numpy, torch, CUDA), epoch and step.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training configuration as code: a dataclass, the command-line flags that fill it, and two presets.
+"""Training configuration as code: a dataclass, the command-line flags that fill it, two presets.
 
 * ``paper`` (used when ``--data-root`` is given): the paper's recipe (Sec. IV-A) — SGD momentum 0.9,
   lr 0.01 x0.1 every 20 epochs, 50 epochs, dropout 0.5, T = 16, 224^2, K = 2, d = 256, g1 = g2 = 5,
@@ -60,7 +60,8 @@ class TrainConfig:
     se_layers: int = 4
     act_layers: int = 4
     use_se: bool = True
-    # how a tracklet reaches head_con: saliency (Eq. 9) | mean | sum | sequence (TrackletAggregation)
+    # how a tracklet reaches head_con:
+    # saliency (Eq. 9) | mean | sum | sequence (TrackletAggregation)
     aggregation: str = "saliency"
     mtc_terms: tuple[str, ...] = MTC_TERMS
     sema_video: bool = True
