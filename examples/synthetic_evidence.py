@@ -77,6 +77,11 @@ def run(
     return json.loads(summary.read_text())
 
 
+def _std(values: list[float]) -> float:
+    """The sample standard deviation over seeds (0 for a single seed)."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -143,7 +148,7 @@ def main(argv=None) -> int:
         top1 = [r["top1"] for r in rs]
         lines.append(
             f"| {name} | {len(rs)} | {statistics.mean(top1):.3f} | {max(top1) - min(top1):.3f} | "
-            f"{statistics.stdev(top1) if len(top1) > 1 else 0.0:.3f} | "
+            f"{_std(top1):.3f} | "
             f"{' '.join(f'{t:.3f}' for t in top1)} | "
             f"{statistics.mean(r['mean_class_acc'] for r in rs):.3f} | "
             f"{statistics.mean(r['minutes'] for r in rs):.1f} |"
@@ -152,7 +157,7 @@ def main(argv=None) -> int:
     art = [r["top1"] for r in results["ART"]]
     base = [r["top1"] for r in results["baseline"]]
     margin = statistics.mean(art) - statistics.mean(base)
-    std = max(statistics.stdev(x) if len(x) > 1 else 0.0 for x in (art, base))
+    std = max(_std(art), _std(base))
     spread = max(max(art) - min(art), max(base) - min(base))
     diffs = [a - b for a, b in zip(art, base)]
     paired = " ".join(f"{d:+.3f}" for d in diffs)

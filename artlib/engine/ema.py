@@ -42,12 +42,16 @@ class ModelEma:
         d = self.current_decay()
         self.updates += 1
         mine = self.module.state_dict()
+        averaged, current = [], []
         for name, value in model.state_dict().items():
             target = mine[name]
             if target.is_floating_point():
-                target.lerp_(value.detach().to(target.dtype), 1.0 - d)
+                averaged.append(target)
+                current.append(value.detach().to(target.dtype))
             else:
                 target.copy_(value)
+        if averaged:  # one foreach lerp over all float tensors (fused kernels on CUDA)
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}

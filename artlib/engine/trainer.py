@@ -238,19 +238,19 @@ def build_model(cfg: TrainConfig, class_names: list[str], bank=None) -> nn.Modul
 def build_optimizer(cfg: TrainConfig, model: nn.Module):
     """SGD or AdamW over four groups: (backbone | head) x (decayed | not: biases, norms, the bank's
     agent). The backbone's groups run at ``lr * backbone_lr_mult``; the schedule scales all."""
-    groups: dict[tuple[bool, bool], list] = {}
+    buckets: dict[tuple[bool, bool], list] = {}  # (in the backbone, decayed) -> parameters
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         decayed = not (p.ndim < 2 or name.endswith("agent"))
-        groups.setdefault((name.startswith("backbone."), decayed), []).append(p)
+        buckets.setdefault((name.startswith("backbone."), decayed), []).append(p)
     groups = [
         {
             "params": params,
             "weight_decay": cfg.weight_decay if decayed else 0.0,
             "lr": cfg.lr * (cfg.backbone_lr_mult if in_backbone else 1.0),
         }
-        for (in_backbone, decayed), params in sorted(groups.items())
+        for (in_backbone, decayed), params in sorted(buckets.items())
     ]
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
@@ -414,9 +414,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
-    ema = ModelEma(model, cfg.model_ema) if cfg.model_ema else None
     ckpt = CheckpointManager(out / "checkpoints", keep=cfg.keep_checkpoints)
-    start_epoch, best = 0, 0.0
+    start_epoch, best, state = 0, 0.0, None
     if cfg.resume:
         state = ckpt.load(cfg.resume, map_location="cpu")
         if state is None:
@@ -427,13 +426,15 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             restore_rng(state["rng"])
-            if ema is not None and state.get("model_ema") is not None:
-                ema.load_state_dict(state["model_ema"])
-            elif ema is not None:  # a checkpoint from a run without --model-ema
-                log.warning("--model-ema: the checkpoint has no average; starting it from here")
-                ema = ModelEma(model, cfg.model_ema)
             start_epoch, best = state["epoch"], state.get("best_top1", 0.0)
             log.info("resumed from epoch %d (%s)", start_epoch, cfg.resume)
+    ema = ModelEma(model, cfg.model_ema) if cfg.model_ema else None  # from the (resumed) weights
+    if ema is not None and state is not None:
+        if state.get("model_ema") is not None:
+            ema.load_state_dict(state["model_ema"])
+        else:  # a checkpoint from a run without --model-ema
+            log.warning("--model-ema: the checkpoint has no average; starting it from here")
+    del state  # the checkpoint's tensors (optimizer moments included) need not outlive the resume
 
     if info.distributed:
         ddp_kw = {"device_ids": [info.device.index]} if info.device.type == "cuda" else {}
