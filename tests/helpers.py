@@ -32,7 +32,9 @@ TOLERANCES = {
 }
 
 # The floor of the relative rule: one unit in the last place, relative (see the module docstring).
-ULP = {dt: torch.finfo(dt).eps for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16)}
+ULP = {
+    dt: torch.finfo(dt).eps for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+}
 
 
 def assert_close(
