@@ -86,3 +86,14 @@ def assert_close(
             f"{e.flatten()[worst].item():.6g} (|err| {err.flatten()[worst].item():.3g} > allowed "
             f"{allowed.flatten()[worst].item():.3g}); max |err| {err.max().item():.3g}"
         )
+
+
+def ops_run(fn, *args, **kwargs) -> tuple[object, set[str]]:
+    """Run ``fn(*args, **kwargs)`` under the PyTorch profiler; return its result and the names of
+    every dispatcher op that ran (e.g. ``"artlib::native_mtc_loss_fwd"``), backward passes inside
+    ``fn`` included. Proves which kernel ran without replacing any of them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = fn(*args, **kwargs)
+    return out, {e.name for e in prof.events()}
