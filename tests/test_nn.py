@@ -10,7 +10,7 @@ import torch
 from helpers import assert_close
 
 from artlib import RSSA, ARTHead, MTCLoss, SemanticBank, TrackletAggregation
-from artlib.nn import tracklets
+from artlib.nn import set_check_inputs, tracklets
 
 
 def small_head(num_classes=6, k=2, t=4, in_dim=24, dim=32, **kw):
@@ -293,12 +293,23 @@ def test_head_bad_input():
         head(torch.randn(2, 4, 9, 20), cls)
     with pytest.raises(ValueError, match="cls must be"):
         head(tok, torch.randn(3, 24))
-    with pytest.raises(ValueError, match="NaN"):
-        head(torch.full_like(tok, float("nan")), cls)
     with pytest.raises(TypeError, match="tokens must be a Tensor"):
         head(tok.numpy(), cls)
-    with pytest.raises(ValueError, match="labels must be in"):
+    with pytest.raises(TypeError, match="labels must be int64"):
+        head(tok, cls, torch.tensor([0.0, 1.0]))
+    # value checks (a host sync each) run only when asked for
+    assert not head.check_inputs
+    head(torch.full_like(tok, float("nan")), cls)  # no check: NaN flows through
+    set_check_inputs(head, True)
+    assert head.check_inputs
+    with pytest.raises(ValueError, match="NaN"):
+        head(torch.full_like(tok, float("nan")), cls)
+    with pytest.raises(ValueError, match="cls contains NaN"):
+        head(tok, torch.full_like(cls, float("inf")))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 6\), got range \[0, 6\]"):
         head(tok, cls, torch.tensor([0, 6]))
+    with pytest.raises(ValueError, match="labels must be in"):
+        small_head(check_inputs=True)(tok, cls, torch.tensor([-1, 2]))
     with pytest.raises(ValueError, match="num_queries"):
         small_head(num_classes=3, k=4)
     with pytest.raises(ValueError, match="N_cls"):
