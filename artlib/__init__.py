@@ -3,6 +3,7 @@
 from artlib import RSSA, MTCLoss, ARTHead, SemanticBank, TrackletAggregation
 """
 
+from artlib.export import export
 from artlib.nn import RSSA, ARTHead, MTCLoss, SemanticBank, TrackletAggregation
 from artlib.nn.region_attention import RegionAttention
 
@@ -15,5 +16,6 @@ __all__ = [
     "RegionAttention",
     "SemanticBank",
     "TrackletAggregation",
+    "export",
     "__version__",
 ]
