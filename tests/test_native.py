@@ -253,7 +253,12 @@ def test_opcheck():
     ]
     # the whole absorbed op (projections + core), with and without biases
     qq, xx = torch.randn(3, 2, 8), torch.randn(3, 5, 8)
-    w_in, b_in, w_out, b_out = torch.randn(24, 8), torch.randn(24), torch.randn(8, 8), torch.randn(8)
+    w_in, b_in, w_out, b_out = (
+        torch.randn(24, 8),
+        torch.randn(24),
+        torch.randn(8, 8),
+        torch.randn(8),
+    )
     for bi, bo in ((b_in, b_out), (None, None)):
         out, *saved = ops.native_region_attention_fwd(qq, xx, w_in, bi, w_out, bo, 2)
         cases.append((ops.native_region_attention_fwd.default, (qq, xx, w_in, bi, w_out, bo, 2)))
