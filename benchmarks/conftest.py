@@ -61,7 +61,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not rows:
         return
     tr = terminalreporter
-    tr.section("ART step over baseline step (median / median, same run)")
+    tr.section("ART step over baseline step (best round / best round, same run)")
     tr.write_line(f"{'backbone':<20} {'mode':<10} {'ART / baseline':>15}")
     for info in rows:
         ratio = info["art_over_baseline"]
