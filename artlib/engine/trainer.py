@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artlib.engine.checkpoint import CheckpointManager, atomic_save, capture_rng, restore_rng
+from artlib.engine.checkpoint import CheckpointManager, atomic_save, restore_rng, training_state
 from artlib.engine.config import MTC_TERMS, TrainConfig
 from artlib.engine.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
 from artlib.engine.ema import ModelEma
-from artlib.engine.metrics import ConfusionMatrix, save_confusion_png
+from artlib.engine.evaluation import EvalResult, agreed_batches, evaluate, exact_loader
+from artlib.engine.metrics import save_confusion_png, save_per_class_csv
 
 __all__ = ["train", "build_model", "build_data"]
 
@@ -282,7 +283,9 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     seen = 0
     steps = len(loader)
-    bar = _progress(loader, info, cfg, f"epoch {epoch + 1}/{cfg.epochs}")
+    # which steps run (and when too many videos failed) is decided over all ranks
+    batches = agreed_batches(loader, cfg.max_failure_fraction)
+    bar = _progress(batches, info, cfg, f"epoch {epoch + 1}/{cfg.epochs}", total=steps)
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(bar):
         video, labels = _unpack(batch, info.device)
@@ -318,31 +321,27 @@ def train_one_epoch(
     return {f"train_{k}": v / max(seen, 1) for k, v in sums.items()}
 
 
-@torch.no_grad()
-def evaluate(model, loader, num_classes, info, cfg, autocast) -> ConfusionMatrix:
-    model.eval()
-    cm = ConfusionMatrix(num_classes)
-    for batch in _progress(loader, info, cfg, "eval", leave=False):
-        video, labels = _unpack(batch, info.device)
-        with autocast():
-            if video.dim() == 6:  # (B, clips, T, 3, H, W): average the clips' softmax
-                b, c = video.shape[:2]
-                logits = model(video.flatten(0, 1)).float().softmax(-1).view(b, c, -1).mean(1)
-            else:
-                logits = model(video)
-        cm.update(logits, labels)
-    cm.all_reduce()
-    return cm
+def _validate(model, loader, num_classes, info, cfg, autocast) -> EvalResult:
+    """Exact validation (artlib.engine.evaluation): every clip once, on any number of ranks."""
+    return evaluate(
+        model,
+        loader,
+        num_classes,
+        device=info.device,
+        autocast=autocast,
+        max_failure_fraction=cfg.max_failure_fraction,
+        progress=info.is_main and cfg.progress,
+    )
 
 
-def _progress(it, info, cfg, desc, leave=True):
+def _progress(it, info, cfg, desc, leave=True, total=None):
     if not (info.is_main and cfg.progress):
         return it
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return it
-    return tqdm(it, desc=desc, leave=leave, dynamic_ncols=True)
+    return tqdm(it, desc=desc, leave=leave, total=total, dynamic_ncols=True)
 
 
 class _Logs:
@@ -417,14 +416,18 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     ckpt = CheckpointManager(out / "checkpoints", keep=cfg.keep_checkpoints)
     start_epoch, best, state = 0, 0.0, None
     if cfg.resume:
-        state = ckpt.load(cfg.resume, map_location="cpu")
+        state = ckpt.load(cfg.resume, map_location="cpu")  # weights_only: never runs code
         if state is None:
             log.info("--resume auto: no checkpoint in %s, starting fresh", ckpt.directory)
         else:
+            if state["class_names"] != list(names):
+                raise ValueError(
+                    f"--resume: the checkpoint's {len(state['class_names'])} classes differ from "
+                    f"the data set's {len(names)}"
+                )
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
             restore_rng(state["rng"])
             start_epoch, best = state["epoch"], state.get("best_top1", 0.0)
             log.info("resumed from epoch %d (%s)", start_epoch, cfg.resume)
@@ -457,8 +460,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     )
 
     metrics: dict = {}
-    cm = None
+    result = None
     scored = model if ema is None else ema.module  # what is evaluated and exported
+    val_exact = exact_loader(val_loader)  # every validation clip once, no padded repeats
     for epoch in range(start_epoch, cfg.epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
@@ -468,13 +472,15 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         )
         row["lr"] = optimizer.param_groups[0]["lr"]
         scheduler.step()
+        is_best = False
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            cm = evaluate(scored, val_loader, len(names), info, cfg, autocast)
-            metrics = {f"val_{k}": v for k, v in cm.compute().items()}
+            result = _validate(scored, val_exact, len(names), info, cfg, autocast)
+            metrics = {f"val_{k}": v for k, v in result.metrics().items()}
             row.update(metrics)
+            is_best = metrics["val_top1"] > best or not ckpt.best_path.exists()
             best = max(best, metrics["val_top1"])
         row["epoch_time_s"] = round(time.time() - te, 2)
-        row.update(_failures(train_loader, val_loader))
+        row.update(_failures(train_loader, val_exact))
         logs.write(epoch + 1, row)
         if info.is_main:
             log.info(
@@ -484,35 +490,35 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                     f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                 ),
             )
-            ckpt.save(
-                {
-                    "model": _unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "model_ema": None if ema is None else ema.state_dict(),
-                    "rng": capture_rng(),
-                    "epoch": epoch + 1,
-                    "best_top1": best,
-                    "config": asdict(cfg),
-                    "class_names": names,
-                },
-                epoch + 1,
+            state = training_state(
+                cfg=cfg,
+                class_names=names,
+                model=_unwrap(model),
+                ema=ema,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                epoch=epoch + 1,
+                best_top1=best,
             )
+            ckpt.save(state, epoch + 1, best=is_best)  # best.pt: the best val Top-1 so far
+            del state
         barrier()
         _maybe_die(epoch + 1)
 
     logs.close()
-    if cm is None:  # resumed after the last epoch: evaluate once more
-        cm = evaluate(scored, val_loader, len(names), info, cfg, autocast)
-        metrics = {f"val_{k}": v for k, v in cm.compute().items()}
+    if result is None:  # resumed after the last epoch: evaluate once more
+        result = _validate(scored, val_exact, len(names), info, cfg, autocast)
+        metrics = {f"val_{k}": v for k, v in result.metrics().items()}
     if info.is_main:
-        save_confusion_png(cm.matrix, out / "confusion.png", names)
+        save_per_class_csv(result.matrix, out / "per_class.csv", names)
+        save_confusion_png(result.matrix, out / "confusion.png", names)  # warns without matplotlib
         summary = {
             "model": "baseline" if cfg.baseline else "ART",
             "top1": round(metrics["val_top1"], 4),
             "top5": round(metrics["val_top5"], 4),
             "mean_class_acc": round(metrics["val_mean_class_acc"], 4),
+            "count": metrics["val_count"],
+            "skipped": metrics["val_skipped"],
             "best_top1": round(best, 4),
             "epochs": cfg.epochs,
             "minutes": round((time.time() - t0) / 60, 2),
@@ -540,8 +546,8 @@ def _has_unused(cfg: TrainConfig) -> bool:
 
 
 def _failures(*loaders) -> dict:
-    """Distinct videos skipped so far (the loaders log each with its path)."""
-    return {"skipped_videos": sum(len(getattr(ld, "failures", {})) for ld in loaders)}
+    """Distinct videos skipped so far on this rank (the loaders log each with its path)."""
+    return {"skipped_videos": len(set().union(*(getattr(ld, "failures", {}) for ld in loaders)))}
 
 
 def _maybe_die(epoch: int) -> None:
