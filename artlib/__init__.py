@@ -1,10 +1,22 @@
 """artlib: Action-Region Tracking (ART) for fine-grained video action recognition.
 
 from artlib import RSSA, MTCLoss, ARTHead, SemanticBank, TrackletAggregation
+model, info = artlib.load_model("runs/synthetic/checkpoints/best.pt")   # a trained checkpoint
 """
 
+from artlib.api import load_model, load_video, predict_proba
 from artlib.nn import RSSA, ARTHead, MTCLoss, SemanticBank, TrackletAggregation
 
 __version__ = "0.1.0"
 
-__all__ = ["ARTHead", "MTCLoss", "RSSA", "SemanticBank", "TrackletAggregation", "__version__"]
+__all__ = [
+    "ARTHead",
+    "MTCLoss",
+    "RSSA",
+    "SemanticBank",
+    "TrackletAggregation",
+    "__version__",
+    "load_model",
+    "load_video",
+    "predict_proba",
+]
