@@ -4,7 +4,8 @@ Each function named ``plain_*`` below is written from the paper's equations (Sec
 notes settle them, with its own loops, products and softmaxes: no artlib code, no
 nn.MultiheadAttention, no nn.TransformerEncoderLayer, no F.cross_entropy. It is fed a copy of the
 module's own weights, and the module's values and gradients (inputs and every parameter) must agree
-with it in float64.
+with it in float64 (the semantic bank at its own precision: see BANK_DTYPE); the float32 head must
+agree within the tolerance helper's rule.
 
     RSSA      Eq. 1-3    test_rssa_*
     ARTHead   Eq. 9-18   test_head_*         (Eq. 2-3 through RSSA, Eq. 5-8 through the MTC loss)
