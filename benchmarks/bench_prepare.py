@@ -33,7 +33,8 @@ import pytest
 av = pytest.importorskip("av")
 
 from artlib.data._write import write_video  # noqa: E402
-from artlib.data.prepare import ClipJob, _add_h264, index_raw_videos, run_jobs  # noqa: E402
+from artlib.data.prepare import ClipJob, index_raw_videos, run_jobs  # noqa: E402
+from artlib.data.prepare.cut import _add_h264  # noqa: E402
 
 FPS, SECONDS, W, H = 25, 30, 854, 480
 N_CLIPS, CLIP_S = 12, 2
