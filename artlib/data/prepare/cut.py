@@ -10,6 +10,7 @@ frame rate, a non-zero start time).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from fractions import Fraction
@@ -56,6 +57,7 @@ def cut_clip(
     """
     import av
 
+    _require_usable(src)
     start = start if isinstance(start, Fraction) else exact_seconds(start, "start")
     end = end if isinstance(end, Fraction) else exact_seconds(end, "end")
     if not end > start:
@@ -78,7 +80,7 @@ def cut_clip(
                 ost = None
                 first_t = None
                 last_pts = -1
-                for frame, t in _frames_from(inp, ist, start):
+                for frame, t in _frames_from(src, inp, ist, start, threads):
                     last_t = t
                     if t < start:
                         continue
@@ -127,14 +129,33 @@ def cut_clip(
     return n, note
 
 
-def _frames_from(inp, ist, start: Fraction):
+def _require_usable(src) -> None:
+    """The usability rule (``artlib.data.probe_video``, metadata mode: no decoding) before cutting:
+    a truncated, corrupt, empty or audio-only raw video fails here, as the checker says."""
+    st = os.stat(src) if os.path.exists(src) else None
+    key = (os.fspath(src), st and st.st_size, st and st.st_mtime_ns)
+    probe = _probe_cached(key)
+    if not probe.usable:
+        raise ValueError(f"{src}: {probe.kind}: {probe.reason}")
+
+
+@functools.lru_cache(maxsize=64)
+def _probe_cached(key):
+    from artlib.data.probe import probe_video
+
+    return probe_video(key[0], 1, mode="metadata")
+
+
+def _frames_from(src, inp, ist, start: Fraction, threads: int):
     """Yield (frame, t) in output order from the keyframe at or before ``start`` on. If the seek
-    lands after ``start`` (a bad index), decode from the beginning instead: exactness first."""
+    lands after ``start`` or nowhere (a bad index; MPEG-TS seeks by bytes), decode a fresh opening
+    of the file from its start instead: exactness first."""
+    import av
+
     from artlib.data.decode import _origin
 
-    tb = ist.time_base
     if start > 0:
-        target = math.floor((start + _origin(inp, ist)) / tb)
+        target = math.floor((start + _origin(inp, ist)) / ist.time_base)
         inp.seek(target, stream=ist, backward=True, any_frame=False)
         it = timed_frames(inp, ist)
         first = next(it, None)
@@ -142,9 +163,13 @@ def _frames_from(inp, ist, start: Fraction):
             yield first
             yield from it
             return
-        inp.seek(ist.start_time if ist.start_time is not None else 0, stream=ist, backward=True)
-        ist.codec_context.flush_buffers()
-    yield from timed_frames(inp, ist)
+    else:
+        yield from timed_frames(inp, ist)
+        return
+    with av.open(str(src)) as again:
+        stream = again.streams.video[0]
+        stream.codec_context.thread_count = threads
+        yield from timed_frames(again, stream)
 
 
 def _upright_even(frame, rotation: int, w: int, h: int):
