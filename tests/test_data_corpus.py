@@ -137,3 +137,12 @@ def test_corpus_timestamps_made_monotonic(video_corpus):
     for name, offset in (("h264_bframes_avi", 1), ("h264_reordered_ts_mp4", 0)):
         times = frame_times(video_corpus[name].path)
         assert times == [Fraction(i + offset, 25) for i in range(24)]
+
+
+def test_dali_refuses_rotated_files(video_corpus):
+    """DALI does not read the display matrix: a rotated file is refused with the reason, not
+    decoded sideways (checked before DALI is imported, so it holds without DALI installed)."""
+    from artlib.data import dali_decode_frames
+
+    with pytest.raises(ValueError, match="rotated video .* 90 degrees clockwise"):
+        dali_decode_frames(video_corpus["rotated_phone"].path, [0])
