@@ -34,7 +34,8 @@ import pytest
 av = pytest.importorskip("av")
 
 from artlib.data._write import write_video  # noqa: E402
-from artlib.data.prepare import ClipJob, _add_h264, index_raw_videos, run_jobs  # noqa: E402
+from artlib.data.prepare import ClipJob, index_raw_videos, run_jobs  # noqa: E402
+from artlib.data.prepare.cut import _add_h264  # noqa: E402
 
 SMOKE = os.environ.get("ARTLIB_BENCH_SMOKE", "0") not in ("", "0")  # tiny shapes (conftest.py)
 FPS, SECONDS, W, H = 25, 30, 854, 480
