@@ -6,6 +6,7 @@ model, info = artlib.load_model("runs/synthetic/checkpoints/best.pt")   # a trai
 
 from artlib.api import load_model, load_video, predict_proba
 from artlib.nn import RSSA, ARTHead, MTCLoss, SemanticBank, TrackletAggregation
+from artlib.nn.region_attention import RegionAttention
 
 __version__ = "0.1.0"
 
@@ -13,6 +14,7 @@ __all__ = [
     "ARTHead",
     "MTCLoss",
     "RSSA",
+    "RegionAttention",
     "SemanticBank",
     "TrackletAggregation",
     "__version__",
