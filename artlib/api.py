@@ -19,7 +19,18 @@ import os
 import torch
 from torch import Tensor, nn
 
-__all__ = ["load_model", "load_video", "predict_proba"]
+__all__ = ["ModelInfo", "load_model", "load_video", "predict_proba"]
+
+
+class ModelInfo(dict):
+    """What ``load_model`` says about a checkpoint: a dict whose keys read as attributes too
+    (``info["class_names"]`` or ``info.class_names``)."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"ModelInfo has no {name!r}; keys: {sorted(self)}") from None
 
 
 def _without_weights(cfg):
@@ -29,7 +40,7 @@ def _without_weights(cfg):
 
 def load_model(
     path: str | os.PathLike, map_location: str | torch.device = "cpu", ema: bool | None = None
-) -> tuple[nn.Module, dict]:
+) -> tuple[nn.Module, ModelInfo]:
     """A trained ART (or baseline) model from a checkpoint written by the trainer.
 
     path: ``checkpoint_epochNNNN.pt`` or ``best.pt``. map_location: the device the model is put on.
@@ -37,7 +48,7 @@ def load_model(
     evaluated it) or the last step's weights (False).
 
     Returns ``(model, info)``: the model in eval mode, ``model(video (B, T, 3, S, S)) -> logits
-    (B, N_cls)``; ``info`` a dict with ``class_names``, ``num_frames`` (T), ``crop_size`` (S),
+    (B, N_cls)``; ``info`` a :class:`ModelInfo` (a dict, keys also as attributes) with ``class_names``, ``num_frames`` (T), ``crop_size`` (S),
     ``mean``/``std`` (the input normalization, 0-1 scale), ``sampling``, ``num_clips``,
     ``backbone``, ``baseline``, ``num_classes``, ``epoch``, ``best_top1``, ``ema`` (bool),
     ``artlib_version``, ``config`` (the run's TrainConfig) and ``path``.
@@ -72,24 +83,24 @@ def load_model(
     _load_exactly(model, weights, path, state.get("model_info", {}))
     model.eval().to(map_location)
     pre = state["preprocess"]
-    info = {
-        "class_names": names,
-        "num_frames": int(pre["num_frames"]),
-        "crop_size": int(pre["crop_size"]),
-        "mean": [float(x) for x in pre["mean"]],
-        "std": [float(x) for x in pre["std"]],
-        "sampling": pre.get("sampling", "tsn"),
-        "num_clips": int(pre.get("num_clips", 1)),
-        "backbone": cfg.backbone,
-        "baseline": bool(cfg.baseline),
-        "num_classes": len(names),
-        "epoch": int(state["epoch"]),
-        "best_top1": float(state.get("best_top1", 0.0)),
-        "ema": use_ema,
-        "artlib_version": state.get("artlib_version"),
-        "config": cfg,
-        "path": os.fspath(path),
-    }
+    info = ModelInfo(
+        class_names=names,
+        num_frames=int(pre["num_frames"]),
+        crop_size=int(pre["crop_size"]),
+        mean=[float(x) for x in pre["mean"]],
+        std=[float(x) for x in pre["std"]],
+        sampling=pre.get("sampling", "tsn"),
+        num_clips=int(pre.get("num_clips", 1)),
+        backbone=cfg.backbone,
+        baseline=bool(cfg.baseline),
+        num_classes=len(names),
+        epoch=int(state["epoch"]),
+        best_top1=float(state.get("best_top1", 0.0)),
+        ema=use_ema,
+        artlib_version=state.get("artlib_version"),
+        config=cfg,
+        path=os.fspath(path),
+    )
     return model, info
 
 

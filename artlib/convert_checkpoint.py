@@ -113,7 +113,8 @@ def _training_checkpoint(old: dict) -> dict:
 def convert(old_path: str | os.PathLike, new_path: str | os.PathLike) -> str:
     """Convert ``old_path`` (trusted: it is unpickled without restrictions) to ``new_path``;
     returns what it was ("training checkpoint" or "other file")."""
-    from artlib.engine.checkpoint import FORMAT, atomic_save
+    from artlib._io import atomic_save_torch
+    from artlib.engine.checkpoint import FORMAT
 
     old = torch.load(old_path, map_location="cpu", weights_only=False)  # trusted by the caller
     training = isinstance(old, dict) and {"model", "optimizer", "epoch", "config"} <= set(old)
@@ -121,7 +122,7 @@ def convert(old_path: str | os.PathLike, new_path: str | os.PathLike) -> str:
         new, kind = _training_checkpoint(old), "training checkpoint"
     else:
         new, kind = _plain(old, "file"), "file"
-    atomic_save(new, new_path)
+    atomic_save_torch(new, new_path)
     torch.load(new_path, map_location="cpu", weights_only=True)  # proves it now loads safely
     return kind
 

@@ -45,7 +45,8 @@ def tiny_config(**changes):
 def make_checkpoint(path, *, ema: float | None = None, steps: int = 1, **changes):
     """Build the tiny model, take ``steps`` optimizer steps on random clips (so the EMA and the
     optimizer state are not trivial), write a checkpoint at ``path``. -> (model, ema or None)."""
-    from artlib.engine.checkpoint import atomic_save, training_state
+    from artlib._io import atomic_save_torch
+    from artlib.engine.checkpoint import training_state
     from artlib.engine.ema import ModelEma
     from artlib.engine.trainer import build_model, build_optimizer
 
@@ -76,7 +77,7 @@ def make_checkpoint(path, *, ema: float | None = None, steps: int = 1, **changes
         best_top1=0.5,
     )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(state, path)
+    atomic_save_torch(state, path)
     return model.eval(), average
 
 

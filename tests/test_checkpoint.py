@@ -215,6 +215,7 @@ def test_load_model_round_trip(tmp_path):
     model, info = artlib.load_model(path)
     assert not model.training and info["ema"] and info["epoch"] == 1
     assert info["class_names"] == CLASSES and (info["num_frames"], info["crop_size"]) == (4, 32)
+    assert info.class_names is info["class_names"] and info.std == info["std"]
     assert info["mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073])
     with torch.no_grad():
         assert torch.equal(model(video), average.module(video))

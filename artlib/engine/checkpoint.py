@@ -34,13 +34,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from artlib._io import atomic_save_torch
+
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "CheckpointError",
     "CheckpointManager",
     "UnsafeCheckpointError",
-    "atomic_save",
     "capture_rng",
     "config_from_dict",
     "config_to_dict",
@@ -230,19 +231,8 @@ def _first_line(e: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------- writing
-def atomic_save(obj, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file beside ``path``, fsync, rename: a reader (or a run killed
-    mid-write) sees the old file or the whole new one, never half of it."""
-    final = Path(path)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    return final
-
-
+# every file is written to a temporary file beside it and renamed (artlib._io): a reader, or a run
+# killed mid-write, sees the old file or the whole new one
 def training_state(
     *, cfg, class_names, model, ema, optimizer, scheduler, epoch: int, best_top1: float
 ) -> dict:
@@ -302,9 +292,9 @@ class CheckpointManager:
     def save(self, state: dict, epoch: int, best: bool = False) -> Path:
         """Write epoch ``epoch``'s checkpoint (and, when ``best``, the same as ``best.pt``)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        final = atomic_save(state, self.path(epoch))
+        final = atomic_save_torch(state, self.path(epoch))
         if best:
-            atomic_save(state, self.best_path)
+            atomic_save_torch(state, self.best_path)
         for _, old in self.list()[: -self.keep]:
             old.unlink(missing_ok=True)
         return final

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artlib.engine.checkpoint import CheckpointManager, atomic_save, restore_rng, training_state
+from artlib._io import atomic_save_torch
+from artlib.engine.checkpoint import CheckpointManager, restore_rng, training_state
 from artlib.engine.config import MTC_TERMS, TrainConfig
 from artlib.engine.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
 from artlib.engine.ema import ModelEma
@@ -525,7 +526,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         # the trained backbone alone, for --pretrained of a later run (e.g. ART on a harder set)
-        atomic_save(_unwrap(scored).backbone.state_dict(), out / "backbone.pt")
+        atomic_save_torch(_unwrap(scored).backbone.state_dict(), out / "backbone.pt")
         print(
             f"FINAL {summary['model']} top1={summary['top1']:.4f} top5={summary['top5']:.4f} "
             f"mean_class_acc={summary['mean_class_acc']:.4f} best_top1={summary['best_top1']:.4f} "
