@@ -189,3 +189,35 @@ def test_agreed_batches_two_ranks(tmp_path):
     assert seen0 == seen1 == 1 and m0 == m1 and m0 is not None
     assert "2 of the 8 videos of epoch 0 failed" in m0 and "/data/bad1.mp4: corrupt" in m0
     assert f0 == f1 == 0.5  # the loaders' own limit is restored
+
+
+@pytest.mark.slow
+def test_ddp_training_stops_every_rank_on_bad_data(tmp_path):
+    """2 CPU ranks train on 8 clips; the 2 broken ones are both in rank 1's share (seed 0 puts
+    clips 4, 6, 0, 7 there). The failure budget (0.2 of the epoch's 8 videos) is decided over both
+    ranks: both stop at the same step with the same message naming the files, rank 0 included,
+    instead of rank 0 waiting in the gradient all-reduce for a rank that has left."""
+    train = write_clips(tmp_path / "clips", [0, 1, 2, 3, 0, 1, 2, 3], broken={4, 6})
+    val = tmp_path / "val.txt"
+    val.write_text("clip0.mp4 0\nclip1.mp4 1\n")
+    flags = [
+        "--data-root", str(train.parent), "--train-list", str(train), "--val-list", str(val),
+        "--backbone", "tiny_cnn", "--pretrained", "none", "--text-model", "random",
+        "--num-frames", "4", "--crop-size", "32", "--dim", "32", "--heads", "2",
+        "--se-layers", "1", "--act-layers", "1", "--batch-size", "2", "--workers", "0",
+        "--epochs", "1", "--optimizer", "adamw", "--lr", "1e-3", "--no-progress",
+        "--max-failure-fraction", "0.2", "--seed", "0", "--output-dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    res = subprocess.run(
+        [*cmd, str(REPO / "examples" / "train_finegym.py"), *flags],
+        env=env(), capture_output=True, text=True, timeout=240, cwd=REPO,
+    )  # fmt: skip
+    assert res.returncode != 0
+    for rank in (0, 1):  # each rank raised it, with the files of rank 1's share
+        said = f"[rank{rank}]: artlib.data.dataset.TooManyFailures: 2 of the 8 videos of epoch 0"
+        assert said in res.stderr, res.stderr[-4000:]
+    for name in ("clip4.mp4", "clip6.mp4"):
+        assert f"[rank0]:   {tmp_path / 'clips' / name}: " in res.stderr
+    assert "clip0.mp4: " not in res.stderr
+    assert not (tmp_path / "out" / "summary.json").exists()
