@@ -1,6 +1,6 @@
 """artlib: Action-Region Tracking (ART) for fine-grained video action recognition.
 
-from artlib import RSSA, MTCLoss, ARTHead, SemanticBank, TrackletAggregation
+from artlib import RSSA, MTCLoss, ARTHead, SemanticBank, TrackletAggregation, RegionAttention
 
 The names load on first use, so that the command-line tools answer a misuse before torch loads.
 """
@@ -13,6 +13,7 @@ _EXPORTS = {
     "ARTHead": "artlib.nn",
     "MTCLoss": "artlib.nn",
     "RSSA": "artlib.nn",
+    "RegionAttention": "artlib.nn.region_attention",
     "SemanticBank": "artlib.nn",
     "TrackletAggregation": "artlib.nn",
 }
