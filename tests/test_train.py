@@ -323,3 +323,139 @@ def test_aggregation_flags(tmp_path):
     from artlib.engine.cli import parse
 
     assert parse(["--no-ta"]).model.aggregation == "mean"
+
+
+def test_console_scripts_point_at_mains():
+    """pyproject's console scripts: artlib-train is the trainers' main; each target that exists in
+    this tree is a callable main."""
+    import importlib.util
+    import re
+
+    text = (REPO / "pyproject.toml").read_text()
+    section = text.split("[project.scripts]")[1].split("\n[")[0]
+    scripts = dict(re.findall(r'^([\w-]+) = "([\w.:]+)"$', section, re.M))
+    assert set(scripts) == {
+        "artlib-train",
+        "artlib-prepare",
+        "artlib-check",
+        "artlib-evaluate",
+        "artlib-predict",
+    }
+    assert scripts["artlib-train"] == "artlib.engine.cli:main"
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        if (
+            name in ("artlib-evaluate", "artlib-predict")
+            and importlib.util.find_spec(module) is None
+        ):
+            continue  # not in this tree yet
+        assert callable(getattr(importlib.import_module(module), func)), target
+
+
+class _FixedLoss(torch.nn.Module):
+    """A stand-in model whose loss terms are known per step: total = w * step_value."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.values = list(values)
+        self.calls = 0
+
+    def forward(self, video, labels):
+        v = self.values[self.calls]
+        self.calls += 1
+        total = self.w * v
+        return None, {"total": total, "v": total.detach() * 2}
+
+    def ema_update(self):
+        pass
+
+
+def test_losses_accumulate_on_the_device_and_are_read_per_interval():
+    """The epoch's means are the clip-weighted means of the step losses; a non-finite loss stops
+    the epoch at the next read-out, naming the step."""
+    from artlib.engine.config import TrainConfig
+    from artlib.engine.distributed import DistInfo
+    from artlib.engine.trainer import train_one_epoch
+
+    cfg = TrainConfig()
+    cfg.optim.epochs, cfg.run.progress, cfg.run.log_every = 1, False, 2
+    batches = [(torch.zeros(n, 1), torch.zeros(n, dtype=torch.long)) for n in (4, 4, 2)]
+    info = DistInfo(0, 1, 0, torch.device("cpu"))
+    model = _FixedLoss([1.0, 2.0, 4.0])
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    row = train_one_epoch(model, batches, opt, cfg, info, 0, contextlib_null, None, 3)
+    assert row["train_total"] == pytest.approx((4 * 1 + 4 * 2 + 2 * 4) / 10)
+    assert row["train_v"] == pytest.approx(2 * row["train_total"])
+    model = _FixedLoss([1.0, float("nan"), 1.0])
+    with pytest.raises(FloatingPointError, match="step 2"):
+        train_one_epoch(model, batches, opt, cfg, info, 0, contextlib_null, None, 3)
+    bad = [(torch.zeros(2, 1), torch.tensor([0, 3]))]  # label 3 of 3 classes, seen on the CPU
+    with pytest.raises(ValueError, match=r"labels: expected values in \[0, 3\)"):
+        train_one_epoch(_FixedLoss([1.0]), bad, opt, cfg, info, 0, contextlib_null, None, 3)
+
+
+def contextlib_null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def test_compiled_model_unwraps_to_the_module():
+    from artlib.engine.trainer import _unwrap, compile_model
+
+    net = torch.nn.Linear(2, 2)
+    compiled = compile_model(net, "default")  # compiles on the first call only
+    assert compiled is not net and _unwrap(compiled) is net
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_step_makes_no_host_sync():
+    """On CUDA, the steps of an epoch run under torch.cuda.set_sync_debug_mode('error'): no
+    .item(), no isfinite check, no loss read but the one of the log interval."""
+    from artlib.engine.config import TrainConfig
+    from artlib.engine.distributed import DistInfo
+    from artlib.engine.trainer import build_model, build_optimizer, train_one_epoch
+
+    cfg = TrainConfig()
+    cfg.model.backbone, cfg.model.pretrained, cfg.model.text_model = "tiny", "none", "random"
+    cfg.model.dim, cfg.model.heads, cfg.model.se_layers, cfg.model.act_layers = 32, 2, 1, 1
+    cfg.data.crop_size, cfg.data.num_frames = 32, 4
+    cfg.optim.optimizer, cfg.optim.epochs, cfg.run.progress, cfg.run.log_every = (
+        "adamw",
+        1,
+        False,
+        99,
+    )
+    names = ["a", "b", "c"]
+    model = build_model(cfg, names).cuda()
+    opt, _ = build_optimizer(cfg, model)
+    gen = torch.Generator().manual_seed(0)
+    batches = [
+        (
+            torch.randn(2, 4, 3, 32, 32, generator=gen).pin_memory(),
+            torch.tensor([0, 2]).pin_memory(),
+        )
+        for _ in range(3)
+    ]
+
+    class Strict:
+        """Yields the batches; the steps of all but the last run in 'error' sync mode."""
+
+        def __len__(self):
+            return len(batches)
+
+        def __iter__(self):
+            for i, b in enumerate(batches):
+                torch.cuda.set_sync_debug_mode("error" if i < len(batches) - 1 else "default")
+                yield b
+            torch.cuda.set_sync_debug_mode("default")
+
+    info = DistInfo(0, 1, 0, torch.device("cuda", 0))
+    train_one_epoch(model, batches, opt, cfg, info, 0, contextlib_null, None, 3)  # warm-up
+    try:
+        row = train_one_epoch(model, Strict(), opt, cfg, info, 0, contextlib_null, None, 3)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert set(row) >= {"train_total", "train_v", "train_con"}

@@ -107,3 +107,7 @@ def main(dataset: str = "finegym", argv=None, prog: str = "artlib-train") -> int
 
     train(cfg)
     return 0
+
+
+if __name__ == "__main__":  # python -m artlib.engine.cli, e.g. under torchrun
+    sys.exit(main())

@@ -24,6 +24,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from artlib._io import atomic_write
+
 __all__ = [
     "TrainConfig", "DataConfig", "SyntheticConfig", "ModelConfig", "OptimConfig", "RunConfig",
     "PRESETS", "MTC_TERMS", "BACKBONES", "ConfigError", "config_to_dict", "config_from_dict",
@@ -351,9 +353,8 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
         import yaml
 
         text = yaml.safe_dump(d, sort_keys=False)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
 
 
 # ------------------------------------------------------------------------------- resolving

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from artlib._io import cache_root
 from artlib.engine.checkpoint import CheckpointManager, atomic_save, capture_rng, restore_rng
 from artlib.engine.config import (
     MTC_TERMS,
@@ -76,7 +77,7 @@ def build_data(cfg: TrainConfig, info: DistInfo):
     if cfg.preset == "synthetic":  # the built-in fine-grained set
         from artlib.data.synthetic import make_finegrained_set
 
-        root = Path(os.environ.get("ARTLIB_CACHE", Path.home() / ".cache" / "artlib")) / "synthetic"
+        root = cache_root() / "synthetic"
         s = cfg.synthetic
         spec = dict(
             num_classes=s.classes,
@@ -283,7 +284,7 @@ def train_one_epoch(
     steps = len(loader)
     bar = _progress(loader, info, cfg, f"epoch {epoch + 1}/{o.epochs}")
     optimizer.zero_grad(set_to_none=True)
-    t_start = time.time()
+    t_start, vals = time.time(), {}
 
     def read_out(step: int) -> dict[str, float]:
         vals = {k: float(v) / max(seen, 1) for k, v in sums.items()}  # the one sync
@@ -321,13 +322,13 @@ def train_one_epoch(
         with torch.no_grad():
             for k, v in losses.items():
                 if v.dim() == 0:
-                    acc = v.detach().float() * n
-                    sums[k] = sums[k] + acc if k in sums else acc
+                    acc = v.detach().float() * n  # stays on the device
+                    sums[k] = sums[k].add_(acc) if k in sums else acc
         if (i + 1) % r.log_every == 0 or i + 1 == steps:
             vals = read_out(i + 1)
             if info.is_main and r.progress and hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{vals['total']:.3f}")
-    return {f"train_{k}": v for k, v in read_out(steps).items()}
+    return {f"train_{k}": v for k, v in vals.items()}  # read at the last step
 
 
 @torch.no_grad()
