@@ -55,7 +55,7 @@ def opt(default, help: str, **meta):
 @dataclass
 class DataConfig:
     dataset: str = opt("finegym", "the data set whose layout --data-root holds",
-                       choices=("finegym", "diving48"))
+                       choices=("finegym", "diving48"), only="paper")
     data_root: str | None = opt(None, "data set root (the FineGym or Diving48 layout); with lists, "
                                 "the base of their relative paths", only="paper", path="dir")
     split: str = opt("gym99", "FineGym split", choices=("gym99", "gym288"), only="paper")
@@ -269,6 +269,8 @@ def coerce(o: Option, value):
     if o.type is bool and not isinstance(value, bool):
         raise ConfigError(f"{o.flag}: expected true or false, got {value!r}")
     try:
+        if o.type in (int, float) and isinstance(value, bool):
+            raise ValueError
         if o.type is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
         value = o.type(value)
