@@ -29,15 +29,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from artlib.data import VideoDataset, VideoItem
-    from artlib.engine.config import TrainConfig
+    from artlib.engine.config import config_from_dict
     from artlib.engine.trainer import build_model
     from artlib.nn import SemanticBank
 
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    known = set(TrainConfig.__dataclass_fields__)
-    cfg = TrainConfig(**{k: v for k, v in state["config"].items() if k in known})
+    cfg = config_from_dict(state["config"])
     names = state["class_names"]
-    if cfg.baseline:
+    if cfg.model.baseline:
         p.error("the checkpoint is a --baseline model: it has no tracklets to draw")
     # the bank's S and S^a come from the checkpoint; a placeholder of the right shape avoids
     # running the text encoder again
@@ -48,16 +47,16 @@ def main(argv=None) -> int:
     if bank_key is None:
         p.error(f"{args.checkpoint}: no semantics bank in the model state (not an ART checkpoint?)")
     s_shape = weights[bank_key].shape
-    cfg.pretrained = None
+    cfg.model.pretrained = "none"
     model = build_model(cfg, names, bank=SemanticBank(torch.zeros(s_shape)))
     model.load_state_dict(weights)
     model.eval()
 
     ds = VideoDataset(
         [VideoItem(args.video, 0)],
-        num_frames=cfg.num_frames,
+        num_frames=cfg.data.num_frames,
         train=False,
-        crop_size=cfg.crop_size,
+        crop_size=cfg.data.crop_size,
         flip=False,
     )
     sample = ds[0]
