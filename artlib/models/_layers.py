@@ -12,6 +12,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
+    """Stochastic depth on a residual branch: each sample along dim 0 keeps the branch with
+    probability 1 − p, scaled by 1/(1 − p) (timm's ``DropPath``); the identity when not training."""
+    if p <= 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - p)
+    return x * keep / (1.0 - p)
+
+
 class QuickGELU(nn.Module):
     """x·σ(1.702x), the activation of OpenAI's CLIP weights."""
 
