@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -128,7 +129,9 @@ def load_state_dict_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], bo
         obj = load_file(path, device="cpu")
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # "looks like a TorchScript archive": handled below
+                warnings.filterwarnings("ignore", message=".*TorchScript", category=UserWarning)
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # not a plain state dict: maybe an OpenAI TorchScript archive
             try:
                 obj = torch.jit.load(path, map_location="cpu").state_dict()

@@ -203,6 +203,11 @@ class GlobalUniBlock(nn.Module):
         return q + drop_path(self.mlp(self.ln_2(q)), p, train)
 
 
+def _linspace(end: float, n: int) -> list[float]:
+    """``torch.linspace(0, end, n).tolist()`` in Python (also works under a meta device)."""
+    return [end * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
+
+
 class UniTransformer(nn.Module):
     """The official ``Transformer``: the Local UniBlocks ``resblocks``, the global branch
     (``temporal_cls_token``, ``dpe``, ``dec``), the fusion weight ``balance`` and the classifier
@@ -228,7 +233,7 @@ class UniTransformer(nn.Module):
     ):
         super().__init__()
         self.return_list = list(return_list)
-        b_dpr = torch.linspace(0, backbone_drop_path_rate, layers).tolist()
+        b_dpr = _linspace(backbone_drop_path_rate, layers)
         self.resblocks = nn.ModuleList(
             LocalUniBlock(width, heads, act, local, dw_reduction, b_dpr[i]) for i in range(layers)
         )
@@ -239,7 +244,7 @@ class UniTransformer(nn.Module):
         )
         for conv in self.dpe:
             nn.init.zeros_(conv.bias)
-        dpr = torch.linspace(0, drop_path_rate, G).tolist()
+        dpr = _linspace(drop_path_rate, G)
         self.dec = nn.ModuleList(
             GlobalUniBlock(width, n_head, mlp_factor, mlp_dropout[j], dpr[j]) for j in range(G)
         )
