@@ -37,8 +37,11 @@ from artlib.ops.mtc_loss import mtc_loss_ref
 if os.environ.get("ARTLIB_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["ARTLIB_BENCH_THREADS"]))
 
-L, D = 196, 256
+SMOKE = os.environ.get("ARTLIB_BENCH_SMOKE", "0") not in ("", "0")  # tiny shapes (conftest.py)
+L, D = (49, 64) if SMOKE else (196, 256)
 CORE_CASES = [(32, 16), (32, 128), (384, 16), (384, 128)]  # (N, M)
+if SMOKE:
+    CORE_CASES = [(4, 16)]
 CORE_IMPLS = ["artlib-native", "eager", "compiled", "sdpa"]
 MTC_IMPLS = ["artlib-native", "eager", "compiled"]
 
@@ -111,7 +114,7 @@ def test_core(benchmark, train, n, m, impl):
 
 # ---- MTC loss ------------------------------------------------------------------------------------
 
-MTC_SHAPE = (24, 16, 2, 256)  # B, T, K, d
+MTC_SHAPE = (2, 4, 2, 32) if SMOKE else (24, 16, 2, 256)  # B, T, K, d
 
 
 def _mtc_stacked(r):

@@ -26,6 +26,7 @@ output w.r.t. query, x and the four weights for a fixed random upstream gradient
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
@@ -34,8 +35,11 @@ import torch.nn.functional as F
 
 from artlib.ops import backend, region_attention, region_attention_form
 
+SMOKE = os.environ.get("ARTLIB_BENCH_SMOKE", "0") not in ("", "0")  # tiny shapes (conftest.py)
 N, L, D, HEADS = 24 * 16, 196, 256, 8
 KS = (2, 16, 64)
+if SMOKE:
+    N, L, D, HEADS, KS = 4, 49, 64, 8, (2, 16)
 IMPLS = ("artlib", "mha", "sdpa", "absorbed-sdpa", "flex")
 
 

@@ -497,3 +497,13 @@ def test_cuda_matches_mha(k, heads, l, d, dtype, monkeypatch):
         backend="triton",
         monkeypatch=monkeypatch,
     )
+
+
+def test_exports():
+    """The drop-in module is importable from the package and from artlib.nn."""
+    import artlib
+    import artlib.nn
+
+    assert artlib.RegionAttention is RegionAttention
+    assert artlib.nn.RegionAttention is RegionAttention
+    assert "RegionAttention" in artlib.__all__ and "RegionAttention" in artlib.nn.__all__

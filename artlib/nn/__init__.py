@@ -3,6 +3,7 @@
 from artlib.nn.bank import SemanticBank
 from artlib.nn.head import ARTHead
 from artlib.nn.losses import MTCLoss
+from artlib.nn.region_attention import RegionAttention
 from artlib.nn.rssa import RSSA, RegionDecoderLayer
 from artlib.nn.tracklets import TrackletAggregation, tracklets
 
@@ -10,6 +11,7 @@ __all__ = [
     "ARTHead",
     "MTCLoss",
     "RSSA",
+    "RegionAttention",
     "RegionDecoderLayer",
     "SemanticBank",
     "TrackletAggregation",
