@@ -302,6 +302,14 @@ def test_mismatch_names_the_formats_tried(tmp_path):
         build_backbone("uniformerv2_b16", pretrained=tmp_path / "broken.pyth", heads=2)
 
 
+def test_l14_checkpoint_for_b16_is_refused(tmp_path):
+    sd = {"conv1.weight": torch.zeros(1024, 3, 1, 14, 14), "positional_embedding": torch.zeros(257, 1024),
+          "transformer.temporal_cls_token": torch.zeros(1, 1, 1024)}  # fmt: skip
+    torch.save({f"backbone.{k}": v for k, v in sd.items()}, tmp_path / "l14.pyth")
+    with pytest.raises(ValueError, match="L14 checkpoint .* build it as 'uniformerv2_l14'"):
+        build_backbone("uniformerv2_b16", pretrained=tmp_path / "l14.pyth")
+
+
 def test_random_on_purpose():
     assert (
         RANDOM_WEIGHTS == "none" and wants_random_weights("None") and not wants_random_weights(None)
