@@ -35,7 +35,7 @@ class ModelInfo(dict):
 
 def _without_weights(cfg):
     """The config with its backbone weights source dropped: the checkpoint has the weights."""
-    return dataclasses.replace(cfg, pretrained=None)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained="none"))
 
 
 def load_model(
@@ -73,12 +73,12 @@ def load_model(
     weights = state["model_ema"]["module"] if use_ema else state["model"]
     bank = None
     bank_key = "head.bank.S"
-    if not cfg.baseline:
+    if not cfg.model.baseline:
         if bank_key not in weights:
             raise CheckpointError(f"checkpoint: {path}: an ART model without {bank_key!r}")
         # a placeholder of the right shape: S and S^a come from the checkpoint, and no text
         # encoder runs
-        bank = SemanticBank(torch.zeros(weights[bank_key].shape), momentum=cfg.bank_momentum)
+        bank = SemanticBank(torch.zeros(weights[bank_key].shape), momentum=cfg.model.bank_momentum)
     model = build_model(_without_weights(cfg), names, bank=bank)
     _load_exactly(model, weights, path, state.get("model_info", {}))
     model.eval().to(map_location)
@@ -91,8 +91,8 @@ def load_model(
         std=[float(x) for x in pre["std"]],
         sampling=pre.get("sampling", "tsn"),
         num_clips=int(pre.get("num_clips", 1)),
-        backbone=cfg.backbone,
-        baseline=bool(cfg.baseline),
+        backbone=cfg.model.backbone,
+        baseline=bool(cfg.model.baseline),
         num_classes=len(names),
         epoch=int(state["epoch"]),
         best_top1=float(state.get("best_top1", 0.0)),

@@ -109,7 +109,8 @@ def _items(args, cfg, dist_info, num_classes: int):
             changes["data_root"] = args.data_root
         if args.split:
             changes["split"] = args.split
-        _, val, _ = build_data(dataclasses.replace(cfg, **changes), dist_info)
+        data = dataclasses.replace(cfg.data, **changes)
+        _, val, _ = build_data(dataclasses.replace(cfg, data=data), dist_info)
         items = list(val.dataset.items)
         what = "the checkpoint's validation set"
     bad = sorted({it.label for it in items if not 0 <= it.label < num_classes})
@@ -144,7 +145,7 @@ def run(args) -> tuple[dict, Path]:
         std=info["std"],
         num_clips=num_clips,
         num_crops=args.num_crops,
-        seed=cfg.seed,
+        seed=cfg.run.seed,
     )
     if dist_info.is_main:
         log.info(
@@ -166,7 +167,7 @@ def run(args) -> tuple[dict, Path]:
         loader,
         info["num_classes"],
         device=dist_info.device,
-        max_failure_fraction=cfg.max_failure_fraction if frac is None else frac,
+        max_failure_fraction=cfg.data.max_failure_fraction if frac is None else frac,
         progress=args.progress and dist_info.is_main,
     )
     metrics = result.metrics()

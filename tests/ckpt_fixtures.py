@@ -16,33 +16,37 @@ CLASSES = ["limb up once", "limb down once", "limb left once", "limb right once"
 
 
 def tiny_config(**changes):
-    from artlib.engine.config import TrainConfig
+    """The synthetic preset at tiny sizes; ``changes``: {"section.name": value}."""
+    from artlib.engine.config import config_from_dict
 
-    values = dict(
-        backbone="tiny_cnn",
-        pretrained=None,
-        text_model="random",
-        num_frames=4,
-        crop_size=32,
-        dim=32,
-        heads=2,
-        se_layers=1,
-        act_layers=1,
-        dropout=0.0,
-        aggregation="sequence",
-        optimizer="adamw",
-        lr=1e-3,
-        epochs=2,
-        seed=3,
-        preset="synthetic",
-        data_root=None,
-        synthetic_classes=4,
-    )
+    values = {
+        "preset": "synthetic",
+        "model.backbone": "tiny_cnn",
+        "model.pretrained": "none",
+        "model.text_model": "random",
+        "data.num_frames": 4,
+        "data.crop_size": 32,
+        "model.dim": 32,
+        "model.heads": 2,
+        "model.se_layers": 1,
+        "model.act_layers": 1,
+        "model.dropout": 0.0,
+        "model.aggregation": "sequence",
+        "optim.optimizer": "adamw",
+        "optim.lr": 1e-3,
+        "optim.epochs": 2,
+        "run.seed": 3,
+        "synthetic.classes": 4,
+    }
     values.update(changes)
-    return TrainConfig(**values)
+    nested: dict = {}
+    for key, value in values.items():
+        section, _, name = key.rpartition(".")
+        (nested.setdefault(section, {}) if section else nested)[name] = value
+    return config_from_dict(nested, partial=True)
 
 
-def make_checkpoint(path, *, ema: float | None = None, steps: int = 1, **changes):
+def make_checkpoint(path, *, ema: float | None = None, steps: int = 1, baseline: bool = False):
     """Build the tiny model, take ``steps`` optimizer steps on random clips (so the EMA and the
     optimizer state are not trivial), write a checkpoint at ``path``. -> (model, ema or None)."""
     from artlib._io import atomic_save_torch
@@ -50,14 +54,15 @@ def make_checkpoint(path, *, ema: float | None = None, steps: int = 1, **changes
     from artlib.engine.ema import ModelEma
     from artlib.engine.trainer import build_model, build_optimizer
 
-    cfg = tiny_config(**changes)
-    torch.manual_seed(cfg.seed)
+    cfg = tiny_config(**{"model.baseline": baseline})
+    torch.manual_seed(cfg.run.seed)
     model = build_model(cfg, CLASSES)
     opt, sched = build_optimizer(cfg, model)
     average = ModelEma(model, ema) if ema else None
     g = torch.Generator().manual_seed(1)
     for _ in range(steps):
-        video = torch.randn(2, cfg.num_frames, 3, cfg.crop_size, cfg.crop_size, generator=g)
+        t, size = cfg.data.num_frames, cfg.data.crop_size
+        video = torch.randn(2, t, 3, size, size, generator=g)
         _, losses = model(video, torch.tensor([0, 2]))
         losses["total"].backward()
         opt.step()

@@ -90,7 +90,7 @@ def test_trainer_checkpoint_is_plain_and_describes_the_model(run):
     assert info["backbone"] == "tiny_cnn" and not info["baseline"] and info["num_classes"] == 4
     assert info["head"]["dim"] == 32 and info["head"]["heads"] == 2
     cfg = config_from_dict(state["config"])
-    assert (cfg.crop_size, cfg.dim, cfg.seed, cfg.epochs) == (32, 32, 1, 2)
+    assert (cfg.data.crop_size, cfg.model.dim, cfg.run.seed, cfg.optim.epochs) == (32, 32, 1, 2)
     assert load_checkpoint(path)["epoch"] == 2
 
 
@@ -131,10 +131,11 @@ def test_save_confusion_png_without_matplotlib_warns_once(tmp_path, monkeypatch,
     assert len(caplog.records) == 1 and not (tmp_path / "c.png").exists()
 
 
-def _legacy(state: dict) -> dict:
-    """What the trainer wrote before the safe format: raw Python/NumPy RNG states, the flat config
-    with tuples, a grad-scaler entry, no format fields."""
-    from artlib.engine.checkpoint import config_from_dict
+def _legacy(state: dict, flat: bool) -> dict:
+    """What the trainer wrote before the safe format: raw Python/NumPy RNG states and no format
+    fields; with ``flat``, the earlier flat config (``synthetic_classes``, a tuple of MTC terms,
+    ``None`` for random weights) and a grad-scaler entry."""
+    from artlib.engine.config import options
 
     py, nps = state["rng"]["python"], state["rng"]["numpy"]
     rng = {
@@ -148,11 +149,19 @@ def _legacy(state: dict) -> dict:
         ),
         "torch": state["rng"]["torch"],
     }
-    import dataclasses
-
     keep = ("model", "optimizer", "scheduler", "model_ema", "epoch", "best_top1", "class_names")
     old = {k: state[k] for k in keep}
-    old.update(scaler={}, rng=rng, config=dataclasses.asdict(config_from_dict(state["config"])))
+    old.update(rng=rng, config=state["config"])
+    if flat:
+        config = {"extra": {}}
+        for o in options():
+            section, _, name = o.key.rpartition(".")
+            value = state["config"][section][name] if section else state["config"][name]
+            if name == "pretrained" and value == "none":
+                value = None
+            config[f"synthetic_{name}" if section == "synthetic" else name] = value
+        config["mtc_terms"] = tuple(config["mtc_terms"])
+        old.update(scaler={}, config=config)
     return old
 
 
@@ -162,36 +171,30 @@ def test_old_checkpoint_is_refused_then_converts_and_resumes_bit_identically(run
 
     out, bank, _ = run
     first = torch.load(out / "checkpoints" / "checkpoint_epoch0001.pt", weights_only=True)
-    old = tmp_path / "old.pt"
-    torch.save(_legacy(first), old)
-    with pytest.raises(UnsafeCheckpointError, match="numpy") as e:
-        load_checkpoint(old)
-    assert f"python -m artlib.convert_checkpoint {old} NEW.pt --trust" in str(e.value)
-
-    new = tmp_path / "new.pt"
-    conv = [sys.executable, "-m", "artlib.convert_checkpoint", str(old), str(new)]
-    res = _run(conv, check=False)
-    assert res.returncode == 2 and "--trust" in res.stderr and not new.exists()
-    _run([*conv, "--trust"])
-    converted = load_checkpoint(new)
-    assert converted["class_names"] == first["class_names"]
-    assert converted["preprocess"] == first["preprocess"]
-    assert converted["model_info"] == first["model_info"]
-    assert converted["config"] == first["config"]
-    for k, v in first["model"].items():
-        assert torch.equal(converted["model"][k], v), k
-    for part in ("python", "numpy"):
-        for k, v in first["rng"][part].items():
-            same = (
-                torch.equal(v, converted["rng"][part][k])
-                if torch.is_tensor(v)
-                else v == (converted["rng"][part][k])
-            )
-            assert same, (part, k)
+    for flat in (False, True):  # the nested config of today's trainer, the flat one before it
+        old, new = tmp_path / f"old{int(flat)}.pt", tmp_path / f"new{int(flat)}.pt"
+        torch.save(_legacy(first, flat), old)
+        with pytest.raises(UnsafeCheckpointError, match="numpy") as e:
+            load_checkpoint(old)
+        assert f"python -m artlib.convert_checkpoint {old} NEW.pt --trust" in str(e.value)
+        conv = [sys.executable, "-m", "artlib.convert_checkpoint", str(old), str(new)]
+        if not flat:
+            res = _run(conv, check=False)
+            assert res.returncode == 2 and "--trust" in res.stderr and not new.exists()
+        _run([*conv, "--trust"])
+        converted = load_checkpoint(new)
+        for key in ("class_names", "preprocess", "model_info", "config", "epoch"):
+            assert converted[key] == first[key], key
+        for k, v in first["model"].items():
+            assert torch.equal(converted["model"][k], v), k
+        for part in ("python", "numpy"):
+            for k, v in first["rng"][part].items():
+                got = converted["rng"][part][k]
+                assert torch.equal(v, got) if torch.is_tensor(v) else v == got, (part, k)
 
     # resuming from the converted file gives epoch 2 of the uninterrupted run, bit for bit
     resumed = tmp_path / "resumed"
-    _train(resumed, "--bank", bank, "--epochs", "2", "--resume", str(new))
+    _train(resumed, "--bank", bank, "--epochs", "2", "--resume", str(new))  # the flat one
     a = torch.load(out / "checkpoints" / "checkpoint_epoch0002.pt", weights_only=True)
     b = torch.load(resumed / "checkpoints" / "checkpoint_epoch0002.pt", weights_only=True)
     assert a["model"].keys() == b["model"].keys()

@@ -24,7 +24,6 @@ and the command that converts a file you trust: ``python -m artlib.convert_check
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 import random
@@ -74,33 +73,19 @@ class UnsafeCheckpointError(CheckpointError):
         )
 
 
-# ------------------------------------------------------------------------------ config shim
-# The one place that turns a TrainConfig into a plain dict and back.
+# ------------------------------------------------------------------------------ config
 def config_to_dict(cfg) -> dict:
     """TrainConfig -> a nested dict of str/int/float/bool/None/list/dict only."""
-    from artlib.engine import config as config_module
+    from artlib.engine.config import config_to_dict as to_dict
 
-    if hasattr(config_module, "config_to_dict"):
-        return config_module.config_to_dict(cfg)
-    return _plain_config(dataclasses.asdict(cfg))
+    return to_dict(cfg)
 
 
 def config_from_dict(d: dict):
-    """The inverse of :func:`config_to_dict`; a ValueError names unknown keys."""
-    from artlib.engine import config as config_module
+    """The inverse of :func:`config_to_dict`; a ValueError names unknown or missing keys."""
+    from artlib.engine.config import config_from_dict as from_dict
 
-    if hasattr(config_module, "config_from_dict"):
-        return config_module.config_from_dict(d)
-    from artlib.engine.config import TrainConfig
-
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"config: unknown keys {unknown}")
-    values = dict(d)
-    if isinstance(values.get("mtc_terms"), list):
-        values["mtc_terms"] = tuple(values["mtc_terms"])
-    return TrainConfig(**values)
+    return from_dict(d)
 
 
 def _plain_config(value):
@@ -119,21 +104,22 @@ def describe_model(cfg, class_names: list[str]) -> tuple[dict, dict]:
     from artlib.data import CLIP_MEAN, CLIP_STD
     from artlib.engine.trainer import head_options
 
+    d, m = cfg.data, cfg.model
     preprocess = {
-        "num_frames": int(cfg.num_frames),
-        "crop_size": int(cfg.crop_size),
+        "num_frames": int(d.num_frames),
+        "crop_size": int(d.crop_size),
         "mean": list(CLIP_MEAN),  # the trainer normalizes every backbone's input with CLIP's
         "std": list(CLIP_STD),
         "sampling": "tsn",  # T segment centres in evaluation (artlib.data.sampling)
-        "num_clips": int(cfg.eval_clips),
+        "num_clips": int(d.eval_clips),
     }
     info = {
-        "backbone": cfg.backbone,
-        "baseline": bool(cfg.baseline),
+        "backbone": m.backbone,
+        "baseline": bool(m.baseline),
         "num_classes": len(class_names),
-        "num_frames": int(cfg.num_frames),
-        "dropout": float(cfg.dropout),
-        "head": None if cfg.baseline else _plain_config(head_options(cfg)),
+        "num_frames": int(d.num_frames),
+        "dropout": float(m.dropout),
+        "head": None if m.baseline else _plain_config(head_options(cfg)),
     }
     return preprocess, info
 
