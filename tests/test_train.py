@@ -102,7 +102,7 @@ def test_torchrun_two_cpu_ranks_checkpoint_and_resume(env, tmp_path):
     )
     assert "resumed from epoch 2" in res.stderr
     assert _ckpts(out)[-1] == "checkpoint_epoch0003.pt"
-    state = torch.load(out / "checkpoints" / "checkpoint_epoch0003.pt", weights_only=False)
+    state = torch.load(out / "checkpoints" / "checkpoint_epoch0003.pt", weights_only=True)
     assert state["epoch"] == 3 and "bank.agent" in "".join(state["model"])
     backbone = torch.load(out / "backbone.pt", weights_only=True)  # for a later --pretrained
     assert backbone and all(
@@ -147,8 +147,8 @@ def test_kill_and_resume_matches_uninterrupted_run(env, tmp_path):
     assert proc.wait() == -signal.SIGKILL
     assert _ckpts(tmp_path / "killed") == ["checkpoint_epoch0001.pt"]
     _run(base + ["--output-dir", str(tmp_path / "killed"), "--resume", "auto"], e)
-    a = torch.load(tmp_path / "straight/checkpoints/checkpoint_epoch0002.pt", weights_only=False)
-    b = torch.load(tmp_path / "killed/checkpoints/checkpoint_epoch0002.pt", weights_only=False)
+    a = torch.load(tmp_path / "straight/checkpoints/checkpoint_epoch0002.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed/checkpoints/checkpoint_epoch0002.pt", weights_only=True)
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), f"{k} differs after kill + resume"

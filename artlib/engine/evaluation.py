@@ -229,6 +229,11 @@ def evaluate(
     return EvalResult(matrix, hits, len(merged), total, skipped)
 
 
+def _video(batch):
+    """A batch's video: the "video" of a dict batch (None when every clip failed), else item 0."""
+    return batch.get("video") if isinstance(batch, dict) else batch[0]
+
+
 def agreed_batches(loader, max_failure_fraction: float) -> Iterator:
     """Iterate ``loader``'s batches in training, deciding each step across the ranks.
 
@@ -255,7 +260,7 @@ def agreed_batches(loader, max_failure_fraction: float) -> Iterator:
         while True:
             batch = None if done else next(it, None)
             done = batch is None
-            have = not done and batch.get("video") is not None
+            have = not done and _video(batch) is not None
             failed = int(getattr(loader, "stats", {}).get("epoch_failed", 0))
             flags = torch.tensor([int(not have), int(done), failed], dtype=torch.long)
             if world > 1:
