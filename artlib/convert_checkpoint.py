@@ -78,32 +78,17 @@ def _rng(state: dict) -> dict:
     return safe
 
 
-def _config(old: dict):
-    """The run's TrainConfig from a checkpoint's config: the nested dict of today's trainer, or
-    the flat one of earlier versions (``synthetic_classes``, ``num_frames``, ...; keys that no
-    longer exist are dropped, options that did not exist yet keep their defaults)."""
-    from artlib.engine.config import SECTIONS, config_from_dict, options
-
-    d = _plain(old, "config")
-    if any(isinstance(d.get(section), dict) for section in SECTIONS):
-        return config_from_dict(d)
-    nested: dict = {}
-    for o in options():
-        section, _, name = o.key.rpartition(".")
-        flat = f"synthetic_{name}" if section == "synthetic" else name
-        if flat in d:
-            value = d[flat]
-            if name == "pretrained" and value is None:
-                value = "none"  # the flat config's None meant random weights
-            (nested.setdefault(section, {}) if section else nested)[name] = value
-    return config_from_dict(nested, partial=True)
-
-
 def _training_checkpoint(old: dict) -> dict:
     import artlib
-    from artlib.engine.checkpoint import FORMAT, FORMAT_VERSION, config_to_dict, describe_model
+    from artlib.engine.checkpoint import (
+        FORMAT,
+        FORMAT_VERSION,
+        config_from_dict,
+        config_to_dict,
+        describe_model,
+    )
 
-    cfg = _config(old["config"])
+    cfg = config_from_dict(_plain(old["config"], "config"))  # nested, or the earlier flat one
     names = [str(n) for n in old["class_names"]]
     preprocess, info = describe_model(cfg, names)
     new = {

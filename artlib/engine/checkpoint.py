@@ -82,10 +82,24 @@ def config_to_dict(cfg) -> dict:
 
 
 def config_from_dict(d: dict):
-    """The inverse of :func:`config_to_dict`; a ValueError names unknown or missing keys."""
+    """The inverse of :func:`config_to_dict`; a ValueError names unknown or missing keys. Also
+    reads the flat config of earlier checkpoints (``synthetic_classes``, ``num_frames``, ...): keys
+    that no longer exist are dropped, options that did not exist yet keep their defaults."""
+    from artlib.engine.config import SECTIONS, options
     from artlib.engine.config import config_from_dict as from_dict
 
-    return from_dict(d)
+    if any(isinstance(d.get(section), dict) for section in SECTIONS):
+        return from_dict(d)
+    nested: dict = {}
+    for o in options():
+        section, _, name = o.key.rpartition(".")
+        flat = f"synthetic_{name}" if section == "synthetic" else name
+        if flat in d:
+            value = d[flat]
+            if name == "pretrained" and value is None:
+                value = "none"  # the flat config's None meant random weights
+            (nested.setdefault(section, {}) if section else nested)[name] = value
+    return from_dict(_plain_config(nested), partial=True)
 
 
 def _plain_config(value):
