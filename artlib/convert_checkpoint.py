@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from artlib.engine.cli import _Parser as OneLineParser  # errors: one line, exit 2
+
 __all__ = ["convert", "main"]
 
 
@@ -128,7 +130,7 @@ def convert(old_path: str | os.PathLike, new_path: str | os.PathLike) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m artlib.convert_checkpoint",
         description="Convert a trusted checkpoint into the safe format (unpickles OLD fully).",
     )

@@ -27,13 +27,15 @@ import os
 import sys
 from pathlib import Path
 
+from artlib.engine.cli import _Parser as OneLineParser  # errors: one line, exit 2
+
 __all__ = ["main", "run"]
 
 log = logging.getLogger("artlib.evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m artlib.evaluate",
         description="Evaluate a trained checkpoint (exact metrics on any number of processes).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -19,11 +19,13 @@ import os
 import sys
 from pathlib import Path
 
+from artlib.engine.cli import _Parser as OneLineParser  # errors: one line, exit 2
+
 __all__ = ["main", "predict_file"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m artlib.predict",
         description="Predict the action in videos with a trained checkpoint.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
     if args.device != "cpu" and not args.device.startswith("cuda"):
         p.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
     if args.tracklets:
-        from artlib.engine.metrics import MATPLOTLIB_HINT, have_matplotlib
+        from artlib.visualize import MATPLOTLIB_HINT, have_matplotlib
 
         if not have_matplotlib():
             p.error(f"--tracklets draws with matplotlib, which is not installed: {MATPLOTLIB_HINT}")

@@ -2,39 +2,53 @@
 Fig. 7/8), drawn from a loaded model (``artlib.load_model``). Needs matplotlib.
 
 Legend: T frames, K tracklets (region queries), L tokens per frame (a square grid), S crop size.
+(Imports no torch at import time: the command-line tools ask ``have_matplotlib`` first.)
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from einops import rearrange
-from torch import Tensor, nn
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
-__all__ = ["draw_tracklets", "tracklet_attention"]
+__all__ = ["MATPLOTLIB_HINT", "draw_tracklets", "have_matplotlib", "tracklet_attention"]
+
+MATPLOTLIB_HINT = "pip install matplotlib (or: pip install 'artlib[train]')"
 
 
-@torch.no_grad()
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def tracklet_attention(model: nn.Module, video: Tensor):
     """video (1, T, 3, S, S) -> (logits (N_cls,), attention (K, T, S, S) upsampled to the frames,
     frame weights (T, K) of Eq. 9 when the model aggregates by saliency, else None).
 
     The attention of query k at frame t is the last RSSA decoder layer's, averaged over heads.
     """
+    import torch
+    import torch.nn.functional as F
+    from einops import rearrange
+
     head = getattr(model, "head", None)
     if head is None:
         raise ValueError("model: a --baseline model has no tracklets to draw")
-    tokens, cls = model.backbone(video)
-    logits, maps = head(tokens, cls, return_maps=True)  # maps (1, T, heads, K, L)
-    weights = None
-    if head.aggregate.mode == "saliency":
-        from artlib.ops.tracklet_aggregate import tracklet_weights_ref
+    with torch.no_grad():
+        tokens, cls = model.backbone(video)
+        logits, maps = head(tokens, cls, return_maps=True)  # maps (1, T, heads, K, L)
+        weights = None
+        if head.aggregate.mode == "saliency":
+            from artlib.ops.tracklet_aggregate import tracklet_weights_ref
 
-        _, s_topk = head.select_semantics(cls)
-        r = head.rssa(head.token_proj(tokens), s_topk)
-        weights = tracklet_weights_ref(r.float(), s_topk.float())[0]  # (T, K)
+            _, s_topk = head.select_semantics(cls)
+            r = head.rssa(head.token_proj(tokens), s_topk)
+            weights = tracklet_weights_ref(r.float(), s_topk.float())[0]  # (T, K)
     att = maps[0].mean(1)  # (T, K, L)
     t, _, l = att.shape
     side = int(round(l**0.5))
@@ -52,6 +66,7 @@ def draw_tracklets(model: nn.Module, video: Tensor, info: dict, out: str | os.Pa
     over them (and Eq. 9's frame weight in each title). Returns {"tracklets": K, "frames": T,
     "label": predicted class, "name": its name}."""
     import matplotlib
+    import torch
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

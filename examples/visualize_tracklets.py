@@ -13,13 +13,14 @@ The last line printed names the PNG and the predicted class.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from artlib.engine.cli import _Parser as OneLineParser  # errors: one line, exit 2
+
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="visualize_tracklets.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by the trainer")
     p.add_argument("--video", required=True, help="a video file")
     p.add_argument("--out", default="tracklets.png", help="output PNG")
@@ -29,7 +30,7 @@ def main(argv=None) -> int:
             p.error(f"{flag}: no file at {path}")
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         p.error(f"--out: no folder {os.path.dirname(os.path.abspath(args.out))}")
-    from artlib.engine.metrics import MATPLOTLIB_HINT, have_matplotlib
+    from artlib.visualize import MATPLOTLIB_HINT, have_matplotlib
 
     if not have_matplotlib():
         p.error(f"the picture is drawn with matplotlib, which is not installed: {MATPLOTLIB_HINT}")

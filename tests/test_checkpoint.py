@@ -244,8 +244,7 @@ def test_load_model_round_trip(tmp_path):
     assert "backbone.frame.0.weight" in msg and "head.head_con.weight (5, 3) in the file" in msg
 
 
-@pytest.mark.slow
-def test_crafted_checkpoint_is_refused_by_every_reader(run, tmp_path):
+def test_crafted_checkpoint_is_refused_by_every_reader(run, tmp_path, capsys):
     """A checkpoint whose unpickling would create a marker file: every path that reads a
     checkpoint refuses it with the file, what it asked for and the conversion command."""
     import artlib
@@ -274,22 +273,28 @@ def test_crafted_checkpoint_is_refused_by_every_reader(run, tmp_path):
         SemanticBank.from_file(crafted)
     assert not marker.exists()
 
-    # the command lines: --resume PATH, evaluate, predict, visualize_tracklets
+    # the command lines, in this process: --resume PATH, evaluate, predict, visualize_tracklets
+    import runpy
+
+    from artlib.engine.cli import main as train_main
+    from artlib.evaluate import main as evaluate_main
+    from artlib.predict import main as predict_main
+
     video = write_clips(tmp_path / "v", [1]).parent / "clip0.mp4"
-    res = _run(
-        [sys.executable, SCRIPT, *TINY, "--bank", bank, "--output-dir", str(tmp_path / "t"),
-         "--epochs", "1", "--resume", str(crafted)],
-        check=False,
-    )  # fmt: skip
-    assert res.returncode != 0
-    refused(res.stderr)
-    for cmd in (
-        ["-m", "artlib.evaluate", "--checkpoint", str(crafted)],
-        ["-m", "artlib.predict", str(video), "--checkpoint", str(crafted)],
-        [str(REPO / "examples" / "visualize_tracklets.py"), "--checkpoint", str(crafted),
-         "--video", str(video), "--out", str(tmp_path / "x.png")],
+    flags = [f for f in TINY if f != "--deterministic"]  # (a global switch, off in this process)
+    with pytest.raises(UnsafeCheckpointError) as e:
+        train_main("finegym", [*flags, "--bank", bank, "--output-dir", str(tmp_path / "t"),
+                               "--epochs", "1", "--resume", str(crafted)])  # fmt: skip
+    refused(str(e.value))
+    visualize_main = runpy.run_path(str(REPO / "examples" / "visualize_tracklets.py"))["main"]
+    capsys.readouterr()
+    for main, argv in (
+        (evaluate_main, ["--checkpoint", str(crafted)]),
+        (predict_main, [str(video), "--checkpoint", str(crafted)]),
+        (visualize_main, ["--checkpoint", str(crafted), "--video", str(video),
+                          "--out", str(tmp_path / "x.png")]),
     ):  # fmt: skip
-        res = _run([sys.executable, *cmd], check=False)
-        assert res.returncode == 2, (cmd, res.stderr)
-        assert len(res.stderr.strip().splitlines()) == 1, res.stderr  # one line
-        refused(res.stderr)
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err  # one line
+        refused(err)

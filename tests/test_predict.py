@@ -27,21 +27,14 @@ def _videos(root):
     return [str(root / "clips" / f"clip{i}.mp4") for i in range(3)]
 
 
-def _predict(*flags, check_rc=None, block_matplotlib=False):
-    argv = ["-m", "artlib.predict", *flags]
-    if block_matplotlib:
-        code = (
-            "import runpy, sys; sys.modules['matplotlib'] = None; "
-            f"sys.argv = ['predict', *{list(flags)!r}]; "
-            "runpy.run_module('artlib.predict', run_name='__main__', alter_sys=True)"
-        )
-        argv = ["-c", code]
-    res = subprocess.run(
-        [sys.executable, *argv], env=env(), capture_output=True, text=True, timeout=180, cwd=REPO
-    )
-    if check_rc is not None:
-        assert res.returncode == check_rc, res.stderr[-3000:]
-    return res
+def _predict(capsys, *flags, rc):
+    """``python -m artlib.predict FLAGS`` in this process -> (stdout, stderr)."""
+    from artlib.predict import main
+
+    capsys.readouterr()
+    assert main(list(flags)) == rc
+    res = capsys.readouterr()
+    return res.out, res.err
 
 
 def _reference(ckpt, video, num_clips):
@@ -58,11 +51,11 @@ def _reference(ckpt, video, num_clips):
     return torch.stack(probs).mean(0)
 
 
-def test_json_lines_match_the_model_and_a_broken_file_is_reported(files):
+def test_json_lines_match_the_model_and_a_broken_file_is_reported(files, capsys):
     videos = _videos(files)
-    res = _predict(*videos, "--checkpoint", str(files / "art.pt"), "--json", "--topk", "3",
-                   "--num-clips", "2", check_rc=1)  # fmt: skip
-    lines = [json.loads(x) for x in res.stdout.strip().splitlines()]
+    out, _ = _predict(capsys, *videos, "--checkpoint", str(files / "art.pt"), "--json", "--topk",
+                      "3", "--num-clips", "2", rc=1)  # fmt: skip
+    lines = [json.loads(x) for x in out.strip().splitlines()]
     assert [x["video"] for x in lines] == videos
     assert "error" in lines[1] and "topk" not in lines[1]
     for i in (0, 2):
@@ -73,18 +66,18 @@ def test_json_lines_match_the_model_and_a_broken_file_is_reported(files):
         assert [t["prob"] for t in top] == pytest.approx(want.topk(3).values.tolist(), abs=1e-5)
 
 
-def test_text_output_tracklets_and_baseline(files, tmp_path):
+def test_text_output_tracklets_and_baseline(files, tmp_path, capsys):
     videos = _videos(files)
     png = tmp_path / "tracklets.png"
-    res = _predict(videos[0], videos[2], "--checkpoint", str(files / "art.pt"), "--topk", "2",
-                   "--tracklets", str(png), check_rc=0)  # fmt: skip
-    out = res.stdout.strip().splitlines()
+    out, err = _predict(capsys, videos[0], videos[2], "--checkpoint", str(files / "art.pt"),
+                        "--topk", "2", "--tracklets", str(png), rc=0)  # fmt: skip
+    out = out.strip().splitlines()
     assert len(out) == 2 and out[0].startswith(f"{videos[0]}: ") and out[0].count(", ") == 1
-    assert png.stat().st_size > 5_000 and "2 tracklets x 4 frames" in res.stderr
-    res = _predict(videos[0], "--checkpoint", str(files / "baseline.pt"), "--json",
-                   "--tracklets", str(tmp_path / "b.png"), check_rc=0)  # fmt: skip
-    assert len(json.loads(res.stdout)["topk"]) == 4  # --topk 5 of 4 classes
-    assert "no tracklets" in res.stderr and not (tmp_path / "b.png").exists()
+    assert png.stat().st_size > 5_000 and "2 tracklets x 4 frames" in err
+    out, err = _predict(capsys, videos[0], "--checkpoint", str(files / "baseline.pt"), "--json",
+                        "--tracklets", str(tmp_path / "b.png"), rc=0)  # fmt: skip
+    assert len(json.loads(out)["topk"]) == 4  # --topk 5 of 4 classes
+    assert "no tracklets" in err and not (tmp_path / "b.png").exists()
 
 
 def test_misuse_exits_2_before_loading(files, tmp_path, capsys):
@@ -100,9 +93,14 @@ def test_misuse_exits_2_before_loading(files, tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main(flags)
         assert e.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
-    res = _predict(video, "--checkpoint", str(files / "art.pt"), "--tracklets", "t.png",
-                   block_matplotlib=True, check_rc=2)  # fmt: skip
-    assert "pip install matplotlib" in res.stderr.splitlines()[-1] and not res.stdout
+    res = subprocess.run(  # as if matplotlib were not installed: answered before torch loads
+        [sys.executable, "-c", "import runpy, sys; sys.modules['matplotlib'] = None; "
+         f"sys.argv = ['predict', {video!r}, '--checkpoint', {str(files / 'art.pt')!r}, "
+         "'--tracklets', 't.png']; runpy.run_module('artlib.predict', run_name='__main__'); "],
+        env=env(), capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert res.returncode == 2 and not res.stdout
+    assert "pip install matplotlib" in res.stderr.strip().splitlines()[-1]
 
 
 def test_visualize_tracklets_example(files, tmp_path, capsys):

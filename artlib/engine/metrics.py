@@ -10,6 +10,8 @@ import os
 import torch
 from torch import Tensor
 
+from artlib.visualize import MATPLOTLIB_HINT, have_matplotlib
+
 __all__ = [
     "ConfusionMatrix",
     "MATPLOTLIB_HINT",
@@ -19,7 +21,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("artlib.metrics")
-MATPLOTLIB_HINT = "pip install matplotlib (or: pip install 'artlib[train]')"
 _warned_png = False
 
 
@@ -67,14 +68,6 @@ class ConfusionMatrix:
             "mean_class_acc": float(per_class.mean()) if seen.any() else 0.0,
             "count": self.count,
         }
-
-
-def have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def save_per_class_csv(matrix: Tensor, path, class_names: list[str] | None = None) -> None:
