@@ -141,6 +141,7 @@ MISUSES = [
     (["--train-list", "a.txt"], "--train-list and --val-list must be given together"),
     (["--data-root", "/no/data"], "--pretrained is required with --preset paper"),
     (["--data-root", "/no/data", "--pretrained", "none"], "--text-pretrained is required"),
+    (["--data-root", "/no/data", "--pretrained", "auto"], "--pretrained auto is for --preset syn"),
     (["--data-root", "/no/data", "--pretrained", "none", "--baseline"], "--data-root: folder not"),
 ]
 

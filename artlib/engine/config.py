@@ -397,6 +397,11 @@ def resolve(given: dict, file_values: dict | None = None, dataset: str = "finegy
             )
     if "data.split" in given and values["data.dataset"] != "finegym":
         raise ConfigError(f"--split applies to FineGym only, not to {values['data.dataset']}")
+    if values["model.pretrained"] == "auto" and preset == "paper":
+        raise ConfigError(
+            f"--pretrained auto is for --preset synthetic: name the weights, or "
+            f"'none' for random ones ({WEIGHTS_DOC})"
+        )
     if values["model.pretrained"] == "auto":  # the packaged weights where they fit, else random
         fits = PACKAGED.get((values["model.backbone"], "synthetic")) == values["data.crop_size"]
         values["model.pretrained"] = "synthetic" if fits else "none"
