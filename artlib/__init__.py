@@ -16,6 +16,7 @@ _EXPORTS = {
     "RegionAttention": "artlib.nn.region_attention",
     "SemanticBank": "artlib.nn",
     "TrackletAggregation": "artlib.nn",
+    "export": "artlib.export",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
@@ -23,7 +24,9 @@ __all__ = [*sorted(_EXPORTS), "__version__"]
 
 def __getattr__(name):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # importing artlib.export binds the module here: the function wins
+        return value
     raise AttributeError(f"module 'artlib' has no attribute {name!r}")
 
 

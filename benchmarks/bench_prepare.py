@@ -17,7 +17,7 @@ codec thread per process):
 ``extra_info["clips_per_s"]`` holds the rate; the 2-worker/1-worker ratio is the scaling target
 (>= 1.7x on a 2-core machine). ``cpu_s_per_clip`` (this process and its workers) does not depend on
 other load; ``loadavg_1min`` records how busy the machine was. With Linux's autogroup scheduling a
-busy machine gives this session a fixed CPU share, so measure the scaling on an idle machine.
+busy machine gives this process group a fixed CPU share, so measure the scaling on an idle machine.
 """
 
 from __future__ import annotations

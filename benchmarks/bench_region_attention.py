@@ -200,6 +200,53 @@ def test_region_attention(benchmark, device, train, k, impl):
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1)
 
 
+# ---- per-call overhead at a launch-bound shape -----------------------------------------------------
+# What eager GPU time is made of at the paper's K = 2: the op's Python, dispatch and autograd cost per
+# call, measured on CPU at a shape whose arithmetic is negligible (N = 2 frames, K = 2, L = 16,
+# d = 32, 4 heads, fp32, one thread). Median of many calls; the stock routes on the same inputs.
+
+OVERHEAD_SHAPE = dict(n=2, k=2, l=16, d=32, heads=4)
+
+
+@functools.cache
+def _overhead_setup():
+    s = OVERHEAD_SHAPE
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(s["d"], s["heads"], batch_first=True)
+    q = torch.randn(s["n"], s["k"], s["d"], requires_grad=True)
+    x = torch.randn(s["n"], s["l"], s["d"], requires_grad=True)
+    params = [mha.in_proj_weight, mha.in_proj_bias, mha.out_proj.weight, mha.out_proj.bias]
+    return mha, q, x, torch.randn(s["n"], s["k"], s["d"]), params
+
+
+@pytest.mark.parametrize("impl", ["artlib", "artlib-absorbed", "mha", "sdpa", "absorbed-sdpa"])
+@pytest.mark.parametrize("train", [False, True], ids=["fwd", "fwd+bwd"])
+def test_region_attention_overhead(benchmark, train, impl):
+    mha, q, x, cot, params = _overhead_setup()
+    cases = make_cases(mha)
+    if impl == "artlib-absorbed":
+        fn = lambda q, x, p: region_attention(q, x, *p, mha.num_heads, form="absorbed")  # noqa: E731
+    else:
+        fn = cases[impl]
+    leaves = [q, x, *params]
+
+    def fwd():
+        with torch.no_grad():
+            return fn(q, x, params)
+
+    def fwd_bwd():
+        return torch.autograd.grad(fn(q, x, params), leaves, cot)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        benchmark.group = f"region_attention per-call overhead {'fwd+bwd' if train else 'fwd'} cpu"
+        benchmark.extra_info.update(OVERHEAD_SHAPE, threads=1)
+        benchmark.pedantic(fwd_bwd if train else fwd, rounds=300, iterations=1, warmup_rounds=20)
+    finally:
+        torch.set_num_threads(threads)
+
+
 if __name__ == "__main__":  # pragma: no cover
     import sys
 

@@ -10,7 +10,7 @@ import torch
 from helpers import assert_close
 
 from artlib import RSSA, ARTHead, MTCLoss, SemanticBank, TrackletAggregation
-from artlib.nn import tracklets
+from artlib.nn import set_check_inputs, tracklets
 
 
 def small_head(num_classes=6, k=2, t=4, in_dim=24, dim=32, **kw):
@@ -293,13 +293,94 @@ def test_head_bad_input():
         head(torch.randn(2, 4, 9, 20), cls)
     with pytest.raises(ValueError, match="cls must be"):
         head(tok, torch.randn(3, 24))
-    with pytest.raises(ValueError, match="NaN"):
-        head(torch.full_like(tok, float("nan")), cls)
     with pytest.raises(TypeError, match="tokens must be a Tensor"):
         head(tok.numpy(), cls)
-    with pytest.raises(ValueError, match="labels must be in"):
+    with pytest.raises(TypeError, match="labels must be int64"):
+        head(tok, cls, torch.tensor([0.0, 1.0]))
+    # value checks (a host sync each) run only when asked for
+    assert not head.check_inputs
+    head(torch.full_like(tok, float("nan")), cls)  # no check: NaN flows through
+    set_check_inputs(head, True)
+    assert head.check_inputs
+    with pytest.raises(ValueError, match="NaN"):
+        head(torch.full_like(tok, float("nan")), cls)
+    with pytest.raises(ValueError, match="cls contains NaN"):
+        head(tok, torch.full_like(cls, float("inf")))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 6\), got range \[0, 6\]"):
         head(tok, cls, torch.tensor([0, 6]))
+    with pytest.raises(ValueError, match="labels must be in"):
+        small_head(check_inputs=True)(tok, cls, torch.tensor([-1, 2]))
     with pytest.raises(ValueError, match="num_queries"):
         small_head(num_classes=3, k=4)
     with pytest.raises(ValueError, match="N_cls"):
         ARTHead(24, 5, SemanticBank(torch.randn(2, 6, 8)))
+
+
+# ------------------------------------------------------------------- the whole model: compile, export
+def _tiny_art(backbone: str, train: bool = True):
+    from artlib.models import ART, TinyConvVideoBackbone, TinyVideoBackbone, UniFormerV2
+
+    torch.manual_seed(0)
+    s, n_cls = 32, 5
+    if backbone == "uniformerv2":  # a small one: 2 blocks of width 32, 8x8 patches, T 4 -> 2
+        bb = UniFormerV2(width=32, layers=2, heads=4, patch_size=8, img_size=s, temporal_stride=2)
+    elif backbone == "vit":
+        bb = TinyVideoBackbone(img_size=s)
+    else:
+        bb = TinyConvVideoBackbone(img_size=s)
+    bank = torch.nn.functional.normalize(torch.randn(3, n_cls, 16), dim=-1)
+    model = ART(bb, n_cls, bank, num_frames=4, dim=32, heads=4, se_layers=1, act_layers=1,
+                proto_dim=16, dropout=0.0)  # fmt: skip
+    video = torch.randn(2, 4, 3, s, s)
+    labels = torch.tensor([1, 4])
+    return model.train(train), video, labels
+
+
+def _step(fn, model, video, labels):
+    """Forward of ``fn`` (model or its compiled form) with labels (every loss term), backward of
+    the total; -> losses, the gradients of model's parameters by name."""
+    logits, losses = fn(video, labels)
+    losses["total"].backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return {"logits": logits.detach(), **{k: v.detach() for k, v in losses.items()}}, grads
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["vit", "conv", "uniformerv2"])
+def test_art_compiles_fullgraph(backbone):
+    """Backbone + head + every loss in one graph (fullgraph: no graph break, no host sync in the
+    step), forward and backward equal to eager. aot_eager traces exactly what inductor would
+    compile; inductor's own code generation is torch's business (and takes minutes here)."""
+    torch._dynamo.reset()
+    model, video, labels = _tiny_art(backbone)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    got, got_g = _step(compiled, model, video, labels)
+    want, want_g = _step(model, model, video, labels)
+    assert set(got) == set(want) and set(got_g) == set(want_g) and len(want_g) > 20
+    for k in want:
+        assert_close(got[k], want[k], name=k)
+    for k in want_g:
+        assert_close(got_g[k], want_g[k], name=f"grad {k}")
+
+
+@pytest.mark.slow
+def test_export_round_trip(tmp_path):
+    """artlib.export -> torch.export.save/load -> the same logits as the eager eval-mode model, at
+    the example's batch and (dynamic_batch) another one; the fused ops stay custom ops."""
+    import artlib
+
+    model, video, _ = _tiny_art("vit", train=True)
+    ep = artlib.export(model, video, dynamic_batch=True)
+    assert isinstance(ep, torch.export.ExportedProgram)
+    assert model.training  # the mode is restored
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert {"artlib.region_attention.default", "artlib.tracklet_aggregate.default"} <= targets
+    torch.export.save(ep, tmp_path / "art.pt2")
+    loaded = torch.export.load(tmp_path / "art.pt2").module()
+    model.eval()
+    for v in (video, torch.randn(3, *video.shape[1:])):
+        with torch.no_grad():
+            assert_close(loaded(v), model(v), name=f"logits B={v.shape[0]}")
+    with pytest.raises(ValueError, match="example_video"):
+        artlib.export(model, video[0])

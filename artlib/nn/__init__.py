@@ -1,5 +1,6 @@
 """nn.Modules of ART: RSSA, tracklet aggregation, the MTC loss, the semantics bank and the ART head."""
 
+from artlib.nn._checks import set_check_inputs
 from artlib.nn.bank import SemanticBank
 from artlib.nn.head import ARTHead
 from artlib.nn.losses import MTCLoss
@@ -15,5 +16,6 @@ __all__ = [
     "RegionDecoderLayer",
     "SemanticBank",
     "TrackletAggregation",
+    "set_check_inputs",
     "tracklets",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def check_tensor(
@@ -36,6 +36,26 @@ def check_tensor(
             raise ValueError(
                 f"{name} must be {legend} with {dim_name} = {want}, got shape {tuple(x.shape)}"
             )
-    if finite and not bool(torch.isfinite(x).all()):
+    if finite and not bool(torch.isfinite(x).all()):  # reads the answer back: a host sync
         raise ValueError(f"{name} contains NaN or inf")
     return x
+
+
+def check_labels(labels: Tensor, num_classes: int, name: str = "labels") -> None:
+    """Check that every class index is in [0, num_classes) (one host sync: call it on CPU batches
+    or behind a debug switch)."""
+    lo, hi = (int(v) for v in torch.aminmax(labels.detach()))
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"{name} must be in [0, {num_classes}), got range [{lo}, {hi}]")
+
+
+def set_check_inputs(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch the value checks (finite inputs, label range) of every submodule that has them
+    (``check_inputs`` attribute, e.g. :class:`artlib.nn.ARTHead`) on or off; returns ``module``.
+
+    >>> set_check_inputs(model, True)   # debug: a NaN or a bad label raises at once, naming it
+    """
+    for m in module.modules():
+        if hasattr(m, "check_inputs"):
+            m.check_inputs = bool(enabled)
+    return module

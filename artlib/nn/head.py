@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from artlib.nn._checks import check_tensor
+from artlib.nn._checks import check_labels, check_tensor
 from artlib.nn.bank import SemanticBank
 from artlib.nn.losses import MTCLoss
 from artlib.nn.rssa import RSSA
@@ -53,6 +53,11 @@ class ARTHead(nn.Module):
         ta_temperature: divides Eq. 9's inner products (1 = as printed).
         sema_video, sema_prot: the two terms of L_sema (Table VI).
         proto_dim: width D of the class prototypes W of Eq. 15.
+        check_inputs: also check the *values* of the inputs (tokens and cls finite, labels in
+            [0, N_cls)) on every forward. Off by default: those checks read the device's answer
+            back to the host (a synchronisation per check on a GPU, and a graph break under
+            torch.compile); shape, dtype and device checks always run and cost nothing. Switch it on
+            to debug (the trainer's ``--check-inputs``; :func:`artlib.nn.set_check_inputs`).
 
     ``forward(tokens, cls, labels=None, return_maps=False)`` returns head_con's logits (B, N_cls);
     with labels, ``(logits, losses)`` where losses holds ``v, con, mtc, sema, total`` (and the MTC
@@ -84,6 +89,7 @@ class ARTHead(nn.Module):
         sema_video: bool = True,
         sema_prot: bool = True,
         proto_dim: int = 256,
+        check_inputs: bool = False,
     ):
         super().__init__()
         if not isinstance(bank, SemanticBank):
@@ -101,6 +107,7 @@ class ARTHead(nn.Module):
         self.num_queries, self.num_frames = num_queries, num_frames
         self.gamma_mtc, self.gamma_sema = float(gamma_mtc), float(gamma_sema)
         self.sema_video, self.sema_prot = sema_video, sema_prot
+        self.check_inputs = bool(check_inputs)
         c_t = bank.text_dim
 
         self.bank = bank
@@ -134,15 +141,17 @@ class ARTHead(nn.Module):
         return idx, self.text_proj(s.to(self.text_proj.weight.dtype))
 
     def _check(self, tokens: Tensor, cls: Tensor, labels: Tensor | None) -> None:
+        """Shapes, dtypes and devices always (no host sync); values only with ``check_inputs``."""
+        finite = self.check_inputs
         check_tensor(
             "tokens",
             tokens,
             ("B", "T", "L", "C"),
             sizes={"T": self.num_frames, "C": self.in_dim},
-            finite=True,
+            finite=finite,
         )
         check_tensor(
-            "cls", cls, ("B", "C"), sizes={"B": tokens.shape[0], "C": self.in_dim}, finite=True
+            "cls", cls, ("B", "C"), sizes={"B": tokens.shape[0], "C": self.in_dim}, finite=finite
         )
         if labels is not None:
             if not isinstance(labels, Tensor) or labels.shape != (tokens.shape[0],):
@@ -152,11 +161,8 @@ class ARTHead(nn.Module):
                 )
             if labels.dtype not in (torch.int64, torch.int32):
                 raise TypeError(f"labels must be int64 class indices, got {labels.dtype}")
-            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-                raise ValueError(
-                    f"labels must be in [0, {self.num_classes}), got range "
-                    f"[{int(labels.min())}, {int(labels.max())}]"
-                )
+            if finite and labels.numel():
+                check_labels(labels, self.num_classes)
 
     def forward(
         self, tokens: Tensor, cls: Tensor, labels: Tensor | None = None, return_maps: bool = False

@@ -20,7 +20,7 @@ import os
 
 import torch
 
-__all__ = ["backend", "select", "triton_available", "native_available", "BACKENDS"]
+__all__ = ["backend", "select", "implementation", "triton_available", "native_available", "BACKENDS"]
 
 BACKENDS = ("auto", "reference", "triton", "native")
 
@@ -91,6 +91,32 @@ def select(op: str, device: torch.device | str) -> str:
     if device.type == "cpu" and native_available(op):
         return "native"
     return "reference"
+
+
+def implementation(op: str, t: torch.Tensor) -> str:
+    """The implementation that ``op`` runs for the tensor ``t``: :func:`select` for its device, with
+    the two rules every op shares:
+
+    * the Triton kernels take fp32/fp16/bf16 and accumulate in fp32, so float64 tensors (the ground
+      truth's precision) run the reference;
+    * an op without a native kernel (not in ``artlib.ops._native.OPS``) runs the reference where
+      native is forced, instead of failing.
+    """
+    try:
+        name = select(op, t.device)
+    except RuntimeError:
+        if _requested(op) == "native" and not _has_native_kernel(op):
+            return "reference"
+        raise
+    if name == "triton" and t.dtype == torch.float64:
+        return "reference"
+    return name
+
+
+def _has_native_kernel(op: str) -> bool:
+    from artlib.ops import _native
+
+    return op in _native.OPS
 
 
 def _native_reason() -> str:

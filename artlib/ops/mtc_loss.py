@@ -23,7 +23,7 @@ import torch
 from einops import einsum, rearrange
 from torch import Tensor
 
-from artlib.ops._backend import select
+from artlib.ops._backend import implementation
 
 __all__ = ["mtc_loss", "mtc_loss_ref", "mtc_loss_backward_ref", "TEMPORAL_MODES", "COS_EPS"]
 
@@ -178,12 +178,7 @@ def mtc_loss_backward_ref(
 
 
 def _impl(responses: Tensor) -> str:
-    """The implementation for these responses; the Triton kernels accumulate in fp32, so float64
-    inputs take the reference."""
-    impl = select("mtc_loss", responses.device)
-    if impl == "triton" and responses.dtype == torch.float64:
-        return "reference"
-    return impl
+    return implementation("mtc_loss", responses)
 
 
 def _out_dtype(responses: Tensor) -> torch.dtype:

@@ -114,17 +114,8 @@ def tracklet_aggregate_backward_ref(
 
 
 def _impl(responses: Tensor) -> str:
-    """triton for CUDA tensors (not float64: the kernels accumulate in fp32), else the reference;
-    there is no native kernel for this op, so a forced ``native`` runs the reference."""
-    try:
-        impl = _backend.select("tracklet_aggregate", responses.device)
-    except RuntimeError:
-        if _backend._requested("tracklet_aggregate") == "native":
-            return "reference"
-        raise
-    if impl == "native" or (impl == "triton" and responses.dtype == torch.float64):
-        return "reference"
-    return impl
+    """triton for CUDA tensors, else the reference (there is no native kernel for this op)."""
+    return _backend.implementation("tracklet_aggregate", responses)
 
 
 def _forward_impl(responses: Tensor, semantics: Tensor, temperature: float) -> Tensor:
