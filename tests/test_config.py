@@ -266,11 +266,18 @@ def test_own_videos_with_class_names_train_and_rerun_from_the_saved_config(tmp_p
     assert (out / "summary.json").is_file()
     saved = C.load_config_file(str(out / "config.yaml"))
     assert C.config_from_dict(saved) == cfg
-    # the same run from its own config file: the same first-epoch loss
+    # the same run from its own config file: the same first-epoch loss (with the value checks on)
+    from artlib.engine import trainer
+
+    checked, original = [], trainer.set_check_inputs
+    monkeypatch.setattr(
+        trainer, "set_check_inputs", lambda m, on: checked.append(original(m, on).head.check_inputs)
+    )
     again = tmp_path / "again"
-    cfg2, seen2 = _train(["--config", str(out / "config.yaml"), "--output-dir", str(again)],
-                         monkeypatch)  # fmt: skip
+    flags = ["--config", str(out / "config.yaml"), "--output-dir", str(again), "--check-inputs"]
+    cfg2, seen2 = _train(flags, monkeypatch)
     assert cfg2.model == cfg.model and cfg2.data == cfg.data and seen2 == [NAMES]
+    assert checked == [True]  # --check-inputs reached ARTHead
     assert _first_loss(again) == _first_loss(out)
 
 

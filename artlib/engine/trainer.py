@@ -35,6 +35,7 @@ from artlib.engine.config import (
 from artlib.engine.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
 from artlib.engine.ema import ModelEma
 from artlib.engine.metrics import ConfusionMatrix, save_confusion_png
+from artlib.nn import set_check_inputs
 
 __all__ = ["train", "build_model", "build_data"]
 
@@ -428,6 +429,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     train_loader, val_loader, names = build_data(cfg, info)
     torch.manual_seed(r.seed)  # identical initial weights on every rank
     model = build_model(cfg, names).to(info.device)
+    set_check_inputs(model, r.check_inputs)  # value checks that sync the host: debugging only
     optimizer, scheduler = build_optimizer(cfg, model)
     use_amp = o.amp and info.device.type == "cuda"
 
@@ -467,10 +469,13 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     logs = _Logs(out, info.is_main)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
-        "%s | %s%s | %d classes | %d train / %d val batches per rank | %.2fM params | %s x%d",
+        "%s | %s%s | T=%d -> %d token frames | %d classes | %d train / %d val batches per rank | "
+        "%.2fM params | %s x%d",
         "baseline" if m.baseline else "ART",
         m.backbone,
         f" (weights: {m.pretrained})" if _weights(m.pretrained) else " (random init)",
+        d.num_frames,
+        _unwrap(model).token_frames,
         len(names),
         len(train_loader),
         len(val_loader),
