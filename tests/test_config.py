@@ -313,3 +313,41 @@ def test_check_write_good_list_trains(tmp_path, monkeypatch):
     _, seen = _train(flags, monkeypatch)
     assert seen == [NAMES]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"] == 1
+
+
+@pytest.mark.parametrize("dataset", ["finegym", "diving48"])
+def test_official_layouts_are_found_and_read(tmp_path, dataset):
+    """The FineGym and Diving48 layouts under --data-root: found up front, read by the trainer
+    with their class names; --class-names replaces them."""
+    from artlib.engine.trainer import _read_items
+
+    root = tmp_path / dataset
+    weights = ["--pretrained", "none", "--text-pretrained", "none"]
+    if dataset == "finegym":
+        (root / "annotations").mkdir(parents=True)
+        (root / "clips").mkdir()
+        ids = [f"abcdefghijk_E_00001{i}_00002{i}_A_0001_0002" for i in range(3)]
+        ann = root / "annotations"
+        (ann / "gym99_train_element_v1.1.txt").write_text(f"{ids[0]} 0\n{ids[1]} 1\n")
+        (ann / "gym99_val_element.txt").write_text(f"{ids[2]} 1\n")
+        (ann / "gym99_categories.txt").write_text(
+            "Clabel: 0; set: 1; Glabel: 5; (VT) round-off\nClabel: 1; set: 1; Glabel: 6; (FX) salto\n"
+        )
+        expect = ["(VT) round-off", "(FX) salto"]
+    else:
+        (root / "rgb").mkdir(parents=True)
+        items = [{"vid_name": f"v{i}", "label": i % 2} for i in range(3)]
+        (root / "Diving48_V2_train.json").write_text(json.dumps(items[:2]))
+        (root / "Diving48_V2_test.json").write_text(json.dumps(items[2:]))
+        (root / "Diving48_vocab.json").write_text(
+            json.dumps([["Back", "15som"], ["Inward", "25som"]])
+        )
+        expect = ["Back 15som", "Inward 25som"]
+    cfg = parse(["--dataset", dataset, "--data-root", str(root), *weights])
+    train, val, names = _read_items(cfg)
+    assert (len(train), len(val), names) == (2, 1, expect)
+    assert all(Path(it.path).parent.name in ("clips", "rgb") for it in train)
+    (tmp_path / "names.txt").write_text("a\nb\n")
+    cfg = parse(["--dataset", dataset, "--data-root", str(root), *weights, "--class-names",
+                 str(tmp_path / "names.txt")])  # fmt: skip
+    assert cfg.data.class_names == str(tmp_path / "names.txt")

@@ -62,11 +62,11 @@ def _read_items(cfg: TrainConfig):
         tr, names = read_generic_list(files["train"], files["root"])
         va, _ = read_generic_list(files["val"], files["root"])
     elif files["kind"] == "finegym":
-        tr, names = read_finegym(files["train"], files["root"], files["categories"])
-        va, _ = read_finegym(files["val"], files["root"], files["categories"])
+        tr, names = read_finegym(files["train"], files["root"], files["extra"])
+        va, _ = read_finegym(files["val"], files["root"], files["extra"])
     else:
-        tr, names = read_diving48(files["train"], files["root"], files["vocab"])
-        va, _ = read_diving48(files["val"], files["root"], files["vocab"])
+        tr, names = read_diving48(files["train"], files["root"], files["extra"])
+        va, _ = read_diving48(files["val"], files["root"], files["extra"])
     return tr, va, names
 
 
