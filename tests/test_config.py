@@ -351,3 +351,13 @@ def test_official_layouts_are_found_and_read(tmp_path, dataset):
     cfg = parse(["--dataset", dataset, "--data-root", str(root), *weights, "--class-names",
                  str(tmp_path / "names.txt")])  # fmt: skip
     assert cfg.data.class_names == str(tmp_path / "names.txt")
+
+
+def test_a_saved_config_reruns_from_any_entry_point(tmp_path):
+    """A synthetic run's config.yaml, written by train_diving48.py, reruns from artlib-train (whose
+    default data set is FineGym): the file's values are the run's, not options out of place."""
+    cfg = parse(["--epochs", "2"], dataset="diving48")
+    path = tmp_path / "config.yaml"
+    C.save_config(cfg, path)
+    again = parse(["--config", str(path)], dataset="finegym")
+    assert again == cfg and again.data.dataset == "diving48"
