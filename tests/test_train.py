@@ -74,7 +74,7 @@ def test_torchrun_two_cpu_ranks_checkpoint_and_resume(env, tmp_path):
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        "--master_port=29533",
+        "--standalone",  # a free port: tests may run beside other torchrun jobs
     ]
     res = _run(
         torchrun + [SCRIPT, *TINY, "--bank", bank, "--epochs", "2", "--output-dir", str(out)], e
