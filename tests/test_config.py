@@ -141,6 +141,7 @@ MISUSES = [
     (["--train-list", "a.txt"], "--train-list and --val-list must be given together"),
     (["--data-root", "/no/data"], "--pretrained is required with --preset paper"),
     (["--data-root", "/no/data", "--pretrained", "none"], "--text-pretrained is required"),
+    (["--data-root", "/no/data", "--pretrained", "auto"], "--pretrained auto is for --preset syn"),
     (["--data-root", "/no/data", "--pretrained", "none", "--baseline"], "--data-root: folder not"),
 ]
 
@@ -265,11 +266,18 @@ def test_own_videos_with_class_names_train_and_rerun_from_the_saved_config(tmp_p
     assert (out / "summary.json").is_file()
     saved = C.load_config_file(str(out / "config.yaml"))
     assert C.config_from_dict(saved) == cfg
-    # the same run from its own config file: the same first-epoch loss
+    # the same run from its own config file: the same first-epoch loss (with the value checks on)
+    from artlib.engine import trainer
+
+    checked, original = [], trainer.set_check_inputs
+    monkeypatch.setattr(
+        trainer, "set_check_inputs", lambda m, on: checked.append(original(m, on).head.check_inputs)
+    )
     again = tmp_path / "again"
-    cfg2, seen2 = _train(["--config", str(out / "config.yaml"), "--output-dir", str(again)],
-                         monkeypatch)  # fmt: skip
+    flags = ["--config", str(out / "config.yaml"), "--output-dir", str(again), "--check-inputs"]
+    cfg2, seen2 = _train(flags, monkeypatch)
     assert cfg2.model == cfg.model and cfg2.data == cfg.data and seen2 == [NAMES]
+    assert checked == [True]  # --check-inputs reached ARTHead
     assert _first_loss(again) == _first_loss(out)
 
 
@@ -305,3 +313,51 @@ def test_check_write_good_list_trains(tmp_path, monkeypatch):
     _, seen = _train(flags, monkeypatch)
     assert seen == [NAMES]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"] == 1
+
+
+@pytest.mark.parametrize("dataset", ["finegym", "diving48"])
+def test_official_layouts_are_found_and_read(tmp_path, dataset):
+    """The FineGym and Diving48 layouts under --data-root: found up front, read by the trainer
+    with their class names; --class-names replaces them."""
+    from artlib.engine.trainer import _read_items
+
+    root = tmp_path / dataset
+    weights = ["--pretrained", "none", "--text-pretrained", "none"]
+    if dataset == "finegym":
+        (root / "annotations").mkdir(parents=True)
+        (root / "clips").mkdir()
+        ids = [f"abcdefghijk_E_00001{i}_00002{i}_A_0001_0002" for i in range(3)]
+        ann = root / "annotations"
+        (ann / "gym99_train_element_v1.1.txt").write_text(f"{ids[0]} 0\n{ids[1]} 1\n")
+        (ann / "gym99_val_element.txt").write_text(f"{ids[2]} 1\n")
+        (ann / "gym99_categories.txt").write_text(
+            "Clabel: 0; set: 1; Glabel: 5; (VT) round-off\nClabel: 1; set: 1; Glabel: 6; (FX) salto\n"
+        )
+        expect = ["(VT) round-off", "(FX) salto"]
+    else:
+        (root / "rgb").mkdir(parents=True)
+        items = [{"vid_name": f"v{i}", "label": i % 2} for i in range(3)]
+        (root / "Diving48_V2_train.json").write_text(json.dumps(items[:2]))
+        (root / "Diving48_V2_test.json").write_text(json.dumps(items[2:]))
+        (root / "Diving48_vocab.json").write_text(
+            json.dumps([["Back", "15som"], ["Inward", "25som"]])
+        )
+        expect = ["Back 15som", "Inward 25som"]
+    cfg = parse(["--dataset", dataset, "--data-root", str(root), *weights])
+    train, val, names = _read_items(cfg)
+    assert (len(train), len(val), names) == (2, 1, expect)
+    assert all(Path(it.path).parent.name in ("clips", "rgb") for it in train)
+    (tmp_path / "names.txt").write_text("a\nb\n")
+    cfg = parse(["--dataset", dataset, "--data-root", str(root), *weights, "--class-names",
+                 str(tmp_path / "names.txt")])  # fmt: skip
+    assert cfg.data.class_names == str(tmp_path / "names.txt")
+
+
+def test_a_saved_config_reruns_from_any_entry_point(tmp_path):
+    """A synthetic run's config.yaml, written by train_diving48.py, reruns from artlib-train (whose
+    default data set is FineGym): the file's values are the run's, not options out of place."""
+    cfg = parse(["--epochs", "2"], dataset="diving48")
+    path = tmp_path / "config.yaml"
+    C.save_config(cfg, path)
+    again = parse(["--config", str(path)], dataset="finegym")
+    assert again == cfg and again.data.dataset == "diving48"

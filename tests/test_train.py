@@ -74,7 +74,7 @@ def test_torchrun_two_cpu_ranks_checkpoint_and_resume(env, tmp_path):
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        "--master_port=29533",
+        "--standalone",  # a free port: tests may run beside other torchrun jobs
     ]
     res = _run(
         torchrun + [SCRIPT, *TINY, "--bank", bank, "--epochs", "2", "--output-dir", str(out)], e
@@ -129,7 +129,9 @@ def test_kill_and_resume_matches_uninterrupted_run(env, tmp_path):
     e, bank = env
     base = [sys.executable, SCRIPT, *TINY, "--bank", bank, "--epochs", "2", "--deterministic"]
     base += ["--model-ema", "0.9"]  # the weight average is restored too
-    _run(base + ["--output-dir", str(tmp_path / "straight")], e)
+    res = _run(base + ["--output-dir", str(tmp_path / "straight")], e)
+    first_log = next(line for line in res.stderr.splitlines() if " INFO " in line)
+    assert "INFO preset synthetic: the built-in synthetic set" in first_log, first_log
     # SIGKILL as soon as epoch 1's checkpoint is there, like an out-of-memory kill or a
     # pre-empted node (the checkpoint is written to a temporary name, then renamed)
     first = tmp_path / "killed" / "checkpoints" / "checkpoint_epoch0001.pt"

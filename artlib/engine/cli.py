@@ -76,7 +76,7 @@ def parse(argv=None, dataset: str = "finegym", prog: str = "artlib-train") -> C.
         ("--data-root", "data.data_root"),
         ("--train-list", "data.train_list"),
     ]:
-        first.add_argument(flag, dest=dest)  # fmt: skip
+        first.add_argument(flag, dest=dest)
     known = vars(first.parse_known_args(argv)[0])
     try:
         file_values = C.flatten(

@@ -387,7 +387,7 @@ def resolve(given: dict, file_values: dict | None = None, dataset: str = "finegy
     file_values = flatten(file_values or {})
     by_key = {o.key: o for o in options()}
     preset = coerce(by_key["preset"], pick_preset(given, file_values))
-    defaults = preset_defaults(preset, dataset)
+    defaults = preset_defaults(preset, file_values.get("data.dataset", dataset))  # the file's set
     values = {**defaults, **{k: coerce(by_key[k], v) for k, v in {**file_values, **given}.items()}}
     for key, o in by_key.items():
         set_here = key in given or (key in file_values and values[key] != defaults[key])
@@ -397,6 +397,11 @@ def resolve(given: dict, file_values: dict | None = None, dataset: str = "finegy
             )
     if "data.split" in given and values["data.dataset"] != "finegym":
         raise ConfigError(f"--split applies to FineGym only, not to {values['data.dataset']}")
+    if values["model.pretrained"] == "auto" and preset == "paper":
+        raise ConfigError(
+            f"--pretrained auto is for --preset synthetic: name the weights, or "
+            f"'none' for random ones ({WEIGHTS_DOC})"
+        )
     if values["model.pretrained"] == "auto":  # the packaged weights where they fit, else random
         fits = PACKAGED.get((values["model.backbone"], "synthetic")) == values["data.crop_size"]
         values["model.pretrained"] = "synthetic" if fits else "none"

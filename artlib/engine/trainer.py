@@ -35,6 +35,7 @@ from artlib.engine.distributed import DistInfo, barrier, cleanup_distributed, se
 from artlib.engine.ema import ModelEma
 from artlib.engine.evaluation import EvalResult, agreed_batches, evaluate, exact_loader
 from artlib.engine.metrics import save_confusion_png, save_per_class_csv
+from artlib.nn import set_check_inputs
 
 __all__ = ["train", "build_model", "build_data"]
 
@@ -61,11 +62,11 @@ def _read_items(cfg: TrainConfig):
         tr, names = read_generic_list(files["train"], files["root"])
         va, _ = read_generic_list(files["val"], files["root"])
     elif files["kind"] == "finegym":
-        tr, names = read_finegym(files["train"], files["root"], files["categories"])
-        va, _ = read_finegym(files["val"], files["root"], files["categories"])
+        tr, names = read_finegym(files["train"], files["root"], files["extra"])
+        va, _ = read_finegym(files["val"], files["root"], files["extra"])
     else:
-        tr, names = read_diving48(files["train"], files["root"], files["vocab"])
-        va, _ = read_diving48(files["val"], files["root"], files["vocab"])
+        tr, names = read_diving48(files["train"], files["root"], files["extra"])
+        va, _ = read_diving48(files["val"], files["root"], files["extra"])
     return tr, va, names
 
 
@@ -426,6 +427,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     train_loader, val_loader, names = build_data(cfg, info)
     torch.manual_seed(r.seed)  # identical initial weights on every rank
     model = build_model(cfg, names).to(info.device)
+    set_check_inputs(model, r.check_inputs)  # value checks that sync the host: debugging only
     optimizer, scheduler = build_optimizer(cfg, model)
     use_amp = o.amp and info.device.type == "cuda"
 
@@ -470,10 +472,13 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     logs = _Logs(out, info.is_main)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
-        "%s | %s%s | %d classes | %d train / %d val batches per rank | %.2fM params | %s x%d",
+        "%s | %s%s | T=%d -> %d token frames | %d classes | %d train / %d val batches per rank | "
+        "%.2fM params | %s x%d",
         "baseline" if m.baseline else "ART",
         m.backbone,
         f" (weights: {m.pretrained})" if _weights(m.pretrained) else " (random init)",
+        d.num_frames,
+        _unwrap(model).token_frames,
         len(names),
         len(train_loader),
         len(val_loader),
