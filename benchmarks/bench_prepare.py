@@ -17,7 +17,7 @@ codec thread per process):
 ``extra_info["clips_per_s"]`` holds the rate; the 2-worker/1-worker ratio is the scaling target
 (>= 1.7x on a 2-core machine). ``cpu_s_per_clip`` (this process and its workers) does not depend on
 other load; ``loadavg_1min`` records how busy the machine was. With Linux's autogroup scheduling a
-busy machine gives this session a fixed CPU share, so measure the scaling on an idle machine.
+busy machine gives this process group a fixed CPU share, so measure the scaling on an idle machine.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ import pytest
 av = pytest.importorskip("av")
 
 from artlib.data._write import write_video  # noqa: E402
-from artlib.data.prepare import ClipJob, _add_h264, index_raw_videos, run_jobs  # noqa: E402
+from artlib.data.prepare import ClipJob, index_raw_videos, run_jobs  # noqa: E402
+from artlib.data.prepare.cut import _add_h264  # noqa: E402
 
 SMOKE = os.environ.get("ARTLIB_BENCH_SMOKE", "0") not in ("", "0")  # tiny shapes (conftest.py)
 FPS, SECONDS, W, H = 25, 30, 854, 480

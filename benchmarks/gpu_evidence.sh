@@ -27,10 +27,10 @@ python3 -c "import torch, av; print('torch', torch.__version__, 'av', av.__versi
 # the synthetic set once, before the runs share it
 python3 - "$@" <<'EOF' || exit 1
 import sys
-from artlib.engine.config import build_parser, config_from_args
+from artlib.engine.cli import parse
 from artlib.engine.trainer import build_data
 from artlib.engine.distributed import DistInfo
-cfg = config_from_args(build_parser().parse_args(sys.argv[1:]))
+cfg = parse(sys.argv[1:])
 build_data(cfg, DistInfo())
 print("synthetic set ready")
 EOF

@@ -120,13 +120,12 @@ def check_temporal_conv() -> None:
 
 
 def check_uniformerv2_step0() -> None:
-    """Step 0 with temporal parts = the image ViT (same weights, no LT_MHRA, no global blocks)."""
+    """Step 0 with temporal parts = the image ViT (same weights, no local MHRA, no global blocks)."""
     kw = dict(width=192, layers=4, heads=3, patch_size=16, img_size=224 if not DRY else 64)
     torch.manual_seed(2)
-    video_m = UniFormerV2(**kw, global_layers=2).to(DEV).eval()
-    image_m = UniFormerV2(**kw, global_layers=0, local_layers=(), temporal_kernel=1).to(DEV).eval()
+    video_m = UniFormerV2(**kw, n_layers=2, no_lmhra=False, double_lmhra=True).to(DEV).eval()
+    image_m = UniFormerV2(**kw, n_layers=0).to(DEV).eval()
     sd = {k: v for k, v in video_m.state_dict().items() if k in image_m.state_dict()}
-    sd["conv1.weight"] = video_m.conv1.weight[:, :, 1:2]
     image_m.load_state_dict(sd)
     video = torch.randn(2, 4, 3, kw["img_size"], kw["img_size"], device=DEV)
     with torch.no_grad():

@@ -1,23 +1,30 @@
-"""Train ART on Diving48 (V2 annotations) — or, with no --data-root, on the built-in synthetic
-fine-grained set with the small tiny_cnn backbone on CPU (a few minutes on 2 cores).
+"""Train ART on Diving48 (V2 annotations), on your own videos, or — with no data set named — on the built-in
+synthetic fine-grained set with the small tiny_cnn backbone on CPU (a few minutes on 2 cores).
 
-    # CPU, no data: the synthetic set (the README's "run the main job" command)
+    # CPU, no data: --preset synthetic (the README's "run the main job" command)
     python examples/train_diving48.py
 
-    # one GPU
-    python examples/train_diving48.py --data-root /data/diving48
+    # the paper's recipe (--preset paper, implied by --data-root) on one GPU; the weights are
+    # required, see docs/models.md "Pretrained weights" ('none' asks for random weights)
+    python examples/train_diving48.py --data-root /data/diving48 \
+        --pretrained WEIGHTS.pyth --text-pretrained openai
 
-    # 8 GPUs on one node (the paper's recipe by default: SGD 0.9, lr 0.01 x0.1/20 epochs, 50 epochs)
-    torchrun --nproc_per_node=8 examples/train_diving48.py --data-root /data/diving48
+    # 8 GPUs on one node
+    torchrun --nproc_per_node=8 examples/train_diving48.py --data-root /data/diving48 \
+        --pretrained WEIGHTS.pyth --text-pretrained openai
 
-    # 2 CPU ranks (gloo), synthetic data
+    # your own videos: '<path> <label>' lists and one class name per line (docs/training.md)
+    python examples/train_diving48.py --train-list train.txt --val-list val.txt \
+        --class-names classes.txt --pretrained WEIGHTS.pyth --text-pretrained openai
+
+    # 2 CPU ranks (gloo), synthetic data; resume a killed run; rerun a run from its config
     torchrun --nproc_per_node=2 examples/train_diving48.py --epochs 2
-
-    # resume a killed run from its last checkpoint
-    torchrun --nproc_per_node=8 examples/train_diving48.py --data-root /data/diving48 --resume auto
+    python examples/train_diving48.py --output-dir runs/synthetic --resume auto
+    python examples/train_diving48.py --config runs/synthetic/config.yaml --output-dir runs/again
 
 Ablations (paper Tables IV-VI, Fig. 5): --baseline, --no-se, --no-ta, --mtc-terms spatial,temporal,
---no-sema-video, --no-sema-prot, --num-queries 4, --lam 0.4. `--help` lists every flag.
+--no-sema-video, --no-sema-prot, --num-queries 4, --lam 0.4. `--help` lists every option with the
+default of the chosen preset (`--preset paper --help` for the paper's). Same as `artlib-train`.
 """
 
 import sys
@@ -25,4 +32,4 @@ import sys
 from artlib.engine.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main("diving48"))
+    sys.exit(main("diving48", prog="train_diving48.py"))

@@ -24,3 +24,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def video_corpus(tmp_path_factory):
+    """The edge-case corpus of tests/corpus.py, written once per run: {name: Case}."""
+    pytest.importorskip("av")
+    from corpus import build_corpus
+
+    return build_corpus(tmp_path_factory.mktemp("corpus"))

@@ -48,25 +48,23 @@ def videos(tmp_path_factory):
 
 def test_check_video_kinds(videos):
     kinds = {
-        name: (p.kind, p.frames) if (p := check_video(videos / f"{name}.mp4", T)) else None
+        name: (p.kind, p.decoded, p.usable)
+        if (p := check_video(videos / f"{name}.mp4", T))
+        else None
         for name in ("good", "short", "empty", "corrupt", "full", "missing")
     }
     assert kinds == {
         "good": None,
-        "short": ("short", 9),
-        "empty": ("empty", 0),
-        "corrupt": ("unreadable", -1),
+        "short": ("short", 9, True),  # usable: the sampling repeats frames
+        "empty": ("empty", 0, False),
+        "corrupt": ("corrupt", -1, False),
         "full": None,
-        "missing": ("missing", -1),
+        "missing": ("missing", -1, False),
     }
-    # a truncated file keeps its header's frame count: only decoding shows it
-    assert check_video(videos / "truncated.mp4", T, mode="metadata") is None
-    for mode in ("last", "full"):
+    # a truncated download keeps its header's frame count, but its index points past its end
+    for mode in ("metadata", "last", "full"):
         p = check_video(videos / "truncated.mp4", T, mode=mode)
-        assert p.kind == "unreadable" and "metadata says 60" in p.detail, mode
-        assert 0 < p.frames < 60
-    # the same file is "short" when T is above what decodes
-    assert check_video(videos / "truncated.mp4", 59).kind == "short"
+        assert p.kind == "truncated" and not p.usable and "index refers to" in p.reason, mode
 
 
 def test_check_cli_lists_bad_videos_and_exits_nonzero(videos, tmp_path, capsys):
@@ -89,18 +87,29 @@ def test_check_cli_lists_bad_videos_and_exits_nonzero(videos, tmp_path, capsys):
     assert listed == {
         "short.mp4": "short",
         "empty.mp4": "empty",
-        "corrupt.mp4": "unreadable",
-        "truncated.mp4": "unreadable",
+        "corrupt.mp4": "corrupt",
+        "truncated.mp4": "truncated",
         "missing.mp4": "missing",
     }
-    assert "checked 6 videos" in out and "FOUND 5 bad videos" in out
+    assert "checked 6 videos" in out and "FOUND 4 unusable videos" in out
+    assert "notes (usable, T=16): 1 short" in out
     with open(report, newline="") as fh:
         assert sorted(r["kind"] for r in csv.DictReader(fh)) == sorted(listed.values())
 
-    assert good.read_text() == "good.mp4 0\ngood.mp4 6\n"  # usable items, labels kept
+    # usable items (short ones too), labels kept, absolute paths: the trainer takes them as they are
+    assert good.read_text() == "".join(
+        f"{videos / n}.mp4 {i}\n" for i, n in [(0, "good"), (1, "short"), (6, "good")]
+    )
+    from artlib.data import read_generic_list
 
-    lst.write_text("good.mp4 0\nfull.mp4 1\n")
-    assert check_main([*argv, "--workers", "1"]) == 0
+    for root in (None, "/somewhere/else"):
+        items, _ = read_generic_list(good, root)
+        assert [it.path for it in items] == [
+            str(videos / f"{n}.mp4") for n in ("good", "short", "good")
+        ]
+
+    lst.write_text("good.mp4 0\nfull.mp4 1\nshort.mp4 2\n")
+    assert check_main([*argv, "--workers", "1"]) == 0  # a note is not a problem
     assert "OK" in capsys.readouterr().out
     # items in list order, each path once
     probs = check_items([videos / "missing.mp4", videos / "short.mp4", videos / "missing.mp4"])
@@ -108,6 +117,28 @@ def test_check_cli_lists_bad_videos_and_exits_nonzero(videos, tmp_path, capsys):
         ("missing.mp4", "missing"),
         ("short.mp4", "short"),
     ]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--list", "nope.txt"], "--list: no such file"),
+        (["--list", "{lst}", "--root", "nowhere"], "--root: no such folder"),
+        (["--list", "{lst}", "--num-frames", "0"], "--num-frames: expected >= 1"),
+        (["--list", "{lst}", "--workers", "0"], "--workers: expected >= 1"),
+        (["--list", "{lst}", "--write-good", "no/such/dir/x.txt"], "--write-good: the folder"),
+        (["--list", "{lst}", "--format", "bogus"], "--format: invalid choice"),
+    ],
+)
+def test_check_cli_misuse_exits_2_on_one_line(tmp_path, capsys, args, message):
+    lst = tmp_path / "l.txt"
+    lst.write_text("a.mp4 0\n")
+    args = [a.format(lst=lst) for a in args]
+    with pytest.raises(SystemExit) as e:
+        check_main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
 
 
 def test_prepare_diving48_verify(videos, tmp_path, capsys):

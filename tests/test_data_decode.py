@@ -106,21 +106,22 @@ def bad_files(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "kind, reason",
+    "kind, reason, error_kind",
     [
-        ("missing", "file not found"),
-        ("empty", "file is empty"),
-        ("garbage", "cannot open"),
-        ("truncated", "cannot open"),
-        ("truncated_webm", "truncated"),
-        ("audio_only", "no video stream"),
+        ("missing", "file not found", "missing"),
+        ("empty", "file is empty", "empty"),
+        ("garbage", "cannot open", "corrupt"),
+        ("truncated", "truncated: an mp4 without its index", "truncated"),
+        ("truncated_webm", "truncated", "truncated"),
+        ("audio_only", "no video stream", "no_video"),
     ],
 )
-def test_unreadable_files(bad_files, kind, reason):
+def test_unreadable_files(bad_files, kind, reason, error_kind):
     path = bad_files[kind]
     with pytest.raises(VideoDecodeError, match=reason) as e:
         video_info(path)
     assert e.value.path == path and path in str(e.value)
+    assert e.value.kind == error_kind
     if kind != "truncated_webm":
         with pytest.raises(VideoDecodeError):
             decode_frames(path, [0])

@@ -1,4 +1,4 @@
-"""artlib.models: backbones, UniFormerV2's step-0 equivalence with CLIP's image ViT, TEA, ART."""
+"""artlib.models: building blocks, TEA, tiny backbones, registry, ART (UniFormerV2: its own file)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,6 @@ from artlib.models import (
 from artlib.models._layers import QueryAttention, temporal_conv
 from artlib.models.tea import MotionExcitation, MultipleTemporalAggregation
 from tests.helpers import assert_close
-
-SMALL_VIT = dict(width=64, layers=3, heads=2, patch_size=16, img_size=224, global_layers=2)
 
 
 def _roundtrip(model: nn.Module, fresh: nn.Module, *inputs):
@@ -83,92 +81,6 @@ def test_query_attention_matches_multihead_attention():
         assert_close(a, e, name=name)
     # the key bias cancels in the softmax: its gradient is zero, MHA's too
     assert_close(got[3], exp[3], atol=1e-10, name="d in_proj_bias")
-
-
-# UniFormerV2 -------------------------------------------------------------------------------------
-
-
-def test_uniformerv2_shapes_224():
-    m = UniFormerV2(**SMALL_VIT)
-    tokens, cls = m(torch.randn(2, 3, 3, 224, 224))
-    assert tokens.shape == (2, 3, 196, 64) and cls.shape == (2, 64)
-    assert m.out_dim == 64 and m.num_tokens(224, 224) == 196 and m.frames_out(3) == 3
-    m2 = UniFormerV2(**{**SMALL_VIT, "temporal_stride": 2, "global_layers": 0})
-    tokens, cls = m2(torch.randn(1, 4, 3, 160, 160))  # other size: positional embedding resized
-    assert tokens.shape == (1, 2, 100, 64) and m2.frames_out(4) == 2
-
-
-def _clip_vit():
-    open_clip = pytest.importorskip("open_clip")
-    from open_clip.transformer import VisionTransformer
-
-    del open_clip
-    return VisionTransformer(
-        image_size=224, patch_size=16, width=64, layers=3, heads=2, mlp_ratio=4.0, output_dim=32,
-        output_tokens=True,
-    ).eval()  # fmt: skip
-
-
-def test_uniformerv2_step0_equals_clip_image_vit():
-    """Temporal parts start as the identity: frame tokens = CLIP's per-frame ln_post tokens, cls =
-    frame average of CLIP's pooled feature; open_clip's state dict loads as it is."""
-    vit = _clip_vit()
-    m = UniFormerV2(**SMALL_VIT).eval()
-    report = m.load_clip_state_dict({f"visual.{k}": v for k, v in vit.state_dict().items()})
-    assert report == {"missing": [], "unexpected": []}
-    B, T = 2, 3
-    video = torch.randn(B, T, 3, 224, 224)
-    with torch.no_grad():
-        tokens, cls = m(video)
-        pooled, ref_tokens = vit(video.flatten(0, 1))
-    assert_close(tokens, ref_tokens.view(B, T, 196, 64), name="frame tokens")
-    assert_close(cls @ vit.proj, pooled.view(B, T, -1).mean(1), name="cls (projected)")
-
-
-def test_uniformerv2_temporal_parts_learn():
-    """At step 0 frames are independent; every new part gets a gradient; once trained a little,
-    frames mix in time and the global branch reaches cls."""
-    m = UniFormerV2(**{**SMALL_VIT, "img_size": 112})
-    video = torch.randn(1, 4, 3, 112, 112)
-    tokens, cls = m(video)
-    (tokens.square().mean() + cls.square().mean()).backward()
-    assert m.fusion_alpha.grad.abs() > 0
-    assert all(b.lmhra.up.weight.grad.abs().sum() > 0 for b in m.transformer.resblocks)
-    with torch.no_grad():
-        moved = video.clone()
-        moved[:, 0] += 1.0
-        assert torch.equal(m(moved)[0][:, 1:], tokens[:, 1:].detach()), "frames leak at step 0"
-        for blk in m.transformer.resblocks:
-            blk.lmhra.up.weight.normal_(0, 0.1)
-        m.fusion_alpha.fill_(0.5)
-        t2, c2 = m(video)
-        t3, _ = m(moved)
-        assert (t3[:, 1] - t2[:, 1]).abs().max() > 1e-4, "LT_MHRA must mix neighbouring frames"
-    m.zero_grad()
-    _, c2 = m(video)
-    c2.square().mean().backward()
-    assert m.video_query.grad.abs().sum() > 0
-    assert all(g.dpe.weight.grad.abs().sum() > 0 for g in m.global_blocks)
-
-
-def test_uniformerv2_pretrained_path_and_state_dict(tmp_path):
-    vit = _clip_vit()
-    ckpt = tmp_path / "clip_vit.pt"
-    sd = {f"visual.{k}": v for k, v in vit.state_dict().items()}
-    sd["logit_scale"] = torch.tensor(4.6)  # a full CLIP checkpoint carries text/other keys
-    torch.save(sd, ckpt)
-    small = {k: v for k, v in SMALL_VIT.items() if k != "global_layers"}
-    m = build_backbone("uniformerv2_b16", pretrained=ckpt, global_layers=1, **small)
-    assert torch.equal(m.transformer.resblocks[1].attn.in_proj_weight,
-                       vit.transformer.resblocks[1].attn.in_proj_weight)  # fmt: skip
-    assert torch.equal(m.conv1.weight[:, :, 1], vit.conv1.weight)
-    assert m.conv1.weight[:, :, [0, 2]].abs().max() == 0
-    video = torch.randn(1, 2, 3, 224, 224)
-    _roundtrip(m, UniFormerV2(**{**SMALL_VIT, "global_layers": 1}), video)
-    wrong = tmp_path / "wrong.pt"
-    torch.save({"visual.conv1.weight": torch.zeros(8, 3, 16, 16)}, wrong)
-    with pytest.raises(RuntimeError, match="conv1.weight"):
-        build_backbone("uniformerv2_b16", pretrained=wrong, **small)
 
 
 # TEA ---------------------------------------------------------------------------------------------
@@ -354,7 +266,9 @@ def test_build_backbone_errors(tmp_path):
     with pytest.raises(ValueError, match="known tags"):
         build_backbone("uniformerv2_l14", pretrained="no_such_tag")
     with pytest.raises(ValueError, match="video"):
-        UniFormerV2(width=64, layers=1, heads=2, global_layers=0)(torch.randn(1, 2, 3, 100, 100))
+        UniFormerV2(width=64, layers=1, heads=2, n_layers=0)(torch.randn(1, 2, 3, 100, 100))
+    with pytest.raises(ValueError, match="return_list"):
+        UniFormerV2(width=64, layers=2, heads=2, return_list=[1, 0])
 
 
 # ART ---------------------------------------------------------------------------------------------

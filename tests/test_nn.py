@@ -323,7 +323,20 @@ def _tiny_art(backbone: str, train: bool = True):
     torch.manual_seed(0)
     s, n_cls = 32, 5
     if backbone == "uniformerv2":  # a small one: 2 blocks of width 32, 8x8 patches, T 4 -> 2
-        bb = UniFormerV2(width=32, layers=2, heads=4, patch_size=8, img_size=s, temporal_stride=2)
+        bb = UniFormerV2(
+            width=32,
+            layers=2,
+            heads=4,
+            patch_size=8,
+            img_size=s,
+            temporal_downsample=True,
+            no_lmhra=False,
+            double_lmhra=True,
+            n_layers=2,
+            num_classes=n_cls,
+            mlp_dropout=0.0,
+            cls_dropout=0.0,
+        )
     elif backbone == "vit":
         bb = TinyVideoBackbone(img_size=s)
     else:

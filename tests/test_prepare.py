@@ -293,3 +293,43 @@ def test_killed_run_resumes_to_the_complete_correct_set(raw, tmp_path, capsys):
         assert clip_indices(out / f"{name}.mp4") == frames, name
     for name, mtime in done_before.items():  # finished clips were kept, not redone
         assert (out / name).stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["kinetics", "--csv", "{d}/no.csv", "--raw", "{d}", "--out", "{out}"], "--csv: no such"),
+        (["kinetics", "--csv", "{csv}", "--raw", "{d}/nope", "--out", "{out}"], "--raw: no such"),
+        (["finegym", "--annotations", "{d}/x.json", "--raw", "{d}", "--out", "{out}"], "--annot"),
+        (["kinetics", "--csv", "{csv}", "--raw", "{d}", "--out", "{out}", "--crf", "60"], "--crf"),
+        (["kinetics", "--csv", "{csv}", "--raw", "{d}", "--out", "{out}", "--workers", "0"], "--w"),
+        (["kinetics", "--csv", "{csv}", "--raw", "{d}", "--out", "{out}", "--gop", "0"], "--gop"),
+        (["kinetics", "--csv", "{csv}", "--raw", "{d}", "--out", "{csv}"], "not a folder"),
+        (["kinetics", "--csv", "{bad}", "--raw", "{d}", "--out", "{out}"], "expected a header"),
+        (["kinetics", "--csv", "{csv}", "--raw", "{d}", "--out", "{out}", "--preset", "x"], "--p"),
+        (["diving48", "--annotations", "{csv}", "--root", "{d}/nope"], "--root: no such"),
+    ],
+)
+def test_misuse_exits_2_on_one_line_before_creating_out(tmp_path, capsys, args, message):
+    csv_file = tmp_path / "k.csv"
+    csv_file.write_text("label,youtube_id,time_start,time_end\na,AAAAAAAAAAA,0,1\n")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x,y\n1,2\n")
+    out = tmp_path / "out" / "clips"
+    fmt = {"d": tmp_path, "out": out, "csv": csv_file, "bad": bad}
+    argv = [a.format(**fmt) for a in args]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()  # nothing made before the arguments are valid
+
+
+def test_python_m_prepare_runs():
+    r = subprocess.run(
+        [sys.executable, "-m", "artlib.data.prepare", "kinetics", "--csv", "nope.csv", "--raw",
+         ".", "--out", "x"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2 and "--csv: no such file" in r.stderr and "Traceback" not in r.stderr

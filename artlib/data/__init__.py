@@ -1,5 +1,5 @@
 """artlib.data: annotation readers, TSN sampling, the PyAV decoder, the DALI pipeline, the
-Dataset/DataLoader path and a synthetic fine-grained video set. PyAV and DALI are imported lazily."""
+Dataset/DataLoader path, the usability rule (``probe_video``) and a synthetic fine-grained video set. PyAV and DALI are imported lazily."""
 
 from .annotations import (
     VideoItem,
@@ -26,12 +26,26 @@ from .dataset import (
     collate_skip_failures,
     make_loader,
 )
-from .decode import VideoDecodeError, VideoInfo, decode_frames, video_info
+from .decode import (
+    VideoDecodeError,
+    VideoInfo,
+    decode_frames,
+    frame_times,
+    monotonic_times,
+    video_info,
+)
+from .probe import PROBLEM_KINDS, USABLE_KINDS, VideoProbe, probe_video
 from .sampling import crop_params, item_rng, sample_indices, three_crops
 from .synthetic import CLASS_NAMES, SyntheticSet, make_finegrained_set
 
 __all__ = [
     "CLASS_NAMES",
+    "PROBLEM_KINDS",
+    "USABLE_KINDS",
+    "VideoProbe",
+    "frame_times",
+    "monotonic_times",
+    "probe_video",
     "CLIP_MEAN",
     "CLIP_STD",
     "IMAGENET_MEAN",

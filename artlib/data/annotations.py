@@ -104,12 +104,12 @@ def write_generic_list(
     list_file: str | os.PathLike, items: Sequence[VideoItem], root: str | os.PathLike | None = None
 ) -> None:
     """Write items as ``<path> <label>`` lines (paths relative to ``root`` when given), atomically."""
-    tmp = f"{os.fspath(list_file)}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    from artlib._io import atomic_write
+
+    with atomic_write(list_file, "w") as fh:
         for it in items:
             path = os.path.relpath(it.path, root) if root is not None else it.path
             fh.write(f"{path} {int(it.label)}\n")
-    os.replace(tmp, list_file)
 
 
 # ----------------------------------------------------------------------------------------- FineGym

@@ -1,4 +1,4 @@
-"""Check a data set before training: every listed video exists, opens, decodes and has >= T frames.
+"""Check a data set before training: every listed video is usable by the trainer, and why not.
 
 Commands::
 
@@ -7,21 +7,20 @@ Commands::
     python -m artlib.data.check --list train.txt --root videos --num-frames 16        # generic list
     python -m artlib.data.check --list Diving48_V2_train.json --root rgb --format diving48 --workers 2
 
-For each distinct video the checker reads the container's metadata (``artlib.data.decode.video_info``:
-frame count, size, codec) and then decodes the last frame the metadata promises
-(``decode_frames(path, [n - 1])``, which seeks to the last keyframe), because metadata lies: a
-truncated mp4 keeps its header's frame count. ``--metadata-only`` skips that decode; ``--full``
-decodes every frame. Problems are reported as
+Each distinct video goes through :func:`artlib.data.probe_video`, the usability rule the data set
+applies too (see ``artlib.data.probe``): it reads the container's metadata and then decodes the last
+frame the metadata declares, because metadata lies (``--metadata-only`` skips that decode, ``--full``
+decodes every frame). The report lists one line per file that is not plainly "ok"::
 
-- ``missing``: the file does not exist;
-- ``empty``: the file has 0 bytes;
-- ``unreadable``: it does not open, has no video stream, or fails to decode (the reason is given);
-- ``short``: it has fewer than ``--num-frames`` frames (the frames it really has are given).
+    kind<TAB>path<TAB>declared<TAB>decoded<TAB>reason
 
-The exit status is 0 when no problem is found and 1 otherwise, with the list printed (one
-``kind<TAB>path<TAB>frames<TAB>detail`` line each) and optionally written as CSV (``--report``).
-``--write-good LIST`` writes the usable items as a generic ``<path> <label>`` list, e.g. FineGym's
-element list minus the clips whose YouTube video could not be downloaded.
+Problems (the file is not usable; exit status 1): ``missing``, ``empty``, ``no_video`` (audio only),
+``truncated``, ``corrupt``. Notes (the file is usable; exit status stays 0): ``overstated`` (the
+header declares more frames than decode), ``short`` (fewer than ``--num-frames`` frames: the
+sampling repeats frames). ``--report CSV`` writes the same rows as CSV.
+
+``--write-good LIST`` writes the usable items as a generic ``<path> <label>`` list with **absolute
+paths**, which the trainer accepts as they are, with or without ``--data-root``.
 """
 
 from __future__ import annotations
@@ -32,74 +31,36 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
-from typing import NamedTuple
 
-__all__ = ["Problem", "check_items", "check_video", "format_problems", "main"]
+from tqdm import tqdm
 
-KINDS = ("missing", "empty", "unreadable", "short")
+from .probe import PROBLEM_KINDS, USABLE_KINDS, VideoProbe, probe_video
+
+__all__ = [
+    "KINDS",
+    "Problem",
+    "check_items",
+    "check_video",
+    "format_problems",
+    "main",
+    "write_problems",
+]
+
+KINDS = PROBLEM_KINDS + tuple(k for k in USABLE_KINDS if k != "ok")
 FORMATS = ("generic", "finegym", "diving48", "kinetics")
-
-
-class Problem(NamedTuple):
-    """One bad video: ``kind`` in KINDS, ``frames`` it really has (-1 unknown), ``detail`` why."""
-
-    path: str
-    kind: str
-    frames: int
-    detail: str
+Problem = VideoProbe  # what the checker reports: a probe whose kind is not "ok"
 
 
 def check_video(
     path: str | os.PathLike, num_frames: int = 16, mode: str = "last"
-) -> Problem | None:
-    """Check one video; returns None when it is usable for ``num_frames``-frame sampling.
-
-    mode: ``"metadata"`` (trust the container's frame count), ``"last"`` (also decode the last
-    frame it promises; the default) or ``"full"`` (decode every frame and count them).
-    """
-    from artlib.data.decode import VideoDecodeError, decode_frames, video_info
-
-    if mode not in ("metadata", "last", "full"):
-        raise ValueError(f"mode: expected 'metadata', 'last' or 'full', got {mode!r}")
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        return Problem(path, "missing", -1, "file not found")
-    if os.path.isdir(path):
-        return Problem(path, "unreadable", -1, "is a folder, not a video file")
-    if os.path.getsize(path) == 0:
-        return Problem(path, "empty", 0, "file is empty (0 bytes)")
-    try:
-        n = video_info(path).num_frames  # the container's promise
-        if mode != "metadata":
-            if mode == "full":
-                got = video_info(path, exact=True).num_frames
-            else:
-                try:
-                    decode_frames(path, [n - 1], threads=1)
-                    got = n
-                except VideoDecodeError as err:
-                    if err.num_decoded is None:
-                        raise
-                    got = err.num_decoded
-            if got < n:  # metadata lies: a truncated file keeps its header
-                if got < num_frames:
-                    return Problem(path, "short", got, f"{got} < {num_frames} frames decode")
-                return Problem(
-                    path, "unreadable", got, f"truncated: metadata says {n} frames, {got} decode"
-                )
-            n = got
-    except VideoDecodeError as err:
-        got = err.num_decoded
-        return Problem(path, "unreadable", -1 if got is None else got, err.reason)
-    except Exception as err:  # noqa: BLE001 - any decoder failure is a finding, not a crash
-        return Problem(path, "unreadable", -1, f"{type(err).__name__}: {err}")
-    if n < num_frames:
-        return Problem(path, "short", n, f"{n} < {num_frames} frames")
-    return None
+) -> VideoProbe | None:
+    """Probe one video (``probe_video``); None when it is plainly "ok", else the probe (a problem
+    when ``not probe.usable``, a note otherwise)."""
+    p = probe_video(path, num_frames, mode)
+    return None if p.kind == "ok" else p
 
 
-def _check_one(args: tuple[str, int, str]) -> Problem | None:
+def _check_one(args: tuple[str, int, str]) -> VideoProbe | None:
     return check_video(*args)
 
 
@@ -110,65 +71,62 @@ def check_items(
     workers: int = 1,
     mode: str = "last",
     progress: bool = True,
-) -> list[Problem]:
+) -> list[VideoProbe]:
     """Check the videos of ``items`` (VideoItems, or paths) with ``workers`` processes; returns the
-    problems in the order the videos first appear (each distinct path is checked once)."""
+    probes that are not "ok", in the order the videos first appear (each path is checked once)."""
     if num_frames < 1:
         raise ValueError(f"num_frames: expected >= 1, got {num_frames}")
     if workers < 1:
         raise ValueError(f"workers: expected >= 1, got {workers}")
     paths = list(dict.fromkeys(os.fspath(getattr(it, "path", it)) for it in items))
     jobs = [(p, num_frames, mode) for p in paths]
-    bar = _bar(len(jobs), progress)
-    out: list[Problem] = []
-    try:
+    out: list[VideoProbe] = []
+    with tqdm(total=len(jobs), unit="video", disable=not progress, dynamic_ncols=True) as bar:
         if workers == 1 or len(jobs) < 2:
-            results = map(_check_one, jobs)
+            results: Iterable = map(_check_one, jobs)
+            pool = None
+        else:
+            pool = ProcessPoolExecutor(max_workers=workers)
+            chunk = max(1, min(64, len(jobs) // (8 * workers)))
+            results = pool.map(_check_one, jobs, chunksize=chunk)
+        try:
             for r in results:
                 bar.update(1)
                 if r is not None:
                     out.append(r)
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as ex:
-                chunk = max(1, min(64, len(jobs) // (8 * workers)))
-                for r in ex.map(_check_one, jobs, chunksize=chunk):
-                    bar.update(1)
-                    if r is not None:
-                        out.append(r)
-    finally:
-        bar.close()
+        finally:
+            if pool is not None:
+                pool.shutdown()
     return out
 
 
-def _bar(total: int, enabled: bool):
-    from artlib.data.prepare import _bar as bar
+def format_problems(problems: Sequence[VideoProbe], num_frames: int) -> str:
+    """The report printed by the command: one tab-separated line per file, then a count line."""
+    lines = [f"{p.kind}\t{p.path}\t{p.declared}\t{p.decoded}\t{p.reason}" for p in problems]
+    bad = [p for p in problems if not p.usable]
+    notes = [p for p in problems if p.usable]
 
-    return bar(total, enabled)
+    def counts(ps, kinds):
+        return ", ".join(f"{n} {k}" for k in kinds if (n := sum(p.kind == k for p in ps)))
 
-
-def format_problems(problems: Sequence[Problem], num_frames: int) -> str:
-    """The report printed by the command: one tab-separated line per problem, then a count line."""
-    lines = [f"{p.kind}\t{p.path}\t{p.frames}\t{p.detail}" for p in problems]
-    counts = {k: sum(p.kind == k for p in problems) for k in KINDS}
-    if problems:
-        lines.append(
-            f"FOUND {len(problems)} bad videos (T={num_frames}): "
-            + ", ".join(f"{v} {k}" for k, v in counts.items())
-        )
+    if bad:
+        lines.append(f"FOUND {len(bad)} unusable videos: {counts(bad, PROBLEM_KINDS)}")
     else:
-        lines.append(f"OK: no missing, empty, unreadable or shorter-than-{num_frames} videos")
+        lines.append("OK: every video is usable")
+    if notes:
+        lines.append(f"notes (usable, T={num_frames}): {counts(notes, USABLE_KINDS)}")
     return "\n".join(lines)
 
 
-def write_problems(problems: Sequence[Problem], path: str | os.PathLike) -> None:
-    """Write the problems as CSV with columns kind, path, frames, detail."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+def write_problems(problems: Sequence[VideoProbe], path: str | os.PathLike) -> None:
+    """Write the probes as CSV with columns kind, path, declared, decoded, reason, atomically."""
+    from artlib._io import atomic_write
+
+    with atomic_write(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["kind", "path", "frames", "detail"])
+        w.writerow(["kind", "path", "declared", "decoded", "reason"])
         for p in problems:
-            w.writerow([p.kind, p.path, p.frames, p.detail])
+            w.writerow([p.kind, p.path, p.declared, p.decoded, p.reason])
 
 
 def read_list(fmt: str, list_file: str | os.PathLike, root: str | os.PathLike | None):
@@ -189,34 +147,66 @@ def read_list(fmt: str, list_file: str | os.PathLike, root: str | os.PathLike | 
     return result[0] if isinstance(result, tuple) else result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line on one line (``prog: error: ...``), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
         prog="python -m artlib.data.check",
-        description="Report missing, empty, unreadable and too-short videos of an annotation list.",
+        description="Report the videos of an annotation list that the trainer cannot use, and why.",
     )
     p.add_argument("--list", required=True, help="annotation file (list, element list, json, csv)")
     p.add_argument("--root", default=None, help="folder the list's videos are under")
-    p.add_argument("--num-frames", type=int, default=16, help="T: frames each video must have")
+    p.add_argument("--num-frames", type=int, default=16, help="T: frames one clip samples")
     p.add_argument("--format", default="generic", choices=FORMATS)
     p.add_argument("--workers", type=int, default=max(1, min(os.cpu_count() or 1, 8)))
-    p.add_argument("--report", default=None, help="also write the problems to this CSV")
+    p.add_argument("--report", default=None, help="also write the findings to this CSV")
     p.add_argument(
         "--write-good",
         default=None,
         metavar="LIST",
-        help="write the usable items as a generic '<path> <label>' list (paths relative to --root)",
+        help="write the usable items as a '<path> <label>' list with absolute paths",
     )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--metadata-only", action="store_true", help="do not decode the last frame")
     g.add_argument("--full", action="store_true", help="decode every frame (slow, thorough)")
     p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _validate(p: argparse.ArgumentParser, args) -> None:
+    """Every argument checked before any video is opened: one line and exit 2 on a mistake."""
+    if not os.path.isfile(args.list):
+        p.error(f"--list: no such file: {args.list}")
+    if args.root is not None and not os.path.isdir(args.root):
+        p.error(f"--root: no such folder: {args.root}")
+    if args.num_frames < 1:
+        p.error(f"--num-frames: expected >= 1, got {args.num_frames}")
+    if args.workers < 1:
+        p.error(f"--workers: expected >= 1, got {args.workers}")
+    for flag, value in (("--report", args.report), ("--write-good", args.write_good)):
+        if value is None:
+            continue
+        parent = os.path.dirname(os.path.abspath(value))
+        if os.path.isdir(value):
+            p.error(f"{flag}: {value} is a folder; expected a file name")
+        if not os.path.isdir(parent):
+            p.error(f"{flag}: the folder {parent} does not exist")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
+    _validate(p, args)
     mode = "metadata" if args.metadata_only else "full" if args.full else "last"
     try:
         items = read_list(args.format, args.list, args.root)
     except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        p.error(f"--list: {err}")
     problems = check_items(
         items,
         num_frames=args.num_frames,
@@ -227,15 +217,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report:
         write_problems(problems, args.report)
     if args.write_good:
-        from artlib.data.annotations import write_generic_list
+        from artlib.data.annotations import VideoItem, write_generic_list
 
-        bad = {p.path for p in problems}
-        good = [it for it in items if os.fspath(it.path) not in bad]
-        write_generic_list(args.write_good, good, root=args.root)
+        bad = {p.path for p in problems if not p.usable}
+        good = [
+            VideoItem(os.path.abspath(it.path), it.label)
+            for it in items
+            if os.fspath(it.path) not in bad
+        ]
+        write_generic_list(args.write_good, good)
     n = len({os.fspath(getattr(it, "path", it)) for it in items})
     print(f"checked {n} videos from {args.list}")
     print(format_problems(problems, args.num_frames))
-    return 1 if problems else 0
+    return 1 if any(not p.usable for p in problems) else 0
 
 
 if __name__ == "__main__":

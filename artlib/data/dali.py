@@ -12,8 +12,9 @@ antialiased resize renormalizes its weights there).
 
 DALI's CPU decoder reads only VP8, VP9 and MJPEG; on CPU DALI silently drops an H.264 file and later
 fails with an unrelated message (``num_shards_ <= Size()``), so ``DaliVideoLoader`` reads each file's
-codec first and refuses such files with a message that says what to do. Files that cannot be opened
-(missing, empty, corrupt headers, no video stream) are skipped, counted and logged like on the PyAV
+codec first and refuses such files with a message that says what to do. Rotated videos (a display
+matrix, as phones write) are refused too, per file, with the reason: DALI would give them sideways.
+Files that cannot be opened (missing, empty, corrupt headers, no video stream) are skipped, counted and logged like on the PyAV
 path; a stream that breaks inside DALI's decoder stops the run (DALI cannot skip a sample mid-batch).
 
 DALI (``nvidia-dali-cuda130``) and PyAV are imported lazily; the frame counts come from PyAV.
@@ -40,6 +41,12 @@ __all__ = [
 ]
 
 CPU_CODECS = ("vp8", "vp9", "mjpeg")
+
+
+_ROTATED = (
+    "rotated video (display matrix: turn {rotation} degrees clockwise): DALI's decoder does not "
+    "turn frames upright; use make_loader (PyAV), or cut upright clips with artlib.data.prepare"
+)
 
 
 def require_dali() -> None:
@@ -89,7 +96,14 @@ class _Source:
             try:
                 info = video_info(path)
             except VideoDecodeError as e:
-                self.pending_failures.append(SampleFailure(index, path, e.reason))
+                kind = "corrupt" if e.kind == "past_end" else e.kind
+                self.pending_failures.append(SampleFailure(index, path, e.reason, kind))
+                continue
+            if (
+                info.rotation
+            ):  # DALI does not read the display matrix: refuse, do not train sideways
+                reason = _ROTATED.format(rotation=info.rotation)
+                self.pending_failures.append(SampleFailure(index, path, reason, "rotated"))
                 continue
             if self.loader.device == "cpu" and info.codec not in CPU_CODECS:
                 raise ValueError(
@@ -218,13 +232,15 @@ def dali_decode_frames(path: str, indices, device: str = "cpu") -> torch.Tensor:
     """DALI's twin of ``decode_frames``: uint8 (len(indices), H, W, 3) of ``path`` by
     ``fn.decoders.video(frames=indices)`` (on the CPU for device="cpu", NVDEC for "gpu"). Builds a
     pipeline per call: for checks and benchmarks, not for training."""
-    fn, types, pipeline_def, _, _ = _dali()
     info = video_info(path)
+    if info.rotation:
+        raise ValueError(f"{path}: " + _ROTATED.format(rotation=info.rotation))
     if device == "cpu" and info.codec not in CPU_CODECS:
         raise ValueError(
             f"{path}: codec {info.codec!r} cannot be decoded by DALI's CPU decoder, which reads only "
             f"{', '.join(CPU_CODECS)}; use device='gpu' or decode_frames (PyAV)"
         )
+    fn, types, pipeline_def, _, _ = _dali()
     with open(path, "rb") as fh:
         data = np.frombuffer(fh.read(), dtype=np.uint8)
     idx = np.asarray(indices, dtype=np.int32).reshape(-1)

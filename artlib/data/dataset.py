@@ -4,18 +4,19 @@ A sample is a dict ``{"video": float32 (T, 3, S, S) — or (V, T, 3, S, S) with 
 views (clip-major) when V > 1 —,
 "label": int, "index": int}``; a batch stacks them: video (B, T, 3, S, S), label (B,), index (B,).
 
-Rules for bad inputs (issue 5, item 6):
+Rules for bad inputs: the usability rule of ``artlib.data.probe_video``, the same one
+``python -m artlib.data.check`` applies, decides.
 
-- A video that cannot be used — missing, empty (0 bytes), unreadable or corrupt (FFmpeg reports an
-  error), without a video stream (audio only), or truncated (it decodes fewer frames than its header
-  declares, by more than max(2, 5%)) — makes ``__getitem__`` return a ``SampleFailure(index, path,
-  reason)`` instead of raising. The collate function drops it from the batch (which is then smaller
-  than batch_size; a batch with no sample left is skipped), and the loader, in the main process,
-  counts it, logs its path and reason once (logger ``artlib.data``), and raises ``TooManyFailures``
-  listing the files as soon as the failures of an epoch exceed ``max_failure_fraction`` of the epoch's
-  samples on this rank. Counting in the main process is what makes it work with worker processes.
-- A container that overstates its frame count by at most max(2, 5%) is not a failure: the clip is
-  drawn again with the true count.
+- A video that is not usable — missing, empty (0 bytes), without a video stream (audio only),
+  truncated (an unfinished download) or corrupt — makes ``__getitem__`` return a
+  ``SampleFailure(index, path, reason, kind)`` instead of raising. The collate function drops it
+  from the batch (which is then smaller than batch_size; a batch with no sample left is skipped),
+  and the loader, in the main process, counts it, logs its path, kind and reason once (logger
+  ``artlib.data``), and raises ``TooManyFailures`` listing the files as soon as the failures of an
+  epoch exceed ``max_failure_fraction`` of the epoch's samples on this rank. Counting in the main
+  process is what makes it work with worker processes.
+- A container that declares more frames than decode, where the decoder ends cleanly, is not a
+  failure: the clip is drawn again over the frames that do decode.
 - A video shorter than T frames is not a failure: TSN sampling repeats its frames in order (see
   ``artlib.data.sampling``); it is counted in ``loader.stats["short"]``.
 """
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 
 from .annotations import VideoItem
 from .decode import VideoDecodeError, decode_clip
+from .probe import probe_video
 from .sampling import crop_params, item_rng, sample_indices, three_crops
 
 __all__ = [
@@ -63,6 +65,7 @@ class SampleFailure(NamedTuple):
     index: int
     path: str
     reason: str
+    kind: str = "corrupt"  # a PROBLEM_KINDS entry of artlib.data.probe
 
 
 class TooManyFailures(RuntimeError):
@@ -71,10 +74,6 @@ class TooManyFailures(RuntimeError):
     def __init__(self, message: str, failures: dict[str, str]):
         super().__init__(message)
         self.failures = failures
-
-
-def _truncated(declared: int, decoded: int) -> bool:
-    return declared - decoded > max(2, math.ceil(0.05 * declared))
 
 
 class VideoDataset(torch.utils.data.Dataset):
@@ -113,15 +112,12 @@ class VideoDataset(torch.utils.data.Dataset):
             raise ValueError(f"num_frames: expected >= 1, got {num_frames}")
         if crop_size < 1:
             raise ValueError(f"crop_size: expected >= 1, got {crop_size}")
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean, std: expected 3 values each (std > 0), got {mean}, {std}")
         self.items = [VideoItem(str(p), int(y)) for p, y in items]
         self.num_frames = num_frames
         self.train = train
         self.crop_size = crop_size
         self.scale, self.ratio, self.flip = tuple(scale), tuple(ratio), flip
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        self.set_normalization(mean, std)
         if num_clips < 1:
             raise ValueError(f"num_clips: expected >= 1, got {num_clips}")
         if num_crops not in (1, 3) or (train and num_crops != 1):
@@ -133,6 +129,13 @@ class VideoDataset(torch.utils.data.Dataset):
         self.decode_threads = decode_threads
         self.accurate_rgb = accurate_rgb
         self._frames: dict[int, int] = {}  # index -> true frame count when the header was wrong
+
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise clips with ``mean``/``std`` (3 values each, 0-1 scale), e.g. the backbone's."""
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"mean, std: expected 3 values each (std > 0), got {mean}, {std}")
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
 
     def __len__(self) -> int:
         return len(self.items)
@@ -158,7 +161,9 @@ class VideoDataset(torch.utils.data.Dataset):
         try:
             return self._load(index, path, label)
         except VideoDecodeError as e:
-            return SampleFailure(index, path, e.reason)
+            return SampleFailure(
+                index, path, e.reason, "corrupt" if e.kind == "past_end" else e.kind
+            )
         except Exception as e:  # counted and logged by the loader, never swallowed silently
             return SampleFailure(index, path, f"{type(e).__name__}: {e}")
 
@@ -174,14 +179,13 @@ class VideoDataset(torch.utils.data.Dataset):
         try:
             frames = self._decode(path, plan)
         except VideoDecodeError as e:
-            n = plans.get("n")
-            if n is None or not e.num_decoded or _truncated(n, e.num_decoded):
-                if n is not None and e.num_decoded:
-                    raise VideoDecodeError(
-                        path, f"truncated: {e.num_decoded} of {n} declared frames decode"
-                    ) from None
-                raise
-            true_n = self._frames[index] = e.num_decoded  # the header overstated it a little
+            # the one usability rule decides (the same as artlib.data.check's)
+            probe = probe_video(path, self.num_frames)
+            if not probe.usable:
+                raise VideoDecodeError(path, probe.reason, probe.decoded, probe.kind) from None
+            if e.kind != "past_end" or probe.decoded == plans.get("n"):
+                raise  # usable by the rule, yet this clip's frames fail: corrupt inside
+            true_n = self._frames[index] = probe.decoded  # the header overstated it
             frames = self._decode(path, lambda info: plan(info, true_n))
         n = plans["n"]
         if self.num_crops == 1:
@@ -280,6 +284,7 @@ class VideoLoader:
         self.timeout = timeout
         self.epoch = 0
         self.failures: dict[str, str] = {}  # every distinct failed path -> reason
+        self.failure_kinds: dict[str, str] = {}  # the same paths -> kind (artlib.data.probe)
         self.stats = {"samples": 0, "failed": 0, "short": 0, "epoch_failed": 0}
 
     def set_epoch(self, epoch: int) -> None:
@@ -298,7 +303,8 @@ class VideoLoader:
             self.stats["epoch_failed"] += 1
             if f.path not in self.failures:
                 self.failures[f.path] = f.reason
-                log.warning("skipping video %s: %s", f.path, f.reason)
+                self.failure_kinds[f.path] = f.kind
+                log.warning("skipping video %s (%s): %s", f.path, f.kind, f.reason)
         allowed = self.max_failure_fraction * len(self.sampler)
         if self.stats["epoch_failed"] > allowed:
             listing = "\n".join(f"  {p}: {r}" for p, r in sorted(self.failures.items()))

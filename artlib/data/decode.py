@@ -1,7 +1,13 @@
 """The CPU video decoder (PyAV): exact frames by index, sequential decoding, skipping only safe work.
 
-Index ``i`` means the i-th frame the decoder outputs in display order (0-based), whatever the
-timestamps say, so variable-frame-rate files are indexed by frame, not by time.
+Index ``i`` means the i-th frame the decoder outputs (its output order is the display order), 0-based,
+whatever the timestamps say, so variable-frame-rate files are indexed by frame, not by time. Frame
+``i``'s time is defined by :func:`monotonic_times` (see docs/data.md): the decoded frames'
+timestamps, with missing ones filled, reordered ones put back in increasing order and repeated ones
+nudged forward, so that time never decreases with the index. ``frame_times`` lists them.
+
+Rotated videos (a display matrix, as phones write) come out upright: frames are turned as the matrix
+says, and ``video_info`` reports the upright size.
 
 How ``decode_frames`` works (and why it is exact):
 
@@ -26,15 +32,26 @@ loader decodes the GOP again for every frame it wants. PyAV is imported lazily.
 from __future__ import annotations
 
 import bisect
+import math
 import os
+import struct
 import threading
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-__all__ = ["VideoDecodeError", "VideoInfo", "decode_clip", "decode_frames", "video_info"]
+__all__ = [
+    "VideoDecodeError",
+    "VideoInfo",
+    "decode_clip",
+    "decode_frames",
+    "frame_times",
+    "monotonic_times",
+    "video_info",
+]
 
 # A seek here is in memory (the packets are already demuxed): it costs a decoder drain and flush,
 # about the time of a few frames, so it pays once it skips more than a handful of packets.
@@ -47,22 +64,29 @@ _REORDER_MARGIN = 32
 class VideoDecodeError(RuntimeError):
     """A video that cannot be read: missing, empty, corrupt, without a video stream, or with fewer
     frames than asked for. ``path`` names the file, ``reason`` says why, ``num_decoded`` is the number
-    of frames the decoder produced when the file ended early (None otherwise)."""
+    of frames the decoder produced when the file ended early (None otherwise). ``kind`` sorts the
+    failure: "missing", "empty", "no_video", "truncated", "corrupt", or "past_end" (an index past
+    the last frame of a file that decoded cleanly to its end; ``num_decoded`` frames)."""
 
-    def __init__(self, path: str, reason: str, num_decoded: int | None = None):
+    def __init__(
+        self, path: str, reason: str, num_decoded: int | None = None, kind: str = "corrupt"
+    ):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
         self.num_decoded = num_decoded
+        self.kind = kind
 
     def __reduce__(self):  # picklable across DataLoader workers
-        return (type(self), (self.path, self.reason, self.num_decoded))
+        return (type(self), (self.path, self.reason, self.num_decoded, self.kind))
 
 
 class VideoInfo(NamedTuple):
     """What ``video_info`` reports. ``num_frames`` is the container's count (or the packet count
     when the container has none; the decoded count with ``exact=True``); ``fps`` the average rate;
-    ``codec`` the FFmpeg codec name (``"h264"``, ``"vp9"``, ...)."""
+    ``codec`` the FFmpeg codec name (``"h264"``, ``"vp9"``, ...); ``width`` and ``height`` the
+    upright size of the decoded frames; ``rotation`` the clockwise turn (0, 90, 180 or 270 degrees)
+    applied to the stored frames to make them upright."""
 
     path: str
     num_frames: int
@@ -72,6 +96,7 @@ class VideoInfo(NamedTuple):
     codec: str
     duration: float
     exact: bool
+    rotation: int = 0
 
 
 def _av():
@@ -83,22 +108,68 @@ def _av():
 
 
 def _open(path: str | os.PathLike):
-    """av.open with every failure turned into VideoDecodeError naming the file."""
+    """av.open with every failure turned into VideoDecodeError naming the file and its kind."""
     av = _av()
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise VideoDecodeError(path, "file not found")
-    if os.path.getsize(path) == 0:
-        raise VideoDecodeError(path, "file is empty (0 bytes)")
+        raise VideoDecodeError(path, "file not found", kind="missing")
+    if os.path.isdir(path):
+        raise VideoDecodeError(path, "is a folder, not a video file", kind="missing")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise VideoDecodeError(path, "file is empty (0 bytes)", num_decoded=0, kind="empty")
     try:
         container = av.open(path, metadata_errors="ignore")
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
+        if _mp4_without_index(path):
+            raise VideoDecodeError(
+                path,
+                "truncated: an mp4 without its index (no moov box): an unfinished download?",
+                kind="truncated",
+            ) from None
         raise VideoDecodeError(path, f"cannot open ({type(e).__name__}: {e})") from None
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         container.close()
-        raise VideoDecodeError(path, f"no video stream (streams: {', '.join(kinds)})")
+        raise VideoDecodeError(
+            path, f"no video stream (streams: {', '.join(kinds)})", kind="no_video"
+        )
+    entries = container.streams.video[0].index_entries
+    if len(entries):  # the container's index points past the end of the file: cut short
+        last = entries[len(entries) - 1]
+        if last.pos + last.size > size:
+            container.close()
+            raise VideoDecodeError(
+                path,
+                f"truncated: the file has {size} bytes, its index refers to "
+                f"{last.pos + last.size} (an unfinished download?)",
+                kind="truncated",
+            )
     return container
+
+
+def _mp4_without_index(path: str) -> bool:
+    """An ISO-BMFF file (``ftyp`` first) that holds media data but no ``moov`` box."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8)[4:8] != b"ftyp":
+                return False
+            fh.seek(0)
+            size, pos, kinds = os.fstat(fh.fileno()).st_size, 0, set()
+            while pos + 8 <= size:
+                fh.seek(pos)
+                n, kind = struct.unpack(">I4s", fh.read(8))
+                if n == 1:
+                    n = struct.unpack(">Q", fh.read(8))[0]
+                elif n == 0:
+                    n = size - pos
+                if n < 8:
+                    break
+                kinds.add(kind)
+                pos += n
+            return b"moov" not in kinds and b"mdat" in kinds
+    except (OSError, struct.error):
+        return False
 
 
 def _count_packets(container, stream) -> int:
@@ -152,12 +223,79 @@ def _info(container, path: str, exact: bool) -> tuple[VideoInfo, bool]:
                     f"truncated: {n} frames present, the header's duration {duration:.2f} s "
                     f"at {fps:.3g} fps implies about {round(expect)}",
                     num_decoded=n,
+                    kind="truncated",
                 )
     except av.FFmpegError as e:
         raise VideoDecodeError(path, f"corrupt stream ({type(e).__name__}: {e})") from None
     if n <= 0:
         raise VideoDecodeError(path, "video stream has no frames", num_decoded=0)
-    return VideoInfo(path, n, fps, cc.width, cc.height, cc.name, duration, exact), consumed
+    rot = _rotation_of(container)
+    w, h = (cc.height, cc.width) if rot in (90, 270) else (cc.width, cc.height)
+    return VideoInfo(path, n, fps, w, h, cc.name, duration, exact, rot), consumed
+
+
+def _rotation_of(container) -> int:
+    """The clockwise turn (0, 90, 180, 270) that makes the video upright, from the display matrix of
+    an mp4/mov file's video track (``tkhd``; what phones write); 0 for other containers or none.
+    PyAV shows the matrix only on decoded frames, so the header is read here, without decoding."""
+    names = set(container.format.name.split(","))
+    if not names & {"mov", "mp4", "m4a", "3gp", "3g2", "mj2"}:
+        return 0
+    try:
+        return _mp4_rotation(container.name)
+    except (OSError, ValueError, struct.error):
+        return 0
+
+
+def _mp4_rotation(path: str) -> int:
+    """Walk the boxes moov/trak/tkhd of an ISO-BMFF file (seeking past mdat) -> the rotation of the
+    first track with a picture size."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+
+        def boxes(start: int, end: int):
+            pos = start
+            while pos + 8 <= end:
+                fh.seek(pos)
+                n, kind = struct.unpack(">I4s", fh.read(8))
+                head = 8
+                if n == 1:
+                    n, head = struct.unpack(">Q", fh.read(8))[0], 16
+                elif n == 0:
+                    n = end - pos
+                if n < head:
+                    return
+                yield kind, pos + head, min(pos + n, end)
+                pos += n
+
+        for kind, a, b in boxes(0, size):
+            if kind != b"moov":
+                continue
+            for kind2, a2, b2 in boxes(a, b):
+                if kind2 != b"trak":
+                    continue
+                for kind3, a3, _ in boxes(a2, b2):
+                    if kind3 != b"tkhd":
+                        continue
+                    fh.seek(a3)
+                    version = fh.read(1)[0]
+                    fh.seek(a3 + 4 + (32 if version == 1 else 20) + 16)
+                    m = struct.unpack(">9i", fh.read(36))
+                    w, h = struct.unpack(">II", fh.read(8))
+                    if w == 0 or h == 0:
+                        break  # an audio track: next trak
+                    # (a, b, c, d) in 16.16; the picture turns by atan2(b, a) degrees clockwise
+                    deg = math.degrees(math.atan2(m[1], m[0]))
+                    return int(round(deg / 90.0)) % 4 * 90
+            return 0
+    return 0
+
+
+def _upright(img: np.ndarray, rotation: int) -> np.ndarray:
+    """Turn an (H, W, 3) frame ``rotation`` degrees clockwise (a copy, contiguous)."""
+    if not rotation:
+        return img
+    return np.ascontiguousarray(np.rot90(img, k=-(rotation // 90)))
 
 
 def _video_stream(container, threads: int | None):
@@ -245,7 +383,10 @@ def decode_clip(
         container.close()
     if isinstance(frames, int):
         raise VideoDecodeError(
-            path, f"frame {wanted[-1]} asked for, the video has {frames} frames", num_decoded=frames
+            path,
+            f"frame {wanted[-1]} asked for, the video has {frames} frames",
+            num_decoded=frames,
+            kind="past_end",
         )
     shapes = {f.shape for f in frames.values()}
     if len(shapes) != 1:
@@ -280,10 +421,16 @@ def _rgb_converter(accurate: bool):
         _local.reformatter, _local.pid = VideoReformatter(), os.getpid()
     reformat = _local.reformatter.reformat
     if not accurate:
-        return lambda frame: reformat(frame, format="rgb24", threads=1).to_ndarray()
-    # bilinear chroma upsampling + exact rounding: bit-identical to DALI's decoder output
-    flags = Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INT | Interpolation.ACCURATE_RND
-    return lambda f: reformat(f, format="rgb24", interpolation=flags, threads=1).to_ndarray()
+        flags = None
+    else:  # bilinear chroma upsampling + exact rounding: bit-identical to DALI's decoder output
+        flags = Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INT | Interpolation.ACCURATE_RND
+
+    def rgb(frame) -> np.ndarray:
+        img = reformat(frame, format="rgb24", interpolation=flags, threads=1).to_ndarray()
+        # the display matrix (phones): FFmpeg gives the counter-clockwise angle
+        return _upright(img, -int(frame.rotation) % 360)
+
+    return rgb
 
 
 def _decode(container, stream, wanted, seek_gap, skip_nonref, rgb):
@@ -437,3 +584,103 @@ def _decode_plain(container, stream, wanted: list[int], rgb):  # the definition 
             if k == len(wanted):
                 return out
     return pos + 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Frame times: one definition for the decoder, prepare and check
+# ----------------------------------------------------------------------------------------------
+
+# Timestamps that come out of order are put back in order within this many frames (H.264/HEVC
+# reorder at most 16; the AVI and broken-GOP cases seen in practice are within 4).
+TIME_REORDER_WINDOW = 16
+
+
+def monotonic_times(frames, step: Fraction | None = None, window: int = TIME_REORDER_WINDOW):
+    """Give each decoded frame a timestamp that never decreases with its index.
+
+    frames: iterable of (item, ts) in the decoder's output order, ts the frame's best-effort
+    timestamp in stream ticks (``frame.pts``, else the packet's ``dts``; None when missing).
+    step: one frame's duration in ticks (from the average frame rate), used to fill missing ones.
+    Yields (item, ticks) with ticks a Fraction, strictly increasing:
+
+    1. a missing timestamp is the previous one plus ``step`` (the first missing one: 0);
+    2. the timestamps of the frames are sorted: the i-th frame gets the i-th smallest of them, within
+       a window of ``window`` frames (containers that store decode-order times, such as AVI with
+       B-frames, or a broken first GOP, give 1, 3, 4, 2, ...: the frames keep their order and get
+       1, 2, 3, 4);
+    3. a timestamp not above its predecessor's (a repeat, or one too far out of order for the
+       window) becomes the predecessor's plus one tick.
+
+    The result depends only on the frames within ``window`` of each other, so decoding from a
+    keyframe (after a seek) gives the same times as decoding from the file's start.
+    """
+    import heapq
+
+    step = Fraction(step) if step else Fraction(1)
+    buf: list = []  # items waiting for their timestamp, in output order
+    heap: list = []  # their timestamps
+    prev_raw: Fraction | None = None
+    last: Fraction | None = None
+
+    def emit(item):
+        nonlocal last
+        t = heapq.heappop(heap)
+        if last is not None and t <= last:
+            t = last + 1
+        last = t
+        return item, t
+
+    for item, ts in frames:
+        if ts is None:
+            ts = Fraction(0) if prev_raw is None else prev_raw + step
+        ts = Fraction(ts)
+        prev_raw = ts
+        buf.append(item)
+        heapq.heappush(heap, ts)
+        if len(buf) > window:
+            yield emit(buf.pop(0))
+    while buf:
+        yield emit(buf.pop(0))
+
+
+def _origin(container, stream) -> Fraction:
+    """Seconds of the container's start: the origin ``ffmpeg -ss`` counts from."""
+    if container.start_time is not None:  # microseconds
+        return Fraction(container.start_time, 1_000_000)
+    return (stream.start_time or 0) * stream.time_base
+
+
+def _step(stream) -> Fraction | None:
+    rate = stream.average_rate or stream.guessed_rate
+    if not rate or not stream.time_base:
+        return None
+    return 1 / (Fraction(rate) * stream.time_base)
+
+
+def timed_frames(container, stream):
+    """Yield (frame, seconds) for the frames ``container.decode(stream)`` gives from its position:
+    the time of :func:`monotonic_times`, in seconds from the container's start."""
+    tb, origin = stream.time_base, _origin(container, stream)
+
+    def raw():
+        for f in container.decode(stream):
+            yield f, (f.pts if f.pts is not None else f.dts)
+
+    for frame, ticks in monotonic_times(raw(), _step(stream)):
+        yield frame, ticks * tb - origin
+
+
+def frame_times(path: str | os.PathLike) -> list[Fraction]:
+    """Every frame's time in seconds (exact fractions) from the container's start, by index (the
+    definition of :func:`monotonic_times`; decodes the whole file). ``prepare`` cuts the frames
+    with start <= t < end of this list."""
+    av = _av()
+    path = os.fspath(path)
+    container = _open(path)
+    try:
+        stream = _video_stream(container, None)
+        return [t for _, t in timed_frames(container, stream)]
+    except av.FFmpegError as e:
+        raise VideoDecodeError(path, f"corrupt stream ({type(e).__name__}: {e})") from None
+    finally:
+        container.close()

@@ -1,17 +1,22 @@
 """A small training engine for ART (torchtitan-style parts): config, distributed setup, checkpoints,
 metrics, a weight EMA, logging and the train/eval loop. The example scripts are thin wrappers
-around ``train``."""
+around ``artlib.engine.cli.main``. Imports are lazy: the command line answers before torch loads."""
 
-from artlib.engine.checkpoint import CheckpointManager
-from artlib.engine.config import TrainConfig, build_parser, config_from_args
-from artlib.engine.ema import ModelEma
-from artlib.engine.metrics import ConfusionMatrix
+import importlib
 
-__all__ = [
-    "CheckpointManager",
-    "ConfusionMatrix",
-    "ModelEma",
-    "TrainConfig",
-    "build_parser",
-    "config_from_args",
-]
+_EXPORTS = {
+    "CheckpointManager": "artlib.engine.checkpoint",
+    "ConfusionMatrix": "artlib.engine.metrics",
+    "ModelEma": "artlib.engine.ema",
+    "TrainConfig": "artlib.engine.config",
+    "config_from_dict": "artlib.engine.config",
+    "config_to_dict": "artlib.engine.config",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'artlib.engine' has no attribute {name!r}")

@@ -1,14 +1,31 @@
-"""Checkpoints that survive a kill: written to a temporary file in the same folder, flushed and
-fsynced, then renamed over the final name (atomic on POSIX), keeping the last ``keep``.
+"""Training checkpoints: a self-describing format that loads without running code, written
+atomically, keeping the last ``keep`` and the best.
 
-A checkpoint holds everything a resumed run needs to continue as if never stopped: model (including
-the bank's S and S^a), optimizer, scheduler, grad scaler, the ``--model-ema`` average, RNG states
-(python, numpy, torch, CUDA), epoch and step.
+**The format** (``format_version`` 1) is a dict of plain types only — tensors, numbers, strings,
+``None``, lists, tuples and dicts — so ``torch.load(path, weights_only=True)`` reads it and
+unpickling it can never run code::
+
+    {"format": "artlib.checkpoint", "format_version": 1, "artlib_version": str,
+     "epoch": int, "best_top1": float,
+     "model": state_dict, "model_ema": {"module": state_dict, "updates", "decay"} | None,
+     "optimizer": state_dict, "scheduler": state_dict,
+     "rng": {"python": {...}, "numpy": {...}, "torch": ByteTensor, "cuda": [ByteTensor, ...]},
+     "config": config_to_dict(cfg), "class_names": [str, ...],
+     "preprocess": {"num_frames", "crop_size", "mean", "std", "sampling", "num_clips"},
+     "model_info": {"backbone", "baseline", "num_classes", "num_frames", "dropout", "head"}}
+
+Python's and NumPy's RNG states are stored as tensors and numbers (``capture_rng``) and turned back
+into their own types on resume (``restore_rng``). Every checkpoint in artlib is read through
+:func:`load_checkpoint`; a file that needs anything more (a pickled object of some class, a NumPy
+array, ...) is refused with :class:`UnsafeCheckpointError`, which names the file, what it asked for
+and the command that converts a file you trust: ``python -m artlib.convert_checkpoint OLD NEW
+--trust``.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 from pathlib import Path
@@ -16,28 +33,144 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["CheckpointManager", "atomic_save", "capture_rng", "restore_rng"]
+from artlib._io import atomic_save_torch
 
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "CheckpointManager",
+    "UnsafeCheckpointError",
+    "capture_rng",
+    "config_from_dict",
+    "config_to_dict",
+    "backbone_normalization",
+    "describe_model",
+    "load_checkpoint",
+    "restore_rng",
+    "unsafe_globals",
+]
+
+FORMAT = "artlib.checkpoint"
+FORMAT_VERSION = 1
+CONVERT = "python -m artlib.convert_checkpoint"
 _NAME = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
 
 
-def atomic_save(obj, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file beside ``path``, fsync, rename: a reader (or a run killed
-    mid-write) sees the old file or the whole new one, never half of it."""
-    final = Path(path)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    return final
+class CheckpointError(ValueError):
+    """A file that is not a usable artlib checkpoint (missing, truncated, another format)."""
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint whose unpickling would need more than plain types (it could run code)."""
+
+    def __init__(self, path: str | os.PathLike, asked: list[str]):
+        self.path, self.asked = os.fspath(path), list(asked)
+        what = ", ".join(self.asked) if self.asked else "objects outside the safe types"
+        super().__init__(
+            f"{self.path}: refused: loading it would unpickle {what}, which can run code "
+            f"(artlib loads only tensors, numbers, strings, lists and dicts). If you trust where "
+            f"the file comes from, convert it once: {CONVERT} {self.path} NEW.pt --trust"
+        )
+
+
+# ------------------------------------------------------------------------------ config
+def config_to_dict(cfg) -> dict:
+    """TrainConfig -> a nested dict of str/int/float/bool/None/list/dict only."""
+    from artlib.engine.config import config_to_dict as to_dict
+
+    return to_dict(cfg)
+
+
+def config_from_dict(d: dict):
+    """The inverse of :func:`config_to_dict`; a ValueError names unknown or missing keys. Also
+    reads the flat config of earlier checkpoints (``synthetic_classes``, ``num_frames``, ...): keys
+    that no longer exist are dropped, options that did not exist yet keep their defaults."""
+    from artlib.engine.config import SECTIONS, options
+    from artlib.engine.config import config_from_dict as from_dict
+
+    if any(isinstance(d.get(section), dict) for section in SECTIONS):
+        return from_dict(d)
+    nested: dict = {}
+    for o in options():
+        section, _, name = o.key.rpartition(".")
+        flat = f"synthetic_{name}" if section == "synthetic" else name
+        if flat in d:
+            value = d[flat]
+            if name == "pretrained" and value is None:
+                value = "none"  # the flat config's None meant random weights
+            (nested.setdefault(section, {}) if section else nested)[name] = value
+    return from_dict(_plain_config(nested), partial=True)
+
+
+def _plain_config(value):
+    if isinstance(value, dict):
+        return {str(k): _plain_config(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_config(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # e.g. a Path
+
+
+def backbone_normalization(model) -> tuple[tuple, tuple]:
+    """(mean, std) on the 0-1 scale that ``model``'s backbone expects: its ``mean``/``std``
+    attributes (CLIP's for CLIP towers, 0.45/0.225 after an official UniFormerV2 checkpoint,
+    ImageNet's for TEA-R50)."""
+    from artlib.data import CLIP_MEAN, CLIP_STD
+
+    model = getattr(model, "module", model)  # DDP
+    bb = getattr(model, "backbone", model)
+    return tuple(getattr(bb, "mean", CLIP_MEAN)), tuple(getattr(bb, "std", CLIP_STD))
+
+
+def describe_model(cfg, class_names: list[str], normalization=None) -> tuple[dict, dict]:
+    """-> (preprocess, model_info) of a run's config: what a user of the checkpoint needs to feed
+    the model and what it is. ``normalization``: the (mean, std) the run fed its backbone (the
+    backbone's own, see the trainer); CLIP's when not given (what earlier runs used)."""
+    from artlib.data import CLIP_MEAN, CLIP_STD
+
+    mean, std = normalization if normalization is not None else (CLIP_MEAN, CLIP_STD)
+    from artlib.engine.trainer import head_options
+
+    d, m = cfg.data, cfg.model
+    preprocess = {
+        "num_frames": int(d.num_frames),
+        "crop_size": int(d.crop_size),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "sampling": "tsn",  # T segment centres in evaluation (artlib.data.sampling)
+        "num_clips": int(d.eval_clips),
+    }
+    info = {
+        "backbone": m.backbone,
+        "baseline": bool(m.baseline),
+        "num_classes": len(class_names),
+        "num_frames": int(d.num_frames),
+        "dropout": float(m.dropout),
+        "head": None if m.baseline else _plain_config(head_options(cfg)),
+    }
+    return preprocess, info
+
+
+# ------------------------------------------------------------------------------------ RNG
 def capture_rng() -> dict:
+    """The RNG states of python, numpy, torch (and CUDA) as tensors, numbers and strings."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss": gauss,
+        },
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -46,15 +179,103 @@ def capture_rng() -> dict:
 
 
 def restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Set the RNGs from :func:`capture_rng`'s dict (CUDA's when both have it)."""
+    py, nps = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    keys = nps["keys"].numpy().astype(np.uint32)
+    np.random.set_state((nps["name"], keys, nps["pos"], nps["has_gauss"], nps["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# ------------------------------------------------------------------------------- reading
+def unsafe_globals(path: str | os.PathLike) -> list[str]:
+    """The globals (classes, functions) a torch.save file would import when unpickled beyond the
+    safe types, read from the pickle without executing it; [] for a safe file."""
+    return list(torch.serialization.get_unsafe_globals_in_checkpoint(os.fspath(path)))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", what: str = "checkpoint") -> dict:
+    """Read an artlib checkpoint safely (``weights_only=True``) and check its format.
+
+    Raises FileNotFoundError (no file), :class:`UnsafeCheckpointError` (the file needs more than
+    plain types: nothing of it ran) or :class:`CheckpointError` (not an artlib checkpoint, or a
+    newer format). ``what`` names the argument in the messages (e.g. "--resume").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no checkpoint file at {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        try:
+            asked = unsafe_globals(path)
+        except Exception:
+            asked = []
+        if asked or "GLOBAL" in str(e):
+            raise UnsafeCheckpointError(path, asked) from None
+        raise CheckpointError(
+            f"{what}: {path} is not a torch.save file ({_first_line(e)})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(
+            f"{what}: {path} cannot be read (truncated or not a torch.save file: {_first_line(e)})"
+        ) from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        legacy = isinstance(obj, dict) and {"model", "optimizer", "epoch"} <= set(obj)
+        hint = (
+            f"it looks like an older artlib checkpoint: convert it once with {CONVERT} {path} "
+            "NEW.pt --trust"
+            if legacy
+            else "a backbone's weights go to --pretrained instead"
+        )
+        raise CheckpointError(f"{what}: {path} is not an artlib training checkpoint ({hint})")
+    version = obj.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{what}: {path} has checkpoint format_version {version!r}, written by artlib "
+            f"{obj.get('artlib_version')}; this artlib reads up to {FORMAT_VERSION}: upgrade artlib"
+        )
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+# ------------------------------------------------------------------------------- writing
+# every file is written to a temporary file beside it and renamed (artlib._io): a reader, or a run
+# killed mid-write, sees the old file or the whole new one
+def training_state(
+    *, cfg, class_names, model, ema, optimizer, scheduler, epoch: int, best_top1: float
+) -> dict:
+    """The checkpoint dict of a run after ``epoch`` epochs (module docstring)."""
+    import artlib
+
+    preprocess, info = describe_model(cfg, class_names, backbone_normalization(model))
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "artlib_version": artlib.__version__,
+        "epoch": int(epoch),
+        "best_top1": float(best_top1),
+        "model": model.state_dict(),
+        "model_ema": None if ema is None else ema.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": capture_rng(),
+        "config": config_to_dict(cfg),
+        "class_names": [str(n) for n in class_names],
+        "preprocess": preprocess,
+        "model_info": info,
+    }
+
+
 class CheckpointManager:
-    """Save/load ``checkpoint_epoch{N}.pt`` files in ``directory``, keeping the newest ``keep``."""
+    """``checkpoint_epoch{N}.pt`` files in ``directory`` (the newest ``keep`` kept) and
+    ``best.pt``."""
 
     def __init__(self, directory: str | os.PathLike, keep: int = 3):
         if keep < 1:
@@ -64,6 +285,10 @@ class CheckpointManager:
 
     def path(self, epoch: int) -> Path:
         return self.directory / f"checkpoint_epoch{epoch:04d}.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.directory / "best.pt"
 
     def list(self) -> list[tuple[int, Path]]:
         if not self.directory.is_dir():
@@ -79,20 +304,21 @@ class CheckpointManager:
         found = self.list()
         return found[-1][1] if found else None
 
-    def save(self, state: dict, epoch: int) -> Path:
+    def save(self, state: dict, epoch: int, best: bool = False) -> Path:
+        """Write epoch ``epoch``'s checkpoint (and, when ``best``, the same as ``best.pt``)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        final = atomic_save(state, self.path(epoch))
+        final = atomic_save_torch(state, self.path(epoch))
+        if best:
+            atomic_save_torch(state, self.best_path)
         for _, old in self.list()[: -self.keep]:
             old.unlink(missing_ok=True)
         return final
 
     def load(self, path: str | os.PathLike | None = None, map_location="cpu") -> dict | None:
-        """Load ``path``, or the latest checkpoint here when ``path`` is None or "auto"."""
+        """Load ``path``, or the latest checkpoint here when ``path`` is None or "auto" (None when
+        there is none), through :func:`load_checkpoint`."""
         if path in (None, "auto"):
             path = self.latest()
             if path is None:
                 return None
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint file at {path}")
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return load_checkpoint(path, map_location=map_location, what="--resume")

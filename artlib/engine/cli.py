@@ -1,20 +1,113 @@
-"""The command line shared by the example trainers: flags -> config -> ``train``."""
+"""The trainer's command line, generated from the declarations in ``artlib.engine.config``.
+
+Two passes: the first reads ``--preset``, ``--config``, ``--data-root`` and ``--train-list`` to
+know the preset, the second builds every flag with that preset's defaults (and the config file's
+values), so ``--help`` shows the values a run will use. A misuse exits 2 with one line, before
+torch is imported.
+"""
 
 from __future__ import annotations
 
-from artlib.engine.config import build_parser, config_from_args
+import argparse
+import sys
 
-__all__ = ["main"]
+from artlib.engine import config as C
+
+__all__ = ["main", "parse"]
 
 
-def main(dataset: str, argv=None) -> int:
-    parser = build_parser(dataset)
-    args = parser.parse_args(argv)
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit status 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _show(key: str, value, preset: str) -> str:
+    if value is None and key.endswith("pretrained") and preset == "paper":
+        return "required" + (" unless --bank/--baseline" if key == "model.text_pretrained" else "")
+    if isinstance(value, (tuple, list)):
+        return ",".join(value) or "none"
+    return "not set" if value is None else str(value)
+
+
+def _parser(prog: str, preset: str, defaults: dict) -> _Parser:
+    other = "synthetic" if preset == "paper" else "paper"
+    p = _Parser(
+        prog=prog,
+        description="Train ART on a FineGym or Diving48 root, your own '<path> <label>' lists, "
+        "or the built-in synthetic set.",
+        epilog=f"Defaults shown are --preset {preset}'s; '--preset {other} --help' shows the "
+        f"other's. Options of the other preset are hidden here.",
+        allow_abbrev=False,
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--config", metavar="FILE", help="a YAML or JSON config, e.g. a run's "
+                   "config.yaml; flags override it (default: not set)")  # fmt: skip
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as "
+                   "YAML and exit (default: off)")  # fmt: skip
+    groups: dict = {}
+    for o in C.options():
+        section = o.key.split(".")[0] if "." in o.key else None
+        g = groups.setdefault(section, p.add_argument_group(section) if section else p)
+        text = f"{o.meta['help']} (default: {_show(o.key, defaults[o.key], preset)})"
+        hidden = o.meta.get("only", preset) != preset
+        kw = dict(dest=o.key, help=argparse.SUPPRESS if hidden else text.replace("%", "%%"))
+        if o.type is bool:
+            g.add_argument(o.flag, action=argparse.BooleanOptionalAction, **kw)
+        elif o.key == "run.compile":
+            g.add_argument(o.flag, nargs="?", const="default", metavar="MODE", **kw)
+        else:
+            choices = o.meta.get("choices")
+            metavar = "{" + ",".join(choices) + "}" if choices else o.key.split(".")[-1].upper()
+            g.add_argument(o.flag, metavar=metavar, **kw)
+    groups["model"].add_argument("--no-ta", dest="model.aggregation", action="store_const",
+                                 const="mean", help="--aggregation mean (Table IV)")  # fmt: skip
+    return p
+
+
+def parse(argv=None, dataset: str = "finegym", prog: str = "artlib-train") -> C.TrainConfig:
+    """argv -> the resolved, checked TrainConfig; a misuse exits 2 with one line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = _Parser(
+        prog=prog, add_help=False, allow_abbrev=False, argument_default=argparse.SUPPRESS
+    )
+    for flag, dest in [
+        ("--preset", "preset"),
+        ("--config", "config"),
+        ("--data-root", "data.data_root"),
+        ("--train-list", "data.train_list"),
+    ]:
+        first.add_argument(flag, dest=dest)
+    known = vars(first.parse_known_args(argv)[0])
     try:
-        cfg = config_from_args(args, dataset=dataset)
-    except ValueError as exc:
-        parser.error(str(exc))  # exits 2 with the message, like any bad flag
+        file_values = C.flatten(
+            C.load_config_file(known.pop("config")) if "config" in known else {}
+        )
+        preset = C.pick_preset(known, file_values)
+        defaults = {**C.preset_defaults(preset, dataset), **file_values}
+        args = vars(_parser(prog, preset, defaults).parse_args(argv))
+        args.pop("config", None)
+        show = args.pop("print_config", False)
+        cfg = C.resolve(args, file_values, dataset=dataset)
+        C.check_paths(cfg)
+        if show:
+            import yaml
+
+            print(yaml.safe_dump(C.config_to_dict(cfg), sort_keys=False), end="")
+            raise SystemExit(0)
+    except C.ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return cfg
+
+
+def main(dataset: str = "finegym", argv=None, prog: str = "artlib-train") -> int:
+    """``artlib-train`` and the example trainers: flags -> config -> ``train``."""
+    cfg = parse(argv, dataset=dataset, prog=prog)
     from artlib.engine.trainer import train
 
     train(cfg)
     return 0
+
+
+if __name__ == "__main__":  # python -m artlib.engine.cli, e.g. under torchrun
+    sys.exit(main())

@@ -1,396 +1,556 @@
-"""Training configuration as code: a dataclass, the command-line flags that fill it, two presets.
+"""The training configuration, declared once: nested dataclasses whose fields carry their help
+text, choices and value range. The command line (``artlib.engine.cli``), the validation, the
+config files and each run's saved ``config.yaml`` all derive from these declarations.
 
-* ``paper`` (used when ``--data-root`` is given): the paper's recipe (Sec. IV-A) — SGD momentum 0.9,
-  lr 0.01 x0.1 every 20 epochs, 50 epochs, dropout 0.5, T = 16, 224^2, K = 2, d = 256, g1 = g2 = 5,
-  lam = 0.6, UniFormerV2-B/16.
-* ``synthetic`` (no ``--data-root``): the built-in fine-grained synthetic set with the small
-  ``tiny_cnn`` backbone on CPU, finishing in a few minutes on 2 cores. The backbone starts from its
-  packaged weights (``--pretrained synthetic``, trained on another synthetic set; only for tiny_cnn
-  at 64x64, and ``--pretrained none`` gives random ones). Its loss weights, dropout and
-  tracklet aggregation ("sequence": frames kept in order, not Eq. 9) are small-set choices (see the
-  README's evidence section), not the paper's, which were tuned for FineGym.
+Two presets change the defaults (``PRESETS``):
 
-Any flag given on the command line wins over the preset.
+* ``paper`` (the default when ``--data-root`` or ``--train-list`` is given): the paper's recipe
+  (Sec. IV-A): SGD momentum 0.9, lr 0.01 x0.1 every 20 epochs, 50 epochs, dropout 0.5, T = 16,
+  224^2, K = 2, d = 256, g1 = g2 = 5, lam = 0.6, UniFormerV2-B/16.
+* ``synthetic`` (otherwise): the built-in fine-grained synthetic set with the small ``tiny_cnn``
+  backbone on CPU, a few minutes on 2 cores. Its loss weights, dropout and tracklet aggregation
+  ("sequence": frames kept in order, not Eq. 9) are small-set choices, not the paper's.
+
+Precedence: field default < preset < ``--config FILE`` < flags. This module imports no torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import json
+import operator
+import os
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
-__all__ = ["TrainConfig", "build_parser", "config_from_args", "PRESETS", "MTC_TERMS"]
+from artlib._io import atomic_write
+
+__all__ = [
+    "TrainConfig", "DataConfig", "SyntheticConfig", "ModelConfig", "OptimConfig", "RunConfig",
+    "PRESETS", "MTC_TERMS", "BACKBONES", "ConfigError", "config_to_dict", "config_from_dict",
+    "resolve", "options", "check_paths", "dataset_files", "read_class_names", "save_config",
+]  # fmt: skip
 
 MTC_TERMS = ("spatial", "temporal", "tracklet")
+# artlib.models.list_backbones() without importing torch (a test keeps the two equal)
+BACKBONES = ("tiny", "tiny_cnn", "tiny_cnn_t1", "uniformerv2_b16", "uniformerv2_l14", "tea_r50")
+# the packaged backbone weights (artlib.models.registry.BUILTIN_WEIGHTS) -> the input size they fit
+PACKAGED = {("tiny_cnn", "synthetic"): 64}
+WEIGHTS_DOC = "see docs/models.md, 'Pretrained weights'"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the option."""
+
+
+def opt(default, help: str, **meta):
+    """A field and its declaration. meta: ``choices``; ``range`` (">= 1", "(0, 1]", ...);
+    ``only`` (the preset it applies to); ``flag`` (its command-line name when not the field's);
+    ``path`` ("file" | "dir" | "weights": checked before training); ``head`` (an ARTHead option)."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
+# fmt: off
+@dataclass
+class DataConfig:
+    dataset: str = opt("finegym", "the data set whose layout --data-root holds",
+                       choices=("finegym", "diving48"), only="paper")
+    data_root: str | None = opt(None, "data set root (the FineGym or Diving48 layout); with lists, "
+                                "the base of their relative paths", only="paper", path="dir")
+    split: str = opt("gym99", "FineGym split", choices=("gym99", "gym288"), only="paper")
+    train_list: str | None = opt(None, "your own training list of '<path> <label>' lines; relative "
+                                 "paths resolve against --data-root, else the list's folder",
+                                 only="paper", path="file")
+    val_list: str | None = opt(None, "your own validation list, as --train-list", only="paper",
+                               path="file")
+    class_names: str | None = opt(None, "file of class names, one per line in label order (text "
+                                  "bank, metrics, confusion matrix)", only="paper", path="file")
+    loader: str = opt("auto", "auto: DALI on GPU, PyAV on CPU", choices=("auto", "pyav", "dali"))
+    workers: int = opt(4, "DataLoader workers per rank", range=">= 0")
+    num_frames: int = opt(16, "T, frames sampled per video (paper: 16)", range=">= 1")
+    crop_size: int = opt(224, "input resolution (paper: 224)", range=">= 16")
+    flip: bool = opt(True, "random horizontal flip (flips change some classes' meaning)")
+    crop_scale_min: float = opt(0.4, "random resized crop keeps at least this fraction of the area",
+                                range="(0, 1]")
+    eval_clips: int = opt(1, "clips per video in evaluation (softmax averaged)", range=">= 1")
+    max_failure_fraction: float = opt(0.1, "stop when more than this fraction of videos fail to "
+                                      "decode", range="[0, 1]")
+
+
+@dataclass
+class SyntheticConfig:  # flags --synthetic-<name>
+    classes: int = opt(8, "classes of the synthetic set", range=">= 2", only="synthetic")
+    train_per_class: int = opt(48, "training videos per class", range=">= 1", only="synthetic")
+    val_per_class: int = opt(16, "validation videos per class", range=">= 1", only="synthetic")
+    size: int = opt(64, "frame size of the synthetic videos", range=">= 16", only="synthetic")
+    distractors: int = opt(0, "look-alike squares doing class-like motions away from the body "
+                           "(the harder set)", range=">= 0", only="synthetic")
+    distractor_amplitude: float = opt(0.5, "the distractors' motion amplitude as a fraction of the "
+                                      "limb's (at 1 only the attachment to the body tells the limb "
+                                      "apart)", range="[0, 1]", only="synthetic")
+    seed: int = opt(0, "generation seed of the videos (not the training seed)", only="synthetic")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = opt("uniformerv2_b16", "video backbone", choices=BACKBONES)
+    pretrained: str | None = opt(None, "backbone weights: a checkpoint path, an open_clip tag, "
+                                 "'synthetic' (tiny_cnn's packaged weights, 64x64), 'auto' (those "
+                                 f"where they fit, else random), 'none' (random); {WEIGHTS_DOC}",
+                                 path="weights")
+    text_model: str = opt("ViT-B-16", "open_clip text tower that builds the semantics bank, or "
+                          "'random' for a seeded random bank")
+    text_pretrained: str | None = opt(None, "text tower weights: a checkpoint path, an open_clip "
+                                      f"tag, 'none' (random); {WEIGHTS_DOC}", path="weights")
+    bank: str | None = opt(None, "a prebuilt semantics bank file (skips the text encoder)",
+                           path="file")
+    baseline: bool = opt(False, "backbone + linear head only (Table IV, setting 1)")
+    dim: int = opt(256, "RSSA width d (paper: 256)", range=">= 1", head=True)
+    heads: int = opt(8, "RSSA attention heads (paper: 8)", range=">= 1", head=True)
+    num_queries: int = opt(2, "K, region queries = tracklets (paper: 2)", range=">= 1", head=True)
+    se_layers: int = opt(4, "semantic enhancement layers (Eq. 1)", range=">= 1", head=True)
+    act_layers: int = opt(4, "region semantics activation layers (Eq. 3)", range=">= 1", head=True)
+    use_se: bool = opt(True, "spatial semantic enhancement (Table IV)", flag="se", head=True)
+    aggregation: str = opt("saliency", "how a tracklet reaches head_con: saliency (Eq. 9), mean or "
+                           "sum (TA off, Table IV), sequence (frames in order)", head=True,
+                           choices=("saliency", "mean", "sum", "sequence"))
+    mtc_terms: tuple[str, ...] = opt(MTC_TERMS, "MTC terms: a comma list of spatial,temporal,"
+                                     "tracklet, or 'none' (Table V)")
+    sema_video: bool = opt(True, "L_video in L_sema (Table VI)", head=True)
+    sema_prot: bool = opt(True, "L_prot in L_sema (Table VI)", head=True)
+    lam: float = opt(0.6, "lambda of the temporal MTC term (Fig. 5)", head=True)
+    temporal: str = opt("hinge", "temporal MTC form", choices=("hinge", "linear"), head=True)
+    gamma_mtc: float = opt(5.0, "g1 of Eq. 18 (paper: 5)", range=">= 0", head=True)
+    gamma_sema: float = opt(5.0, "g2 of Eq. 18 (paper: 5)", range=">= 0", head=True)
+    dropout: float = opt(0.5, "dropout before the classifiers (paper: 0.5)", range="[0, 1)")
+    bank_momentum: float = opt(0.999, "mu of the bank's EMA (Eq. 12)", range="[0, 1]")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = opt("sgd", "optimizer", choices=("sgd", "adamw"))
+    epochs: int = opt(50, "training epochs", range=">= 1")
+    batch_size: int = opt(6, "videos per rank and step (paper: 24 over 4 GPUs)", range=">= 1")
+    accum_steps: int = opt(1, "gradient accumulation steps", range=">= 1")
+    lr: float = opt(0.01, "learning rate", range="> 0")
+    backbone_lr_mult: float = opt(1.0, "the backbone's lr is --lr x this (e.g. 0.1 to keep more of "
+                                  "its pretraining)", range=">= 0")
+    momentum: float = opt(0.9, "SGD momentum", range="[0, 1)")
+    weight_decay: float = opt(5e-4, "weight decay (none on biases, norms, the bank's agent)",
+                              range=">= 0")
+    lr_schedule: str = opt("step", "step: x --lr-gamma every --lr-step epochs (paper); cosine: to "
+                           "0 over the epochs", choices=("step", "cosine"))
+    lr_step: int = opt(20, "epochs between lr decays", range=">= 1")
+    lr_gamma: float = opt(0.1, "lr decay factor", range="(0, 1]")
+    warmup_epochs: int = opt(0, "linear lr warm-up from lr/10, in epochs", range=">= 0")
+    grad_clip: float | None = opt(None, "clip the gradient norm to this", range="> 0")
+    model_ema: float | None = opt(None, "evaluate, checkpoint and export an EMA of the weights "
+                                  "with this decay per step (e.g. 0.99)", range="(0, 1)")
+    amp: bool = opt(True, "bfloat16 autocast on CUDA")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = opt("runs/art", "folder of the config, checkpoints, metrics, final model")
+    resume: str | None = opt(None, "a checkpoint path, or 'auto': the latest in --output-dir")
+    seed: int = opt(0, "training seed (weights, sampling, augmentation)")
+    deterministic: bool = opt(False, "deterministic algorithms (slower)")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N")
+    keep_checkpoints: int = opt(3, "epoch checkpoints kept", range=">= 1")
+    eval_every: int = opt(1, "evaluate every N epochs (and after the last)", range=">= 1")
+    log_every: int = opt(10, "steps between loss read-outs (the step's only host sync)",
+                         range=">= 1")
+    progress: bool = opt(True, "progress bars")
+    compile: str | None = opt(None, "torch.compile the model's forward and losses in this mode "
+                              "(a bare --compile: default)",
+                              choices=("default", "reduce-overhead", "max-autotune"))
+    check_inputs: bool = opt(False, "check each batch for non-finite values and labels out of "
+                             "range on the device (debugging; syncs the host)")
 
 
 @dataclass
 class TrainConfig:
-    # data
-    dataset: str = "finegym"
-    data_root: str | None = None
-    split: str = "gym99"
-    train_list: str | None = None
-    val_list: str | None = None
-    loader: str = "auto"  # auto | pyav | dali
-    workers: int = 4
-    num_frames: int = 16
-    crop_size: int = 224
-    flip: bool = True
-    crop_scale_min: float = 0.4  # random resized crop keeps [crop_scale_min, 1] of the area
-    eval_clips: int = 1
-    max_failure_fraction: float = 0.1
-    synthetic_classes: int = 8
-    synthetic_train_per_class: int = 48
-    synthetic_val_per_class: int = 16
-    synthetic_size: int = 64
-    synthetic_distractors: int = 0
-    synthetic_distractor_amplitude: float = 0.5  # of the limb's amplitude
-    synthetic_seed: int = 0  # which videos are generated (not the training seed)
-    # model
-    backbone: str = "uniformerv2_b16"
-    pretrained: str | None = None
-    text_model: str = "ViT-B-16"
-    text_pretrained: str | None = None
-    bank: str | None = None
-    baseline: bool = False
-    dim: int = 256
-    heads: int = 8
-    num_queries: int = 2
-    se_layers: int = 4
-    act_layers: int = 4
-    use_se: bool = True
-    # how a tracklet reaches head_con:
-    # saliency (Eq. 9) | mean | sum | sequence (TrackletAggregation)
-    aggregation: str = "saliency"
-    mtc_terms: tuple[str, ...] = MTC_TERMS
-    sema_video: bool = True
-    sema_prot: bool = True
-    lam: float = 0.6
-    temporal: str = "hinge"
-    gamma_mtc: float = 5.0
-    gamma_sema: float = 5.0
-    dropout: float = 0.5
-    # optimization
-    optimizer: str = "sgd"
-    epochs: int = 50
-    batch_size: int = 6  # per rank: the paper's 24 over 4 GPUs
-    accum_steps: int = 1
-    lr: float = 0.01
-    backbone_lr_mult: float = 1.0  # the backbone learns at lr * this (e.g. 0.1 to keep pretraining)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "step"  # step (the paper's: x lr_gamma every lr_step epochs) | cosine
-    lr_step: int = 20
-    lr_gamma: float = 0.1
-    warmup_epochs: int = 0  # linear warm-up from lr/10 (both schedules)
-    bank_momentum: float = 0.999
-    grad_clip: float | None = None
-    model_ema: float | None = None  # decay of the weight average that is evaluated (off: None)
-    amp: bool = True  # bf16 autocast on CUDA
-    # run
-    output_dir: str = "runs/art"
-    resume: str | None = None
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "auto"
-    keep_checkpoints: int = 3
-    eval_every: int = 1
-    log_every: int = 10
-    progress: bool = True
-    preset: str = "paper"
-    extra: dict = field(default_factory=dict)
+    preset: str = opt("paper", "paper: the paper's recipe on a data set; synthetic: the built-in "
+                      "set on CPU (without --data-root/--train-list)",
+                      choices=("paper", "synthetic"))
+    data: DataConfig = field(default_factory=DataConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
 
+SECTIONS = {"data": DataConfig, "synthetic": SyntheticConfig, "model": ModelConfig,
+            "optim": OptimConfig, "run": RunConfig}
+
+# each preset's changes to the field defaults
 PRESETS: dict[str, dict] = {
     "paper": {},
-    "synthetic": dict(
-        backbone="tiny_cnn",  # the ViT ("tiny") does not learn this set from scratch
-        text_model="random",  # see build_model: a random CLIP text tower gives one vector
-        num_frames=8,
-        crop_size=64,
-        flip=False,  # a flip turns "limb left" into "limb right": it changes the synthetic labels
-        crop_scale_min=0.8,  # keep the small limb in view
-        epochs=20,
-        batch_size=16,
-        synthetic_train_per_class=32,
-        synthetic_val_per_class=16,
-        optimizer="adamw",
-        lr=2e-3,
-        weight_decay=0.05,
-        lr_schedule="cosine",
-        warmup_epochs=1,
-        aggregation="sequence",  # tracklets kept in frame order: see the README's evidence
-        dim=64,
-        heads=4,
-        se_layers=1,
-        act_layers=2,
-        dropout=0.0,
-        gamma_mtc=0.5,
-        gamma_sema=0.5,
-        bank_momentum=0.99,
-        workers=2,
-        output_dir="runs/synthetic",
-        log_every=5,
-    ),
+    "synthetic": {
+        "model.backbone": "tiny_cnn",  # the ViT ("tiny") does not learn this set from scratch
+        "model.pretrained": "auto",
+        "model.text_model": "random",  # a random CLIP text tower gives every class one vector
+        "data.num_frames": 8, "data.crop_size": 64, "data.workers": 2,
+        "data.flip": False,  # a flip turns "limb left" into "limb right": it changes the labels
+        "data.crop_scale_min": 0.8,  # keep the small limb in view
+        "synthetic.train_per_class": 32,
+        "optim.epochs": 20, "optim.batch_size": 16, "optim.optimizer": "adamw", "optim.lr": 2e-3,
+        "optim.weight_decay": 0.05, "optim.lr_schedule": "cosine", "optim.warmup_epochs": 1,
+        "model.aggregation": "sequence",  # tracklets kept in frame order
+        "model.dim": 64, "model.heads": 4, "model.se_layers": 1, "model.act_layers": 2,
+        "model.dropout": 0.0, "model.gamma_mtc": 0.5, "model.gamma_sema": 0.5,
+        "model.bank_momentum": 0.99,
+        "run.output_dir": "runs/synthetic", "run.log_every": 5,
+    },
 }
+# fmt: on
 
 
-def _bool_flag(p: argparse.ArgumentParser, name: str, dest: str, help: str) -> None:
-    p.add_argument(name, dest=dest, action="store_true", default=None, help=help)
+# ------------------------------------------------------------------------------- the options
+@dataclass(frozen=True)
+class Option:
+    """One option: its key (``section.name``), flag, type (None allowed or not), declaration."""
+
+    key: str
+    flag: str
+    type: type
+    optional: bool
+    meta: typing.Mapping
+    default: object
 
 
-def build_parser(
-    dataset: str = "finegym", description: str | None = None
-) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=description or f"Train ART on {dataset}.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--data-root", help="dataset root; omit it to train on the built-in synthetic set"
-    )
-    if dataset == "finegym":
-        g.add_argument("--split", choices=["gym99", "gym288"], help="FineGym split (default gym99)")
-    g.add_argument("--train-list", help="annotation file for training (default: the dataset's own)")
-    g.add_argument("--val-list", help="annotation file for validation")
-    g.add_argument(
-        "--loader", choices=["auto", "pyav", "dali"], help="auto: DALI on GPU, PyAV on CPU"
-    )
-    g.add_argument("--workers", type=int, help="DataLoader workers per rank")
-    g.add_argument("--num-frames", type=int, help="T, frames sampled per video (paper: 16)")
-    g.add_argument("--crop-size", type=int, help="input resolution (paper: 224)")
-    g.add_argument(
-        "--no-flip",
-        dest="flip",
-        action="store_false",
-        default=None,
-        help="no horizontal flip (flips change some classes' meaning)",
-    )
-    g.add_argument(
-        "--crop-scale-min",
-        type=float,
-        help="random resized crop keeps at least this fraction of the area",
-    )
-    g.add_argument("--eval-clips", type=int, help="clips per video in evaluation")
-    g.add_argument(
-        "--max-failure-fraction",
-        type=float,
-        help="stop when more than this fraction of videos fail to decode",
-    )
-    g.add_argument("--synthetic-classes", type=int)
-    g.add_argument("--synthetic-train-per-class", type=int)
-    g.add_argument("--synthetic-val-per-class", type=int)
-    g.add_argument("--synthetic-size", type=int, help="frame size of the synthetic videos")
-    g.add_argument(
-        "--synthetic-distractors",
-        type=int,
-        help="look-alike squares doing class-like motions away from the body (the harder set)",
-    )
-    g.add_argument(
-        "--synthetic-distractor-amplitude",
-        type=float,
-        help="the distractors' motion amplitude as a fraction of the limb's (default 0.5; at 1 "
-        "only the attachment to the body tells the limb apart)",
-    )
-    g.add_argument(
-        "--synthetic-seed",
-        type=int,
-        help="generation seed of the synthetic videos (another seed: another set of the same kind)",
-    )
-
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--backbone",
-        help="tiny | tiny_cnn | tiny_cnn_t1 | uniformerv2_b16 | uniformerv2_l14 | tea_r50",
-    )
-    g.add_argument(
-        "--pretrained",
-        help="backbone weights: an open_clip tag, a local checkpoint path, 'synthetic' (tiny_cnn's "
-        "packaged weights: the synthetic preset's default at 64x64) or 'none' (random init)",
-    )
-    g.add_argument(
-        "--text-model",
-        help="open_clip text tower for the semantics bank, or 'random' for a seeded random bank",
-    )
-    g.add_argument(
-        "--text-pretrained", help="text tower weights: tag or local path (default: random)"
-    )
-    g.add_argument("--bank", help="a prebuilt semantics bank file (skips the text encoder)")
-    _bool_flag(g, "--baseline", "baseline", "backbone + linear head only (Table IV, setting 1)")
-    g.add_argument("--dim", type=int, help="RSSA width d (paper: 256)")
-    g.add_argument("--heads", type=int, help="RSSA attention heads (paper: 8)")
-    g.add_argument("--num-queries", type=int, help="K, region queries = tracklets (paper: 2)")
-    g.add_argument("--se-layers", type=int)
-    g.add_argument("--act-layers", type=int)
-    g.add_argument(
-        "--no-se",
-        dest="use_se",
-        action="store_false",
-        default=None,
-        help="no spatial semantic enhancement (Table IV)",
-    )
-    g.add_argument(
-        "--no-ta",
-        dest="aggregation",
-        action="store_const",
-        const="mean",
-        help="mean pooling instead of tracklet aggregation (Table IV): --aggregation mean",
-    )
-    g.add_argument(
-        "--aggregation",
-        choices=["saliency", "mean", "sum", "sequence"],
-        help="how a tracklet reaches head_con: saliency (Eq. 9, the paper), mean/sum (TA off), "
-        "sequence (artlib: the whole tracklet, frames in order)",
-    )
-    g.add_argument(
-        "--mtc-terms", help="comma list of spatial,temporal,tracklet, or 'none' (Table V)"
-    )
-    g.add_argument(
-        "--no-sema-video",
-        dest="sema_video",
-        action="store_false",
-        default=None,
-        help="drop L_video from L_sema (Table VI)",
-    )
-    g.add_argument(
-        "--no-sema-prot",
-        dest="sema_prot",
-        action="store_false",
-        default=None,
-        help="drop L_prot from L_sema (Table VI)",
-    )
-    g.add_argument("--lam", type=float, help="lambda of the temporal MTC term (Fig. 5)")
-    g.add_argument("--temporal", choices=["hinge", "linear"], help="temporal MTC form")
-    g.add_argument("--gamma-mtc", type=float, help="g1 of Eq. 18 (paper: 5)")
-    g.add_argument("--gamma-sema", type=float, help="g2 of Eq. 18 (paper: 5)")
-    g.add_argument("--dropout", type=float, help="dropout before the classifiers (paper: 0.5)")
-
-    g = p.add_argument_group("optimization")
-    g.add_argument("--optimizer", choices=["sgd", "adamw"])
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int, help="videos per rank per step")
-    g.add_argument("--accum-steps", type=int, help="gradient accumulation steps")
-    g.add_argument("--lr", type=float)
-    g.add_argument(
-        "--backbone-lr-mult",
-        type=float,
-        metavar="M",
-        help="the backbone's lr is --lr x M (default 1; e.g. 0.1 to keep more of its pretraining)",
-    )
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument(
-        "--lr-schedule",
-        choices=["step", "cosine"],
-        help="step: x lr_gamma every lr_step epochs (paper); cosine: to 0 over the epochs",
-    )
-    g.add_argument("--warmup-epochs", type=int, help="linear lr warm-up from lr/10, in epochs")
-    g.add_argument("--lr-step", type=int, help="epochs between lr decays")
-    g.add_argument("--lr-gamma", type=float, help="lr decay factor")
-    g.add_argument("--bank-momentum", type=float, help="mu of the bank's EMA (Eq. 12)")
-    g.add_argument("--grad-clip", type=float)
-    g.add_argument(
-        "--model-ema",
-        type=float,
-        metavar="DECAY",
-        help="evaluate, checkpoint and export an EMA of the weights with this decay per step "
-        "(e.g. 0.99); off by default",
-    )
-    g.add_argument(
-        "--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on GPU"
-    )
-
-    g = p.add_argument_group("run")
-    g.add_argument("--output-dir")
-    g.add_argument("--resume", help="checkpoint path, or 'auto' for the latest in --output-dir")
-    g.add_argument("--seed", type=int)
-    _bool_flag(g, "--deterministic", "deterministic", "deterministic algorithms (slower)")
-    g.add_argument("--device", help="auto | cpu | cuda")
-    g.add_argument("--keep-checkpoints", type=int)
-    g.add_argument("--eval-every", type=int, help="evaluate every N epochs")
-    g.add_argument("--log-every", type=int, help="steps between progress-bar loss updates")
-    g.add_argument("--no-progress", dest="progress", action="store_false", default=None)
-    return p
+def options() -> list[Option]:
+    """Every option, in declaration order (``preset`` first)."""
+    out = []
+    for section, cls in [("", TrainConfig), *SECTIONS.items()]:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in SECTIONS:
+                continue
+            args = typing.get_args(hints[f.name])
+            kind = next((a for a in args if a is not type(None)), hints[f.name])
+            kind = tuple if typing.get_origin(hints[f.name]) is tuple else kind
+            prefix = "synthetic-" if section == "synthetic" else ""
+            flag = "--" + prefix + f.metadata.get("flag", f.name).replace("_", "-")
+            key = f"{section}.{f.name}" if section else f.name
+            out.append(Option(key, flag, kind, type(None) in args, f.metadata, f.default))
+    return out
 
 
-def config_from_args(args: argparse.Namespace, dataset: str = "finegym") -> TrainConfig:
-    """Preset (``synthetic`` without --data-root, else ``paper``), then the flags given."""
-    given = {k: v for k, v in vars(args).items() if v is not None}
-    preset = "paper" if given.get("data_root") else "synthetic"
-    values = dict(PRESETS[preset])
-    values.update(given)
-    if preset == "synthetic" and "pretrained" not in given:
-        from artlib.models.registry import BUILTIN_WEIGHTS
+def _get(cfg, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
-        # the packaged weights, where they fit the backbone and input size chosen
-        packaged = BUILTIN_WEIGHTS.get((values.get("backbone"), "synthetic"))
-        if packaged and packaged[1]["img_size"] == values.get("crop_size"):
-            values["pretrained"] = "synthetic"
-    if str(values.get("pretrained")).lower() == "none":
-        values["pretrained"] = None
-    values["preset"], values["dataset"] = preset, dataset
-    if isinstance(values.get("mtc_terms"), str):
-        values["mtc_terms"] = parse_mtc_terms(values["mtc_terms"])
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in values.items() if k in names})
+
+def _set(cfg, key: str, value) -> None:
+    *head, last = key.split(".")
+    for part in head:
+        cfg = getattr(cfg, part)
+    setattr(cfg, last, value)
+
+
+def coerce(o: Option, value):
+    """A value from a flag or a config file -> the option's type; ConfigError naming the flag."""
+    if value is None or (o.optional and isinstance(value, str) and value.lower() == "null"):
+        if o.optional:
+            return None
+        raise ConfigError(f"{o.flag} cannot be empty")
+    if o.type is tuple:  # the MTC terms
+        if isinstance(value, str):
+            value = [t for t in value.replace(" ", "").lower().split(",") if t not in ("", "none")]
+        bad = [t for t in value if t not in MTC_TERMS]
+        if bad:
+            raise ConfigError(f"{o.flag}: unknown term(s) {bad}; choose from {MTC_TERMS} or none")
+        return tuple(value)
+    if o.type is bool and isinstance(value, str):
+        value = {"true": True, "false": False, "yes": True, "no": False}.get(value.lower(), value)
+    if o.type is bool and not isinstance(value, bool):
+        raise ConfigError(f"{o.flag}: expected true or false, got {value!r}")
+    try:
+        if o.type in (int, float) and isinstance(value, bool):
+            raise ValueError
+        if o.type is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        value = o.type(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{o.flag}: expected {o.type.__name__}, got {value!r}") from None
+    if o.meta.get("choices") and value not in o.meta["choices"]:
+        raise ConfigError(f"{o.flag}: {value!r} is not one of {', '.join(o.meta['choices'])}")
+    return value
+
+
+def _in_range(v, spec: str) -> bool:
+    if spec[0] in "<>":
+        op, bound = spec.split()
+        return {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}[op](
+            v, float(bound)
+        )
+    lo, hi = (float(b) for b in spec[1:-1].split(","))
+    return (v >= lo if spec[0] == "[" else v > lo) and (v <= hi if spec[-1] == "]" else v < hi)
+
+
+# ------------------------------------------------------------------------------- dicts, files
+def config_to_dict(cfg: TrainConfig) -> dict:
+    """The config as a plain nested dict of str/int/float/bool/None/list: ``{"preset": ...,
+    "data": {...}, "synthetic": {...}, "model": {...}, "optim": {...}, "run": {...}}``."""
+    d = dataclasses.asdict(cfg)
+    d["model"]["mtc_terms"] = list(d["model"]["mtc_terms"])
+    return d
+
+
+def flatten(d: dict) -> dict:
+    """A nested config dict -> ``{"section.name": value}``; ConfigError for unknown keys."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"config: expected a mapping of options, got {type(d).__name__}")
+    flat = {}
+    for k, v in d.items():
+        if k in SECTIONS and not isinstance(v, dict):
+            raise ConfigError(f"config: {k!r} must be a mapping, got {v!r}")
+        flat.update({f"{k}.{kk}": vv for kk, vv in v.items()} if k in SECTIONS else {k: v})
+    unknown = sorted(set(flat) - {o.key for o in options()})
+    if unknown:
+        raise ConfigError(f"config: unknown key(s) {unknown}")
+    return flat
+
+
+def config_from_dict(d: dict, partial: bool = False) -> TrainConfig:
+    """The inverse of ``config_to_dict``: ValueError naming unknown keys, and missing ones unless
+    ``partial`` (they keep the field defaults). Values are type-checked and range-checked."""
+    flat, cfg = flatten(d), TrainConfig()
+    missing = sorted({o.key for o in options()} - set(flat))
+    if missing and not partial:
+        raise ConfigError(f"config: missing key(s) {missing}")
+    by_key = {o.key: o for o in options()}
+    for key, value in flat.items():
+        _set(cfg, key, coerce(by_key[key], value))
+    validate(cfg, paper_rules=False)
+    return cfg
+
+
+def load_config_file(path: str) -> dict:
+    """A YAML or JSON config file (any subset of ``config_to_dict``'s keys) -> its dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config: file not found: {path!r}")
+    try:
+        if p.suffix.lower() == ".json":
+            d = json.loads(p.read_text())
+        else:
+            import yaml
+
+            d = yaml.safe_load(p.read_text())
+    except Exception as exc:  # any parse error, reported with the file
+        raise ConfigError(f"--config: cannot parse {path!r}: {str(exc).splitlines()[0]}") from None
+    return d or {}
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    """Write the resolved config as YAML (``.yaml``) or JSON (``.json``), atomically."""
+    d = config_to_dict(cfg)
+    if path.suffix == ".json":
+        text = json.dumps(d, indent=2)
+    else:
+        import yaml
+
+        text = yaml.safe_dump(d, sort_keys=False)
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
+
+
+# ------------------------------------------------------------------------------- resolving
+def pick_preset(given: dict, file_values: dict) -> str:
+    """``--preset``, else the config file's, else paper when a data set is named, else synthetic."""
+    both = {**file_values, **given}
+    if "preset" in both:
+        return both["preset"]
+    return "paper" if both.get("data.data_root") or both.get("data.train_list") else "synthetic"
+
+
+def preset_defaults(preset: str, dataset: str = "finegym") -> dict:
+    """``{key: default}`` of ``preset``: the field defaults with the preset's changes."""
+    if preset not in PRESETS:
+        raise ConfigError(f"--preset: {preset!r} is not one of {', '.join(PRESETS)}")
+    return {
+        **{o.key: o.default for o in options()},
+        **PRESETS[preset],
+        "preset": preset,
+        "data.dataset": dataset,
+    }
+
+
+def resolve(given: dict, file_values: dict | None = None, dataset: str = "finegym") -> TrainConfig:
+    """The run's config from the flags given (``{key: value}``) over a config file's (nested) values
+    over the preset's defaults; checked: types, choices, ranges, and options that do not apply to
+    the preset (given as a flag, or set to another value than the default in the file)."""
+    file_values = flatten(file_values or {})
+    by_key = {o.key: o for o in options()}
+    preset = coerce(by_key["preset"], pick_preset(given, file_values))
+    defaults = preset_defaults(preset, file_values.get("data.dataset", dataset))  # the file's set
+    values = {**defaults, **{k: coerce(by_key[k], v) for k, v in {**file_values, **given}.items()}}
+    for key, o in by_key.items():
+        set_here = key in given or (key in file_values and values[key] != defaults[key])
+        if o.meta.get("only", preset) != preset and set_here:
+            raise ConfigError(
+                f"{o.flag} does not apply to --preset {preset} (only to --preset {o.meta['only']})"
+            )
+    if "data.split" in given and values["data.dataset"] != "finegym":
+        raise ConfigError(f"--split applies to FineGym only, not to {values['data.dataset']}")
+    if values["model.pretrained"] == "auto" and preset == "paper":
+        raise ConfigError(
+            f"--pretrained auto is for --preset synthetic: name the weights, or "
+            f"'none' for random ones ({WEIGHTS_DOC})"
+        )
+    if values["model.pretrained"] == "auto":  # the packaged weights where they fit, else random
+        fits = PACKAGED.get((values["model.backbone"], "synthetic")) == values["data.crop_size"]
+        values["model.pretrained"] = "synthetic" if fits else "none"
+    cfg = TrainConfig()
+    for key, value in values.items():
+        if key.endswith("pretrained") and isinstance(value, str) and value.lower() == "none":
+            value = "none"
+        _set(cfg, key, value)
     validate(cfg)
     return cfg
 
 
-def parse_mtc_terms(text: str) -> tuple[str, ...]:
-    text = text.strip().lower()
-    if text in ("", "none"):
-        return ()
-    terms = tuple(t.strip() for t in text.split(",") if t.strip())
-    bad = [t for t in terms if t not in MTC_TERMS]
-    if bad:
-        raise ValueError(f"--mtc-terms: unknown term(s) {bad}; choose from {MTC_TERMS} or 'none'")
-    return terms
+def validate(cfg: TrainConfig, paper_rules: bool = True) -> None:
+    """Every option's range and the rules between options; ConfigError naming the flag.
+    ``paper_rules``: the paper preset's refusals (no silent random weights, a data set named)."""
+    for o in options():
+        v, spec = _get(cfg, o.key), o.meta.get("range")
+        if spec and v is not None and not _in_range(v, spec):
+            raise ConfigError(f"{o.flag} must be {'' if spec[0] in '<>' else 'in '}{spec}, got {v}")
+    d, m = cfg.data, cfg.model
+    if m.dim % m.heads:
+        raise ConfigError(f"--dim ({m.dim}) must be divisible by --heads ({m.heads})")
+    device = cfg.run.device
+    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+        raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+    if bool(d.train_list) != bool(d.val_list):
+        raise ConfigError("--train-list and --val-list must be given together")
+    if m.pretrained == "synthetic" and PACKAGED.get((m.backbone, "synthetic")) != d.crop_size:
+        raise ConfigError(
+            "--pretrained synthetic: the packaged weights fit tiny_cnn at "
+            f"--crop-size 64 only, not {m.backbone} at {d.crop_size}"
+        )
+    if cfg.preset != "paper" or not paper_rules:
+        return
+    if not (d.data_root or d.train_list):
+        raise ConfigError("--preset paper needs --data-root or --train-list/--val-list")
+    text = not m.baseline and m.bank is None and m.text_model != "random"
+    for flag, value, needed in [
+        ("--pretrained", m.pretrained, True),
+        ("--text-pretrained", m.text_pretrained, text),
+    ]:
+        if needed and value is None:
+            raise ConfigError(
+                f"{flag} is required with --preset paper: a checkpoint path, an "
+                f"open_clip tag, or 'none' for random weights ({WEIGHTS_DOC})"
+            )
+    if text and d.train_list and d.class_names is None:
+        raise ConfigError(
+            "--class-names FILE is needed with --train-list: the semantics bank "
+            "is built from the class names (or give --bank FILE)"
+        )
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Clear errors for flag values that cannot work."""
+# ------------------------------------------------------------------------------- files on disk
+def dataset_files(cfg: TrainConfig) -> dict:
+    """The annotation files of the configured data set, checked to exist: {"kind": "list" |
+    "finegym" | "diving48", "train", "val", "root" (the base of the videos' paths), "extra" (FineGym
+    categories / Diving48 vocabulary file, or None)}."""
+    d = cfg.data
+    root = Path(d.data_root) if d.data_root else None
+    if d.train_list:
+        return {"kind": "list", "train": d.train_list, "val": d.val_list, "root": root}
+    if d.dataset == "finegym":  # the layout of docs/data.md
+        ann, s = root / "annotations", d.split
+        versions = [f"{s}_train_element_v1.1.txt", f"{s}_train_element_v2.txt"]
+        train = _first(ann, [*versions, f"{s}_train_element.txt"], "annotation file")
+        val = _first(ann, [f"{s}_val_element.txt"], "annotation file")
+        videos = _first(root, ["clips", "subactions", "videos"], "clip folder")
+        extra = ann / f"{s}_categories.txt"
+    else:
+        train = _first(root, ["Diving48_V2_train.json"], "annotation file")
+        val = _first(root, ["Diving48_V2_test.json"], "annotation file")
+        videos, extra = _first(root, ["rgb"], "clip folder"), root / "Diving48_vocab.json"
+    return {
+        "kind": d.dataset,
+        "train": train,
+        "val": val,
+        "root": videos,
+        "extra": extra if extra.is_file() else None,
+    }
 
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise ValueError(msg)
 
-    need(cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}")
-    need(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}")
-    need(cfg.accum_steps >= 1, f"--accum-steps must be >= 1, got {cfg.accum_steps}")
-    need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
-    need(cfg.backbone_lr_mult >= 0, f"--backbone-lr-mult must be >= 0, got {cfg.backbone_lr_mult}")
-    need(cfg.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}")
-    need(cfg.lr_step >= 1, f"--lr-step must be >= 1, got {cfg.lr_step}")
-    need(
-        cfg.synthetic_distractors >= 0,
-        f"--synthetic-distractors must be >= 0, got {cfg.synthetic_distractors}",
+def _first(folder: Path, names: list[str], what: str) -> Path:
+    for n in names:
+        if (folder / n).exists():
+            return folder / n
+    raise ConfigError(
+        f"--data-root: no {what} in {folder} (looked for {', '.join(names)}); see "
+        "docs/data.md for the layout under --data-root"
     )
-    need(
-        0.0 <= cfg.synthetic_distractor_amplitude <= 1.0,
-        f"--synthetic-distractor-amplitude must be in [0, 1], got "
-        f"{cfg.synthetic_distractor_amplitude}",
-    )
-    need(cfg.num_frames >= 1, f"--num-frames must be >= 1, got {cfg.num_frames}")
-    need(cfg.num_queries >= 1, f"--num-queries must be >= 1, got {cfg.num_queries}")
-    need(cfg.crop_size >= 16, f"--crop-size must be >= 16, got {cfg.crop_size}")
-    need(
-        0 < cfg.crop_scale_min <= 1, f"--crop-scale-min must be in (0, 1], got {cfg.crop_scale_min}"
-    )
-    need(0 <= cfg.dropout < 1, f"--dropout must be in [0, 1), got {cfg.dropout}")
-    need(
-        0 <= cfg.max_failure_fraction <= 1,
-        f"--max-failure-fraction must be in [0, 1], got {cfg.max_failure_fraction}",
-    )
-    need(cfg.dim % cfg.heads == 0, f"--dim ({cfg.dim}) must be divisible by --heads ({cfg.heads})")
-    need(
-        cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"),
-        f"--device must be auto, cpu or cuda[:N], got {cfg.device!r}",
-    )
-    need(
-        cfg.model_ema is None or 0 < cfg.model_ema < 1,
-        f"--model-ema must be in (0, 1), got {cfg.model_ema}",
-    )
-    need(cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}")
+
+
+def read_class_names(path) -> list[str]:
+    """One class name per non-empty line, in label order; ConfigError if none or one repeats."""
+    names = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if not names or dup:
+        raise ConfigError(
+            f"--class-names: {os.fspath(path)!r} "
+            + (f"names {dup} more than once" if dup else "holds no name")
+        )
+    return names
+
+
+def _max_label(flag: str, path) -> int:
+    """The largest label of a '<path> <label>' list (its paths are not read here)."""
+    top = -1
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.rsplit(maxsplit=1)
+        if not parts or parts[0].startswith("#"):
+            continue
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise ConfigError(f"{flag}: {path}:{i}: expected '<path> <label>', got {line!r}")
+        top = max(top, int(parts[1]))
+    if top < 0:
+        raise ConfigError(f"{flag}: {path!r} has no '<path> <label>' line")
+    return top
+
+
+def check_paths(cfg: TrainConfig) -> None:
+    """Every file and folder the run reads or writes, checked before anything is built."""
+    for o in options():
+        v, kind = _get(cfg, o.key), o.meta.get("path")
+        p = Path(os.path.expanduser(v)) if kind and v is not None else None
+        if kind == "dir" and p and not p.is_dir():
+            raise ConfigError(f"{o.flag}: folder not found: {v!r}")
+        if kind == "file" and p and not p.is_file():
+            raise ConfigError(f"{o.flag}: file not found: {v!r}")
+        looks_like_file = p and (os.sep in v or v.startswith(("~", ".")) or p.suffix)
+        if kind == "weights" and v not in ("none", "synthetic") and looks_like_file:
+            if not p.is_file():
+                raise ConfigError(f"{o.flag}: checkpoint file not found: {v!r} ({WEIGHTS_DOC})")
+    resume, out = cfg.run.resume, Path(cfg.run.output_dir)
+    if resume not in (None, "auto") and not Path(resume).is_file():
+        raise ConfigError(f"--resume: checkpoint file not found: {resume!r}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output-dir: {cfg.run.output_dir!r} exists and is not a folder")
+    parent = next(p for p in [out.absolute(), *out.absolute().parents] if p.exists())
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"--output-dir: cannot write under {str(parent)!r}")
+    if cfg.preset != "paper":
+        return
+    files = dataset_files(cfg)
+    if files["kind"] == "list":
+        top = max(
+            _max_label("--train-list", files["train"]), _max_label("--val-list", files["val"])
+        )
+        if cfg.data.class_names and top >= len(read_class_names(cfg.data.class_names)):
+            raise ConfigError(
+                f"--class-names: {cfg.data.class_names!r} names fewer classes "
+                f"than the lists' labels 0..{top}"
+            )

@@ -1,12 +1,27 @@
 """Evaluation metrics: Top-1, Top-5, mean per-class accuracy (the paper's "Mean") from a confusion
-matrix that sums across ranks; a confusion-matrix PNG."""
+matrix; a per-class CSV and a confusion-matrix PNG (when matplotlib is installed)."""
 
 from __future__ import annotations
+
+import csv
+import logging
+import os
 
 import torch
 from torch import Tensor
 
-__all__ = ["ConfusionMatrix", "save_confusion_png"]
+from artlib.visualize import MATPLOTLIB_HINT, have_matplotlib
+
+__all__ = [
+    "ConfusionMatrix",
+    "MATPLOTLIB_HINT",
+    "have_matplotlib",
+    "save_confusion_png",
+    "save_per_class_csv",
+]
+
+log = logging.getLogger("artlib.metrics")
+_warned_png = False
 
 
 class ConfusionMatrix:
@@ -55,9 +70,32 @@ class ConfusionMatrix:
         }
 
 
-def save_confusion_png(matrix: Tensor, path, class_names: list[str] | None = None) -> None:
-    """Write the row-normalized confusion matrix as a PNG (matplotlib, Agg backend)."""
-    import matplotlib
+def save_per_class_csv(matrix: Tensor, path, class_names: list[str] | None = None) -> None:
+    """``label,name,count,correct,accuracy`` per class (rows of ``matrix`` are the truth; accuracy
+    is empty for a class with no clip)."""
+    n = matrix.shape[0]
+    names = class_names if class_names is not None else [f"class {i}" for i in range(n)]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "name", "count", "correct", "accuracy"])
+        for c in range(n):
+            count, correct = int(matrix[c].sum()), int(matrix[c, c])
+            w.writerow([c, names[c], count, correct, f"{correct / count:.6f}" if count else ""])
+
+
+def save_confusion_png(matrix: Tensor, path, class_names: list[str] | None = None) -> bool:
+    """Write the row-normalized confusion matrix as a PNG (matplotlib, Agg backend). Without
+    matplotlib: warn once per process and return False (nothing written)."""
+    global _warned_png
+    try:
+        import matplotlib
+    except ImportError:
+        if not _warned_png:
+            log.warning(
+                "matplotlib is not installed: %s not written (%s)", os.fspath(path), MATPLOTLIB_HINT
+            )
+            _warned_png = True
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -77,3 +115,4 @@ def save_confusion_png(matrix: Tensor, path, class_names: list[str] | None = Non
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return True

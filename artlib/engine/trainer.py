@@ -11,10 +11,9 @@ import logging
 import math
 import os
 import random
-import signal
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 
@@ -23,11 +22,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artlib.engine.checkpoint import CheckpointManager, atomic_save, capture_rng, restore_rng
-from artlib.engine.config import MTC_TERMS, TrainConfig
+from artlib._io import atomic_save_torch, cache_root
+from artlib.engine.checkpoint import (
+    CheckpointManager,
+    backbone_normalization,
+    restore_rng,
+    training_state,
+)
+from artlib.engine.config import (
+    MTC_TERMS,
+    TrainConfig,
+    dataset_files,
+    read_class_names,
+    save_config,
+)
 from artlib.engine.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
 from artlib.engine.ema import ModelEma
-from artlib.engine.metrics import ConfusionMatrix, save_confusion_png
+from artlib.engine.evaluation import EvalResult, agreed_batches, evaluate, exact_loader
+from artlib.engine.metrics import save_confusion_png, save_per_class_csv
+from artlib.nn import set_check_inputs
 
 __all__ = ["train", "build_model", "build_data"]
 
@@ -45,69 +58,41 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------ data
-def _dataset_files(cfg: TrainConfig):
-    """Annotation readers for the real data sets, by name, with the official file layout."""
+def _read_items(cfg: TrainConfig):
+    """-> (train items, val items, class names or None) of the data set the config names."""
     from artlib.data import read_diving48, read_finegym, read_generic_list
 
-    root = Path(cfg.data_root)
-    if cfg.train_list or cfg.val_list:
-        if not (cfg.train_list and cfg.val_list):
-            raise ValueError("--train-list and --val-list must be given together")
-        tr, names = read_generic_list(cfg.train_list, root)
-        va, _ = read_generic_list(cfg.val_list, root)
-        return tr, va, names
-    if cfg.dataset == "finegym":  # the layout of README "Preparing FineGym"
-        ann = root / "annotations"
-        train_file = _first(
-            ann,
-            [
-                f"{cfg.split}_train_element_v1.1.txt",
-                f"{cfg.split}_train_element_v2.txt",
-                f"{cfg.split}_train_element.txt",
-            ],
-            "annotation file",
-        )
-        val_file = _first(ann, [f"{cfg.split}_val_element.txt"], "annotation file")
-        videos = _first(root, ["clips", "subactions", "videos"], "clip folder")
-        cats = ann / f"{cfg.split}_categories.txt"
-        cats = cats if cats.is_file() else None
-        tr, names = read_finegym(train_file, videos, cats)
-        va, _ = read_finegym(val_file, videos, cats)
-        return tr, va, names
-    if cfg.dataset == "diving48":
-        vocab = root / "Diving48_vocab.json"
-        tr, names = read_diving48(root / "Diving48_V2_train.json", root / "rgb", vocab)
-        va, _ = read_diving48(root / "Diving48_V2_test.json", root / "rgb", vocab)
-        return tr, va, names
-    raise ValueError(f"unknown dataset {cfg.dataset!r}")
-
-
-def _first(folder: Path, names: list[str], what: str) -> Path:
-    for n in names:
-        if (folder / n).exists():
-            return folder / n
-    raise FileNotFoundError(
-        f"no {what} in {folder} (looked for {', '.join(names)}): see the README section "
-        "'Preparing FineGym and Diving48' for the expected layout under --data-root"
-    )
+    files = dataset_files(cfg)
+    if files["kind"] == "list":  # relative paths: against --data-root, else the list's folder
+        tr, names = read_generic_list(files["train"], files["root"])
+        va, _ = read_generic_list(files["val"], files["root"])
+    elif files["kind"] == "finegym":
+        tr, names = read_finegym(files["train"], files["root"], files["extra"])
+        va, _ = read_finegym(files["val"], files["root"], files["extra"])
+    else:
+        tr, names = read_diving48(files["train"], files["root"], files["extra"])
+        va, _ = read_diving48(files["val"], files["root"], files["extra"])
+    return tr, va, names
 
 
 def build_data(cfg: TrainConfig, info: DistInfo):
     """-> (train_loader, val_loader, class_names)."""
     from artlib.data import VideoDataset, make_loader, read_generic_list
 
-    if cfg.data_root is None:  # the built-in synthetic fine-grained set
+    d = cfg.data
+    if cfg.preset == "synthetic":  # the built-in fine-grained set
         from artlib.data.synthetic import make_finegrained_set
 
-        root = Path(os.environ.get("ARTLIB_CACHE", Path.home() / ".cache" / "artlib")) / "synthetic"
+        root = cache_root() / "synthetic"
+        s = cfg.synthetic
         spec = dict(
-            num_classes=cfg.synthetic_classes,
-            train_per_class=cfg.synthetic_train_per_class,
-            val_per_class=cfg.synthetic_val_per_class,
-            size=(cfg.synthetic_size, cfg.synthetic_size),
-            distractors=cfg.synthetic_distractors,
-            distractor_amplitude=cfg.synthetic_distractor_amplitude,
-            seed=cfg.synthetic_seed,
+            num_classes=s.classes,
+            train_per_class=s.train_per_class,
+            val_per_class=s.val_per_class,
+            size=(s.size, s.size),
+            distractors=s.distractors,
+            distractor_amplitude=s.distractor_amplitude,
+            seed=s.seed,
         )
         if info.is_main:  # rank 0 writes the videos once; the others then reuse the cached files
             make_finegrained_set(root, **spec)
@@ -117,119 +102,118 @@ def build_data(cfg: TrainConfig, info: DistInfo):
         val_items, _ = read_generic_list(syn.val_list)
         names = list(syn.class_names)
     else:
-        train_items, val_items, names = _dataset_files(cfg)
+        train_items, val_items, names = _read_items(cfg)
+    n_labels = max(it.label for it in (*train_items, *val_items)) + 1
+    if d.class_names:
+        names = read_class_names(d.class_names)
+        if len(names) < n_labels:
+            raise ValueError(f"--class-names: {len(names)} names, but label {n_labels - 1} occurs")
     if names is None:
-        names = [f"class {i}" for i in range(max(it.label for it in train_items) + 1)]
+        names = [f"class {i}" for i in range(n_labels)]
 
-    use_dali = cfg.loader == "dali" or (cfg.loader == "auto" and info.device.type == "cuda")
+    use_dali = d.loader == "dali" or (d.loader == "auto" and info.device.type == "cuda")
     if use_dali:
         try:
             from artlib.data.dali import make_dali_loader, require_dali
 
             require_dali()  # DALI itself is imported lazily: fail here, where PyAV can take over
         except ImportError as exc:
-            if cfg.loader == "dali":
+            if d.loader == "dali":
                 raise
             log.warning("DALI unavailable (%s): using the PyAV loader", exc)
             use_dali = False
-    common = dict(num_frames=cfg.num_frames, crop_size=cfg.crop_size, seed=cfg.seed)
+    common = dict(num_frames=d.num_frames, crop_size=d.crop_size, seed=cfg.run.seed)
+    bs = cfg.optim.batch_size
     if use_dali:
-        train_loader = make_dali_loader(
-            train_items,
-            batch_size=cfg.batch_size,
-            train=True,
-            flip=cfg.flip,
+        dali = dict(
+            batch_size=bs,
             device_id=info.local_rank,
             shard_id=info.rank,
             num_shards=info.world_size,
-            num_threads=max(cfg.workers, 1),
+            num_threads=max(d.workers, 1),
             **common,
         )
-        val_loader = make_dali_loader(
-            val_items,
-            batch_size=cfg.batch_size,
-            train=False,
-            flip=False,
-            device_id=info.local_rank,
-            shard_id=info.rank,
-            num_shards=info.world_size,
-            num_threads=max(cfg.workers, 1),
-            **common,
-        )
+        train_loader = make_dali_loader(train_items, train=True, flip=d.flip, **dali)
+        val_loader = make_dali_loader(val_items, train=False, flip=False, **dali)
         return train_loader, val_loader, names
 
     train_ds = VideoDataset(
-        train_items, train=True, flip=cfg.flip, scale=(cfg.crop_scale_min, 1.0), **common
+        train_items, train=True, flip=d.flip, scale=(d.crop_scale_min, 1.0), **common
     )
-    val_ds = VideoDataset(val_items, train=False, flip=False, num_clips=cfg.eval_clips, **common)
+    val_ds = VideoDataset(val_items, train=False, flip=False, num_clips=d.eval_clips, **common)
     kw = dict(
-        num_workers=cfg.workers,
+        num_workers=d.workers,
         distributed=info.distributed,
-        seed=cfg.seed,
-        max_failure_fraction=cfg.max_failure_fraction,
+        seed=cfg.run.seed,
+        max_failure_fraction=d.max_failure_fraction,
     )
-    train_loader = make_loader(train_ds, cfg.batch_size, train=True, **kw)
-    val_loader = make_loader(val_ds, cfg.batch_size, train=False, **kw)
+    train_loader = make_loader(train_ds, bs, train=True, **kw)
+    val_loader = make_loader(val_ds, bs, train=False, **kw)
     return train_loader, val_loader, names
 
 
-def _unpack(batch, device):
-    """A batch from either loader -> (video (B, T, 3, H, W), labels (B,))."""
+def _unpack(batch, device, num_classes: int | None = None, check_inputs: bool = False):
+    """A batch from either loader -> (video (B, T, 3, H, W), labels (B,)) on ``device``. The label
+    range is checked while the batch is still on the CPU (no host sync); the finite check of the
+    video only with ``--check-inputs``."""
     if isinstance(batch, dict):
         video, labels = batch["video"], batch["label"]
     else:
         video, labels = batch[0], batch[1]
+    if num_classes is not None and (labels.device.type == "cpu" or check_inputs):
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"labels: expected values in [0, {num_classes}), got [{lo}, {hi}]")
+    if check_inputs and not bool(torch.isfinite(video).all()):
+        raise FloatingPointError("video: the batch holds non-finite values (--check-inputs)")
     return video.to(device, non_blocking=True), labels.to(device, non_blocking=True).long()
 
 
 # ----------------------------------------------------------------------------------------- model
 def head_options(cfg: TrainConfig) -> dict:
-    return dict(
-        dim=cfg.dim,
-        heads=cfg.heads,
-        num_queries=cfg.num_queries,
-        se_layers=cfg.se_layers,
-        act_layers=cfg.act_layers,
-        gamma_mtc=cfg.gamma_mtc,
-        gamma_sema=cfg.gamma_sema,
-        lam=cfg.lam,
-        temporal=cfg.temporal,
-        mtc_weights=tuple(1.0 if t in cfg.mtc_terms else 0.0 for t in MTC_TERMS),
-        use_se=cfg.use_se,
-        aggregation=cfg.aggregation,
-        sema_video=cfg.sema_video,
-        sema_prot=cfg.sema_prot,
-    )
+    """ARTHead's keyword arguments: the model options declared ``head=True``, and the MTC terms as
+    weights."""
+    m = cfg.model
+    opts = {f.name: getattr(m, f.name) for f in fields(m) if f.metadata.get("head")}
+    opts["mtc_weights"] = tuple(1.0 if t in m.mtc_terms else 0.0 for t in MTC_TERMS)
+    return opts
+
+
+def _weights(value: str | None) -> str | None:
+    return None if value in (None, "none") else value
 
 
 def build_model(cfg: TrainConfig, class_names: list[str], bank=None) -> nn.Module:
-    """Backbone + ART head (or the baseline head). ``bank``: a ready SemanticBank, else one from
-    ``--bank`` or built with the text encoder over the class names."""
+    """Backbone + ART head (or the baseline head): the one way to build a model from a config.
+    ``bank``: a ready SemanticBank, else one from ``--bank`` or built with the text encoder over
+    the class names."""
     from artlib.models import ART, build_backbone
     from artlib.nn import SemanticBank
+    from artlib.text import load_bank
 
-    kw = {} if cfg.backbone.startswith("tea") else {"img_size": cfg.crop_size}
-    backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained, **kw)
-    common = dict(num_frames=cfg.num_frames, dropout=cfg.dropout)
-    if cfg.baseline:
+    m = cfg.model
+    kw = {} if m.backbone.startswith("tea") else {"img_size": cfg.data.crop_size}
+    backbone = build_backbone(m.backbone, pretrained=_weights(m.pretrained), **kw)
+    common = dict(num_frames=cfg.data.num_frames, dropout=m.dropout)
+    if m.baseline:
         return ART(backbone, len(class_names), None, baseline=True, **common)
-    if bank is None and cfg.bank:
-        bank = SemanticBank.from_file(cfg.bank, momentum=cfg.bank_momentum)
-    elif bank is None and cfg.text_model == "random":
+    if bank is None and m.bank:
+        bank = load_bank(m.bank, momentum=m.bank_momentum, num_classes=len(class_names))
+    elif bank is None and m.text_model == "random":
         # A seeded random bank: distinct, unit-norm class embeddings. Without pretrained text
         # weights a random CLIP text tower maps all class names to nearly one vector (pairwise cos
         # 0.93-0.99 measured for the 8 synthetic classes), which gives the K queries nothing to
         # tell apart; this is the synthetic preset's bank.
-        g = torch.Generator().manual_seed(cfg.seed)
-        s0 = F.normalize(torch.randn(8, len(class_names), cfg.dim, generator=g), dim=-1)
-        bank = SemanticBank(s0, momentum=cfg.bank_momentum)
+        g = torch.Generator().manual_seed(cfg.run.seed)
+        s0 = F.normalize(torch.randn(8, len(class_names), m.dim, generator=g), dim=-1)
+        bank = SemanticBank(s0, momentum=m.bank_momentum)
     elif bank is None:
         from artlib.text import build_semantic_bank, clean_labels
 
         s0 = build_semantic_bank(
-            clean_labels(class_names), cfg.text_model, pretrained=cfg.text_pretrained
+            clean_labels(class_names), m.text_model, pretrained=_weights(m.text_pretrained)
         )
-        bank = SemanticBank(s0, momentum=cfg.bank_momentum)
+        bank = SemanticBank(s0, momentum=m.bank_momentum)
     if bank.num_classes != len(class_names):
         raise ValueError(f"--bank has {bank.num_classes} classes, the data set {len(class_names)}")
     return ART(backbone, len(class_names), bank, **common, **head_options(cfg))
@@ -238,6 +222,7 @@ def build_model(cfg: TrainConfig, class_names: list[str], bank=None) -> nn.Modul
 def build_optimizer(cfg: TrainConfig, model: nn.Module):
     """SGD or AdamW over four groups: (backbone | head) x (decayed | not: biases, norms, the bank's
     agent). The backbone's groups run at ``lr * backbone_lr_mult``; the schedule scales all."""
+    o = cfg.optim
     buckets: dict[tuple[bool, bool], list] = {}  # (in the backbone, decayed) -> parameters
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -247,102 +232,134 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module):
     groups = [
         {
             "params": params,
-            "weight_decay": cfg.weight_decay if decayed else 0.0,
-            "lr": cfg.lr * (cfg.backbone_lr_mult if in_backbone else 1.0),
+            "weight_decay": o.weight_decay if decayed else 0.0,
+            "lr": o.lr * (o.backbone_lr_mult if in_backbone else 1.0),
         }
         for (in_backbone, decayed), params in sorted(buckets.items())
     ]
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if o.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
     else:
-        opt = torch.optim.AdamW(groups, lr=cfg.lr)
+        opt = torch.optim.AdamW(groups, lr=o.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, cfg))
     return opt, sched
 
 
 def lr_factor(cfg: TrainConfig, epoch: int) -> float:
     """The lr multiplier for ``epoch`` (0-based; the scheduler steps once per epoch)."""
-    if epoch < cfg.warmup_epochs:
-        return 0.1 + 0.9 * epoch / cfg.warmup_epochs
-    if cfg.lr_schedule == "cosine":
-        span = max(1, cfg.epochs - cfg.warmup_epochs)
-        return 0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
-    return cfg.lr_gamma ** (epoch // cfg.lr_step)
+    o = cfg.optim
+    if epoch < o.warmup_epochs:
+        return 0.1 + 0.9 * epoch / o.warmup_epochs
+    if o.lr_schedule == "cosine":
+        span = max(1, o.epochs - o.warmup_epochs)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - o.warmup_epochs) / span))
+    return o.lr_gamma ** (epoch // o.lr_step)
+
+
+def compile_model(model: nn.Module, mode: str) -> nn.Module:
+    """``torch.compile`` over the model's forward, losses included (``--compile MODE``); the first
+    call compiles, and its time is logged by the caller."""
+    return torch.compile(model, mode=None if mode == "default" else mode)
 
 
 # ------------------------------------------------------------------------------------------ loop
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    model = model.module if hasattr(model, "module") else model
+    return getattr(model, "_orig_mod", model)
 
 
 def train_one_epoch(
-    model, loader, optimizer, scaler, cfg, info, epoch, autocast, ema: ModelEma | None = None
+    model,
+    loader,
+    optimizer,
+    cfg,
+    info,
+    epoch,
+    autocast,
+    ema: ModelEma | None = None,
+    num_classes: int | None = None,
+    compile_log: str | None = None,
 ) -> dict:
+    """One pass over ``loader``. The loss terms accumulate on the device and are read (one host
+    sync) every ``--log-every`` steps and at the end; a non-finite loss stops the run there."""
     model.train()
-    sums: dict[str, float] = {}
+    o, r = cfg.optim, cfg.run
+    sums: dict[str, torch.Tensor] = {}
     seen = 0
     steps = len(loader)
-    bar = _progress(loader, info, cfg, f"epoch {epoch + 1}/{cfg.epochs}")
+    # which steps run (and when too many videos failed) is decided over all ranks
+    batches = agreed_batches(loader, cfg.data.max_failure_fraction)
+    bar = _progress(batches, info, cfg, f"epoch {epoch + 1}/{o.epochs}", total=steps)
     optimizer.zero_grad(set_to_none=True)
+    t_start, vals = time.time(), {}
+
+    def read_out(step: int) -> dict[str, float]:
+        vals = {k: float(v) / max(seen, 1) for k, v in sums.items()}  # the one sync
+        if not all(math.isfinite(v) for v in vals.values()):
+            raise FloatingPointError(
+                f"loss is not finite by epoch {epoch + 1}, step {step}; running means: "
+                + ", ".join(f"{k}={v:.4g}" for k, v in vals.items())
+            )
+        return vals
+
     for i, batch in enumerate(bar):
-        video, labels = _unpack(batch, info.device)
-        last_micro = (i + 1) % cfg.accum_steps == 0 or i + 1 == steps
+        video, labels = _unpack(batch, info.device, num_classes, r.check_inputs)
+        last_micro = (i + 1) % o.accum_steps == 0 or i + 1 == steps
         sync = nullcontext() if last_micro or not info.distributed else model.no_sync()
         with sync:
             with autocast():
                 _, losses = model(video, labels)
-            loss = losses["total"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, step {i + 1}; terms: "
-                    + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items() if v.dim() == 0)
-                )
-            scaler.scale(loss / cfg.accum_steps).backward()
+            (losses["total"] / o.accum_steps).backward()
+        if compile_log and i == 0:
+            log.info(
+                "torch.compile mode=%s: first step (compile) took %.1f s",
+                compile_log,
+                time.time() - t_start,
+            )
         if last_micro:
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            if o.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+            optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             _unwrap(model).ema_update()  # Eq. 12: S <- mu S + (1 - mu) S^a after each step
             if ema is not None:  # --model-ema: after the bank's update, so it averages that too
                 ema.update(_unwrap(model))
         n = labels.numel()
         seen += n
-        for k, v in losses.items():
-            if v.dim() == 0:
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
-        if info.is_main and cfg.progress and hasattr(bar, "set_postfix") and i % cfg.log_every == 0:
-            bar.set_postfix(loss=f"{float(loss):.3f}")
-    return {f"train_{k}": v / max(seen, 1) for k, v in sums.items()}
+        with torch.no_grad():
+            for k, v in losses.items():
+                if v.dim() == 0:
+                    acc = v.detach().float() * n  # stays on the device
+                    sums[k] = sums[k].add_(acc) if k in sums else acc
+        if (i + 1) % r.log_every == 0 or i + 1 == steps:
+            vals = read_out(i + 1)
+            if info.is_main and r.progress and hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{vals['total']:.3f}")
+    return {f"train_{k}": v for k, v in vals.items()}  # read at the last step
 
 
-@torch.no_grad()
-def evaluate(model, loader, num_classes, info, cfg, autocast) -> ConfusionMatrix:
-    model.eval()
-    cm = ConfusionMatrix(num_classes)
-    for batch in _progress(loader, info, cfg, "eval", leave=False):
-        video, labels = _unpack(batch, info.device)
-        with autocast():
-            if video.dim() == 6:  # (B, clips, T, 3, H, W): average the clips' softmax
-                b, c = video.shape[:2]
-                logits = model(video.flatten(0, 1)).float().softmax(-1).view(b, c, -1).mean(1)
-            else:
-                logits = model(video)
-        cm.update(logits, labels)
-    cm.all_reduce()
-    return cm
+def _validate(model, loader, num_classes, info, cfg, autocast) -> EvalResult:
+    """Exact validation (artlib.engine.evaluation): every clip once, on any number of ranks."""
+    return evaluate(
+        model,
+        loader,
+        num_classes,
+        device=info.device,
+        autocast=autocast,
+        max_failure_fraction=cfg.data.max_failure_fraction,
+        progress=info.is_main and cfg.run.progress,
+    )
 
 
-def _progress(it, info, cfg, desc, leave=True):
-    if not (info.is_main and cfg.progress):
+def _progress(it, info, cfg, desc, leave=True, total=None):
+    if not (info.is_main and cfg.run.progress):
         return it
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return it
-    return tqdm(it, desc=desc, leave=leave, dynamic_ncols=True)
+    return tqdm(it, desc=desc, leave=leave, total=total, dynamic_ncols=True)
 
 
 class _Logs:
@@ -384,7 +401,7 @@ class _Logs:
 # ------------------------------------------------------------------------------------------ main
 def train(cfg: TrainConfig) -> dict:
     """Run the whole training; returns the final metrics (on every rank)."""
-    info = setup_distributed(cfg.device)
+    info = setup_distributed(cfg.run.device)
     logging.basicConfig(
         level=logging.INFO if info.is_main else logging.WARNING,
         format=f"[rank {info.rank}] %(asctime)s %(levelname)s %(message)s",
@@ -395,40 +412,57 @@ def train(cfg: TrainConfig) -> dict:
         cleanup_distributed()
 
 
+_PRESET_LINE = {
+    "synthetic": "preset synthetic: the built-in synthetic set on %s (pass --data-root or "
+    "--train-list for your own data; --help lists every option)",
+    "paper": "preset paper: the paper's recipe on %s",
+}
+
+
 def _train(cfg: TrainConfig, info: DistInfo) -> dict:
-    out = Path(cfg.output_dir)
+    d, m, o, r = cfg.data, cfg.model, cfg.optim, cfg.run
+    where = d.train_list or d.data_root if cfg.preset == "paper" else info.device
+    log.info(_PRESET_LINE[cfg.preset], where)
+    out = Path(r.output_dir)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
-    seed_everything(cfg.seed, cfg.deterministic)
+        save_config(cfg, out / "config.yaml")  # --config on it reproduces the run
+    seed_everything(r.seed, r.deterministic)
     t0 = time.time()
     train_loader, val_loader, names = build_data(cfg, info)
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    torch.manual_seed(r.seed)  # identical initial weights on every rank
     model = build_model(cfg, names).to(info.device)
+    mean, std = backbone_normalization(model)  # e.g. 0.45/0.225 after an official UniFormerV2
+    for loader in (train_loader, val_loader):
+        loader.dataset.set_normalization(mean, std)
+    set_check_inputs(model, r.check_inputs)  # value checks that sync the host: debugging only
     optimizer, scheduler = build_optimizer(cfg, model)
-    use_amp = cfg.amp and info.device.type == "cuda"
-    scaler = torch.amp.GradScaler(info.device.type, enabled=False)  # bf16 needs no loss scaling
+    use_amp = o.amp and info.device.type == "cuda"
 
-    def autocast():
+    def autocast():  # bfloat16 needs no loss scaling
         if use_amp:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
-    ckpt = CheckpointManager(out / "checkpoints", keep=cfg.keep_checkpoints)
+    ckpt = CheckpointManager(out / "checkpoints", keep=r.keep_checkpoints)
     start_epoch, best, state = 0, 0.0, None
-    if cfg.resume:
-        state = ckpt.load(cfg.resume, map_location="cpu")
+    if r.resume:
+        state = ckpt.load(r.resume, map_location="cpu")  # weights_only: never runs code
         if state is None:
             log.info("--resume auto: no checkpoint in %s, starting fresh", ckpt.directory)
         else:
+            if state["class_names"] != list(names):
+                raise ValueError(
+                    f"--resume: the checkpoint's {len(state['class_names'])} classes differ from "
+                    f"the data set's {len(names)}"
+                )
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
             restore_rng(state["rng"])
             start_epoch, best = state["epoch"], state.get("best_top1", 0.0)
-            log.info("resumed from epoch %d (%s)", start_epoch, cfg.resume)
-    ema = ModelEma(model, cfg.model_ema) if cfg.model_ema else None  # from the (resumed) weights
+            log.info("resumed from epoch %d (%s)", start_epoch, r.resume)
+    ema = ModelEma(model, o.model_ema) if o.model_ema else None  # from the (resumed) weights
     if ema is not None and state is not None:
         if state.get("model_ema") is not None:
             ema.load_state_dict(state["model_ema"])
@@ -441,13 +475,18 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         model = nn.parallel.DistributedDataParallel(
             model, find_unused_parameters=_has_unused(cfg), **ddp_kw
         )
+    if r.compile:
+        model = compile_model(model, r.compile)
     logs = _Logs(out, info.is_main)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
-        "%s | %s%s | %d classes | %d train / %d val batches per rank | %.2fM params | %s x%d",
-        "baseline" if cfg.baseline else "ART",
-        cfg.backbone,
-        f" (weights: {cfg.pretrained})" if cfg.pretrained else " (random init)",
+        "%s | %s%s | T=%d -> %d token frames | %d classes | %d train / %d val batches per rank | "
+        "%.2fM params | %s x%d",
+        "baseline" if m.baseline else "ART",
+        m.backbone,
+        f" (weights: {m.pretrained})" if _weights(m.pretrained) else " (random init)",
+        d.num_frames,
+        _unwrap(model).token_frames,
         len(names),
         len(train_loader),
         len(val_loader),
@@ -457,24 +496,36 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     )
 
     metrics: dict = {}
-    cm = None
+    result = None
     scored = model if ema is None else ema.module  # what is evaluated and exported
-    for epoch in range(start_epoch, cfg.epochs):
+    val_exact = exact_loader(val_loader)  # every validation clip once, no padded repeats
+    for epoch in range(start_epoch, o.epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
         te = time.time()
         row = train_one_epoch(
-            model, train_loader, optimizer, scaler, cfg, info, epoch, autocast, ema
+            model,
+            train_loader,
+            optimizer,
+            cfg,
+            info,
+            epoch,
+            autocast,
+            ema,
+            len(names),
+            compile_log=r.compile if epoch == start_epoch else None,
         )
         row["lr"] = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            cm = evaluate(scored, val_loader, len(names), info, cfg, autocast)
-            metrics = {f"val_{k}": v for k, v in cm.compute().items()}
+        is_best = False
+        if (epoch + 1) % r.eval_every == 0 or epoch + 1 == o.epochs:
+            result = _validate(scored, val_exact, len(names), info, cfg, autocast)
+            metrics = {f"val_{k}": v for k, v in result.metrics().items()}
             row.update(metrics)
+            is_best = metrics["val_top1"] > best or not ckpt.best_path.exists()
             best = max(best, metrics["val_top1"])
         row["epoch_time_s"] = round(time.time() - te, 2)
-        row.update(_failures(train_loader, val_loader))
+        row.update(_failures(train_loader, val_exact))
         logs.write(epoch + 1, row)
         if info.is_main:
             log.info(
@@ -484,69 +535,61 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                     f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                 ),
             )
-            ckpt.save(
-                {
-                    "model": _unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "model_ema": None if ema is None else ema.state_dict(),
-                    "rng": capture_rng(),
-                    "epoch": epoch + 1,
-                    "best_top1": best,
-                    "config": asdict(cfg),
-                    "class_names": names,
-                },
-                epoch + 1,
+            state = training_state(
+                cfg=cfg,
+                class_names=names,
+                model=_unwrap(model),
+                ema=ema,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                epoch=epoch + 1,
+                best_top1=best,
             )
+            ckpt.save(state, epoch + 1, best=is_best)  # best.pt: the best val Top-1 so far
+            del state
         barrier()
-        _maybe_die(epoch + 1)
 
     logs.close()
-    if cm is None:  # resumed after the last epoch: evaluate once more
-        cm = evaluate(scored, val_loader, len(names), info, cfg, autocast)
-        metrics = {f"val_{k}": v for k, v in cm.compute().items()}
+    if result is None:  # resumed after the last epoch: evaluate once more
+        result = _validate(scored, val_exact, len(names), info, cfg, autocast)
+        metrics = {f"val_{k}": v for k, v in result.metrics().items()}
     if info.is_main:
-        save_confusion_png(cm.matrix, out / "confusion.png", names)
+        save_per_class_csv(result.matrix, out / "per_class.csv", names)
+        save_confusion_png(result.matrix, out / "confusion.png", names)  # warns without matplotlib
         summary = {
-            "model": "baseline" if cfg.baseline else "ART",
+            "model": "baseline" if m.baseline else "ART",
             "top1": round(metrics["val_top1"], 4),
             "top5": round(metrics["val_top5"], 4),
             "mean_class_acc": round(metrics["val_mean_class_acc"], 4),
+            "count": metrics["val_count"],
+            "skipped": metrics["val_skipped"],
             "best_top1": round(best, 4),
-            "epochs": cfg.epochs,
+            "epochs": o.epochs,
             "minutes": round((time.time() - t0) / 60, 2),
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         # the trained backbone alone, for --pretrained of a later run (e.g. ART on a harder set)
-        atomic_save(_unwrap(scored).backbone.state_dict(), out / "backbone.pt")
+        atomic_save_torch(_unwrap(scored).backbone.state_dict(), out / "backbone.pt")
         print(
             f"FINAL {summary['model']} top1={summary['top1']:.4f} top5={summary['top5']:.4f} "
             f"mean_class_acc={summary['mean_class_acc']:.4f} best_top1={summary['best_top1']:.4f} "
-            f"epochs={cfg.epochs} time={summary['minutes']:.1f}min output={out}",
+            f"epochs={o.epochs} time={summary['minutes']:.1f}min output={out}",
             flush=True,
         )
     return metrics
 
 
 def _has_unused(cfg: TrainConfig) -> bool:
+    m = cfg.model
     return (
-        cfg.baseline
-        or not cfg.sema_video
-        or not cfg.sema_prot
-        or cfg.gamma_sema == 0
-        or len(cfg.mtc_terms) < len(MTC_TERMS)
+        m.baseline
+        or not m.sema_video
+        or not m.sema_prot
+        or m.gamma_sema == 0
+        or len(m.mtc_terms) < len(MTC_TERMS)
     )
 
 
 def _failures(*loaders) -> dict:
-    """Distinct videos skipped so far (the loaders log each with its path)."""
-    return {"skipped_videos": sum(len(getattr(ld, "failures", {})) for ld in loaders)}
-
-
-def _maybe_die(epoch: int) -> None:
-    """For the kill-and-resume test: ARTLIB_TEST_KILL_AFTER_EPOCH=N kills this process with SIGKILL
-    right after epoch N's checkpoint, like an out-of-memory kill or a pre-empted node."""
-    at = os.environ.get("ARTLIB_TEST_KILL_AFTER_EPOCH")
-    if at is not None and int(at) == epoch:
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Distinct videos skipped so far on this rank (the loaders log each with its path)."""
+    return {"skipped_videos": len(set().union(*(getattr(ld, "failures", {}) for ld in loaders)))}

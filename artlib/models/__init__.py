@@ -5,6 +5,7 @@ Every backbone: ``forward(video (B,T,3,H,W)) → (tokens (B,T',L,C), cls (B,C))`
 """
 
 from artlib.models.art import ART, as_bank
+from artlib.models.checkpoint import RANDOM_WEIGHTS, wants_random_weights
 from artlib.models.registry import (
     BACKBONES,
     BUILTIN_WEIGHTS,
@@ -15,15 +16,18 @@ from artlib.models.registry import (
 )
 from artlib.models.tea import MotionExcitation, MultipleTemporalAggregation, TEAResNet50
 from artlib.models.tiny import TinyConvVideoBackbone, TinyVideoBackbone
-from artlib.models.uniformerv2 import GlobalUniBlock, UniFormerV2
+from artlib.models.uniformerv2 import GlobalUniBlock, LocalMHRA, LocalUniBlock, UniFormerV2
 
 __all__ = [
     "ART",
     "BACKBONES",
     "BUILTIN_WEIGHTS",
     "GlobalUniBlock",
+    "LocalMHRA",
+    "LocalUniBlock",
     "MotionExcitation",
     "MultipleTemporalAggregation",
+    "RANDOM_WEIGHTS",
     "TEAResNet50",
     "TinyConvVideoBackbone",
     "TinyVideoBackbone",
@@ -33,4 +37,5 @@ __all__ = [
     "builtin_weights",
     "count_parameters",
     "list_backbones",
+    "wants_random_weights",
 ]

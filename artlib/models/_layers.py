@@ -12,6 +12,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
+    """Stochastic depth on a residual branch: each sample along dim 0 keeps the branch with
+    probability 1 − p, scaled by 1/(1 − p) (timm's ``DropPath``); the identity when not training."""
+    if p <= 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - p)
+    return x * keep / (1.0 - p)
+
+
 class QuickGELU(nn.Module):
     """x·σ(1.702x), the activation of OpenAI's CLIP weights."""
 
@@ -122,7 +131,8 @@ class MLP(nn.Module):
 
 
 class LocalTemporalMHRA(nn.Module):
-    """UniFormerV2's local temporal relation aggregator (LT_MHRA), as a residual branch.
+    """A local temporal relation aggregator in the spirit of UniFormerV2's LT_MHRA, as a residual
+    branch — the ``tiny`` backbone's (``artlib.models.uniformerv2`` has the official one).
 
     ``LT_MHRA(Norm(X)) = U · A(V · Norm(X))`` where V projects C → C/ratio, A is a learnable
     per-channel affinity over a local temporal tube t×1×1 (a depthwise temporal convolution of
@@ -154,8 +164,8 @@ class LocalTemporalMHRA(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """CLIP's pre-norm ViT block (``ln_1``, ``attn``, ``ln_2``, ``mlp``) armed with UniFormerV2's
-    local temporal MHRA before the spatial attention (Local UniBlock):
+    """The ``tiny`` backbone's block: CLIP's pre-norm ViT block (``ln_1``, ``attn``, ``ln_2``,
+    ``mlp``) with a local temporal MHRA before the spatial attention:
 
         X^T = LT_MHRA(Norm(X)) + X        (patch tokens only; class tokens pass)
         X^S = GS_MHSA(Norm(X^T)) + X^T    (CLIP's attention, within each frame)

@@ -44,7 +44,9 @@ class ART(nn.Module):
             ``artlib.text.build_semantic_bank``); may be None with ``baseline=True``.
         baseline: backbone + dropout + linear classifier on ``cls`` only (the paper's Table IV
             baseline); its loss dict is {"v", "total"}.
-        num_frames: T of the input videos (the head's prompts P are sized for T').
+        num_frames: T of the input videos. The head is sized for the backbone's frames out,
+            T' = ``backbone.frames_out(T)`` (``self.token_frames``): 16 frames give 8 token frames
+            with UniFormerV2's temporal downsampling.
         dropout: before the classifiers (paper 0.5).
         momentum: μ of the bank EMA when ``bank`` is not already a SemanticBank.
         **head_options: passed to ARTHead (dim, num_queries, heads, se_layers, act_layers,
@@ -76,6 +78,12 @@ class ART(nn.Module):
         self.num_classes, self.num_frames, self.baseline = num_classes, num_frames, baseline
         width = int(backbone.out_dim)
         frames = backbone.frames_out(num_frames) if hasattr(backbone, "frames_out") else num_frames
+        self.token_frames = frames
+        # a backbone's own classifier (UniFormerV2's Kinetics head) is not used here: frozen, so
+        # that no optimizer or DDP waits for its gradient; it stays in the state dict
+        classifier = getattr(backbone, "classifier", None)
+        if isinstance(classifier, nn.Module):
+            classifier.requires_grad_(False)
         if baseline:
             if head_options:
                 raise ValueError(f"baseline=True takes no head options, got {sorted(head_options)}")
@@ -133,7 +141,7 @@ class ART(nn.Module):
             if not p.requires_grad:
                 continue
             is_backbone = name.startswith("backbone.")
-            no_wd = p.dim() < 2 or "embedding" in name or name.endswith(("agent", "video_query"))
+            no_wd = p.dim() < 2 or "embedding" in name or name.endswith(("agent", "cls_token"))
             groups.setdefault((is_backbone, no_wd), []).append(p)
         return [
             {

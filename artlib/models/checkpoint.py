@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".pkl")
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".pyth", ".bin", ".safetensors", ".ckpt", ".pkl")
+
+# ``pretrained="none"`` asks for random weights on purpose (a run can then tell it from a
+# ``pretrained`` that was never given, which is None).
+RANDOM_WEIGHTS = "none"
+
+
+def wants_random_weights(pretrained) -> bool:
+    """True for ``pretrained="none"`` (any case): random weights asked for on purpose. None (not
+    given) is False here, though ``build_backbone`` also builds random weights for it."""
+    return isinstance(pretrained, str) and pretrained.strip().lower() == RANDOM_WEIGHTS
 
 
 @dataclass(frozen=True)
@@ -103,8 +114,10 @@ def resolve_clip_pretrained(
 def load_state_dict_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], bool]:
     """Read a checkpoint → (state dict on CPU, was_torchscript).
 
-    Accepts safetensors, a plain ``torch.save`` state dict (optionally under "state_dict" or "model"
-    and with a "module." prefix) and OpenAI's TorchScript CLIP archives.
+    Accepts safetensors, a plain ``torch.save`` state dict (optionally under "state_dict"
+    (mmaction2, Lightning), "model_state" (SlowFast), "model" or "module", and with a "module."
+    prefix) and OpenAI's TorchScript CLIP archives. Files are read with ``weights_only=True``
+    (nothing in them is executed).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -116,17 +129,24 @@ def load_state_dict_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], bo
         obj = load_file(path, device="cpu")
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # "looks like a TorchScript archive": handled below
+                warnings.filterwarnings("ignore", message=".*TorchScript", category=UserWarning)
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # not a plain state dict: maybe an OpenAI TorchScript archive
             try:
                 obj = torch.jit.load(path, map_location="cpu").state_dict()
                 jit = True
             except Exception:
-                raise RuntimeError(f"could not read checkpoint {path!r}: {e}") from e
+                raise RuntimeError(
+                    f"could not read checkpoint {path!r} with torch.load(weights_only=True) nor "
+                    f"as TorchScript: {e}. If it pickles Python objects beside the weights, and "
+                    f"you trust it, re-save only its state dict: torch.save(torch.load(path, "
+                    f"weights_only=False)['state_dict'], 'weights.pth')"
+                ) from e
     if isinstance(obj, torch.jit.ScriptModule):
         obj, jit = obj.state_dict(), True
     if isinstance(obj, dict):
-        for key in ("state_dict", "model", "module"):
+        for key in ("state_dict", "model_state", "model", "module"):
             if key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
                 break

@@ -7,7 +7,7 @@ from importlib import resources
 
 from torch import nn
 
-from artlib.models.checkpoint import load_state_dict_file
+from artlib.models.checkpoint import load_state_dict_file, wants_random_weights
 from artlib.models.tea import TEAResNet50
 from artlib.models.tiny import TinyConvVideoBackbone, TinyVideoBackbone
 from artlib.models.uniformerv2 import UniFormerV2
@@ -16,8 +16,8 @@ BACKBONES = {
     "tiny": "TinyVideoBackbone (CPU runs and tests); pretrained: a state dict file of it",
     "tiny_cnn": "TinyConvVideoBackbone, a 2D+3D CNN that learns the synthetic set from scratch",
     "tiny_cnn_t1": "TinyConvVideoBackbone with one 3x3x3 conv: each token sees 3 frames only",
-    "uniformerv2_b16": "UniFormerV2 on CLIP ViT-B/16; pretrained: open_clip tag or checkpoint path",
-    "uniformerv2_l14": "UniFormerV2 on CLIP ViT-L/14; pretrained: open_clip tag or checkpoint path",
+    "uniformerv2_b16": "UniFormerV2-B/16; pretrained: UniFormerV2, mmaction2 or CLIP file, or tag",
+    "uniformerv2_l14": "UniFormerV2-L/14; pretrained: UniFormerV2, mmaction2 or CLIP file, or tag",
     "tea_r50": "TEA ResNet-50; pretrained: a torchvision ResNet-50 ImageNet checkpoint path",
 }
 
@@ -63,14 +63,18 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwa
     """Build a backbone by name: "tiny", "tiny_cnn", "tiny_cnn_t1", "uniformerv2_b16",
     "uniformerv2_l14", "tea_r50".
 
-    pretrained: None (random weights), or for UniFormerV2 an open_clip tag ("openai", ...) found in
-    the local cache or a CLIP checkpoint path, for TEA a torchvision ResNet-50 ImageNet checkpoint
-    path, for "tiny" a state dict saved from it, for "tiny_cnn" a state dict saved from it or the
+    pretrained: None or "none" (random weights; "none" says so on purpose, see
+    ``wants_random_weights``), or for UniFormerV2 an official UniFormerV2 checkpoint (OpenGVLab's
+    flat or SlowFast files, mmaction2's, artlib's ``backbone.pt``), a CLIP image tower file or an
+    open_clip tag ("openai", ...) found in the local cache (``UniFormerV2.from_pretrained``), for
+    TEA a torchvision ResNet-50 ImageNet checkpoint path, for "tiny" a state dict saved from it, for "tiny_cnn" a state dict saved from it or the
     packaged tag "synthetic" (``BUILTIN_WEIGHTS``, with the constructor arguments it fits). kwargs
     go to the constructor (e.g. small widths for tests). Unknown names raise ValueError listing
     the known ones; a missing checkpoint file raises FileNotFoundError naming the path.
     """
     key = _key(name)
+    if wants_random_weights(pretrained):
+        pretrained = None
     if key == "tiny":
         model = TinyVideoBackbone(**kwargs)
         if pretrained is not None:

@@ -1,30 +1,43 @@
-"""UniFormerV2 (Li et al., ICCV 2023): a CLIP image ViT armed with UniFormer's video relation
-aggregators — the backbone of the ART paper's transformer results.
+"""UniFormerV2 (Li et al., ICCV 2023), the official architecture: a CLIP image ViT armed with
+UniFormer's local and global relation aggregators — the backbone of the ART paper's transformer
+results, which start from UniFormerV2 pretrained on Kinetics.
 
-Legend: B videos, T frames, H×W input size, p patch size, h×w = (H/p)×(W/p) grid, L = h·w patch
-tokens per frame, N = 1 + L tokens with the class token, C width, q the learnable video query.
+Module for module and parameter for parameter this is OpenGVLab's ``VisionTransformer``
+(UniFormerV2 repository, ``slowfast/models/uniformerv2_model.py``), so its released checkpoints load
+as they are (``artlib.models.uniformerv2_weights`` reads them, and mmaction2's and CLIP's); it is
+written channels-last, with einops and SDPA, and gives the same numbers in float32.
+
+Legend: B videos, T frames in, T' token frames (T, or ⌈T/2⌉ with temporal downsampling), H×W input,
+p patch size, h×w = (H/p)×(W/p) grid, L = h·w patch tokens, N = 1 + L with the class token, C width,
+C' = int(C // dw_reduction) the local MHRA width, G global UniBlocks, N_cls classes.
 
     video (B,T,3,H,W)
-      -> stem: Conv3d (k_t × p × p), temporal taps zero except the centre = CLIP's patch conv
-      -> + class token, + positional embedding, ln_pre
-      -> CLIP blocks, each a Local UniBlock (LT_MHRA → spatial MHSA → FFN)          [local]
-      -> the last ``global_layers`` blocks each feed a Global UniBlock:                [global]
-             X^C = DPE(X^L) + X^L                  (depthwise 3×3×3 conv over T×h×w)
-             q   = q + C_MHRA(Norm(q), Norm(X^C))  (one query over all T·N tokens)
-             q   = q + FFN(Norm(q))
-         the query passes from one Global UniBlock to the next (multi-stage, sequential fusion)
-      -> ln_post; tokens (B,T,L,C); frame class tokens averaged over T -> F^C; F^G = ln_post(q)
-      -> cls = (1 - α)·F^C + α·F^G                                                     [fusion]
+      -> conv1: Conv3d 1×p×p (stride 1×p×p), or 3×p×p with temporal stride 2     -> (B,C,T',h,w)
+      -> + class_embedding (one token per frame), + positional_embedding, ln_pre   -> X (B·T',N,C)
+      -> transformer.resblocks.i, the Local UniBlock (paper Sec. 3.2):
+             X = X + LMHRA₁(X)           patch tokens, mixed along time only     (lmhra1, optional)
+             X = X + MHSA(ln_1(X))       CLIP's spatial attention within each frame
+             X = X + LMHRA₂(X)           (lmhra2, "double_lmhra")
+             X = X + FFN(ln_2(X))
+         with LMHRA(X) = U·A(V·BN(X)): BatchNorm, 1×1×1 conv C→C', depthwise k×1×1 conv over time,
+         1×1×1 conv C'→C (zero-initialised)
+      -> after block return_list[j], the Global UniBlock j (transformer.dpe.j, transformer.dec.j):
+             X^C = X + DPE_j(X)          patch tokens; DPE a depthwise 3×3×3 conv over T'×h×w
+             q   = q + C_MHRA(ln_1(q), ln_3(X^C))   one query over all T'·N tokens of the clip
+             q   = q + FFN(ln_2(q))
+         q starts as transformer.temporal_cls_token and passes from one global block to the next
+      -> fusion: w = σ(transformer.balance) (per channel), F^C = mean over T' of the class tokens,
+             cls = (1 − w)·q + w·F^C                                          (q alone if frozen)
+      -> classifier transformer.proj = LayerNorm → Dropout → Linear C→N_cls: ``classify(cls)``
 
-Step 0 is the image model: the stem's extra taps, LT_MHRA's output projection and α start at zero,
-and the global branch only writes into ``cls`` through α, so tokens (B,T,L,C) equal CLIP's
-per-frame ``ln_post`` tokens and ``cls`` the frame average of CLIP's pooled (pre-projection) feature.
-(The paper squashes α with a sigmoid, which cannot start at 0; a raw α from 0 gives the exact
-start.)
+``forward`` returns tokens (B,T',L,C) = the last block's patch tokens (there is no ``ln_post`` in
+UniFormerV2) and cls (B,C) = the fused feature that the official model feeds to ``proj``.
 
-Parameter names follow open_clip's ``VisionTransformer`` (``conv1``, ``class_embedding``,
-``positional_embedding``, ``ln_pre``, ``transformer.resblocks.{i}.{ln_1,attn,ln_2,mlp}``,
-``ln_post``), so CLIP checkpoints load directly; the module needs only torch (no open_clip).
+Initial values (the official ones): the global blocks' attention output projection and FFN output
+projection, the local MHRAs' last conv and ``temporal_cls_token`` start at zero, ``balance`` at 0
+(w = 0.5). So at step 0, loaded from a CLIP image tower (patch conv inflated into the centre tap),
+every token is CLIP's block output for its frame (for frame 2t' with temporal downsampling), and
+cls = 0.5·F^C.
 """
 
 from __future__ import annotations
@@ -39,65 +52,241 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from artlib.models._layers import MLP, LayerNorm, QueryAttention, QuickGELU, ResidualAttentionBlock
-from artlib.models.checkpoint import load_state_dict_file, resolve_clip_pretrained, strip_prefix
+from artlib.models._layers import (
+    MLP,
+    Attention,
+    LayerNorm,
+    QueryAttention,
+    QuickGELU,
+    drop_path,
+    temporal_conv,
+)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# what the official UniFormerV2 (SlowFast and mmaction2 configs) normalise video with
+KINETICS_MEAN = (0.45, 0.45, 0.45)
+KINETICS_STD = (0.225, 0.225, 0.225)
 
-# open_clip model name and ViT shape of each preset (CLIP's image towers).
+# The presets: CLIP's image towers, with the global blocks on the last 4 layers as the official
+# uniformerv2_b16 / uniformerv2_l14 builders do.
 CONFIGS = {
     "b16": dict(clip_name="ViT-B-16", width=768, layers=12, heads=12, patch_size=16),
     "l14": dict(clip_name="ViT-L-14", width=1024, layers=24, heads=16, patch_size=14),
 }
 
 
-class GlobalUniBlock(nn.Module):
-    """UniFormerV2's global UniBlock: DPE, then a learnable query cross-attends to all T·N tokens.
+class _TokenBatchNorm(nn.BatchNorm3d):
+    """``nn.BatchNorm3d`` (same parameters, buffers and statistics) applied to channels-last tokens
+    (M, C): BatchNorm3d over (B, C, T, h, w) normalises each channel over B·T·h·w values, which is
+    this over M = B·T·L rows."""
 
-    ``forward(q (B, 1, C), x (B, T, N, C), grid (h, w)) → q (B, 1, C)``; x is only read.
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() != 2:
+            raise ValueError(f"expected (M, C) tokens, got {tuple(input.shape)}")
+
+
+class LocalMHRA(nn.Module):
+    """UniFormerV2's local temporal relation aggregator, laid out as the official ``Local_MHRA``:
+    ``pos_embed`` = BatchNorm3d(C) → Conv3d 1×1×1 C→C' → depthwise Conv3d k×1×1 (over time) →
+    Conv3d 1×1×1 C'→C, the last one zero-initialised.
+
+    ``forward(x (B, T, L, C)) → (B, T, L, C)``, the branch only (the caller adds the residual).
+    Equivalent to ``pos_embed(rearrange(x, "b t l c -> b c t l"))`` on a (B, C, T, h, w) view, run
+    channels-last (the 1×1×1 convs as linears, the temporal conv as shifted sums).
     """
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    def __init__(self, dim: int, dw_reduction: float = 1.5, kernel: int = 3):
         super().__init__()
-        self.dpe = nn.Conv3d(dim, dim, 3, padding=1, groups=dim)  # dynamic position encoding
-        nn.init.zeros_(self.dpe.bias)
-        self.ln_q = LayerNorm(dim)
-        self.ln_kv = LayerNorm(dim)
-        self.attn = QueryAttention(dim, heads)
-        self.ln_2 = LayerNorm(dim)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), nn.GELU, dropout)
+        if kernel < 1 or kernel % 2 != 1:
+            raise ValueError(f"kernel: expected an odd temporal kernel, got {kernel}")
+        hidden = int(dim // dw_reduction)
+        if hidden < 1:
+            raise ValueError(f"dw_reduction: {dw_reduction} leaves no channels of width {dim}")
+        self.pos_embed = nn.Sequential(
+            _TokenBatchNorm(dim),
+            nn.Conv3d(dim, hidden, 1),  # V
+            nn.Conv3d(hidden, hidden, (kernel, 1, 1), padding=(kernel // 2, 0, 0), groups=hidden),
+            nn.Conv3d(hidden, dim, 1),  # U
+        )
+        nn.init.zeros_(self.pos_embed[3].weight)
+        nn.init.zeros_(self.pos_embed[3].bias)
 
-    def forward(self, q: Tensor, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        B, T, N, C = x.shape
-        h, w = grid
-        patches = rearrange(x[:, :, 1:], "b t (h w) c -> b c t h w", h=h, w=w)
-        patches = patches + self.dpe(patches)  # X^C = DPE(X^L) + X^L
-        kv = torch.cat([x[:, :, :1], rearrange(patches, "b c t h w -> b t (h w) c")], dim=2)
-        kv = self.ln_kv(kv.reshape(B, T * N, C))
-        q = q + self.attn(self.ln_q(q), kv)  # C_MHRA: one query, all tokens of the clip
-        return q + self.mlp(self.ln_2(q))
+    def forward(self, x: Tensor) -> Tensor:
+        bn, down, tconv, up = self.pos_embed
+        y = bn(x.reshape(-1, x.shape[-1])).view(x.shape)
+        y = F.linear(y, down.weight.flatten(1), down.bias)
+        y = temporal_conv(y, rearrange(tconv.weight, "c 1 k 1 1 -> k c"), tconv.bias)  # A
+        return F.linear(y, up.weight.flatten(1), up.bias)
+
+
+class LocalUniBlock(nn.Module):
+    """CLIP's pre-norm ViT block (``ln_1``, ``attn``, ``ln_2``, ``mlp``) with the official
+    UniFormerV2 local MHRA before the attention (``lmhra1``) and, with ``double_lmhra``, before
+    the FFN (``lmhra2``); see the module docstring. ``local=0`` is exactly CLIP's block.
+
+    ``forward(x (B·T, N, C), T) → (B·T, N, C)``; class tokens never enter the local MHRA.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        act: type[nn.Module] = QuickGELU,
+        local: int = 0,
+        dw_reduction: float = 1.5,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        if local not in (0, 1, 2):
+            raise ValueError(f"local: expected 0, 1 or 2 local MHRAs, got {local}")
+        self.drop_path = drop_path
+        if local >= 1:
+            self.lmhra1 = LocalMHRA(dim, dw_reduction)
+        if local == 2:
+            self.lmhra2 = LocalMHRA(dim, dw_reduction)
+        self.attn = Attention(dim, heads)
+        self.ln_1 = LayerNorm(dim)
+        self.mlp = MLP(dim, dim * 4, act)
+        self.ln_2 = LayerNorm(dim)
+
+    def _local(self, x: Tensor, lmhra: LocalMHRA, T: int) -> Tensor:
+        patches = rearrange(x[:, 1:], "(b t) l c -> b t l c", t=T)
+        delta = drop_path(lmhra(patches), self.drop_path, self.training)
+        return torch.cat([x[:, :1], x[:, 1:] + rearrange(delta, "b t l c -> (b t) l c")], dim=1)
+
+    def forward(self, x: Tensor, T: int) -> Tensor:
+        p, train = self.drop_path, self.training
+        if hasattr(self, "lmhra1"):
+            x = self._local(x, self.lmhra1, T)  # X^T = X + LT_MHRA(X)
+        x = x + drop_path(self.attn(self.ln_1(x)), p, train)  # X^S = X^T + GS_MHSA(Norm(X^T))
+        if hasattr(self, "lmhra2"):
+            x = self._local(x, self.lmhra2, T)
+        return x + drop_path(self.mlp(self.ln_2(x)), p, train)  # X^L = X^S + FFN(Norm(X^S))
+
+
+class GlobalUniBlock(nn.Module):
+    """UniFormerV2's global UniBlock after the DPE (the official ``Extractor``): one query
+    cross-attends to every token of the clip, then an FFN.
+
+    ``forward(q (B, 1, C), x (B, M, C)) → q (B, 1, C)`` with M = T'·N. The cross-attention is
+    ``QueryAttention`` (keys and values absorbed into the query: the M tokens are never projected),
+    equivalent to the official ``q·kᵀ/√d_h`` → softmax → ``·v`` → ``out_proj`` on the same
+    ``in_proj_weight``/``in_proj_bias``; ``attn.out_proj`` and ``mlp.c_proj`` start at zero.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_factor: float = 4.0,
+        dropout: float = 0.5,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        self.drop_path = drop_path
+        self.attn = QueryAttention(dim, heads)
+        self.ln_1 = LayerNorm(dim)
+        self.mlp = MLP(dim, round(mlp_factor * dim), QuickGELU, dropout)
+        self.ln_2 = LayerNorm(dim)
+        self.ln_3 = LayerNorm(dim)
+        nn.init.xavier_uniform_(self.attn.in_proj_weight)
+        nn.init.zeros_(self.attn.out_proj.weight)
+        nn.init.zeros_(self.attn.out_proj.bias)
+        nn.init.xavier_uniform_(self.mlp.c_fc.weight)
+        nn.init.zeros_(self.mlp.c_proj.weight)
+        nn.init.zeros_(self.mlp.c_proj.bias)
+
+    def forward(self, q: Tensor, x: Tensor) -> Tensor:
+        p, train = self.drop_path, self.training
+        q = q + drop_path(self.attn(self.ln_1(q), self.ln_3(x)), p, train)  # C_MHRA
+        return q + drop_path(self.mlp(self.ln_2(q)), p, train)
+
+
+def _linspace(end: float, n: int) -> list[float]:
+    """``torch.linspace(0, end, n).tolist()`` in Python (also works under a meta device)."""
+    return [end * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
+
+
+class UniTransformer(nn.Module):
+    """The official ``Transformer``: the Local UniBlocks ``resblocks``, the global branch
+    (``temporal_cls_token``, ``dpe``, ``dec``), the fusion weight ``balance`` and the classifier
+    ``proj``. Built by :class:`UniFormerV2`, which runs it."""
+
+    def __init__(
+        self,
+        width: int,
+        layers: int,
+        heads: int,
+        act: type[nn.Module],
+        local: int,
+        dw_reduction: float,
+        return_list: Sequence[int],
+        n_head: int,
+        mlp_factor: float,
+        mlp_dropout: Sequence[float],
+        cls_dropout: float,
+        num_classes: int,
+        frozen: bool,
+        backbone_drop_path_rate: float,
+        drop_path_rate: float,
+    ):
+        super().__init__()
+        self.return_list = list(return_list)
+        b_dpr = _linspace(backbone_drop_path_rate, layers)
+        self.resblocks = nn.ModuleList(
+            LocalUniBlock(width, heads, act, local, dw_reduction, b_dpr[i]) for i in range(layers)
+        )
+        G = len(self.return_list)
+        self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.dpe = nn.ModuleList(
+            nn.Conv3d(width, width, 3, padding=1, groups=width) for _ in range(G)
+        )
+        for conv in self.dpe:
+            nn.init.zeros_(conv.bias)
+        dpr = _linspace(drop_path_rate, G)
+        self.dec = nn.ModuleList(
+            GlobalUniBlock(width, n_head, mlp_factor, mlp_dropout[j], dpr[j]) for j in range(G)
+        )
+        self.proj = nn.Sequential(
+            nn.LayerNorm(width), nn.Dropout(cls_dropout), nn.Linear(width, num_classes)
+        )
+        self.frozen = frozen
+        if not frozen:
+            self.balance = nn.Parameter(torch.zeros(width))
 
 
 class UniFormerV2(nn.Module):
-    """UniFormerV2 video backbone on a CLIP ViT.
+    """UniFormerV2 video backbone, the official architecture (see the module docstring).
 
     Args:
-        width, layers, heads, patch_size, img_size, mlp_ratio: the image ViT (CLIP ViT-B/16:
-            768, 12, 12, 16, 224; ViT-L/14: 1024, 24, 16, 14, 224). Small values build a test model.
-        quick_gelu: QuickGELU activation (OpenAI CLIP weights) instead of GELU (LAION/DataComp).
-        temporal_kernel: k_t of the 3D stem (1 = CLIP's 2D patch conv).
-        temporal_stride: stride of the stem in time (1 keeps T frames; 2 halves them, as
-            UniFormerV2's Kinetics models do; ``frames_out(T)`` says what comes out).
-        local_layers: which blocks get LT_MHRA (default all), ``local_ratio``/``local_kernel`` its
-            bottleneck ratio and temporal tube length.
-        global_layers: number of Global UniBlocks, fed by the last ones of the blocks (default
-            min(4, layers), as UniFormerV2 does for B/16 and L/14).
-        global_dropout: dropout in the Global UniBlocks' FFN.
-        grad_checkpointing: recompute each block in backward (saves memory for L/14).
+        width, layers, heads, patch_size, img_size: the CLIP ViT (B/16: 768, 12, 12, 16, 224;
+            L/14: 1024, 24, 16, 14, 224). Small values build a test model.
+        temporal_downsample: conv1 is k×p×p with temporal stride 2 (T' = ⌈T/2⌉, the official
+            Something-Something models); else 1×p×p (T' = T, the Kinetics models).
+        kernel_size: k of conv1 with temporal downsampling (official 3).
+        no_lmhra: no local MHRA (the Kinetics models); else ``lmhra1`` in every block, and
+            ``lmhra2`` too with ``double_lmhra`` (the Something-Something models).
+        dw_reduction: C' = int(C // dw_reduction) in the local MHRA (official 1.5).
+        return_list: the blocks whose outputs feed the global UniBlocks (default: the last
+            ``n_layers`` blocks, official [8, 9, 10, 11] for B/16 and [20, 21, 22, 23] for L/14).
+        n_layers: number of global UniBlocks when ``return_list`` is not given (official 4).
+        n_head: heads of the global blocks (default ``heads``); mlp_factor: their FFN ratio.
+        mlp_dropout: dropout inside the global blocks' FFN (a float or one per block; official 0.5).
+        cls_dropout, num_classes: the official classifier ``transformer.proj`` (Kinetics-400: 400).
+        frozen: the official "frozen" variant: no ``balance`` (cls = the query alone) and the CLIP
+            parts (conv1, embeddings, ln_pre, resblocks) do not learn.
+        backbone_drop_path_rate, drop_path_rate: stochastic depth, rising linearly over the blocks
+            (resp. the global blocks) to this rate (per frame, resp. per video). Official 0.
+        quick_gelu: QuickGELU in the CLIP blocks (OpenAI CLIP, every official checkpoint) or
+            GELU (LAION/DataComp open_clip weights). The global blocks always use QuickGELU.
+        grad_checkpointing: recompute blocks in the backward pass: True for all, an int n for the
+            first n (the official ``checkpoint_num``).
 
-    ``forward(video (B,T,3,H,W)) → (tokens (B,T',L,C), cls (B,C))``, T' = ``frames_out(T)``.
-    Input is normalised with CLIP's mean/std (``self.mean``, ``self.std``).
+    ``forward(video (B,T,3,H,W)) → (tokens (B,T',L,C), cls (B,C))``, T' = ``frames_out(T)``;
+    ``classify(cls) → (B, N_cls)``. Other H×W than ``img_size`` resize the positional embedding.
+    ``mean``/``std``: the input normalisation the weights expect (CLIP's for random or CLIP
+    weights, (0.45, 0.225) for the official UniFormerV2 checkpoints).
     """
 
     def __init__(
@@ -107,78 +296,142 @@ class UniFormerV2(nn.Module):
         heads: int = 12,
         patch_size: int = 16,
         img_size: int = 224,
-        mlp_ratio: float = 4.0,
-        quick_gelu: bool = False,
-        temporal_kernel: int = 3,
-        temporal_stride: int = 1,
-        local_layers: Sequence[int] | None = None,
-        local_ratio: float = 1.5,
-        local_kernel: int = 3,
-        global_layers: int | None = None,
-        global_dropout: float = 0.0,
-        grad_checkpointing: bool = False,
+        temporal_downsample: bool = False,
+        kernel_size: int = 3,
+        no_lmhra: bool = True,
+        double_lmhra: bool = False,
+        dw_reduction: float = 1.5,
+        return_list: Sequence[int] | None = None,
+        n_layers: int = 4,
+        n_head: int | None = None,
+        mlp_factor: float = 4.0,
+        mlp_dropout: float | Sequence[float] = 0.5,
+        cls_dropout: float = 0.5,
+        num_classes: int = 400,
+        frozen: bool = False,
+        backbone_drop_path_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        quick_gelu: bool = True,
+        grad_checkpointing: bool | int = False,
     ):
         super().__init__()
-        if global_layers is None:
-            global_layers = min(4, layers)
-        if not 0 <= global_layers <= layers:
-            raise ValueError(f"global_layers: expected 0..layers = {layers}, got {global_layers}")
-        if temporal_kernel < 1 or temporal_kernel % 2 != 1:
-            raise ValueError(f"temporal_kernel: expected an odd number >= 1, got {temporal_kernel}")
+        if return_list is None:
+            if not 0 <= n_layers <= layers:
+                raise ValueError(f"n_layers: expected 0..layers = {layers}, got {n_layers}")
+            return_list = range(layers - n_layers, layers)
+        return_list = [int(i) for i in return_list]
+        if sorted(set(return_list)) != return_list or any(not 0 <= i < layers for i in return_list):
+            raise ValueError(
+                f"return_list: expected increasing block indices in 0..{layers - 1}, got "
+                f"{return_list}"
+            )
+        if isinstance(mlp_dropout, (int, float)):
+            mlp_dropout = [float(mlp_dropout)] * len(return_list)
+        if len(mlp_dropout) != len(return_list):
+            raise ValueError(
+                f"mlp_dropout: expected one rate per global block ({len(return_list)}), got "
+                f"{list(mlp_dropout)}"
+            )
+        if temporal_downsample and (kernel_size < 1 or kernel_size % 2 != 1):
+            raise ValueError(f"kernel_size: expected an odd number >= 1, got {kernel_size}")
         if img_size % patch_size:
             raise ValueError(f"img_size: {img_size} is not a multiple of patch_size = {patch_size}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes: expected >= 1, got {num_classes}")
         self.out_dim = self.width = width
         self.patch_size, self.img_size = patch_size, img_size
-        self.temporal_stride = temporal_stride
+        self.temporal_downsample = temporal_downsample
         self.grad_checkpointing = grad_checkpointing
         self.mean, self.std = CLIP_MEAN, CLIP_STD
+        self.pretrained_report: dict | None = None  # set by from_pretrained: what was loaded
         grid = img_size // patch_size
-        local_set = set(range(layers) if local_layers is None else local_layers)
-        act = QuickGELU if quick_gelu else nn.GELU
 
+        k = kernel_size if temporal_downsample else 1
         self.conv1 = nn.Conv3d(
             3,
             width,
-            (temporal_kernel, patch_size, patch_size),
-            stride=(temporal_stride, patch_size, patch_size),
-            padding=(temporal_kernel // 2, 0, 0),
+            (k, patch_size, patch_size),
+            stride=(2 if temporal_downsample else 1, patch_size, patch_size),
+            padding=(k // 2, 0, 0),
             bias=False,
         )
         scale = width**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = nn.Module()
-        self.transformer.resblocks = nn.ModuleList(
-            ResidualAttentionBlock(
-                width, heads, mlp_ratio, act, i in local_set, local_ratio, local_kernel
-            )
-            for i in range(layers)
+        self.transformer = UniTransformer(
+            width,
+            layers,
+            heads,
+            QuickGELU if quick_gelu else nn.GELU,
+            0 if no_lmhra else (2 if double_lmhra else 1),
+            dw_reduction,
+            return_list,
+            n_head or heads,
+            mlp_factor,
+            mlp_dropout,
+            cls_dropout,
+            num_classes,
+            frozen,
+            backbone_drop_path_rate,
+            drop_path_rate,
         )
-        self.ln_post = LayerNorm(width)
-        self.global_start = layers - global_layers
-        self.global_blocks = nn.ModuleList(
-            GlobalUniBlock(width, max(1, width // 64), mlp_ratio, global_dropout)
-            for _ in range(global_layers)
-        )
-        self.video_query = nn.Parameter(torch.zeros(1, 1, width))
-        self.fusion_alpha = nn.Parameter(torch.zeros(()))
-        self._init_stem()
+        if frozen:
+            for p in self.clip_parameters():
+                p.requires_grad_(False)
 
-    @torch.no_grad()
-    def _init_stem(self) -> None:
-        """Temporal taps other than the centre at zero: the stem starts as the 2D patch conv."""
-        w = self.conv1.weight
-        k = w.shape[2]
-        centre = torch.empty_like(w[:, :, 0])
-        nn.init.kaiming_uniform_(centre, a=math.sqrt(5))
-        w.zero_()
-        w[:, :, k // 2] = centre
+    # The official configuration, as read back from the modules --------------------------------
+
+    @property
+    def config(self) -> dict:
+        """The constructor arguments that shape the parameters (what a checkpoint must match)."""
+        t = self.transformer
+        blk = t.resblocks[0]
+        local = 2 if hasattr(blk, "lmhra2") else int(hasattr(blk, "lmhra1"))
+        cfg = dict(
+            width=self.width,
+            layers=len(t.resblocks),
+            patch_size=self.patch_size,
+            temporal_downsample=self.temporal_downsample,
+            no_lmhra=local == 0,
+            double_lmhra=local == 2,
+            n_layers=len(t.dec),
+            num_classes=t.proj[2].out_features,
+            frozen=t.frozen,
+        )
+        if self.temporal_downsample:
+            cfg["kernel_size"] = self.conv1.kernel_size[0]
+        if local:
+            cfg["lmhra_width"] = blk.lmhra1.pos_embed[1].out_channels
+        if len(t.dec):
+            cfg["mlp_factor"] = t.dec[0].mlp.c_fc.out_features / self.width
+        return cfg
+
+    def clip_parameters(self):
+        """The parameters that come from the image ViT (what ``frozen`` freezes)."""
+        yield self.conv1.weight
+        yield self.class_embedding
+        yield self.positional_embedding
+        yield from self.ln_pre.parameters()
+        for blk in self.transformer.resblocks:
+            for name, p in blk.named_parameters():
+                if not name.startswith("lmhra"):
+                    yield p
+
+    @property
+    def classifier(self) -> nn.Module:
+        """The official classifier ``transformer.proj`` (LayerNorm → Dropout → Linear)."""
+        return self.transformer.proj
+
+    def classify(self, cls: Tensor) -> Tensor:
+        """(B, C) fused feature → (B, N_cls) logits of the official classifier (with a Kinetics
+        checkpoint: Kinetics classes, as released)."""
+        return self.transformer.proj(cls)
 
     def frames_out(self, T: int) -> int:
-        """Frames T' in the output for T input frames."""
-        k, s = self.conv1.kernel_size[0], self.temporal_stride
-        return (T + 2 * (k // 2) - k) // s + 1
+        """Token frames T' for T input frames (T, or ⌈T/2⌉ with temporal downsampling)."""
+        k, s, pad = self.conv1.kernel_size[0], self.conv1.stride[0], self.conv1.padding[0]
+        return (T + 2 * pad - k) // s + 1
 
     def num_tokens(self, H: int | None = None, W: int | None = None) -> int:
         """Tokens per frame L for an H×W input (default ``img_size``)."""
@@ -186,28 +439,43 @@ class UniFormerV2(nn.Module):
         W = W or H
         return (H // self.patch_size) * (W // self.patch_size)
 
+    # Forward -------------------------------------------------------------------------------------
+
     def _pos_embed(self, h: int, w: int) -> Tensor:
         pos = self.positional_embedding
         g = int(math.isqrt(pos.shape[0] - 1))
         if (h, w) == (g, g):
             return pos
-        grid = rearrange(pos[1:], "(h w) c -> 1 c h w", h=g, w=g)
-        grid = F.interpolate(grid.float(), size=(h, w), mode="bicubic", align_corners=False)
-        return torch.cat([pos[:1], rearrange(grid.to(pos.dtype), "1 c h w -> (h w) c")], dim=0)
+        return resize_positional_embedding(pos, (h, w))
 
     def _check(self, video: Tensor) -> None:
-        if video.dim() != 5 or video.shape[2] != 3:
-            raise ValueError(f"video: expected (B, T, 3, H, W), got {tuple(video.shape)}")
+        if not isinstance(video, Tensor) or video.dim() != 5 or video.shape[2] != 3:
+            got = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
+            raise ValueError(f"video: expected (B, T, 3, H, W), got {got}")
         H, W = video.shape[-2:]
         if H % self.patch_size or W % self.patch_size:
             raise ValueError(
                 f"video: H×W = {H}×{W} must be multiples of patch_size = {self.patch_size}"
             )
+        if self.frames_out(video.shape[1]) < 1:
+            raise ValueError(f"video: T = {video.shape[1]} frames is too few for conv1")
 
-    def _run(self, fn, *args):
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(fn, *args, use_reentrant=False)
-        return fn(*args)
+    def _block(self, i: int, x: Tensor, T: int) -> Tensor:
+        blk = self.transformer.resblocks[i]
+        n = self.grad_checkpointing
+        n = len(self.transformer.resblocks) if n is True else int(n)
+        if i < n and self.training and torch.is_grad_enabled():
+            return checkpoint(blk, x, T, use_reentrant=False)
+        return blk(x, T)
+
+    def _global(self, j: int, q: Tensor, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Global UniBlock j on block output x (B, T', N, C): DPE on the patch tokens, then dec."""
+        t = self.transformer
+        h, w = grid
+        patches = rearrange(x[:, :, 1:], "b t (h w) c -> b c t h w", h=h, w=w)
+        pe = rearrange(t.dpe[j](patches), "b c t h w -> b t (h w) c")
+        kv = torch.cat([x[:, :, :1], x[:, :, 1:] + pe], dim=2)  # X^C = X^L + DPE(X^L)
+        return t.dec[j](q, rearrange(kv, "b t n c -> b (t n) c"))
 
     def forward(self, video: Tensor) -> tuple[Tensor, Tensor]:
         self._check(video)
@@ -217,74 +485,26 @@ class UniFormerV2(nn.Module):
         x = rearrange(x, "b c t h w -> (b t) (h w) c")
         cls_tok = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls_tok, x], dim=1) + self._pos_embed(h, w).to(x.dtype)
-        x = self.ln_pre(x)
+        x = self.ln_pre(x)  # (B·T', N, C)
 
-        q = self.video_query.to(x.dtype).expand(B, -1, -1)
-        for i, blk in enumerate(self.transformer.resblocks):
-            x = self._run(blk, x, T)
-            j = i - self.global_start
-            if j >= 0:  # Global UniBlock j reads block i's output
-                q = self._run(self.global_blocks[j], q, x.view(B, T, h * w + 1, -1), (h, w))
+        t = self.transformer
+        q = t.temporal_cls_token.to(x.dtype).expand(B, 1, -1)
+        j = 0
+        for i in range(len(t.resblocks)):
+            x = self._block(i, x, T)
+            if j < len(t.return_list) and i == t.return_list[j]:
+                q = self._global(j, q, rearrange(x, "(b t) n c -> b t n c", b=B), (h, w))
+                j += 1
 
-        x = self.ln_post(x).view(B, T, h * w + 1, -1)
+        x = rearrange(x, "(b t) n c -> b t n c", b=B)
         tokens = x[:, :, 1:]
-        f_c = x[:, :, 0].mean(1)  # image model's clip feature: frame average of pooled features
-        if len(self.global_blocks) == 0:
-            return tokens, f_c
-        f_g = self.ln_post(q[:, 0])
-        alpha = self.fusion_alpha.to(f_c.dtype)
-        return tokens, f_c + alpha * (f_g - f_c)  # (1 - α)·F^C + α·F^G
+        if t.frozen:
+            return tokens, q[:, 0]
+        weight = torch.sigmoid(t.balance).to(x.dtype)
+        residual = x[:, :, 0].mean(1)  # F^C: the frames' class tokens, averaged over T'
+        return tokens, (1 - weight) * q[:, 0] + weight * residual
 
     # Checkpoints ---------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def load_clip_state_dict(self, sd: dict[str, Tensor], strict: bool = True) -> dict[str, list]:
-        """Load a CLIP image tower's weights (open_clip/OpenAI layout, with or without "visual.").
-
-        The 2D patch conv is inflated into the 3D stem's centre tap (other taps zero); the
-        positional embedding is resized if the grid differs; ``proj`` (to CLIP's joint space) is
-        not used. With ``strict``, every ViT weight must be present and fit. Returns
-        {"missing": [...], "unexpected": [...]} of ViT keys.
-        """
-        if any(k.startswith("visual.") for k in sd):
-            sd = strip_prefix(sd, "visual.")
-        sd = dict(sd)
-        sd.pop("proj", None)
-        if "conv1.weight" in sd and sd["conv1.weight"].dim() == 4:
-            w2 = sd["conv1.weight"]
-            w3 = torch.zeros_like(self.conv1.weight)
-            if w2.shape != w3[:, :, 0].shape:
-                raise RuntimeError(
-                    f"conv1.weight: checkpoint {tuple(w2.shape)} does not fit this model's patch "
-                    f"conv {tuple(w3[:, :, 0].shape)}"
-                )
-            w3[:, :, w3.shape[2] // 2] = w2
-            sd["conv1.weight"] = w3
-        if "positional_embedding" in sd:
-            pos = sd["positional_embedding"]
-            if pos.shape != self.positional_embedding.shape and pos.shape[-1] == self.width:
-                g_old = int(math.isqrt(pos.shape[0] - 1))
-                g_new = int(math.isqrt(self.positional_embedding.shape[0] - 1))
-                grid = rearrange(pos[1:], "(h w) c -> 1 c h w", h=g_old, w=g_old).float()
-                grid = F.interpolate(grid, size=(g_new, g_new), mode="bicubic", align_corners=False)
-                sd["positional_embedding"] = torch.cat(
-                    [pos[:1], rearrange(grid.to(pos.dtype), "1 c h w -> (h w) c")]
-                )
-        own = self.state_dict()
-        vit_keys = [k for k in own if not _is_video_key(k)]
-        missing = [k for k in vit_keys if k not in sd]
-        unexpected = [k for k in sd if k not in own]
-        bad = [k for k in vit_keys if k in sd and sd[k].shape != own[k].shape]
-        if strict and (missing or bad):
-            raise RuntimeError(
-                f"checkpoint does not fit UniFormerV2(width={self.width}, "
-                f"layers={len(self.transformer.resblocks)}): missing {missing[:5]}, "
-                f"shape mismatch {[(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in bad[:3]]}"
-            )
-        for k in vit_keys:
-            if k in sd and k not in bad:
-                own[k].copy_(sd[k])
-        return {"missing": missing, "unexpected": unexpected}
 
     @classmethod
     def from_pretrained(
@@ -294,29 +514,27 @@ class UniFormerV2(nn.Module):
         cache_dir: str | None = None,
         **kwargs,
     ) -> UniFormerV2:
-        """A preset ("b16" = CLIP ViT-B/16, "l14" = CLIP ViT-L/14) with CLIP image weights.
+        """A preset ("b16" = CLIP ViT-B/16, "l14" = CLIP ViT-L/14), with weights.
 
-        pretrained: None (random ViT weights), an open_clip tag (needs open_clip and the file in
-        its local cache, e.g. "openai") or a local checkpoint path (open_clip ``.bin``/
-        ``.safetensors``, OpenAI's TorchScript ``.pt``). ``quick_gelu`` defaults to what the tag says,
-        True for an OpenAI TorchScript file, else False. Other kwargs go to the constructor.
+        pretrained: None or "none" (random weights), a checkpoint file (official UniFormerV2
+        ``.pyth``/``.pth``, flat ``backbone.``-prefixed or SlowFast ``{"model_state": ...}``;
+        mmaction2's UniFormerV2; artlib's ``backbone.pt``; a CLIP image tower as an open_clip or
+        OpenAI state dict or OpenAI's TorchScript archive), or an open_clip tag ("openai", ...)
+        found in the local cache. An official or artlib checkpoint fixes the configuration
+        (local MHRA, temporal downsampling, global blocks, classes); kwargs that contradict it
+        raise ValueError, others (img_size, heads, dropouts, grad_checkpointing, ...) apply. See
+        ``artlib.models.uniformerv2_weights.load_uniformerv2``.
         """
-        if variant not in CONFIGS:
-            raise ValueError(f"variant: expected one of {sorted(CONFIGS)}, got {variant!r}")
-        cfg = dict(CONFIGS[variant])
-        clip_name = cfg.pop("clip_name")
-        sd, quick = None, None
-        if pretrained is not None:
-            resolved = resolve_clip_pretrained(clip_name, pretrained, cache_dir=cache_dir)
-            sd, jit = load_state_dict_file(resolved.path)
-            quick = bool(resolved.quick_gelu) or jit
-        kwargs.setdefault("quick_gelu", bool(quick))
-        model = cls(**{**cfg, **kwargs})
-        if sd is not None:
-            model.load_clip_state_dict(sd, strict=True)
-        return model
+        from artlib.models.uniformerv2_weights import load_uniformerv2
+
+        return load_uniformerv2(cls, variant, pretrained, cache_dir=cache_dir, **kwargs)
 
 
-def _is_video_key(key: str) -> bool:
-    """Parameters UniFormerV2 adds to the image ViT (not in a CLIP checkpoint)."""
-    return key.startswith(("global_blocks.", "video_query", "fusion_alpha")) or ".lmhra." in key
+def resize_positional_embedding(pos: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(1 + g², C) positional embedding (class token first) → (1 + h·w, C), bicubic on the grid."""
+    g = int(math.isqrt(pos.shape[0] - 1))
+    if g * g + 1 != pos.shape[0]:
+        raise ValueError(f"positional_embedding: {pos.shape[0]} rows is not 1 + a square grid")
+    img = rearrange(pos[1:], "(h w) c -> 1 c h w", h=g, w=g).float()
+    img = F.interpolate(img, size=grid, mode="bicubic", align_corners=False)
+    return torch.cat([pos[:1], rearrange(img.to(pos.dtype), "1 c h w -> (h w) c")], dim=0)

@@ -63,6 +63,10 @@ class SemanticBank(nn.Module):
             self.agent.detach().to(self.S.dtype), alpha=1 - self.momentum
         )
 
+    def _compute_dtype(self, x: Tensor) -> torch.dtype:
+        """float32 at least (bf16/fp16 embeddings are upcast), float64 when the input or bank is."""
+        return torch.promote_types(torch.promote_types(x.dtype, self.S.dtype), torch.float32)
+
     def class_embeddings(self) -> Tensor:
         """Prompt-averaged class embeddings of S, (N_cls, C_t); no gradient (S is a buffer)."""
         return self.S.mean(0)
@@ -74,8 +78,10 @@ class SemanticBank(nn.Module):
         check_tensor("video_emb", video_emb, ("B", "C_t"), sizes={"C_t": self.text_dim})
         if not 1 <= k <= self.num_classes:
             raise ValueError(f"k must be in [1, N_cls = {self.num_classes}], got {k}")
+        dt = self._compute_dtype(video_emb)
         sim = (
-            F.normalize(video_emb.float(), dim=-1) @ F.normalize(self.class_embeddings(), dim=-1).T
+            F.normalize(video_emb.to(dt), dim=-1)
+            @ F.normalize(self.class_embeddings().to(dt), dim=-1).T
         )
         return sim.topk(k, dim=-1).indices
 
@@ -84,8 +90,9 @@ class SemanticBank(nn.Module):
     ) -> Tensor:
         """Eq. 13-14: S_cls[b, c] = max_j cos(v_b, S^a[j, c]) * scale, cross-entropy with the label."""
         check_tensor("video_emb", video_emb, ("B", "C_t"), sizes={"C_t": self.text_dim})
-        v = F.normalize(video_emb.float(), dim=-1)
-        sa = F.normalize(self.agent, dim=-1)  # (N_prom, N_cls, C_t)
+        dt = self._compute_dtype(video_emb)
+        v = F.normalize(video_emb.to(dt), dim=-1)
+        sa = F.normalize(self.agent.to(dt), dim=-1)  # (N_prom, N_cls, C_t)
         scores = torch.einsum("bc,pnc->bpn", v, sa).amax(dim=1)  # Eq. 13: winner over prompts
         return F.cross_entropy(logit_scale * scores, labels)  # Eq. 14
 
@@ -98,8 +105,9 @@ class SemanticBank(nn.Module):
             ("N_cls", "C_t"),
             sizes={"N_cls": self.num_classes, "C_t": self.text_dim},
         )
-        p = F.normalize(prototypes.float(), dim=-1)
-        sa = F.normalize(self.agent, dim=-1)
+        dt = self._compute_dtype(prototypes)
+        p = F.normalize(prototypes.to(dt), dim=-1)
+        sa = F.normalize(self.agent.to(dt), dim=-1)
         sim = torch.einsum("nc,pmc->pnm", p, sa).mean(0)  # Eq. 15: (N_cls, N_cls)
         target = torch.arange(self.num_classes, device=sim.device)
         return F.cross_entropy(logit_scale * sim, target)  # Eq. 16
