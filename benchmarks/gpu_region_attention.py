@@ -57,15 +57,15 @@ def log(*a):
 
 
 def _mha(d, heads, dtype, device="cuda"):
-    m = nn.MultiheadAttention(d, heads, batch_first=True, device=device)
-    with torch.no_grad():
-        m.in_proj_bias.normal_(0, 0.5)
-        m.out_proj.bias.normal_(0, 0.5)
-    return m.to(dtype)
+    from helpers import mha_with_biases
+
+    return mha_with_biases(d, heads, dtype, device=device)
 
 
 def _params(m):
-    return [m.in_proj_weight, m.in_proj_bias, m.out_proj.weight, m.out_proj.bias]
+    from helpers import mha_params
+
+    return mha_params(m)
 
 
 def check(shapes, dtypes) -> list[str]:

@@ -21,7 +21,7 @@ below any real bug (a wrong index or a missing term is off by whole units).
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 # (atol, rtol) per dtype, for comparisons against a reference computed in float32/float64.
 TOLERANCES = {
@@ -97,3 +97,19 @@ def ops_run(fn, *args, **kwargs) -> tuple[object, set[str]]:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         out = fn(*args, **kwargs)
     return out, {e.name for e in prof.events()}
+
+
+def mha_with_biases(d: int, heads: int, dtype=torch.float32, bias: bool = True, device="cpu"):
+    """``nn.MultiheadAttention(d, heads, batch_first=True)``, the stock peer of region attention,
+    with random biases (it zero-initializes them, so their gradients would go untested)."""
+    m = nn.MultiheadAttention(d, heads, batch_first=True, bias=bias, device=device)
+    if bias:
+        with torch.no_grad():
+            m.in_proj_bias.normal_(0, 0.5)
+            m.out_proj.bias.normal_(0, 0.5)
+    return m.to(dtype)
+
+
+def mha_params(m) -> list:
+    """The four parameters of an nn.MultiheadAttention in region_attention's argument order."""
+    return [m.in_proj_weight, m.in_proj_bias, m.out_proj.weight, m.out_proj.bias]

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-from helpers import TOLERANCES, assert_close
+from helpers import TOLERANCES, assert_close, mha_params, mha_with_biases
 
 import artlib.ops as ops
 from artlib.nn.region_attention import RegionAttention
@@ -22,17 +22,8 @@ from artlib.ops.region_attention import (
 ENV = "ARTLIB_BACKEND_REGION_ATTENTION"
 
 
-def _mha(d, heads, dtype=torch.float32, bias=True):
-    m = nn.MultiheadAttention(d, heads, batch_first=True, bias=bias)
-    if bias:  # MHA zero-initializes its biases: give them values so that their gradients matter
-        with torch.no_grad():
-            m.in_proj_bias.normal_(0, 0.5)
-            m.out_proj.bias.normal_(0, 0.5)
-    return m.to(dtype)
-
-
-def _params(m):
-    return [m.in_proj_weight, m.in_proj_bias, m.out_proj.weight, m.out_proj.bias]
+_mha = mha_with_biases
+_params = mha_params
 
 
 def _inputs(n, k, l, d, dtype=torch.float32, lead=None):

@@ -30,7 +30,7 @@ def check_region_attention_args(
     """Validate the arguments; return (leading dims, K, L, d).
 
     The common case (every check passes) is one expression, ~2 us; anything else goes through
-    :func:`_explain_args`, which raises the error that names the argument.
+    the checks one by one, which raise the error that names the argument.
     """
     try:
         qs, xs = query.shape, x.shape
@@ -88,15 +88,7 @@ def check_region_attention_args(
         ok = False
     if ok:
         return tuple(qs[:-2]), k, xs[-2], d
-    return _explain_args(
-        query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads
-    )
-
-
-def _explain_args(
-    query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads
-):
-    """The checks of :func:`check_region_attention_args` one by one, each with its own error."""
+    # the same checks one by one, each with its own error
     named = {
         "query": query,
         "x": x,
