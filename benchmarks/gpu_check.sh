@@ -15,7 +15,7 @@ exec > >(tee "${OUT:-/tmp}/gpu_check.log") 2>&1
 # the CUDA tests of the ops (fp32/fp16/bf16 against the references, forward and gradients)
 echo "=== pytest -m gpu (ops)"
 timeout "${GPU_TEST_TIMEOUT:-150}" python -m pytest -q -m gpu -p no:cacheprovider \
-  tests/test_region_attention.py tests/test_ops_mtc.py tests/test_ops_tracklet.py \
+  tests/test_region_attention.py tests/test_ops_mtc.py tests/test_ops_tracklet.py tests/test_nn.py \
   || { echo "FAILED: pytest -m gpu (exit $?)"; status=1; }
 # checks + timings; gpu_model.py prints the UniFormerV2-B/16 table (B=8, T=16, 224², bf16, eager
 # and compiled), gpu_region_attention.py the region-attention tables (CUDA graphs, then eager)

@@ -397,3 +397,22 @@ def test_export_round_trip(tmp_path):
             assert_close(loaded(v), model(v), name=f"logits B={v.shape[0]}")
     with pytest.raises(ValueError, match="example_video"):
         artlib.export(model, video[0])
+
+
+@pytest.mark.gpu
+def test_art_step_has_no_host_sync_on_cuda():
+    """A whole ART training step (forward with every loss, backward) never waits for the GPU:
+    under set_sync_debug_mode("error") any synchronising call raises."""
+    model, video, labels = _tiny_art("vit")
+    model, video, labels = model.cuda(), video.cuda(), labels.cuda()
+    model(video, labels)[1]["total"].backward()  # warm-up: lazy initialisation, kernel compiles
+    model.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _, losses = model(video, labels)
+        losses["total"].backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    assert all(bool(torch.isfinite(v).all()) for v in losses.values())
