@@ -3,6 +3,8 @@
     pytest benchmarks/bench_model.py --benchmark-only                    # table printed at the end
     pytest benchmarks/bench_model.py --benchmark-only --benchmark-json model.json
     ARTLIB_BENCH_COMPILE=0 pytest benchmarks/bench_model.py --benchmark-only   # eager only (fast)
+    # on a shared machine: one thread, CPU time (what the table in docs/export.md was made with)
+    ARTLIB_BENCH_THREADS=1 pytest benchmarks/bench_model.py --benchmark-only --benchmark-timer time.process_time
 
 One step = forward + backward of the total loss + zero_grad on the same fixed batch, 99 classes:
 
