@@ -251,6 +251,7 @@ def test_crafted_checkpoint_is_refused_by_every_reader(run, tmp_path, capsys):
     from artlib.engine.checkpoint import CheckpointManager, UnsafeCheckpointError
     from artlib.models import build_backbone
     from artlib.nn import SemanticBank
+    from artlib.text import load_bank
 
     out, bank, _ = run
     marker = tmp_path / "MARKER"
@@ -269,8 +270,9 @@ def test_crafted_checkpoint_is_refused_by_every_reader(run, tmp_path, capsys):
         refused(str(e.value))
     with pytest.raises(RuntimeError, match="could not read checkpoint"):  # --pretrained
         build_backbone("tiny_cnn", pretrained=str(crafted), img_size=32)
-    with pytest.raises(pickle.UnpicklingError):  # --bank
-        SemanticBank.from_file(crafted)
+    for read_bank in (SemanticBank.from_file, load_bank):  # --bank
+        with pytest.raises(pickle.UnpicklingError):
+            read_bank(crafted)
     assert not marker.exists()
 
     # the command lines, in this process: --resume PATH, evaluate, predict, visualize_tracklets
