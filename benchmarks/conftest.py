@@ -47,3 +47,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "compile" in item.keywords or "compiled" in item.name:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """After the timings: ART's training step over its baseline's, per backbone and mode
+    (bench_model.py), as one small table."""
+    session = getattr(config, "_benchmarksession", None)
+    rows = [
+        b.extra_info
+        for b in getattr(session, "benchmarks", [])
+        if "art_over_baseline" in getattr(b, "extra_info", {})
+    ]
+    if not rows:
+        return
+    tr = terminalreporter
+    tr.section("ART step over baseline step (best round / best round, same run)")
+    tr.write_line(f"{'backbone':<20} {'mode':<10} {'ART / baseline':>15}")
+    for info in rows:
+        ratio = info["art_over_baseline"]
+        tr.write_line(
+            f"{info['backbone']:<20} {info['mode']:<10} {ratio:>14.3f}x  (+{100 * (ratio - 1):.1f} %)"
+        )

@@ -160,39 +160,82 @@ inline int64_t frame_grain(int64_t M, int64_t L, int64_t D) {
   return std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, M * L * D));
 }
 
+// Where row r = (h, k) of frame n lives. The public core ops take rows (N, M, d): one head block,
+// K = M. The fused op keeps q~ and A heads-major (heads, N K, d), the layout of the per-head
+// projections around the core; the kernels gather a frame's M rows from it into a thread-local
+// block (M x d, a few KB) and scatter the results back, so no permuted copy of q~, A or their
+// gradients is ever made.
+struct Rows {
+  int64_t N, K, D;
+  int64_t head_stride() const { return N * K * D; }
+  bool contiguous(int64_t M) const { return K == M; }
+  template <typename T>
+  void gather(const T* base, int64_t n, int64_t M, T* out) const {
+    for (int64_t h = 0; h < M / K; ++h) {
+      const T* src = base + h * head_stride() + n * K * D;
+      std::copy(src, src + K * D, out + h * K * D);
+    }
+  }
+  template <typename T>
+  void scatter(const T* in, int64_t n, int64_t M, T* base) const {
+    for (int64_t h = 0; h < M / K; ++h) {
+      std::copy(in + h * K * D, in + (h + 1) * K * D, base + h * head_stride() + n * K * D);
+    }
+  }
+};
+
 template <typename T>
 void core_fwd_kernel(const T* q, const T* x, T* a, T* lse, int64_t N, int64_t M, int64_t L,
-                     int64_t D) {
+                     int64_t D, Rows rows) {
   const Gemms<T> mm(M);
+  const bool direct = rows.contiguous(M);
   at::parallel_for(0, N, frame_grain(M, L, D), [&](int64_t begin, int64_t end) {
     std::vector<T> s(static_cast<size_t>(M * L));  // this thread's M x L block of S, then P
+    std::vector<T> qb(direct ? 0 : static_cast<size_t>(M * D)), ab(qb.size());
     for (int64_t n = begin; n < end; ++n) {
-      const T* qn = q + n * M * D;
       const T* xn = x + n * L * D;
+      const T* qn = q + n * M * D;
+      T* an = a + n * M * D;
+      if (!direct) {
+        rows.gather(q, n, M, qb.data());
+        qn = qb.data();
+        an = ab.data();
+      }
       mm.nt(M, L, D, qn, D, xn, D, s.data(), L);  // S = q x^T
       for (int64_t m = 0; m < M; ++m) {
         lse[n * M + m] = softmax_row(s.data() + m * L, L);
       }
-      mm.nn(M, D, L, s.data(), L, xn, D, a + n * M * D, D);  // a = P x
+      mm.nn(M, D, L, s.data(), L, xn, D, an, D);  // a = P x
+      if (!direct) rows.scatter(ab.data(), n, M, a);
     }
   });
 }
 
 template <typename T>
 void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const T* lse, T* dq, T* dx,
-                     int64_t N, int64_t M, int64_t L, int64_t D, bool exact_lse) {
+                     int64_t N, int64_t M, int64_t L, int64_t D, bool exact_lse, Rows rows) {
   const Gemms<T> mm(M);
+  const bool direct = rows.contiguous(M);
   at::parallel_for(0, N, frame_grain(M, L, D), [&](int64_t begin, int64_t end) {
     std::vector<T> w(static_cast<size_t>(2 * M * D));  // [q; da]   (2M x d)
     std::vector<T> y(static_cast<size_t>(2 * M * L));  // [S; dP] -> [dS; P]   (2M x L)
+    std::vector<T> ab(direct ? 0 : static_cast<size_t>(M * D)), dqb(ab.size());
     std::vector<T> scratch(exact_lse ? static_cast<size_t>(L) : 0);
     for (int64_t n = begin; n < end; ++n) {
-      const T* qn = q + n * M * D;
-      const T* dan = da + n * M * D;
-      const T* an = a + n * M * D;
       const T* xn = x + n * L * D;
-      std::copy(qn, qn + M * D, w.data());
-      std::copy(dan, dan + M * D, w.data() + M * D);
+      const T* an = a + n * M * D;
+      T* dqn = dq + n * M * D;
+      if (direct) {
+        std::copy(q + n * M * D, q + (n + 1) * M * D, w.data());
+        std::copy(da + n * M * D, da + (n + 1) * M * D, w.data() + M * D);
+      } else {
+        rows.gather(q, n, M, w.data());
+        rows.gather(da, n, M, w.data() + M * D);
+        rows.gather(a, n, M, ab.data());
+        an = ab.data();
+        dqn = dqb.data();
+      }
+      const T* dan = w.data() + M * D;
       // [S; dP] = [q; da] x^T: x is read once for both.
       mm.nt(2 * M, L, D, w.data(), D, xn, D, y.data(), L);
       for (int64_t m = 0; m < M; ++m) {
@@ -204,7 +247,8 @@ void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const T* l
         softmax_bwd_rows(top, bottom, L, row_lse, delta);
       }
       // dq = dS x
-      mm.nn(M, D, L, y.data(), L, xn, D, dq + n * M * D, D);
+      mm.nn(M, D, L, y.data(), L, xn, D, dqn, D);
+      if (!direct) rows.scatter(dqb.data(), n, M, dq);
       // dx = [dS; P]^T [q; da] = dS^T q + P^T da
       mm.tn(L, D, 2 * M, y.data(), L, w.data(), D, dx + n * L * D, D);
     }
@@ -234,7 +278,7 @@ std::tuple<Tensor, Tensor> core_fwd(const Tensor& q, const Tensor& x) {
   AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_core_fwd", [&] {
     core_fwd_kernel<scalar_t>(qc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
                               a.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<scalar_t>(), N, M,
-                              L, D);
+                              L, D, Rows{N, M, D});
   });
   return {a.to(q.scalar_type()), lse};
 }
@@ -265,9 +309,141 @@ std::tuple<Tensor, Tensor> core_bwd(const Tensor& da, const Tensor& q, const Ten
     core_bwd_kernel<scalar_t>(dac.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
                               xc.const_data_ptr<scalar_t>(), ac.const_data_ptr<scalar_t>(),
                               lsec.const_data_ptr<scalar_t>(), dq.mutable_data_ptr<scalar_t>(),
-                              dx.mutable_data_ptr<scalar_t>(), N, M, L, D, exact_lse);
+                              dx.mutable_data_ptr<scalar_t>(), N, M, L, D, exact_lse,
+                              Rows{N, M, D});
   });
   return {dq.to(q.scalar_type()), dx.to(x.scalar_type())};
+}
+
+// ---- the whole absorbed op: the projections around the core, in one call ----------------------
+//
+// The same computation as artlib.ops.region_attention.op (``_forward`` / ``_backward``), written
+// with ATen calls in C++: at the paper's K = 2 the op is a dozen small GEMMs around the core, and
+// from Python each costs several microseconds of interpreter and dispatch time, more than its
+// arithmetic at small N. One call here pays that once. q~ and A stay heads-major (heads, N K, d),
+// the layout the per-head projections produce and consume; the core kernels read and write it
+// directly (Rows above), so there is no permuted copy either way.
+
+// The core on heads-major q~ (heads, N K, d) -> (A (heads, N K, d), lse (N, heads K)).
+std::tuple<Tensor, Tensor> core_fwd_hm(const Tensor& q_hm, const Tensor& x, int64_t K) {
+  const auto ct = compute_type(q_hm.scalar_type());
+  const Tensor qc = as_compute(q_hm, ct), xc = as_compute(x, ct);
+  const int64_t H = q_hm.size(0), N = x.size(0), L = x.size(1), D = x.size(2), M = H * K;
+  Tensor a = at::empty({H, N * K, D}, qc.options());
+  Tensor lse = at::empty({N, M}, qc.options());
+  AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_core_fwd_hm", [&] {
+    core_fwd_kernel<scalar_t>(qc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+                              a.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<scalar_t>(), N, M,
+                              L, D, Rows{N, K, D});
+  });
+  return {a.to(q_hm.scalar_type()), lse};
+}
+
+std::tuple<Tensor, Tensor> core_bwd_hm(const Tensor& da_hm, const Tensor& q_hm, const Tensor& x,
+                                       const Tensor& a_hm, const Tensor& lse, int64_t K) {
+  const auto ct = compute_type(q_hm.scalar_type());
+  const Tensor qc = as_compute(q_hm, ct), xc = as_compute(x, ct), dac = as_compute(da_hm, ct),
+               ac = as_compute(a_hm, ct), lsec = as_compute(lse, ct);
+  const bool exact_lse = ct == at::kDouble && lse.scalar_type() != at::kDouble;
+  const int64_t H = q_hm.size(0), N = x.size(0), L = x.size(1), D = x.size(2), M = H * K;
+  Tensor dq = at::empty({H, N * K, D}, qc.options());
+  Tensor dx = at::empty({N, L, D}, qc.options());
+  AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_core_bwd_hm", [&] {
+    core_bwd_kernel<scalar_t>(dac.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
+                              xc.const_data_ptr<scalar_t>(), ac.const_data_ptr<scalar_t>(),
+                              lsec.const_data_ptr<scalar_t>(), dq.mutable_data_ptr<scalar_t>(),
+                              dx.mutable_data_ptr<scalar_t>(), N, M, L, D, exact_lse,
+                              Rows{N, K, D});
+  });
+  return {dq.to(q_hm.scalar_type()), dx.to(x.scalar_type())};
+}
+
+void check_op_inputs(const Tensor& query, const Tensor& x, const Tensor& w_in, const Tensor& w_out,
+                     int64_t heads) {
+  check_cpu_float(query, "query");
+  check_cpu_float(x, "x");
+  check_dim(query, 3, "query", "(N, K, d)");
+  check_dim(x, 3, "x", "(N, L, d)");
+  const int64_t N = query.size(0), D = query.size(2);
+  TORCH_CHECK_VALUE(x.size(0) == N && x.size(2) == D && x.size(1) >= 1,
+                    "artlib native: x must be (N, L, d) = (", N, ", L >= 1, ", D,
+                    ") to match query ", query.sizes(), ", got ", x.sizes());
+  TORCH_CHECK_VALUE(heads >= 1 && D % heads == 0, "artlib native: d = ", D,
+                    " must be divisible by num_heads = ", heads);
+  TORCH_CHECK_VALUE(w_in.dim() == 2 && w_in.size(0) == 3 * D && w_in.size(1) == D,
+                    "artlib native: in_proj_weight must be (3d, d) = (", 3 * D, ", ", D, "), got ",
+                    w_in.sizes());
+  TORCH_CHECK_VALUE(w_out.dim() == 2 && w_out.size(0) == D && w_out.size(1) == D,
+                    "artlib native: out_proj_weight must be (d, d) = (", D, ", ", D, "), got ",
+                    w_out.sizes());
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_fwd(
+    const Tensor& query, const Tensor& x, const Tensor& w_in, const c10::optional<Tensor>& b_in,
+    const Tensor& w_out, const c10::optional<Tensor>& b_out, int64_t heads) {
+  check_op_inputs(query, x, w_in, w_out, heads);
+  const int64_t N = query.size(0), K = query.size(1), D = query.size(2), NK = N * K;
+  const int64_t dh = D / heads;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
+  const Tensor w_q = w_in.narrow(0, 0, D), w_k = w_in.narrow(0, D, D), w_v = w_in.narrow(0, 2 * D, D);
+  const Tensor q2 = query.reshape({NK, D});
+  // qs = (query W_q^T + b_q) / sqrt(d_h);  q~_h = qs_h W_k,h  (the key bias cancels)
+  Tensor qs = b_in.has_value() ? at::addmm(b_in->narrow(0, 0, D), q2, w_q.t(), scale, scale)
+                               : at::mm(q2, w_q.t()).mul_(scale);
+  Tensor q_hm = at::bmm(qs.view({NK, heads, dh}).transpose(0, 1), w_k.view({heads, dh, D}));
+  auto core = core_fwd_hm(q_hm, x, K);
+  const Tensor& a_hm = std::get<0>(core);
+  // context_h = A_h W_v,h^T + b_v,h, concatenated over heads; out = context W_o^T + b_o
+  Tensor c_hm = at::bmm(a_hm, w_v.view({heads, dh, D}).transpose(1, 2));  // (h, NK, dh)
+  Tensor context = at::empty({NK, heads, dh}, query.options());
+  if (b_in.has_value()) {
+    at::add_out(context, c_hm.transpose(0, 1), b_in->narrow(0, 2 * D, D).view({heads, dh}));
+  } else {
+    context.copy_(c_hm.transpose(0, 1));
+  }
+  context = context.view({NK, D});
+  Tensor out = at::linear(context, w_out, b_out).view({N, K, D});
+  return {out, q_hm, a_hm, std::get<1>(core), qs, context};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_bwd(
+    const Tensor& d_out, const Tensor& query, const Tensor& x, const Tensor& w_in,
+    const Tensor& w_out, const Tensor& q_hm, const Tensor& a_hm, const Tensor& lse,
+    const Tensor& qs, const Tensor& context, int64_t heads) {
+  check_op_inputs(query, x, w_in, w_out, heads);
+  const int64_t N = query.size(0), K = query.size(1), D = query.size(2), NK = N * K;
+  const int64_t dh = D / heads;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
+  const Tensor w_q = w_in.narrow(0, 0, D), w_k = w_in.narrow(0, D, D).view({heads, dh, D}),
+               w_v = w_in.narrow(0, 2 * D, D).view({heads, dh, D});
+  // d in_proj_weight = [d W_q; d W_k; d W_v], each written in place (no concatenation)
+  Tensor d_w_in = at::empty({3 * D, D}, w_in.options());
+  // out = context W_o^T + b_o;  context_h = A_h W_v,h^T + b_v,h
+  const Tensor g = d_out.reshape({NK, D});
+  Tensor d_w_out = g.t().mm(context);
+  Tensor d_b_out = g.sum(0);
+  Tensor d_context = g.mm(w_out);
+  Tensor d_c_hm = d_context.view({NK, heads, dh}).transpose(0, 1);  // (h, NK, dh)
+  Tensor d_w_v = d_w_in.narrow(0, 2 * D, D).view({heads, dh, D});
+  at::bmm_out(d_w_v, d_c_hm.transpose(1, 2), a_hm);
+  Tensor d_a_hm = at::bmm(d_c_hm, w_v);  // (h, NK, d)
+  // the core
+  auto core = core_bwd_hm(d_a_hm, q_hm, x, a_hm, lse, K);
+  const Tensor& dq_hm = std::get<0>(core);
+  // q~_h = qs_h W_k,h with qs = (query W_q^T + b_q) / sqrt(d_h)
+  Tensor d_w_k = d_w_in.narrow(0, D, D).view({heads, dh, D});
+  at::bmm_out(d_w_k, qs.view({NK, heads, dh}).transpose(0, 1).transpose(1, 2), dq_hm);
+  Tensor d_qp = at::bmm(dq_hm, w_k.transpose(1, 2)).transpose(0, 1).reshape({NK, D}).mul_(scale);
+  Tensor d_w_q = d_w_in.narrow(0, 0, D);
+  at::mm_out(d_w_q, d_qp.t(), query.reshape({NK, D}));
+  Tensor d_query = d_qp.mm(w_q).view({N, K, D});
+  // the key bias cancels in the softmax: its gradient is exactly 0
+  Tensor d_b_in = at::empty({3 * D}, d_qp.options());
+  Tensor d_b_q = d_b_in.narrow(0, 0, D), d_b_v = d_b_in.narrow(0, 2 * D, D);
+  at::sum_out(d_b_q, d_qp, {0});
+  d_b_in.narrow(0, D, D).zero_();
+  at::sum_out(d_b_v, d_context, {0});
+  return {d_query, std::get<1>(core), d_w_in, d_b_in, d_w_out, d_b_out};
 }
 
 }  // namespace
@@ -278,9 +454,19 @@ TORCH_LIBRARY_FRAGMENT(artlib, m) {
   m.def(
       "native_region_attention_core_bwd(Tensor da, Tensor q, Tensor x, Tensor a, Tensor lse) -> "
       "(Tensor, Tensor)");
+  m.def(
+      "native_region_attention_fwd(Tensor query, Tensor x, Tensor in_proj_weight, "
+      "Tensor? in_proj_bias, Tensor out_proj_weight, Tensor? out_proj_bias, int num_heads) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "native_region_attention_bwd(Tensor d_out, Tensor query, Tensor x, Tensor in_proj_weight, "
+      "Tensor out_proj_weight, Tensor q_hm, Tensor a_hm, Tensor lse, Tensor qs, Tensor context, "
+      "int num_heads) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(artlib, CPU, m) {
   m.impl("native_region_attention_core_fwd", &artlib_native::core_fwd);
   m.impl("native_region_attention_core_bwd", &artlib_native::core_bwd);
+  m.impl("native_region_attention_fwd", &artlib_native::op_fwd);
+  m.impl("native_region_attention_bwd", &artlib_native::op_bwd);
 }

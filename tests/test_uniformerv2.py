@@ -426,3 +426,29 @@ def test_open_clip_tag_from_local_cache(tmp_path):
     assert rep["format"] == CLIP and rep["tag"] == "openai" and rep["config"]["quick_gelu"] is True
     with pytest.raises(FileNotFoundError, match="never downloads"):
         UniFormerV2.from_pretrained("b16", "openai", cache_dir=str(tmp_path / "empty"))
+
+
+def test_trainer_normalises_with_the_checkpoints_statistics(tmp_path):
+    """The trainer feeds a backbone the mean/std it expects (backbone_normalization): 0.45/0.225
+    after an official checkpoint, CLIP's for a CLIP-initialised or random UniFormerV2 and for the
+    tiny backbones (what their packaged weights were trained with); the data set takes them."""
+    from artlib.data import CLIP_MEAN, CLIP_STD, VideoDataset
+    from artlib.engine.checkpoint import backbone_normalization
+    from artlib.models import ART
+
+    ref = _small("k400")
+    torch.save({f"backbone.{k}": v for k, v in ref.state_dict().items()}, tmp_path / "k400.pyth")
+    official = build_backbone("uniformerv2_b16", pretrained=tmp_path / "k400.pyth", heads=2)
+    bank = torch.randn(2, 3, 8)
+    art = ART(official, 3, bank, num_frames=4, dim=16, heads=2, se_layers=1, act_layers=1)
+    assert backbone_normalization(art) == ((0.45,) * 3, (0.225,) * 3)
+    assert backbone_normalization(_small("k400")) == (CLIP_MEAN, CLIP_STD)
+    assert backbone_normalization(build_backbone("tiny_cnn", pretrained="none")) == (
+        CLIP_MEAN,
+        CLIP_STD,
+    )
+    ds = VideoDataset([("a.mp4", 0)], num_frames=4, train=False, crop_size=32)
+    ds.set_normalization(*backbone_normalization(art))
+    assert torch.allclose(ds.mean.view(3), torch.full((3,), 0.45 * 255))
+    with pytest.raises(ValueError, match="mean, std"):
+        ds.set_normalization((0.5, 0.5), (0.2, 0.2, 0.2))

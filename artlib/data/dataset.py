@@ -112,15 +112,12 @@ class VideoDataset(torch.utils.data.Dataset):
             raise ValueError(f"num_frames: expected >= 1, got {num_frames}")
         if crop_size < 1:
             raise ValueError(f"crop_size: expected >= 1, got {crop_size}")
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean, std: expected 3 values each (std > 0), got {mean}, {std}")
         self.items = [VideoItem(str(p), int(y)) for p, y in items]
         self.num_frames = num_frames
         self.train = train
         self.crop_size = crop_size
         self.scale, self.ratio, self.flip = tuple(scale), tuple(ratio), flip
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        self.set_normalization(mean, std)
         if num_clips < 1:
             raise ValueError(f"num_clips: expected >= 1, got {num_clips}")
         if num_crops not in (1, 3) or (train and num_crops != 1):
@@ -132,6 +129,13 @@ class VideoDataset(torch.utils.data.Dataset):
         self.decode_threads = decode_threads
         self.accurate_rgb = accurate_rgb
         self._frames: dict[int, int] = {}  # index -> true frame count when the header was wrong
+
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise clips with ``mean``/``std`` (3 values each, 0-1 scale), e.g. the backbone's."""
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"mean, std: expected 3 values each (std > 0), got {mean}, {std}")
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
 
     def __len__(self) -> int:
         return len(self.items)

@@ -44,6 +44,7 @@ __all__ = [
     "capture_rng",
     "config_from_dict",
     "config_to_dict",
+    "backbone_normalization",
     "describe_model",
     "load_checkpoint",
     "restore_rng",
@@ -112,18 +113,32 @@ def _plain_config(value):
     return str(value)  # e.g. a Path
 
 
-def describe_model(cfg, class_names: list[str]) -> tuple[dict, dict]:
-    """-> (preprocess, model_info) of a run's config: what a user of the checkpoint needs to feed
-    the model and what it is."""
+def backbone_normalization(model) -> tuple[tuple, tuple]:
+    """(mean, std) on the 0-1 scale that ``model``'s backbone expects: its ``mean``/``std``
+    attributes (CLIP's for CLIP towers, 0.45/0.225 after an official UniFormerV2 checkpoint,
+    ImageNet's for TEA-R50)."""
     from artlib.data import CLIP_MEAN, CLIP_STD
+
+    model = getattr(model, "module", model)  # DDP
+    bb = getattr(model, "backbone", model)
+    return tuple(getattr(bb, "mean", CLIP_MEAN)), tuple(getattr(bb, "std", CLIP_STD))
+
+
+def describe_model(cfg, class_names: list[str], normalization=None) -> tuple[dict, dict]:
+    """-> (preprocess, model_info) of a run's config: what a user of the checkpoint needs to feed
+    the model and what it is. ``normalization``: the (mean, std) the run fed its backbone (the
+    backbone's own, see the trainer); CLIP's when not given (what earlier runs used)."""
+    from artlib.data import CLIP_MEAN, CLIP_STD
+
+    mean, std = normalization if normalization is not None else (CLIP_MEAN, CLIP_STD)
     from artlib.engine.trainer import head_options
 
     d, m = cfg.data, cfg.model
     preprocess = {
         "num_frames": int(d.num_frames),
         "crop_size": int(d.crop_size),
-        "mean": list(CLIP_MEAN),  # the trainer normalizes every backbone's input with CLIP's
-        "std": list(CLIP_STD),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
         "sampling": "tsn",  # T segment centres in evaluation (artlib.data.sampling)
         "num_clips": int(d.eval_clips),
     }
@@ -239,7 +254,7 @@ def training_state(
     """The checkpoint dict of a run after ``epoch`` epochs (module docstring)."""
     import artlib
 
-    preprocess, info = describe_model(cfg, class_names)
+    preprocess, info = describe_model(cfg, class_names, backbone_normalization(model))
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -23,7 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from artlib._io import atomic_save_torch, cache_root
-from artlib.engine.checkpoint import CheckpointManager, restore_rng, training_state
+from artlib.engine.checkpoint import (
+    CheckpointManager,
+    backbone_normalization,
+    restore_rng,
+    training_state,
+)
 from artlib.engine.config import (
     MTC_TERMS,
     TrainConfig,
@@ -427,6 +432,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     train_loader, val_loader, names = build_data(cfg, info)
     torch.manual_seed(r.seed)  # identical initial weights on every rank
     model = build_model(cfg, names).to(info.device)
+    mean, std = backbone_normalization(model)  # e.g. 0.45/0.225 after an official UniFormerV2
+    for loader in (train_loader, val_loader):
+        loader.dataset.set_normalization(mean, std)
     set_check_inputs(model, r.check_inputs)  # value checks that sync the host: debugging only
     optimizer, scheduler = build_optimizer(cfg, model)
     use_amp = o.amp and info.device.type == "cuda"

@@ -18,6 +18,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from artlib.models._layers import LayerNorm, ResidualAttentionBlock
+from artlib.models.uniformerv2 import CLIP_MEAN, CLIP_STD
 
 
 def _check_video(video: Tensor, in_chans: int, multiple: int) -> None:
@@ -82,7 +83,7 @@ class TinyVideoBackbone(_FrameTokens):
             raise ValueError(f"img_size: {img_size} is not a multiple of patch_size = {patch_size}")
         self.in_chans, self.patch_size, self.img_size = in_chans, patch_size, img_size
         self.out_dim = width
-        self.mean, self.std = (0.5,) * in_chans, (0.5,) * in_chans
+        self.mean, self.std = CLIP_MEAN, CLIP_STD  # what the packaged weights were trained with
         grid = img_size // patch_size
         self.conv1 = nn.Conv2d(in_chans, width, patch_size, stride=patch_size)
         self.class_embedding = nn.Parameter(torch.randn(width) * width**-0.5)
@@ -146,7 +147,7 @@ class TinyConvVideoBackbone(_FrameTokens):
     ):
         super().__init__()
         self.in_chans, self.img_size, self.out_dim = in_chans, img_size, width
-        self.mean, self.std = (0.5,) * in_chans, (0.5,) * in_chans
+        self.mean, self.std = CLIP_MEAN, CLIP_STD
         c1, c2 = max(width // 4, 8), max(width // 2, 8)
 
         def block(ci, co, stride):

@@ -7,11 +7,14 @@ by a hash of the sources, the build flags, the torch version and the CPU's vecto
     $ARTLIB_CACHE/native/<hash>/      (default ~/.cache/artlib/native/<hash>, or $XDG_CACHE_HOME/artlib)
 
 Later processes load the cached library directly (no compiler needed, ~0.1 s). A file lock makes
-concurrent test workers or ranks wait for one build instead of racing. The library registers four
+concurrent test workers or ranks wait for one build instead of racing. The library registers six
 ops in the ``artlib`` namespace, for CPU tensors only (the CUDA path stays on Triton):
 
 * ``artlib::native_region_attention_core_fwd(q, x) -> (a, lse)``
 * ``artlib::native_region_attention_core_bwd(da, q, x, a, lse) -> (dq, dx)``
+* ``artlib::native_region_attention_fwd(query, x, in_proj_weight, in_proj_bias, out_proj_weight,
+  out_proj_bias, num_heads) -> (out, q~, A, lse, qs, context)``: the whole absorbed op, the
+  projections around the core included, in one call (``_bwd``: its gradients)
 * ``artlib::native_mtc_loss_fwd(r, lam, hinge, w_s, w_t, w_tr) -> [total, spatial, temporal, tracklet]``
 * ``artlib::native_mtc_loss_bwd(grad, r, lam, hinge, w_s, w_t, w_tr) -> dr``
 
@@ -212,6 +215,32 @@ def _register_fakes() -> None:
     @torch.library.register_fake("artlib::native_region_attention_core_bwd")
     def _(da, q, x, a, lse):
         return q.new_empty(q.shape), x.new_empty(x.shape)
+
+    @torch.library.register_fake("artlib::native_region_attention_fwd")
+    def _(query, x, w_in, b_in, w_out, b_out, heads):
+        n, k, d = query.shape
+        acc = torch.float64 if query.dtype == torch.float64 else torch.float32
+        hm = query.new_empty(heads, n * k, d)
+        return (
+            query.new_empty(n, k, d),
+            hm,
+            torch.empty_like(hm),
+            query.new_empty(n, heads * k, dtype=acc),
+            query.new_empty(n * k, d),
+            query.new_empty(n * k, d),
+        )
+
+    @torch.library.register_fake("artlib::native_region_attention_bwd")
+    def _(d_out, query, x, w_in, w_out, q_hm, a_hm, lse, qs, context, heads):
+        d = query.shape[-1]
+        return (
+            torch.empty_like(query),
+            x.new_empty(x.shape),
+            w_in.new_empty(w_in.shape),
+            w_in.new_empty(3 * d),
+            w_out.new_empty(w_out.shape),
+            w_out.new_empty(d),
+        )
 
     @torch.library.register_fake("artlib::native_mtc_loss_fwd")
     def _(r, lam, hinge, w_s, w_t, w_tr):

@@ -54,9 +54,9 @@ def region_attention_core(q: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     return a4[0], lse
 
 
-def _core_forward(q4: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+def _core_forward(q4: Tensor, x: Tensor, name: str | None = None) -> tuple[Tensor, Tensor]:
     """q~ (heads, N, K, d) -> (A (heads, N, K, d) contiguous, lse (N, heads K))."""
-    name = _core_backend(q4)
+    name = name or _core_backend(q4)
     if name == "triton":
         from artlib.ops.triton.region_attention import core_forward
 
@@ -71,8 +71,7 @@ def _core_forward(q4: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     return _to_heads(a, q4.shape[0]), lse
 
 
-@torch.library.custom_op("artlib::region_attention_core_backward", mutates_args=())
-def _core_backward_op(
+def _core_backward(
     da: Tensor, q: Tensor, x: Tensor, a: Tensor, lse: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Backward of the core on heads-major (heads, N, K, d) da, q, a -> (dq (heads, N, K, d), dx)."""
@@ -91,6 +90,14 @@ def _core_backward_op(
     return _to_heads(dq, q.shape[0]), dx
 
 
+@torch.library.custom_op("artlib::region_attention_core_backward", mutates_args=())
+def _core_backward_op(
+    da: Tensor, q: Tensor, x: Tensor, a: Tensor, lse: Tensor
+) -> tuple[Tensor, Tensor]:
+    """:func:`_core_backward` as a custom op (opaque to torch.compile)."""
+    return _core_backward(da, q, x, a, lse)
+
+
 @_core_backward_op.register_fake
 def _(da, q, x, a, lse):
     fmt = torch.contiguous_format  # what every backend returns
@@ -98,7 +105,9 @@ def _(da, q, x, a, lse):
 
 
 # --------------------------------------------------------------------------------------------------
-# the custom op: absorbed form, projections around the dispatched core, one autograd node
+# the absorbed op's forward and backward: projections around the dispatched core. On CPU with the
+# native kernels built, the whole of it is one C++ call (csrc/region_attention.cpp, op_fwd/op_bwd);
+# elsewhere the same steps run here in PyTorch.
 
 
 def _weights_from_lse(q_hm: Tensor, x: Tensor, lse: Tensor, heads: int) -> Tensor:
@@ -108,24 +117,29 @@ def _weights_from_lse(q_hm: Tensor, x: Tensor, lse: Tensor, heads: int) -> Tenso
     return torch.exp(s - lse.unsqueeze(-1))
 
 
-@torch.library.custom_op("artlib::region_attention", mutates_args=())
-def _region_attention_op(
-    query: Tensor,
-    x: Tensor,
-    in_proj_weight: Tensor,
-    in_proj_bias: Optional[Tensor],  # noqa: UP045 - custom_op's schema
-    out_proj_weight: Tensor,
-    out_proj_bias: Optional[Tensor],  # noqa: UP045
-    num_heads: int,
-    need_weights: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _forward(
+    query,
+    x,
+    in_proj_weight,
+    in_proj_bias,
+    out_proj_weight,
+    out_proj_bias,
+    h,
+    need_weights,
+    impl=None,
+):
     """Absorbed region attention on query (N, K, d), x (N, L, d) -> out (N, K, d), the maps
     (N, heads, K, L) or an empty tensor when not asked, and what the backward needs: q~ and A
     heads-major (heads, N K, d), lse (N, heads K) fp32, Q W_q^T scaled (N K, d), the context
-    before the output projection (N K, d)."""
+    before the output projection (N K, d). ``impl``: the core's backend when already known."""
+    impl = impl or _core_backend(query)
+    if not need_weights and impl == "native":
+        out, *saved = torch.ops.artlib.native_region_attention_fwd(
+            query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, h
+        )
+        return (out, query.new_empty(0), *saved)
     n, k, d = query.shape
-    h, nk = num_heads, n * k
-    dh = d // h
+    nk, dh = n * k, d // h
     w_q, w_k, w_v, b_q, _, b_v = _split_in_proj(in_proj_weight, in_proj_bias)
     # qs = (query W_q^T + b_q) / sqrt(d_h);  q~_h = qs_h W_k,h  (the key bias cancels)
     q2 = query.reshape(nk, d)
@@ -135,7 +149,7 @@ def _region_attention_op(
     else:
         qs = torch.addmm(b_q, q2, w_q.t(), beta=scale, alpha=scale)
     q_hm = torch.bmm(qs.view(nk, h, dh).transpose(0, 1), w_k.view(h, dh, d))  # (h, NK, d)
-    a4, lse = _core_forward(q_hm.view(h, n, k, d), x)
+    a4, lse = _core_forward(q_hm.view(h, n, k, d), x, impl)
     a_hm = a4.view(h, nk, d)
     # context_h = A_h W_v,h^T + b_v,h, concatenated over heads; out = context W_o^T + b_o
     c_hm = torch.bmm(a_hm, w_v.view(h, dh, d).transpose(1, 2))  # (h, NK, dh)
@@ -152,6 +166,89 @@ def _region_attention_op(
     else:
         weights = query.new_empty(0)
     return out, weights, q_hm, a_hm, lse, qs, context
+
+
+def _backward(saved, h, has_in_bias, has_out_bias, d_out, d_weights, core_backward, impl=None):
+    """The gradients (query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias) of
+    :func:`_forward` from d_out and d_weights (None when the maps were not asked for or not used);
+    ``core_backward`` is the core's backward (the custom op under torch.compile)."""
+    query, x, w_in, w_out, q_hm, a_hm, lse, qs, context = saved
+    if d_weights is None and (impl or _core_backend(query)) == "native":
+        d_query, dx, d_w_in, d_b_in, d_w_out, d_b_out = (
+            torch.ops.artlib.native_region_attention_bwd(
+                d_out, query, x, w_in, w_out, q_hm, a_hm, lse, qs, context, h
+            )
+        )
+        return (
+            d_query,
+            dx,
+            d_w_in,
+            d_b_in if has_in_bias else None,
+            d_w_out,
+            d_b_out if has_out_bias else None,
+        )
+    n, k, d = query.shape
+    nk, dh = n * k, d // h
+    w_q, w_k, w_v = w_in.chunk(3)
+    w_k, w_v = w_k.view(h, dh, d), w_v.view(h, dh, d)
+
+    # out = context W_o^T + b_o;  context_h = A_h W_v,h^T + b_v,h
+    d_out = d_out.reshape(nk, d)
+    d_w_out = d_out.t().mm(context)
+    d_b_out = d_out.sum(0) if has_out_bias else None
+    d_context = d_out.mm(w_out)
+    d_c_hm = d_context.view(nk, h, dh).transpose(0, 1)  # (h, NK, dh)
+    d_w_v = torch.bmm(d_c_hm.transpose(1, 2), a_hm)  # (h, dh, d)
+    d_a = torch.bmm(d_c_hm, w_v)  # (h, NK, d)
+
+    # the core
+    dq, dx = core_backward(
+        d_a.view(h, n, k, d), q_hm.view(h, n, k, d), x, a_hm.view(h, n, k, d), lse
+    )
+    dq = dq.view(h, nk, d)
+    if d_weights is not None:
+        # the maps are P (N, heads K, L): dS += P * (dW - rowsum(P * dW))
+        p = _weights_from_lse(q_hm, x, lse, h)
+        dw = d_weights.reshape(n, h * k, -1).to(p.dtype)
+        ds = p * (dw - (p * dw).sum(-1, keepdim=True))
+        dq = dq + _to_heads(torch.bmm(ds, x.to(p.dtype)), h).view(h, nk, d).to(dq.dtype)
+        q_rows = _to_rows(q_hm.view(h, n, k, d)).to(p.dtype)
+        dx = dx + torch.bmm(ds.transpose(1, 2), q_rows).to(dx.dtype)
+
+    # q~_h = qs_h W_k,h with qs = (query W_q^T + b_q) / sqrt(d_h)
+    d_w_k = torch.bmm(qs.view(nk, h, dh).transpose(0, 1).transpose(1, 2), dq)  # (h, dh, d)
+    d_qs = torch.bmm(dq, w_k.transpose(1, 2))  # (h, NK, dh)
+    d_qp = d_qs.transpose(0, 1).reshape(nk, d).mul_(dh**-0.5)
+    d_w_q = d_qp.t().mm(query.reshape(nk, d))
+    d_query = d_qp.mm(w_q).view(n, k, d)
+    d_w_in = torch.cat([d_w_q, d_w_k.reshape(d, d), d_w_v.reshape(d, d)])
+    d_b_in = None
+    if has_in_bias:  # the key bias cancels in the softmax: its gradient is exactly 0
+        d_b_in = torch.cat([d_qp.sum(0), d_qp.new_zeros(d), d_context.sum(0)])
+    return d_query, dx, d_w_in, d_b_in, d_w_out, d_b_out
+
+
+# --------------------------------------------------------------------------------------------------
+# two wrappers of the same forward and backward: the custom op (torch.compile, torch.export) and an
+# autograd.Function (eager: a custom op's Python dispatch costs more than the op at small shapes)
+
+
+@torch.library.custom_op("artlib::region_attention", mutates_args=())
+def _region_attention_op(
+    query: Tensor,
+    x: Tensor,
+    in_proj_weight: Tensor,
+    in_proj_bias: Optional[Tensor],  # noqa: UP045 - custom_op's schema
+    out_proj_weight: Tensor,
+    out_proj_bias: Optional[Tensor],  # noqa: UP045
+    num_heads: int,
+    need_weights: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_forward`: out, the maps (or an empty tensor) and what the backward needs."""
+    return _forward(
+        query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
+        need_weights,
+    )  # fmt: skip
 
 
 @_region_attention_op.register_fake
@@ -185,48 +282,47 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(q_hm, a_hm, lse, qs, context)
 
 
-def _backward(ctx, d_out, d_weights, *_):
-    query, x, w_in, w_out, q_hm, a_hm, lse, qs, context = ctx.saved_tensors
-    h = ctx.heads
-    n, k, d = query.shape
-    nk, dh = n * k, d // h
-    w_q, w_k, w_v = w_in.chunk(3)
-    w_k, w_v = w_k.view(h, dh, d), w_v.view(h, dh, d)
-
-    # out = context W_o^T + b_o;  context_h = A_h W_v,h^T + b_v,h
-    d_out = d_out.reshape(nk, d)
-    d_w_out = d_out.t().mm(context)
-    d_b_out = d_out.sum(0) if ctx.has_out_bias else None
-    d_context = d_out.mm(w_out)
-    d_c_hm = d_context.view(nk, h, dh).transpose(0, 1)  # (h, NK, dh)
-    d_w_v = torch.bmm(d_c_hm.transpose(1, 2), a_hm)  # (h, dh, d)
-    d_a = torch.bmm(d_c_hm, w_v)  # (h, NK, d)
-
-    # the core
-    dq, dx = torch.ops.artlib.region_attention_core_backward(
-        d_a.view(h, n, k, d), q_hm.view(h, n, k, d), x, a_hm.view(h, n, k, d), lse
+def _op_backward(ctx, d_out, d_weights, *_):
+    grads = _backward(
+        ctx.saved_tensors,
+        ctx.heads,
+        ctx.has_in_bias,
+        ctx.has_out_bias,
+        d_out,
+        d_weights if ctx.need_weights else None,
+        torch.ops.artlib.region_attention_core_backward,
     )
-    dq = dq.view(h, nk, d)
-    if ctx.need_weights and d_weights is not None:
-        # the maps are P (N, heads K, L): dS += P * (dW - rowsum(P * dW))
-        p = _weights_from_lse(q_hm, x, lse, h)
-        dw = d_weights.reshape(n, h * k, -1).to(p.dtype)
-        ds = p * (dw - (p * dw).sum(-1, keepdim=True))
-        dq = dq + _to_heads(torch.bmm(ds, x.to(p.dtype)), h).view(h, nk, d).to(dq.dtype)
-        q_rows = _to_rows(q_hm.view(h, n, k, d)).to(p.dtype)
-        dx = dx + torch.bmm(ds.transpose(1, 2), q_rows).to(dx.dtype)
-
-    # q~_h = qs_h W_k,h with qs = (query W_q^T + b_q) / sqrt(d_h)
-    d_w_k = torch.bmm(qs.view(nk, h, dh).transpose(0, 1).transpose(1, 2), dq)  # (h, dh, d)
-    d_qs = torch.bmm(dq, w_k.transpose(1, 2))  # (h, NK, dh)
-    d_qp = d_qs.transpose(0, 1).reshape(nk, d).mul_(dh**-0.5)
-    d_w_q = d_qp.t().mm(query.reshape(nk, d))
-    d_query = d_qp.mm(w_q).view(n, k, d)
-    d_w_in = torch.cat([d_w_q, d_w_k.reshape(d, d), d_w_v.reshape(d, d)])
-    d_b_in = None
-    if ctx.has_in_bias:  # the key bias cancels in the softmax: its gradient is exactly 0
-        d_b_in = torch.cat([d_qp.sum(0), d_qp.new_zeros(d), d_context.sum(0)])
-    return d_query, dx, d_w_in, d_b_in, d_w_out, d_b_out, None, None
+    return (*grads, None, None)
 
 
-_region_attention_op.register_autograd(_backward, setup_context=_setup_context)
+_region_attention_op.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+class RegionAttentionFunction(torch.autograd.Function):
+    """The custom op's forward and backward for eager mode, without the custom op's dispatch:
+    ``apply(query (N, K, d), x (N, L, d), in_proj_weight, in_proj_bias, out_proj_weight,
+    out_proj_bias, num_heads, need_weights, impl)`` -> out (N, K, d), or with ``need_weights``
+    (out, maps (N, heads, K, L)); ``impl`` is the core's backend (``_core_backend``)."""
+
+    @staticmethod
+    def forward(ctx, query, x, w_in, b_in, w_out, b_out, heads, need_weights, impl):
+        out, weights, *saved = _forward(
+            query, x, w_in, b_in, w_out, b_out, heads, need_weights, impl
+        )
+        ctx.save_for_backward(query, x, w_in, w_out, *saved)
+        ctx.args = (heads, b_in is not None, b_out is not None, need_weights, impl)
+        if not need_weights:
+            return out
+        ctx.set_materialize_grads(False)  # unused maps cost no zero-filled gradient
+        return out, weights
+
+    @staticmethod
+    def backward(ctx, d_out, d_weights=None):
+        heads, has_in_bias, has_out_bias, _, impl = ctx.args
+        saved = ctx.saved_tensors
+        if d_out is None:
+            d_out = torch.zeros_like(saved[0])
+        grads = _backward(
+            saved, heads, has_in_bias, has_out_bias, d_out, d_weights, _core_backward, impl
+        )
+        return (*grads, None, None, None)

@@ -48,6 +48,21 @@ def _rows(offs_m, KQ, stride_h, stride_k):
 
 
 @triton.jit
+def _tile(row_ptrs, cols, stride_col, mask_rows, mask_cols, DOT_F32: tl.constexpr):
+    """The (rows x cols) tile at row_ptrs[r] + cols[c] * stride_col, zero outside the masks; cast
+    to fp32 when DOT_F32 (the interpreter's bf16 arithmetic is wrong, see the module docstring).
+    Every load of q, dA, A and x in the kernels below is one of these."""
+    t = tl.load(
+        row_ptrs[:, None] + cols[None, :] * stride_col,
+        mask=mask_rows[:, None] & mask_cols[None, :],
+        other=0.0,
+    )
+    if DOT_F32:
+        t = t.to(tl.float32)
+    return t
+
+
+@triton.jit
 def _fwd_kernel(
     Q,
     X,
@@ -89,26 +104,14 @@ def _fwd_kernel(
     q_rows = Q + pid_n * stride_qn + _rows(offs_m, KQ, stride_qh, stride_qk)
     x_ptr = X + pid_n * stride_xn
 
-    q_o = tl.load(
-        q_rows[:, None] + offs_o[None, :] * stride_qd,
-        mask=mask_m[:, None] & mask_o[None, :],
-        other=0.0,
-    )
-    if DOT_F32:
-        q_o = q_o.to(tl.float32)
+    q_o = _tile(q_rows, offs_o, stride_qd, mask_m, mask_o, DOT_F32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for l0 in range(0, L, BLOCK_L):
         cur_l = l0 + offs_l
         mask_l = cur_l < L
-        x_o = tl.load(
-            x_ptr + cur_l[:, None] * stride_xl + offs_o[None, :] * stride_xd,
-            mask=mask_l[:, None] & mask_o[None, :],
-            other=0.0,
-        )
-        if DOT_F32:
-            x_o = x_o.to(tl.float32)
+        x_o = _tile(x_ptr + cur_l * stride_xl, offs_o, stride_xd, mask_l, mask_o, DOT_F32)
         if SINGLE_D:
             s = tl.dot(q_o, tl.trans(x_o), input_precision=PRECISION)
         else:
@@ -116,19 +119,8 @@ def _fwd_kernel(
             for k0 in range(0, D, BLOCK_D):
                 cur_k = k0 + offs_k
                 mask_k = cur_k < D
-                q_k = tl.load(
-                    q_rows[:, None] + cur_k[None, :] * stride_qd,
-                    mask=mask_m[:, None] & mask_k[None, :],
-                    other=0.0,
-                )
-                x_k = tl.load(
-                    x_ptr + cur_l[:, None] * stride_xl + cur_k[None, :] * stride_xd,
-                    mask=mask_l[:, None] & mask_k[None, :],
-                    other=0.0,
-                )
-                if DOT_F32:
-                    q_k = q_k.to(tl.float32)
-                    x_k = x_k.to(tl.float32)
+                q_k = _tile(q_rows, cur_k, stride_qd, mask_m, mask_k, DOT_F32)
+                x_k = _tile(x_ptr + cur_l * stride_xl, cur_k, stride_xd, mask_l, mask_k, DOT_F32)
                 s += tl.dot(q_k, tl.trans(x_k), input_precision=PRECISION)
         s = tl.where(mask_l[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -174,18 +166,9 @@ def _scores_and_dp(
     for k0 in range(0, D, BLOCK_D):
         cur_k = k0 + offs_k
         mask_k = cur_k < D
-        mask_mk = mask_m[:, None] & mask_k[None, :]
-        q_k = tl.load(q_rows[:, None] + cur_k[None, :] * stride_qd, mask=mask_mk, other=0.0)
-        da_k = tl.load(da_rows[:, None] + cur_k[None, :] * stride_dad, mask=mask_mk, other=0.0)
-        x_k = tl.load(
-            x_ptr + cur_l[:, None] * stride_xl + cur_k[None, :] * stride_xd,
-            mask=mask_l[:, None] & mask_k[None, :],
-            other=0.0,
-        )
-        if DOT_F32:
-            q_k = q_k.to(tl.float32)
-            da_k = da_k.to(tl.float32)
-            x_k = x_k.to(tl.float32)
+        q_k = _tile(q_rows, cur_k, stride_qd, mask_m, mask_k, DOT_F32)
+        da_k = _tile(da_rows, cur_k, stride_dad, mask_m, mask_k, DOT_F32)
+        x_k = _tile(x_ptr + cur_l * stride_xl, cur_k, stride_xd, mask_l, mask_k, DOT_F32)
         s += tl.dot(q_k, tl.trans(x_k), input_precision=PRECISION)
         dp += tl.dot(da_k, tl.trans(x_k), input_precision=PRECISION)
     return s, dp
@@ -257,33 +240,23 @@ def _bwd_kernel(
     delta = tl.zeros([BLOCK_M], tl.float32)
     for k0 in range(0, D, BLOCK_D):
         cur_k = k0 + offs_k
-        mask_mk = mask_m[:, None] & (cur_k < D)[None, :]
-        da_k = tl.load(da_rows[:, None] + cur_k[None, :] * stride_dad, mask=mask_mk, other=0.0)
-        a_k = tl.load(a_rows[:, None] + cur_k[None, :] * stride_ad, mask=mask_mk, other=0.0)
-        delta += tl.sum(da_k.to(tl.float32) * a_k.to(tl.float32), 1)
+        da_k = _tile(da_rows, cur_k, stride_dad, mask_m, cur_k < D, True)
+        a_k = _tile(a_rows, cur_k, stride_ad, mask_m, cur_k < D, True)
+        delta += tl.sum(da_k * a_k, 1)
     lse = tl.load(LSE + pid_n * stride_ln + offs_m * stride_lm, mask=mask_m, other=0.0)
     if not WRITE_DX:
         if pid_d == 0:
             tl.store(DELTA + pid_n * stride_ln + offs_m * stride_lm, delta, mask=mask_m)
 
     mask_mo = mask_m[:, None] & mask_o[None, :]
-    q_o = tl.load(q_rows[:, None] + offs_o[None, :] * stride_qd, mask=mask_mo, other=0.0)
-    da_o = tl.load(da_rows[:, None] + offs_o[None, :] * stride_dad, mask=mask_mo, other=0.0)
-    if DOT_F32:
-        q_o = q_o.to(tl.float32)
-        da_o = da_o.to(tl.float32)
+    q_o = _tile(q_rows, offs_o, stride_qd, mask_m, mask_o, DOT_F32)
+    da_o = _tile(da_rows, offs_o, stride_dad, mask_m, mask_o, DOT_F32)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for l0 in range(0, L, BLOCK_L):
         cur_l = l0 + offs_l
         mask_l = cur_l < L
         mask_lo = mask_l[:, None] & mask_o[None, :]
-        x_o = tl.load(
-            x_ptr + cur_l[:, None] * stride_xl + offs_o[None, :] * stride_xd,
-            mask=mask_lo,
-            other=0.0,
-        )
-        if DOT_F32:
-            x_o = x_o.to(tl.float32)
+        x_o = _tile(x_ptr + cur_l * stride_xl, offs_o, stride_xd, mask_l, mask_o, DOT_F32)
         if SINGLE_D:
             s = tl.dot(q_o, tl.trans(x_o), input_precision=PRECISION)
             dp = tl.dot(da_o, tl.trans(x_o), input_precision=PRECISION)
@@ -371,25 +344,17 @@ def _bwd_dx_kernel(
     mask_o = offs_o < D
     mask_lo = mask_l[:, None] & mask_o[None, :]
     x_ptr = X + pid_n * stride_xn
-    x_o = tl.load(
-        x_ptr + cur_l[:, None] * stride_xl + offs_o[None, :] * stride_xd, mask=mask_lo, other=0.0
-    )
-    if DOT_F32:
-        x_o = x_o.to(tl.float32)
+    x_o = _tile(x_ptr + cur_l * stride_xl, offs_o, stride_xd, mask_l, mask_o, DOT_F32)
     dx = tl.zeros([BLOCK_L, BLOCK_D], tl.float32)
     for m0 in range(0, M, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         mask_m = offs_m < M
-        mask_mo = mask_m[:, None] & mask_o[None, :]
         q_rows = Q + pid_n * stride_qn + _rows(offs_m, KQ, stride_qh, stride_qk)
         da_rows = DA + pid_n * stride_dan + _rows(offs_m, KQ, stride_dah, stride_dak)
         lse = tl.load(LSE + pid_n * stride_ln + offs_m * stride_lm, mask=mask_m, other=0.0)
         delta = tl.load(DELTA + pid_n * stride_ln + offs_m * stride_lm, mask=mask_m, other=0.0)
-        q_o = tl.load(q_rows[:, None] + offs_o[None, :] * stride_qd, mask=mask_mo, other=0.0)
-        da_o = tl.load(da_rows[:, None] + offs_o[None, :] * stride_dad, mask=mask_mo, other=0.0)
-        if DOT_F32:
-            q_o = q_o.to(tl.float32)
-            da_o = da_o.to(tl.float32)
+        q_o = _tile(q_rows, offs_o, stride_qd, mask_m, mask_o, DOT_F32)
+        da_o = _tile(da_rows, offs_o, stride_dad, mask_m, mask_o, DOT_F32)
         if SINGLE_D:
             s = tl.dot(q_o, tl.trans(x_o), input_precision=PRECISION)
             dp = tl.dot(da_o, tl.trans(x_o), input_precision=PRECISION)
