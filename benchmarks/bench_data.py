@@ -22,7 +22,7 @@ offsets, random resized crop, no flip) and batch size 4:
   H.264); ``num_threads`` = the worker count (1 for "0 workers").
 
 Groups: 0 and 2 DataLoader workers, per codec. ``extra_info["clips_per_s"]`` = N / mean round time.
-Targets (issue 5): artlib-pyav >= 3x seek-per-frame on the long-GOP H.264 file; >= 10 clips/s with
+Targets: artlib-pyav >= 3x seek-per-frame on the long-GOP H.264 file; >= 10 clips/s with
 2 workers on 480p H.264 (2-core CPU).
 """
 

@@ -48,7 +48,7 @@ def _backbone(name: str):
         return TinyVideoBackbone(img_size=S)
     width = 32 if SMOKE else 64
     return UniFormerV2(width=width, layers=4, heads=4, patch_size=16, img_size=S,
-                       temporal_stride=2)  # fmt: skip
+                       temporal_downsample=True, num_classes=N_CLS)  # fmt: skip
 
 
 @functools.cache

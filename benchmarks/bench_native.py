@@ -4,7 +4,7 @@ region-attention core (absorbed form) and the MTC loss, forward and forward + ba
     pytest benchmarks/bench_native.py --benchmark-only
     pytest benchmarks/bench_native.py --benchmark-only --benchmark-json native.json && python benchmarks/table.py native.json
 
-Core shapes (issue 8): N = 2*16 and 24*16 frames, L = 196 tokens, d = 256, 8 heads, K = 2 and 16
+Core shapes: N = 2*16 and 24*16 frames, L = 196 tokens, d = 256, 8 heads, K = 2 and 16
 region queries, i.e. M = heads*K = 16 and 128 query rows per frame; q is (N, M, d), x is (N, L, d).
 One fwd+bwd call = forward + the gradients of q and x for a fixed random da.
 
@@ -18,7 +18,7 @@ MTC: B = 24, T = 16, K = 2, d = 256 against ``mtc_loss_ref`` eager and compiled.
 
 ``ARTLIB_BENCH_THREADS=1`` runs everything on one thread: on a shared, busy machine a descheduled
 OpenMP thread stalls 2-thread calls by milliseconds, which swamps the small cases. Without a
-compiler the native cases skip and say why. The file takes ~2-3 min on the 2-core dev box
+compiler the native cases skip and say why. The file takes ~2-3 min on a 2-core CPU
 (mostly the N = 384, M = 128 cases and inductor's first compile).
 """
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's evidence table on a lent GPU: examples/synthetic_evidence.py (ART vs --baseline over
+# The README's evidence table on a CUDA machine: examples/synthetic_evidence.py (ART vs --baseline over
 # seeds, plus the ablations), every run in its own process, many at once on one GPU.
 #   [VARIANTS="no SE,no MTC"] [SEEDS="0 1 2 3 4"] [ABLATION_SEEDS="0 1 2"] [PRETRAIN_EPOCHS=30] \
 #     bash benchmarks/gpu_evidence.sh [JOBS] [-- extra trainer flags]

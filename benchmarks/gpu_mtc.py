@@ -18,7 +18,7 @@ Needs only torch, triton, einops, numpy.
    - ``artlib-compiled``: the public op inside ``torch.compile`` (the custom op in a graph);
    - ``eager-ref``: ``mtc_loss_ref`` / ``tracklet_aggregate_ref`` under autograd;
    - ``compiled-ref``: ``torch.compile(reference)`` (inductor, default dynamic policy).
-   Targets (issue 4): artlib >= 5x faster than eager-ref and >= 1.5x faster than compiled-ref at
+   Targets: artlib >= 5x faster than eager-ref and >= 1.5x faster than compiled-ref at
    K = 2 (the paper's shape).
 """
 

@@ -288,6 +288,29 @@ def table(results, floor_ms):
         for r in results:
             if r["K"] == k and r["dtype"] == dt and "error" in r:
                 print(f"| {k} | {dt} | {r['case']} | failed: {r['error'][:60]} | | | |")
+    eager_table(results)
+
+
+def eager_table(results):
+    """Eager mode only (what a training step without CUDA graphs pays): artlib's fwd+bwd against
+    the better of eager nn.MultiheadAttention and eager projections + SDPA (target >= 1.5x at K=2)."""
+    print("\n### eager fwd+bwd (no CUDA graph), us\n")
+    print("| K | dtype | artlib | mha | sdpa | absorbed-sdpa | best stock / artlib |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    for k, dt in dict.fromkeys((r["K"], r["dtype"]) for r in results):
+        by = {
+            r["case"]: r["fwd_bwd_ms"] * 1e3
+            for r in results
+            if r["K"] == k and r["dtype"] == dt and "error" not in r
+        }
+        if "artlib" not in by:
+            continue
+        stock = [by[c] for c in ("mha", "sdpa") if c in by]
+        ratio = f"{min(stock) / by['artlib']:.2f}x" if stock else ""
+        cells = " | ".join(
+            f"{by[c]:.0f}" if c in by else "" for c in ("mha", "sdpa", "absorbed-sdpa")
+        )
+        print(f"| {k} | {dt} | {by['artlib']:.0f} | {cells} | {ratio} |")
 
 
 def main() -> int:

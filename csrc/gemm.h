@@ -6,7 +6,7 @@
 //   gemm_tn:  C (m x n) = A (k x m)^T B (k x n)    outer-product form: dx = [dS; P]^T [q; da]
 //
 // Why not only BLAS: with M = 16 query rows, MKL's sgemm for S = q x^T (x used transposed) ran at
-// 24-27 GFLOPS on one core of the 2-core AMD EPYC dev box (AVX2), against ~60 for these kernels;
+// 24-27 GFLOPS on one core of a 2-core AMD EPYC (AVX2), against ~60 for these kernels;
 // at M = 128 both are near the core's peak. The kernel choice is made per call in region_attention.cpp.
 #pragma once
 

@@ -268,19 +268,46 @@ void check_core_inputs(const Tensor& q, const Tensor& x) {
                    q.scalar_type(), " and ", x.scalar_type());
 }
 
-std::tuple<Tensor, Tensor> core_fwd(const Tensor& q, const Tensor& x) {
-  check_core_inputs(q, x);
+// The core on q~ in either layout: rows (N, M, d), K = M, or heads-major (heads, N K, d). A and dq
+// come back in q~'s layout, lse as (N, M), dx as (N, L, d).
+std::tuple<Tensor, Tensor> core_fwd_impl(const Tensor& q, const Tensor& x, int64_t K) {
   const auto ct = compute_type(q.scalar_type());
   const Tensor qc = as_compute(q, ct), xc = as_compute(x, ct);
-  const int64_t N = q.size(0), M = q.size(1), L = x.size(1), D = q.size(2);
-  Tensor a = at::empty({N, M, D}, qc.options());
+  const int64_t N = x.size(0), L = x.size(1), D = x.size(2), M = q.numel() / (N * D);
+  Tensor a = at::empty_like(qc);
   Tensor lse = at::empty({N, M}, qc.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_core_fwd", [&] {
     core_fwd_kernel<scalar_t>(qc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
                               a.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<scalar_t>(), N, M,
-                              L, D, Rows{N, M, D});
+                              L, D, Rows{N, K, D});
   });
   return {a.to(q.scalar_type()), lse};
+}
+
+std::tuple<Tensor, Tensor> core_bwd_impl(const Tensor& da, const Tensor& q, const Tensor& x,
+                                         const Tensor& a, const Tensor& lse, int64_t K) {
+  const auto ct = compute_type(q.scalar_type());
+  const Tensor qc = as_compute(q, ct), xc = as_compute(x, ct), dac = as_compute(da, ct),
+               ac = as_compute(a, ct), lsec = as_compute(lse, ct);
+  // A float64 gradient given a float32 lse (e.g. from another implementation) recomputes each
+  // row's logsumexp from S: P = exp(S - lse) with a float32 lse is only float32-exact.
+  const bool exact_lse = ct == at::kDouble && lse.scalar_type() != at::kDouble;
+  const int64_t N = x.size(0), L = x.size(1), D = x.size(2), M = q.numel() / (N * D);
+  Tensor dq = at::empty_like(qc);
+  Tensor dx = at::empty({N, L, D}, qc.options());
+  AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_core_bwd", [&] {
+    core_bwd_kernel<scalar_t>(dac.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
+                              xc.const_data_ptr<scalar_t>(), ac.const_data_ptr<scalar_t>(),
+                              lsec.const_data_ptr<scalar_t>(), dq.mutable_data_ptr<scalar_t>(),
+                              dx.mutable_data_ptr<scalar_t>(), N, M, L, D, exact_lse,
+                              Rows{N, K, D});
+  });
+  return {dq.to(q.scalar_type()), dx.to(x.scalar_type())};
+}
+
+std::tuple<Tensor, Tensor> core_fwd(const Tensor& q, const Tensor& x) {
+  check_core_inputs(q, x);
+  return core_fwd_impl(q, x, q.size(1));
 }
 
 std::tuple<Tensor, Tensor> core_bwd(const Tensor& da, const Tensor& q, const Tensor& x,
@@ -296,23 +323,7 @@ std::tuple<Tensor, Tensor> core_bwd(const Tensor& da, const Tensor& q, const Ten
   TORCH_CHECK_VALUE(lse.dim() == 2 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1),
                     "artlib native: lse must be (N, M) = (", q.size(0), ", ", q.size(1), "), got ",
                     lse.sizes());
-  const auto ct = compute_type(q.scalar_type());
-  const Tensor qc = as_compute(q, ct), xc = as_compute(x, ct), dac = as_compute(da, ct),
-               ac = as_compute(a, ct), lsec = as_compute(lse, ct);
-  // A float64 gradient given a float32 lse (e.g. from another implementation) recomputes each
-  // row's logsumexp from S: P = exp(S - lse) with a float32 lse is only float32-exact.
-  const bool exact_lse = ct == at::kDouble && lse.scalar_type() != at::kDouble;
-  const int64_t N = q.size(0), M = q.size(1), L = x.size(1), D = q.size(2);
-  Tensor dq = at::empty({N, M, D}, qc.options());
-  Tensor dx = at::empty({N, L, D}, qc.options());
-  AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_core_bwd", [&] {
-    core_bwd_kernel<scalar_t>(dac.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
-                              xc.const_data_ptr<scalar_t>(), ac.const_data_ptr<scalar_t>(),
-                              lsec.const_data_ptr<scalar_t>(), dq.mutable_data_ptr<scalar_t>(),
-                              dx.mutable_data_ptr<scalar_t>(), N, M, L, D, exact_lse,
-                              Rows{N, M, D});
-  });
-  return {dq.to(q.scalar_type()), dx.to(x.scalar_type())};
+  return core_bwd_impl(da, q, x, a, lse, q.size(1));
 }
 
 // ---- the whole absorbed op: the projections around the core, in one call ----------------------
@@ -323,40 +334,6 @@ std::tuple<Tensor, Tensor> core_bwd(const Tensor& da, const Tensor& q, const Ten
 // arithmetic at small N. One call here pays that once. q~ and A stay heads-major (heads, N K, d),
 // the layout the per-head projections produce and consume; the core kernels read and write it
 // directly (Rows above), so there is no permuted copy either way.
-
-// The core on heads-major q~ (heads, N K, d) -> (A (heads, N K, d), lse (N, heads K)).
-std::tuple<Tensor, Tensor> core_fwd_hm(const Tensor& q_hm, const Tensor& x, int64_t K) {
-  const auto ct = compute_type(q_hm.scalar_type());
-  const Tensor qc = as_compute(q_hm, ct), xc = as_compute(x, ct);
-  const int64_t H = q_hm.size(0), N = x.size(0), L = x.size(1), D = x.size(2), M = H * K;
-  Tensor a = at::empty({H, N * K, D}, qc.options());
-  Tensor lse = at::empty({N, M}, qc.options());
-  AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_core_fwd_hm", [&] {
-    core_fwd_kernel<scalar_t>(qc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
-                              a.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<scalar_t>(), N, M,
-                              L, D, Rows{N, K, D});
-  });
-  return {a.to(q_hm.scalar_type()), lse};
-}
-
-std::tuple<Tensor, Tensor> core_bwd_hm(const Tensor& da_hm, const Tensor& q_hm, const Tensor& x,
-                                       const Tensor& a_hm, const Tensor& lse, int64_t K) {
-  const auto ct = compute_type(q_hm.scalar_type());
-  const Tensor qc = as_compute(q_hm, ct), xc = as_compute(x, ct), dac = as_compute(da_hm, ct),
-               ac = as_compute(a_hm, ct), lsec = as_compute(lse, ct);
-  const bool exact_lse = ct == at::kDouble && lse.scalar_type() != at::kDouble;
-  const int64_t H = q_hm.size(0), N = x.size(0), L = x.size(1), D = x.size(2), M = H * K;
-  Tensor dq = at::empty({H, N * K, D}, qc.options());
-  Tensor dx = at::empty({N, L, D}, qc.options());
-  AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_core_bwd_hm", [&] {
-    core_bwd_kernel<scalar_t>(dac.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
-                              xc.const_data_ptr<scalar_t>(), ac.const_data_ptr<scalar_t>(),
-                              lsec.const_data_ptr<scalar_t>(), dq.mutable_data_ptr<scalar_t>(),
-                              dx.mutable_data_ptr<scalar_t>(), N, M, L, D, exact_lse,
-                              Rows{N, K, D});
-  });
-  return {dq.to(q_hm.scalar_type()), dx.to(x.scalar_type())};
-}
 
 void check_op_inputs(const Tensor& query, const Tensor& x, const Tensor& w_in, const Tensor& w_out,
                      int64_t heads) {
@@ -391,7 +368,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_fwd(
   Tensor qs = b_in.has_value() ? at::addmm(b_in->narrow(0, 0, D), q2, w_q.t(), scale, scale)
                                : at::mm(q2, w_q.t()).mul_(scale);
   Tensor q_hm = at::bmm(qs.view({NK, heads, dh}).transpose(0, 1), w_k.view({heads, dh, D}));
-  auto core = core_fwd_hm(q_hm, x, K);
+  auto core = core_fwd_impl(q_hm, x, K);
   const Tensor& a_hm = std::get<0>(core);
   // context_h = A_h W_v,h^T + b_v,h, concatenated over heads; out = context W_o^T + b_o
   Tensor c_hm = at::bmm(a_hm, w_v.view({heads, dh, D}).transpose(1, 2));  // (h, NK, dh)
@@ -428,7 +405,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_bwd(
   at::bmm_out(d_w_v, d_c_hm.transpose(1, 2), a_hm);
   Tensor d_a_hm = at::bmm(d_c_hm, w_v);  // (h, NK, d)
   // the core
-  auto core = core_bwd_hm(d_a_hm, q_hm, x, a_hm, lse, K);
+  auto core = core_bwd_impl(d_a_hm, q_hm, x, a_hm, lse, K);
   const Tensor& dq_hm = std::get<0>(core);
   // q~_h = qs_h W_k,h with qs = (query W_q^T + b_q) / sqrt(d_h)
   Tensor d_w_k = d_w_in.narrow(0, D, D).view({heads, dh, D});

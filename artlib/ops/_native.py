@@ -40,6 +40,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from artlib._io import cache_root, file_lock
+
 __all__ = [
     "OPS",
     "available",
@@ -83,10 +85,7 @@ def _csrc_dir() -> Path | None:
 
 
 def _cache_root() -> Path:
-    if os.environ.get("ARTLIB_CACHE"):
-        return Path(os.environ["ARTLIB_CACHE"]) / "native"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "artlib" / "native"
+    return cache_root() / "native"
 
 
 def _cpu_flags() -> tuple[str, list[str]]:
@@ -136,25 +135,6 @@ def _build_config(src: Path) -> tuple[str, list[str], list[str]]:
     return h.hexdigest()[:16], cflags, ldflags
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """An exclusive lock on ``path`` held for the block (released by the OS if the process dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            import fcntl
-        except (
-            ImportError
-        ):  # pragma: no cover - Windows: no lock, cpp_extension's own baton remains
-            yield
-            return
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _library_file(build_dir: Path) -> Path | None:
     for suffix in (".so", ".pyd", ".dylib"):
         p = build_dir / (_NAME + suffix)
@@ -173,7 +153,7 @@ def _build_and_load() -> None:
         )
     key, cflags, ldflags = _build_config(src)
     build_dir = _cache_root() / key
-    with _file_lock(build_dir.with_suffix(".lock")):
+    with file_lock(build_dir.with_suffix(".lock")):
         lib = _library_file(build_dir)
         if lib is None:
             from torch.utils import cpp_extension

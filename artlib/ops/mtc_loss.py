@@ -288,7 +288,7 @@ _mtc_loss_op.register_autograd(_mtc_backward, setup_context=_mtc_setup_context)
 
 class _MTCLossFunction(torch.autograd.Function):
     """The same forward and backward as the custom op, for eager mode: the custom op's Python
-    dispatch costs ~0.5 ms per forward + backward (measured on the 2-core CPU dev box, native
+    dispatch costs ~0.5 ms per forward + backward (measured on a 2-core CPU, native
     kernels), this ~0.06 ms; at the paper's shape that overhead, not the GPU, would set the time."""
 
     @staticmethod
