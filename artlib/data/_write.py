@@ -14,6 +14,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from artlib._io import atomic_write
+
 __all__ = [
     "CODECS",
     "frame_index_image",
@@ -59,53 +61,52 @@ def write_video(
         raise ValueError(f"codec: expected one of {sorted(CODECS)}, got {codec!r}")
     encoder, _, pix_fmt = CODECS[codec]
     path = os.fspath(path)
-    tmp = path + ".part"
     fmt = {"h264": "mp4", "vp9": "webm", "mjpeg": "matroska"}[codec]
-    container = av.open(tmp, "w", format=fmt)
-    try:
-        stream = container.add_stream(encoder, rate=fps)
-        stream.pix_fmt = pix_fmt
-        options = {}
-        if codec == "h264":
-            options = {"crf": str(crf), "preset": preset}
-            params = []
-            if gop is not None:
-                params += [f"keyint={gop}", f"min-keyint={gop}", "scenecut=0"]
-            if bframes is not None:
-                params.append(f"bframes={bframes}")
-            if params:
-                options["x264-params"] = ":".join(params)
-        elif codec == "vp9":
-            options = {"crf": str(crf + 10), "b": "0", "deadline": "realtime", "cpu-used": "8"}
-            options["row-mt"] = "1"
-            if gop is not None:
-                options["g"] = str(gop)
-        elif codec == "mjpeg":
-            options = {"q:v": "3"}
-        stream.options = options
-        if pts is not None:
-            tb = time_base or Fraction(1, 1000)
-            stream.codec_context.time_base = tb  # the encoder's clock first, then the muxer's
-            stream.time_base = tb
-        first = True
-        for i, img in enumerate(frames):
-            img = np.ascontiguousarray(img, dtype=np.uint8)
-            if first:
-                stream.height, stream.width = img.shape[:2]
-                first = False
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+    with atomic_write(path, "wb") as fh:  # a half-written video never shows under ``path``
+        container = av.open(fh, "w", format=fmt)
+        try:
+            stream = container.add_stream(encoder, rate=fps)
+            stream.pix_fmt = pix_fmt
+            options = {}
+            if codec == "h264":
+                options = {"crf": str(crf), "preset": preset}
+                params = []
+                if gop is not None:
+                    params += [f"keyint={gop}", f"min-keyint={gop}", "scenecut=0"]
+                if bframes is not None:
+                    params.append(f"bframes={bframes}")
+                if params:
+                    options["x264-params"] = ":".join(params)
+            elif codec == "vp9":
+                options = {"crf": str(crf + 10), "b": "0", "deadline": "realtime", "cpu-used": "8"}
+                options["row-mt"] = "1"
+                if gop is not None:
+                    options["g"] = str(gop)
+            elif codec == "mjpeg":
+                options = {"q:v": "3"}
+            stream.options = options
             if pts is not None:
-                frame.pts = int(pts[i])
-                frame.time_base = tb
-            for packet in stream.encode(frame):
+                tb = time_base or Fraction(1, 1000)
+                stream.codec_context.time_base = tb  # the encoder's clock first, then the muxer's
+                stream.time_base = tb
+            first = True
+            for i, img in enumerate(frames):
+                img = np.ascontiguousarray(img, dtype=np.uint8)
+                if first:
+                    stream.height, stream.width = img.shape[:2]
+                    first = False
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                if pts is not None:
+                    frame.pts = int(pts[i])
+                    frame.time_base = tb
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            if first:
+                raise ValueError("frames: expected at least one frame, got none")
+            for packet in stream.encode():
                 container.mux(packet)
-        if first:
-            raise ValueError("frames: expected at least one frame, got none")
-        for packet in stream.encode():
-            container.mux(packet)
-    finally:
-        container.close()
-    os.replace(tmp, path)
+        finally:
+            container.close()
     return path
 
 

@@ -6,7 +6,8 @@ import importlib
 
 _EXPORTS = {
     "CheckpointManager": "artlib.engine.checkpoint",
-    "ConfusionMatrix": "artlib.engine.metrics",
+    "EvalResult": "artlib.engine.evaluation",
+    "evaluate": "artlib.engine.evaluation",
     "ModelEma": "artlib.engine.ema",
     "TrainConfig": "artlib.engine.config",
     "config_from_dict": "artlib.engine.config",

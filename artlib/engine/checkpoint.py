@@ -41,10 +41,10 @@ __all__ = [
     "CheckpointError",
     "CheckpointManager",
     "UnsafeCheckpointError",
+    "backbone_normalization",
     "capture_rng",
     "config_from_dict",
     "config_to_dict",
-    "backbone_normalization",
     "describe_model",
     "load_checkpoint",
     "restore_rng",
@@ -129,9 +129,9 @@ def describe_model(cfg, class_names: list[str], normalization=None) -> tuple[dic
     the model and what it is. ``normalization``: the (mean, std) the run fed its backbone (the
     backbone's own, see the trainer); CLIP's when not given (what earlier runs used)."""
     from artlib.data import CLIP_MEAN, CLIP_STD
+    from artlib.engine.trainer import head_options
 
     mean, std = normalization if normalization is not None else (CLIP_MEAN, CLIP_STD)
-    from artlib.engine.trainer import head_options
 
     d, m = cfg.data, cfg.model
     preprocess = {

@@ -103,9 +103,14 @@ def parse(argv=None, dataset: str = "finegym", prog: str = "artlib-train") -> C.
 def main(dataset: str = "finegym", argv=None, prog: str = "artlib-train") -> int:
     """``artlib-train`` and the example trainers: flags -> config -> ``train``."""
     cfg = parse(argv, dataset=dataset, prog=prog)
+    from artlib.engine.checkpoint import CheckpointError
     from artlib.engine.trainer import train
 
-    train(cfg)
+    try:
+        train(cfg)
+    except CheckpointError as e:  # a --resume file that is not a safe artlib checkpoint
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

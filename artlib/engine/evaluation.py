@@ -27,7 +27,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["EvalResult", "ExactShardSampler", "agreed_batches", "evaluate", "exact_loader"]
+__all__ = [
+    "EvalResult",
+    "ExactShardSampler",
+    "agreed_batches",
+    "clip_scores",
+    "evaluate",
+    "exact_loader",
+]
 
 log = logging.getLogger("artlib.eval")
 _GLOO: dict = {}

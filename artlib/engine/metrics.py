@@ -1,19 +1,20 @@
-"""Evaluation metrics: Top-1, Top-5, mean per-class accuracy (the paper's "Mean") from a confusion
-matrix; a per-class CSV and a confusion-matrix PNG (when matplotlib is installed)."""
+"""What an evaluation writes from its confusion matrix (``artlib.engine.evaluation.EvalResult``,
+which computes Top-1, Top-5 and the mean per-class accuracy): a per-class CSV and a
+confusion-matrix PNG (when matplotlib is installed)."""
 
 from __future__ import annotations
 
 import csv
 import logging
 import os
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 from artlib.visualize import MATPLOTLIB_HINT, have_matplotlib
 
 __all__ = [
-    "ConfusionMatrix",
     "MATPLOTLIB_HINT",
     "have_matplotlib",
     "save_confusion_png",
@@ -22,52 +23,6 @@ __all__ = [
 
 log = logging.getLogger("artlib.metrics")
 _warned_png = False
-
-
-class ConfusionMatrix:
-    """Accumulates a (N_cls, N_cls) confusion matrix (rows: truth) and Top-5 hits."""
-
-    def __init__(self, num_classes: int):
-        self.num_classes = num_classes
-        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
-        self.top5_hits = 0
-        self.count = 0
-
-    def update(self, logits: Tensor, labels: Tensor) -> None:
-        logits, labels = logits.detach().float().cpu(), labels.detach().cpu()
-        pred = logits.argmax(-1)
-        idx = labels * self.num_classes + pred
-        self.matrix += torch.bincount(idx, minlength=self.num_classes**2).view_as(self.matrix)
-        k = min(5, self.num_classes)
-        self.top5_hits += int((logits.topk(k, -1).indices == labels[:, None]).any(-1).sum())
-        self.count += int(labels.numel())
-
-    def all_reduce(self) -> None:
-        """Sum over ranks (no-op without an initialized process group)."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        packed = torch.cat([self.matrix.flatten(), torch.tensor([self.top5_hits, self.count])])
-        packed = packed.to(device)
-        dist.all_reduce(packed)
-        packed = packed.cpu()
-        n = self.num_classes**2
-        self.matrix = packed[:n].view(self.num_classes, self.num_classes)
-        self.top5_hits, self.count = int(packed[n]), int(packed[n + 1])
-
-    def compute(self) -> dict[str, float]:
-        total = max(self.count, 1)
-        per_class_n = self.matrix.sum(1)
-        seen = per_class_n > 0
-        per_class = self.matrix.diagonal()[seen].float() / per_class_n[seen].float()
-        return {
-            "top1": float(self.matrix.diagonal().sum()) / total,
-            "top5": self.top5_hits / total,
-            "mean_class_acc": float(per_class.mean()) if seen.any() else 0.0,
-            "count": self.count,
-        }
 
 
 def save_per_class_csv(matrix: Tensor, path, class_names: list[str] | None = None) -> None:

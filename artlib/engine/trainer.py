@@ -223,20 +223,9 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module):
     """SGD or AdamW over four groups: (backbone | head) x (decayed | not: biases, norms, the bank's
     agent). The backbone's groups run at ``lr * backbone_lr_mult``; the schedule scales all."""
     o = cfg.optim
-    buckets: dict[tuple[bool, bool], list] = {}  # (in the backbone, decayed) -> parameters
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        decayed = not (p.ndim < 2 or name.endswith("agent"))
-        buckets.setdefault((name.startswith("backbone."), decayed), []).append(p)
-    groups = [
-        {
-            "params": params,
-            "weight_decay": o.weight_decay if decayed else 0.0,
-            "lr": o.lr * (o.backbone_lr_mult if in_backbone else 1.0),
-        }
-        for (in_backbone, decayed), params in sorted(buckets.items())
-    ]
+    from artlib.models.art import param_groups
+
+    groups = param_groups(_unwrap(model), o.lr, o.backbone_lr_mult, o.weight_decay)
     if o.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
     else:

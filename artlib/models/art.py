@@ -133,21 +133,29 @@ class ART(nn.Module):
         if self.head is not None:
             self.head.ema_update()
 
-    def param_groups(self, lr: float, backbone_lr_scale: float = 0.1, weight_decay: float = 0.05):
-        """Optimizer groups: the backbone at ``lr·backbone_lr_scale``, the rest at ``lr``; biases,
-        norms, embeddings and the bank get no weight decay."""
-        groups: dict[tuple[bool, bool], list] = {}
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            is_backbone = name.startswith("backbone.")
-            no_wd = p.dim() < 2 or "embedding" in name or name.endswith(("agent", "cls_token"))
-            groups.setdefault((is_backbone, no_wd), []).append(p)
-        return [
-            {
-                "params": ps,
-                "lr": lr * (backbone_lr_scale if bb else 1.0),
-                "weight_decay": 0.0 if no_wd else weight_decay,
-            }
-            for (bb, no_wd), ps in groups.items()
-        ]
+    def param_groups(self, lr: float, backbone_lr_scale: float = 1.0, weight_decay: float = 5e-4):
+        """Optimizer groups of this model (:func:`param_groups`), as the trainer builds them."""
+        return param_groups(self, lr, backbone_lr_scale, weight_decay)
+
+
+def param_groups(
+    model: nn.Module, lr: float, backbone_lr_scale: float = 1.0, weight_decay: float = 5e-4
+) -> list[dict]:
+    """Optimizer groups, (backbone | head) x (decayed | not): parameters under ``backbone.`` at
+    ``lr * backbone_lr_scale``, the rest at ``lr``; parameters of fewer than two dimensions
+    (biases, norms) and the bank's agent Sᵃ get no weight decay. The trainer's optimizer is built
+    from these groups."""
+    buckets: dict[tuple[bool, bool], list] = {}  # (in the backbone, decayed) -> parameters
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decayed = not (p.ndim < 2 or name.endswith("agent"))
+        buckets.setdefault((name.startswith("backbone."), decayed), []).append(p)
+    return [
+        {
+            "params": params,
+            "weight_decay": weight_decay if decayed else 0.0,
+            "lr": lr * (backbone_lr_scale if in_backbone else 1.0),
+        }
+        for (in_backbone, decayed), params in sorted(buckets.items())
+    ]

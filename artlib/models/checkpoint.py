@@ -139,9 +139,9 @@ def load_state_dict_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], bo
             except Exception:
                 raise RuntimeError(
                     f"could not read checkpoint {path!r} with torch.load(weights_only=True) nor "
-                    f"as TorchScript: {e}. If it pickles Python objects beside the weights, and "
-                    f"you trust it, re-save only its state dict: torch.save(torch.load(path, "
-                    f"weights_only=False)['state_dict'], 'weights.pth')"
+                    f"as TorchScript: {e}. If it pickles Python objects beside the weights and "
+                    f"you trust it, convert it to plain types once: python -m "
+                    f"artlib.convert_checkpoint {path} converted.pt --trust"
                 ) from e
     if isinstance(obj, torch.jit.ScriptModule):
         obj, jit = obj.state_dict(), True

@@ -51,10 +51,11 @@ class SemanticBank(nn.Module):
 
     @classmethod
     def from_file(cls, path, momentum: float = 0.999, map_location="cpu") -> SemanticBank:
-        """Load a bank saved by ``artlib.text.build_semantic_bank`` (a tensor or {"bank": tensor})."""
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-        s0 = obj["bank"] if isinstance(obj, dict) else obj
-        return cls(s0, momentum=momentum)
+        """Load a bank saved by ``artlib.text.build_semantic_bank`` (a tensor or {"bank": tensor}),
+        read and validated by ``artlib.text.read_bank`` (the one reader of bank files)."""
+        from artlib.text.bank import read_bank
+
+        return cls(read_bank(path).to(map_location), momentum=momentum)
 
     @torch.no_grad()
     def ema_update(self) -> None:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from artlib._io import atomic_save_torch
 from artlib.models.checkpoint import (
     file_sha256,
     load_state_dict_file,
@@ -260,10 +261,7 @@ def save_bank(bank: Tensor, path: str | os.PathLike, **meta) -> str:
     if bank.dim() != 3:
         raise ValueError(f"bank: expected (N_prom, N_cls, C_t), got shape {tuple(bank.shape)}")
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save({"format": BANK_FORMAT, "bank": bank.detach().float().cpu(), **meta}, tmp)
-    os.replace(tmp, path)
+    atomic_save_torch({"format": BANK_FORMAT, "bank": bank.detach().float().cpu(), **meta}, path)
     return path
 
 
