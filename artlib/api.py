@@ -131,16 +131,13 @@ def _load_exactly(model: nn.Module, weights: dict, path, model_info: dict) -> No
     model.load_state_dict(weights)
 
 
-def load_video(
-    path: str | os.PathLike, info: dict, num_clips: int | None = None, num_crops: int = 1
-) -> Tensor:
-    """One video as the model's input: (V, T, 3, S, S) float32, V = num_clips x num_crops views
-    (default: the checkpoint's ``num_clips``, the centre crop), sampled and normalized as in
-    evaluation. Raises ``artlib.data.VideoDecodeError`` naming the file when it cannot be used."""
-    from artlib.data import VideoDataset, VideoDecodeError, VideoItem
+def eval_dataset(items, info: dict, num_clips: int | None = None, num_crops: int = 1, seed=0):
+    """A ``VideoDataset`` of ``items`` sampled and normalised as the checkpoint described by
+    ``info`` (``load_model``'s) expects, in evaluation mode: segment centres, centre crop(s)."""
+    from artlib.data import VideoDataset
 
-    ds = VideoDataset(
-        [VideoItem(os.fspath(path), 0)],
+    return VideoDataset(
+        items,
         num_frames=info["num_frames"],
         train=False,
         crop_size=info["crop_size"],
@@ -149,7 +146,19 @@ def load_video(
         std=info["std"],
         num_clips=num_clips or info.get("num_clips", 1),
         num_crops=num_crops,
+        seed=seed,
     )
+
+
+def load_video(
+    path: str | os.PathLike, info: dict, num_clips: int | None = None, num_crops: int = 1
+) -> Tensor:
+    """One video as the model's input: (V, T, 3, S, S) float32, V = num_clips x num_crops views
+    (default: the checkpoint's ``num_clips``, the centre crop), sampled and normalized as in
+    evaluation. Raises ``artlib.data.VideoDecodeError`` naming the file when it cannot be used."""
+    from artlib.data import VideoDecodeError, VideoItem
+
+    ds = eval_dataset([VideoItem(os.fspath(path), 0)], info, num_clips, num_crops)
     sample = ds[0]
     if not isinstance(sample, dict):  # SampleFailure(index, path, reason)
         raise VideoDecodeError(os.fspath(path), sample.reason)

@@ -127,7 +127,7 @@ def _items(args, cfg, dist_info, num_classes: int):
 def run(args) -> tuple[dict, Path]:
     """Evaluate as the command line says (every rank); -> (metrics, output folder)."""
     from artlib import load_model
-    from artlib.data import VideoDataset
+    from artlib.api import eval_dataset
     from artlib.engine.distributed import setup_distributed
     from artlib.engine.evaluation import evaluate, exact_loader
     from artlib.engine.metrics import save_confusion_png, save_per_class_csv
@@ -137,18 +137,7 @@ def run(args) -> tuple[dict, Path]:
     cfg = info["config"]
     items = _items(args, cfg, dist_info, info["num_classes"])
     num_clips = args.num_clips or info["num_clips"]
-    dataset = VideoDataset(
-        items,
-        num_frames=info["num_frames"],
-        train=False,
-        crop_size=info["crop_size"],
-        flip=False,
-        mean=info["mean"],
-        std=info["std"],
-        num_clips=num_clips,
-        num_crops=args.num_crops,
-        seed=cfg.run.seed,
-    )
+    dataset = eval_dataset(items, info, num_clips, args.num_crops, seed=cfg.run.seed)
     if dist_info.is_main:
         log.info(
             "%s (epoch %d, %s %s, %d classes): %d videos, %d clip(s) x %d crop(s), %d process(es)",
