@@ -32,7 +32,14 @@ _DEFAULT_RATIO = 0.45
 _OP = "region_attention"
 
 
-@torch.compiler.assume_constant_result
+def _constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without its import of torch._dynamo (about 2 s,
+    which every command line would pay at start-up): the mark that decorator sets (torch 2.4-2.14)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_result
 def _form_ratio(device_type: str) -> float:
     """The crossover ratio for the core backend that runs on this device type (a constant per
     process, so torch.compile takes it as one instead of tracing the backend lookup)."""
