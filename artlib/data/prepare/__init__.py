@@ -23,7 +23,7 @@ Output: H.264 (libx264, yuv420p, ``--crf`` 18, ``--preset`` veryfast), a keyfram
 frames so that sparse sampling seeks cheaply, no audio, timestamps kept from the source (shifted to
 start at 0), so a variable frame rate survives.
 
-Safety. Each clip is encoded to a hidden temporary ``.<name>.<pid>.part`` in the output folder and
+Safety. Each clip is encoded to a hidden temporary ``.<name>.<random>.part`` in the output folder and
 renamed to ``<name>.mp4`` only when complete (after an fsync), so a finished name is always a whole
 file. A rerun skips finished clips, deletes stale partial files and redoes those clips; killing the run
 at any point (Ctrl-C, SIGTERM, SIGKILL) loses nothing that was finished. A lock file refuses a second
@@ -38,7 +38,7 @@ benchmarks/bench_prepare.py.
 """
 
 from .cli import main
-from .cut import PART_SUFFIX, cut_clip, frame_in_span, part_path
+from .cut import PART_SUFFIX, cut_clip, frame_in_span
 from .diving48 import verify_diving48
 from .jobs import (
     VIDEO_EXTENSIONS,
@@ -68,7 +68,6 @@ __all__ = [
     "kinetics_clip_name",
     "kinetics_jobs",
     "main",
-    "part_path",
     "remove_partials",
     "report_row",
     "run_jobs",

@@ -16,23 +16,19 @@ import os
 from fractions import Fraction
 from pathlib import Path
 
+from artlib._io import atomic_write
 from artlib.data.decode import timed_frames
 
 from .jobs import exact_seconds
 
-__all__ = ["PART_SUFFIX", "cut_clip", "frame_in_span", "part_path"]
+__all__ = ["PART_SUFFIX", "cut_clip", "frame_in_span"]
 
-PART_SUFFIX = ".part"
+PART_SUFFIX = ".part"  # artlib._io.atomic_write's temporary files: hidden, never matching *.mp4
 
 
 def frame_in_span(t: Fraction, start: Fraction, end: Fraction) -> bool:
     """The inclusion rule: a frame at time ``t`` belongs to the clip of ``[start, end)``."""
     return start <= t < end
-
-
-def part_path(dst: Path) -> Path:
-    """The temporary name a clip is written under: hidden, per process, never matching ``*.mp4``."""
-    return dst.with_name(f".{dst.name}.{os.getpid()}{PART_SUFFIX}")
 
 
 def cut_clip(
@@ -63,12 +59,13 @@ def cut_clip(
     if not end > start:
         raise ValueError(f"span: expected end > start, got [{float(start)}, {float(end)})")
     dst = Path(dst)
-    tmp = part_path(dst)
     n = 0
     last_t: Fraction | None = None
     step = Fraction(0)  # one frame's duration at the average rate
     reached_end = False
-    try:
+    # written to a hidden ``.<name>.<random>.part`` beside dst and renamed when complete; a killed
+    # run leaves only .part files, which the next run sweeps (runner)
+    with atomic_write(dst, "wb") as part:
         with av.open(str(src)) as inp:
             if not inp.streams.video:
                 raise ValueError(f"{src}: no video stream")
@@ -76,7 +73,7 @@ def cut_clip(
             ist.codec_context.thread_count = threads
             if ist.average_rate:
                 step = 1 / Fraction(ist.average_rate)
-            with av.open(str(tmp), "w", format="mp4") as out:
+            with av.open(part, "w", format="mp4") as out:
                 ost = None
                 first_t = None
                 last_pts = -1
@@ -116,12 +113,6 @@ def cut_clip(
                         f"span [{float(start):.3f}, {float(end):.3f}) s holds no frame of {src}{ends}"
                     )
                 out.mux(ost.encode())
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     note = ""
     # the video ran out inside the span, more than a frame before its end: the clip is cut short
     if not reached_end and last_t is not None and last_t + step < end:
