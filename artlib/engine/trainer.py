@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from artlib._io import atomic_save_torch, cache_root
 from artlib.engine.checkpoint import (
@@ -279,7 +280,13 @@ def train_one_epoch(
     steps = len(loader)
     # which steps run (and when too many videos failed) is decided over all ranks
     batches = agreed_batches(loader, cfg.data.max_failure_fraction)
-    bar = _progress(batches, info, cfg, f"epoch {epoch + 1}/{o.epochs}", total=steps)
+    bar = tqdm(
+        batches,
+        desc=f"epoch {epoch + 1}/{o.epochs}",
+        total=steps,
+        disable=not (info.is_main and r.progress),
+        dynamic_ncols=True,
+    )
     optimizer.zero_grad(set_to_none=True)
     t_start, vals = time.time(), {}
 
@@ -323,7 +330,7 @@ def train_one_epoch(
                     sums[k] = sums[k].add_(acc) if k in sums else acc
         if (i + 1) % r.log_every == 0 or i + 1 == steps:
             vals = read_out(i + 1)
-            if info.is_main and r.progress and hasattr(bar, "set_postfix"):
+            if not bar.disable:
                 bar.set_postfix(loss=f"{vals['total']:.3f}")
     return {f"train_{k}": v for k, v in vals.items()}  # read at the last step
 
@@ -339,16 +346,6 @@ def _validate(model, loader, num_classes, info, cfg, autocast) -> EvalResult:
         max_failure_fraction=cfg.data.max_failure_fraction,
         progress=info.is_main and cfg.run.progress,
     )
-
-
-def _progress(it, info, cfg, desc, leave=True, total=None):
-    if not (info.is_main and cfg.run.progress):
-        return it
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return it
-    return tqdm(it, desc=desc, leave=leave, total=total, dynamic_ncols=True)
 
 
 class _Logs:
