@@ -393,7 +393,7 @@ def test_losses_accumulate_on_the_device_and_are_read_per_interval():
     with pytest.raises(FloatingPointError, match="step 2"):
         train_one_epoch(model, batches, opt, cfg, info, 0, contextlib_null, None, 3)
     bad = [(torch.zeros(2, 1), torch.tensor([0, 3]))]  # label 3 of 3 classes, seen on the CPU
-    with pytest.raises(ValueError, match=r"labels: expected values in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got range \[0, 3\]"):
         train_one_epoch(_FixedLoss([1.0]), bad, opt, cfg, info, 0, contextlib_null, None, 3)
 
 

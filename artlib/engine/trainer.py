@@ -42,6 +42,7 @@ from artlib.engine.ema import ModelEma
 from artlib.engine.evaluation import EvalResult, agreed_batches, evaluate, exact_loader
 from artlib.engine.metrics import save_confusion_png, save_per_class_csv
 from artlib.nn import set_check_inputs
+from artlib.nn._checks import check_labels
 
 __all__ = ["train", "build_model", "build_data"]
 
@@ -161,10 +162,8 @@ def _unpack(batch, device, num_classes: int | None = None, check_inputs: bool = 
         video, labels = batch["video"], batch["label"]
     else:
         video, labels = batch[0], batch[1]
-    if num_classes is not None and (labels.device.type == "cpu" or check_inputs):
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(f"labels: expected values in [0, {num_classes}), got [{lo}, {hi}]")
+    if num_classes is not None and labels.numel() and (labels.device.type == "cpu" or check_inputs):
+        check_labels(labels, num_classes)
     if check_inputs and not bool(torch.isfinite(video).all()):
         raise FloatingPointError("video: the batch holds non-finite values (--check-inputs)")
     return video.to(device, non_blocking=True), labels.to(device, non_blocking=True).long()
