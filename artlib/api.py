@@ -172,5 +172,7 @@ def predict_proba(model: nn.Module, clips: Tensor) -> Tensor:
     views (V, T, 3, S, S), averaged over the views -> (N_cls,)."""
     if clips.dim() != 5:
         raise ValueError(f"clips: expected (V, T, 3, S, S), got {tuple(clips.shape)}")
+    from artlib.engine.evaluation import clip_scores
+
     device = next(model.parameters()).device
-    return model(clips.to(device)).float().softmax(-1).mean(0).cpu()
+    return clip_scores(model, clips.to(device)[None])[0].cpu()  # evaluate's multi-view rule

@@ -284,7 +284,6 @@ class VideoLoader:
         self.timeout = timeout
         self.epoch = 0
         self.failures: dict[str, str] = {}  # every distinct failed path -> reason
-        self.failure_kinds: dict[str, str] = {}  # the same paths -> kind (artlib.data.probe)
         self.stats = {"samples": 0, "failed": 0, "short": 0, "epoch_failed": 0}
 
     def set_epoch(self, epoch: int) -> None:
@@ -303,7 +302,6 @@ class VideoLoader:
             self.stats["epoch_failed"] += 1
             if f.path not in self.failures:
                 self.failures[f.path] = f.reason
-                self.failure_kinds[f.path] = f.kind
                 log.warning("skipping video %s (%s): %s", f.path, f.kind, f.reason)
         allowed = self.max_failure_fraction * len(self.sampler)
         if self.stats["epoch_failed"] > allowed:

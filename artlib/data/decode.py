@@ -32,6 +32,7 @@ loader decodes the GOP again for every frame it wants. PyAV is imported lazily.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import os
 import struct
@@ -242,12 +243,14 @@ def _rotation_of(container) -> int:
     if not names & {"mov", "mp4", "m4a", "3gp", "3g2", "mj2"}:
         return 0
     try:
-        return _mp4_rotation(container.name)
+        st = os.stat(container.name)
+        return _mp4_rotation(container.name, st.st_size, st.st_mtime_ns)
     except (OSError, ValueError, struct.error):
         return 0
 
 
-def _mp4_rotation(path: str) -> int:
+@functools.lru_cache(maxsize=4096)  # once per file (and version of it), not once per sample
+def _mp4_rotation(path: str, size: int = -1, mtime_ns: int = -1) -> int:
     """Walk the boxes moov/trak/tkhd of an ISO-BMFF file (seeking past mdat) -> the rotation of the
     first track with a picture size."""
     with open(path, "rb") as fh:

@@ -28,12 +28,13 @@ import os
 import pickle
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from artlib._io import atomic_save_torch
+from artlib._io import atomic_save_torch, atomic_write
 
 __all__ = [
     "FORMAT",
@@ -308,8 +309,9 @@ class CheckpointManager:
         """Write epoch ``epoch``'s checkpoint (and, when ``best``, the same as ``best.pt``)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         final = atomic_save_torch(state, self.path(epoch))
-        if best:
-            atomic_save_torch(state, self.best_path)
+        if best:  # the same bytes: copy the file instead of serialising the state again
+            with open(final, "rb") as src, atomic_write(self.best_path, "wb") as dst:
+                shutil.copyfileobj(src, dst, 16 << 20)
         for _, old in self.list()[: -self.keep]:
             old.unlink(missing_ok=True)
         return final

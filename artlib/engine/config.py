@@ -17,6 +17,7 @@ Precedence: field default < preset < ``--config FILE`` < flags. This module impo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import operator
 import os
@@ -220,8 +221,9 @@ class Option:
     default: object
 
 
-def options() -> list[Option]:
-    """Every option, in declaration order (``preset`` first)."""
+@functools.cache
+def options() -> tuple[Option, ...]:
+    """Every option, in declaration order (``preset`` first); built once per process."""
     out = []
     for section, cls in [("", TrainConfig), *SECTIONS.items()]:
         hints = typing.get_type_hints(cls)
@@ -235,7 +237,7 @@ def options() -> list[Option]:
             flag = "--" + prefix + f.metadata.get("flag", f.name).replace("_", "-")
             key = f"{section}.{f.name}" if section else f.name
             out.append(Option(key, flag, kind, type(None) in args, f.metadata, f.default))
-    return out
+    return tuple(out)
 
 
 def _get(cfg, key: str):

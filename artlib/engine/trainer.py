@@ -287,7 +287,7 @@ def train_one_epoch(
         dynamic_ncols=True,
     )
     optimizer.zero_grad(set_to_none=True)
-    t_start, vals = time.time(), {}
+    t_start, vals, read_at, i = time.time(), {}, 0, -1
 
     def read_out(step: int) -> dict[str, float]:
         vals = {k: float(v) / max(seen, 1) for k, v in sums.items()}  # the one sync
@@ -328,9 +328,11 @@ def train_one_epoch(
                     acc = v.detach().float() * n  # stays on the device
                     sums[k] = sums[k].add_(acc) if k in sums else acc
         if (i + 1) % r.log_every == 0 or i + 1 == steps:
-            vals = read_out(i + 1)
+            vals, read_at = read_out(i + 1), i + 1
             if not bar.disable:
                 bar.set_postfix(loss=f"{vals['total']:.3f}")
+    if sums and read_at != i + 1:  # steps skipped on every rank: the last one came before `steps`
+        vals = read_out(i + 1)
     return {f"train_{k}": v for k, v in vals.items()}  # read at the last step
 
 
