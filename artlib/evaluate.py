@@ -104,16 +104,15 @@ def _items(args, cfg, dist_info, num_classes: int):
         items, _ = read_generic_list(args.val_list, args.data_root)
         what = args.val_list
     else:
-        from artlib.engine.trainer import build_data
+        from artlib.engine.trainer import build_items
 
-        changes = {"workers": 0}
+        changes = {}
         if args.data_root:
             changes["data_root"] = args.data_root
         if args.split:
             changes["split"] = args.split
         data = dataclasses.replace(cfg.data, **changes)
-        _, val, _ = build_data(dataclasses.replace(cfg, data=data), dist_info)
-        items = list(val.dataset.items)
+        _, items, _ = build_items(dataclasses.replace(cfg, data=data), dist_info)
         what = "the checkpoint's validation set"
     bad = sorted({it.label for it in items if not 0 <= it.label < num_classes})
     if bad:

@@ -77,9 +77,10 @@ def _read_items(cfg: TrainConfig):
     return tr, va, names
 
 
-def build_data(cfg: TrainConfig, info: DistInfo):
-    """-> (train_loader, val_loader, class_names)."""
-    from artlib.data import VideoDataset, make_loader, read_generic_list
+def build_items(cfg: TrainConfig, info: DistInfo):
+    """-> (train items, val items, class names) of the configured data set (the synthetic set is
+    written once by rank 0 into the cache)."""
+    from artlib.data import read_generic_list
 
     d = cfg.data
     if cfg.preset == "synthetic":  # the built-in fine-grained set
@@ -112,7 +113,15 @@ def build_data(cfg: TrainConfig, info: DistInfo):
             raise ValueError(f"--class-names: {len(names)} names, but label {n_labels - 1} occurs")
     if names is None:
         names = [f"class {i}" for i in range(n_labels)]
+    return train_items, val_items, names
 
+
+def build_data(cfg: TrainConfig, info: DistInfo):
+    """-> (train_loader, val_loader, class_names)."""
+    from artlib.data import VideoDataset, make_loader
+
+    d = cfg.data
+    train_items, val_items, names = build_items(cfg, info)
     use_dali = d.loader == "dali" or (d.loader == "auto" and info.device.type == "cuda")
     if use_dali:
         try:
