@@ -8,7 +8,9 @@ import pytest
 import torch
 
 pytest.importorskip("av")
-pytest.importorskip("nvidia.dali")
+pytest.importorskip(
+    "nvidia.dali", reason="NVIDIA DALI is optional (pip install 'artlib[dali]'): DALI tests skipped"
+)
 
 from helpers import assert_close  # noqa: E402
 

@@ -103,8 +103,8 @@ class VideoInfo(NamedTuple):
 def _av():
     try:
         import av
-    except ImportError as e:  # pragma: no cover - av is a dependency of the video extra
-        raise ImportError("artlib.data needs PyAV to decode: pip install 'artlib[video]'") from e
+    except ImportError as e:  # pragma: no cover - av is a dependency of artlib
+        raise ImportError("artlib.data needs PyAV to decode: pip install av") from e
     return av
 
 
