@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from artlib.engine.cli import _Parser as OneLineParser  # errors: one line, exit 2
+from artlib._cli import DefaultsOnce, OneLineParser
 
 __all__ = ["convert", "main"]
 
@@ -132,6 +132,7 @@ def convert(old_path: str | os.PathLike, new_path: str | os.PathLike) -> str:
 def main(argv=None) -> int:
     p = OneLineParser(
         prog="python -m artlib.convert_checkpoint",
+        formatter_class=DefaultsOnce,
         description="Convert a trusted checkpoint into the safe format (unpickles OLD fully).",
     )
     p.add_argument("old", metavar="OLD", help="the checkpoint to convert (you trust its origin)")

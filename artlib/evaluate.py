@@ -1,5 +1,5 @@
 """Evaluate a trained checkpoint: Top-1, Top-5 and mean per-class accuracy, exact on any number of
-processes.
+processes (Top-k with k = the number of classes when there are fewer than 5).
 
     # the validation set the checkpoint was trained with (read from the checkpoint)
     python -m artlib.evaluate --checkpoint runs/synthetic/checkpoints/best.pt
@@ -13,8 +13,9 @@ processes.
 
 Everything not given comes from the checkpoint (data set, split, frames, crop size, clips). Videos
 that cannot be decoded are skipped, listed and counted. Writes ``OUT/metrics.json``,
-``OUT/per_class.csv`` and ``OUT/confusion.png`` (with matplotlib); the last line printed is
-``FINAL eval top1=... top5=... mean_class_acc=... count=N skipped=S``.
+``OUT/per_class.csv`` and ``OUT/confusion.png`` (with matplotlib) and says which it wrote; the last
+line printed is ``FINAL eval top1=... top5=... mean_class_acc=... count=N skipped=S`` (``top3=`` for a
+3-class model: k is never more than the number of classes).
 """
 
 from __future__ import annotations
@@ -27,18 +28,18 @@ import os
 import sys
 from pathlib import Path
 
-from artlib.engine.cli import _Parser as OneLineParser  # errors: one line, exit 2
+from artlib._cli import DefaultsOnce, OneLineParser, prog_name
 
-__all__ = ["main", "run"]
+__all__ = ["final_line", "main", "run", "topk_named"]
 
 log = logging.getLogger("artlib.evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
-        prog="python -m artlib.evaluate",
+        prog=prog_name("artlib.evaluate", "artlib-evaluate"),
         description="Evaluate a trained checkpoint (exact metrics on any number of processes).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsOnce,
     )
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by the trainer")
     p.add_argument(
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop with an error when more than this fraction of the videos cannot be decoded "
         "(default: the checkpoint's)",
     )
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 
 
@@ -160,7 +161,7 @@ def run(args) -> tuple[dict, Path]:
         max_failure_fraction=cfg.data.max_failure_fraction if frac is None else frac,
         progress=args.progress and dist_info.is_main,
     )
-    metrics = result.metrics()
+    metrics = topk_named(result.metrics(), info["num_classes"])
     out = Path(args.out) if args.out else _default_out(Path(args.checkpoint))
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -175,12 +176,31 @@ def run(args) -> tuple[dict, Path]:
         }
         (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
         save_per_class_csv(result.matrix, out / "per_class.csv", info["class_names"])
-        save_confusion_png(result.matrix, out / "confusion.png", info["class_names"])
+        wrote = ["metrics.json", "per_class.csv"]
+        if save_confusion_png(result.matrix, out / "confusion.png", info["class_names"]):
+            wrote.append("confusion.png")
         for path, reason in sorted(result.skipped.items()):
             print(f"skipped {path}: {reason}")
-        print(f"wrote {out}/metrics.json, per_class.csv")
-        print(result.final_line(), flush=True)
+        print(f"wrote {', '.join(wrote)} in {out}")
+        print(final_line(metrics), flush=True)
     return metrics, out
+
+
+def topk_named(metrics: dict, num_classes: int) -> dict:
+    """``metrics`` with its "top5" named for the k it measures: k = min(5, num_classes) (a 3-class
+    model's best 5 are all its classes, so its "top5" is a Top-3)."""
+    k = min(5, num_classes)
+    return {(f"top{k}" if key == "top5" else key): v for key, v in metrics.items()}
+
+
+def final_line(metrics: dict, prefix: str = "FINAL eval") -> str:
+    """``FINAL eval top1=... topK=... mean_class_acc=... count=N skipped=S`` (K = 5, or fewer)."""
+    (k,) = [key for key in metrics if key.startswith("top") and key != "top1"]
+    return (
+        f"{prefix} top1={metrics['top1']:.4f} {k}={metrics[k]:.4f} "
+        f"mean_class_acc={metrics['mean_class_acc']:.4f} count={metrics['count']} "
+        f"skipped={metrics['skipped']}"
+    )
 
 
 def _say(message: str) -> None:
@@ -203,7 +223,10 @@ def main(argv=None) -> int:
         _say(f"error: {e}")
         return 2
     except TooManyFailures as e:  # raised on every rank alike: said once
-        _say(f"error: {e}")
+        message = str(e).replace("max_failure_fraction=", "--max-failure-fraction ", 1)
+        if "--max-failure-fraction" not in message:
+            message += "\n(the failure budget is --max-failure-fraction)"
+        _say(f"error: {message}")
         return 1
     finally:
         cleanup_distributed()

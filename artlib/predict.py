@@ -19,20 +19,22 @@ import os
 import sys
 from pathlib import Path
 
-from artlib.engine.cli import _Parser as OneLineParser  # errors: one line, exit 2
+from artlib._cli import DefaultsOnce, OneLineParser, prog_name
 
 __all__ = ["main", "predict_file"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
-        prog="python -m artlib.predict",
+        prog=prog_name("artlib.predict", "artlib-predict"),
         description="Predict the action in videos with a trained checkpoint.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsOnce,
     )
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by the trainer")
-    p.add_argument("--topk", type=int, default=5, help="classes shown per video")
+    p.add_argument(
+        "--topk", type=int, default=5, help="classes shown per video (at most the model's classes)"
+    )
     p.add_argument("--num-clips", type=int, help="clips per video (default: the checkpoint's)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--tracklets", metavar="OUT.png", help="draw the first video's tracklets")

@@ -34,6 +34,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 from tqdm import tqdm
 
+from artlib._cli import DefaultsOnce, OneLineParser, prog_name
+
 from .probe import PROBLEM_KINDS, USABLE_KINDS, VideoProbe, probe_video
 
 __all__ = [
@@ -147,23 +149,22 @@ def read_list(fmt: str, list_file: str | os.PathLike, root: str | os.PathLike | 
     return result[0] if isinstance(result, tuple) else result
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad command line on one line (``prog: error: ...``), exit 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(
-        prog="python -m artlib.data.check",
+        prog=prog_name("artlib.data.check", "artlib-check"),
         description="Report the videos of an annotation list that the trainer cannot use, and why.",
+        formatter_class=DefaultsOnce,
     )
     p.add_argument("--list", required=True, help="annotation file (list, element list, json, csv)")
     p.add_argument("--root", default=None, help="folder the list's videos are under")
     p.add_argument("--num-frames", type=int, default=16, help="T: frames one clip samples")
-    p.add_argument("--format", default="generic", choices=FORMATS)
-    p.add_argument("--workers", type=int, default=max(1, min(os.cpu_count() or 1, 8)))
+    p.add_argument("--format", default="generic", choices=FORMATS, help="the list's format")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=max(1, min(os.cpu_count() or 1, 8)),
+        help="processes probing videos (default: the CPUs, at most 8)",
+    )
     p.add_argument("--report", default=None, help="also write the findings to this CSV")
     p.add_argument(
         "--write-good",
@@ -174,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--metadata-only", action="store_true", help="do not decode the last frame")
     g.add_argument("--full", action="store_true", help="decode every frame (slow, thorough)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from artlib.data.check import OneLineParser
+from artlib._cli import DefaultsOnce, OneLineParser, prog_name
 
 __all__ = ["X264_PRESETS", "main"]
 
@@ -25,20 +25,26 @@ X264_PRESETS = (
 
 def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(
-        prog="python -m artlib.data.prepare",
+        prog=prog_name("artlib.data.prepare", "artlib-prepare"),
         description="Cut training clips from raw videos (frame-exact, resumable), or verify a set.",
+        formatter_class=DefaultsOnce,
     )
     sub = p.add_subparsers(dest="dataset", required=True, parser_class=OneLineParser)
 
     def common(sp, cutting: bool):
-        sp.add_argument("--workers", type=int, default=max(1, min(os.cpu_count() or 1, 8)))
+        sp.add_argument(
+            "--workers",
+            type=int,
+            default=max(1, min(os.cpu_count() or 1, 8)),
+            help="parallel processes (default: the CPUs, at most 8)",
+        )
         sp.add_argument(
             "--num-frames", type=int, default=16, help="T: report clips shorter than this"
         )
         sp.add_argument(
-            "--report", default=None, help="CSV report path (default OUT/prepare_report.csv)"
+            "--report", default=None, help="CSV report path (default: OUT/prepare_report.csv)"
         )
-        sp.add_argument("--no-progress", action="store_true")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bar")
         if cutting:
             sp.add_argument(
                 "--raw", required=True, help="folder of downloaded raw videos (<id>.<ext>)"
@@ -46,21 +52,27 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--out", required=True, help="output folder of clips")
             sp.add_argument("--gop", type=int, default=16, help="keyframe interval of the clips")
             sp.add_argument(
-                "--crf", type=int, default=18, help="libx264 quality 0-51 (lower = better)"
+                "--crf", type=int, default=18, help="libx264 quality 0-51, lower is better"
             )
-            sp.add_argument("--preset", default="veryfast", choices=X264_PRESETS)
+            sp.add_argument(
+                "--preset", default="veryfast", choices=X264_PRESETS, help="libx264 speed preset"
+            )
             sp.add_argument("--threads", type=int, default=1, help="codec threads per worker")
             sp.add_argument(
                 "--strict", action="store_true", help="exit 1 if raw videos are missing"
             )
 
-    fg = sub.add_parser("finegym", help="cut FineGym subactions")
+    fg = sub.add_parser("finegym", help="cut FineGym subactions", formatter_class=DefaultsOnce)
     fg.add_argument("--annotations", required=True, help="finegym_annotation_info_v1.1.json")
     common(fg, True)
-    kn = sub.add_parser("kinetics", help="cut clips of a Kinetics-style csv")
+    kn = sub.add_parser(
+        "kinetics", help="cut clips of a Kinetics-style csv", formatter_class=DefaultsOnce
+    )
     kn.add_argument("--csv", required=True, help="csv with youtube_id,time_start,time_end columns")
     common(kn, True)
-    dv = sub.add_parser("diving48", help="verify Diving48 clips (no cutting)")
+    dv = sub.add_parser(
+        "diving48", help="verify Diving48 clips (no cutting)", formatter_class=DefaultsOnce
+    )
     dv.add_argument("--annotations", required=True, help="Diving48_V2_{train,test}.json")
     dv.add_argument("--root", required=True, help="folder of <vid_name>.mp4 (Diving48's rgb/)")
     dv.add_argument("--vocab", default=None, help="Diving48_vocab.json (optional)")
