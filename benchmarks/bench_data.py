@@ -18,6 +18,10 @@ offsets, random resized crop, no flip) and batch size 4:
   non-reference frames skipped, in-memory keyframe jumps (artlib.data.decode).
 - ``seek-per-frame``: the same dataset whose decoder seeks (by timestamp) to each wanted frame and
   decodes forward from the keyframe before it — the common implementation.
+- ``torchcodec``: the same dataset whose decoder is torchcodec's ``VideoDecoder`` (approximate
+  seek mode, ``get_frames_at`` the wanted indices) — PyTorch's recommended decoder, as a peer on
+  the same files. Skipped, with the reason, when torchcodec is not installed or cannot decode here
+  (it needs FFmpeg's shared libraries on the system and a build matching the installed torch).
 - ``dali-cpu``: ``make_dali_loader(device="cpu")`` on the VP9 file (DALI's CPU decoder cannot read
   H.264); ``num_threads`` = the worker count (1 for "0 workers").
 
@@ -111,6 +115,38 @@ class SeekPerFrameDataset(VideoDataset):
         return torch.from_numpy(np.stack(out))
 
 
+class TorchcodecDataset(VideoDataset):
+    """torchcodec as the decoder: metadata from its header scan (approximate seek mode), the
+    wanted frames by index in one call, (N, H, W, 3) uint8 like the others."""
+
+    def _decode(self, path, plan):
+        from torchcodec.decoders import VideoDecoder
+
+        dec = VideoDecoder(path, seek_mode="approximate", num_ffmpeg_threads=self._threads() or 0)
+        m = dec.metadata
+        info = VideoInfo(path, m.num_frames, float(m.average_fps), m.width, m.height,
+                         m.codec or "", 0.0, False)  # fmt: skip
+        frames = dec.get_frames_at(plan(info).tolist()).data  # (N, 3, H, W) uint8
+        return frames.permute(0, 2, 3, 1).contiguous()
+
+
+_TORCHCODEC: dict[str, str | None] = {}
+
+
+def _torchcodec_unusable(path: str) -> str | None:
+    """None when torchcodec decodes frame 0 of ``path`` here, else why not (one line)."""
+    if path not in _TORCHCODEC:
+        try:
+            from torchcodec.decoders import VideoDecoder
+
+            VideoDecoder(path, seek_mode="approximate").get_frames_at([0])
+            _TORCHCODEC[path] = None
+        except Exception as e:  # ImportError, OSError (no FFmpeg libraries), a torch ABI mismatch
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            _TORCHCODEC[path] = f"torchcodec cannot decode here: {type(e).__name__}: {first}"
+    return _TORCHCODEC[path]
+
+
 def _dataset(cls, path, n):
     return cls([(path, 0)] * n, T, train=True, crop_size=SIZE, flip=False, seed=0)
 
@@ -136,6 +172,11 @@ CASES = [
     ("vp9", 2, "artlib-pyav", 8, 3),
     ("h264-short", 2, "artlib-pyav", 16, 3),
     ("h264-short", 2, "seek-per-frame", 16, 1),
+    ("h264", 0, "torchcodec", 4, 3),
+    ("h264", 2, "torchcodec", 8, 3),
+    ("vp9", 0, "torchcodec", 4, 3),
+    ("vp9", 2, "torchcodec", 8, 3),
+    ("h264-short", 2, "torchcodec", 16, 3),
     ("vp9", 0, "dali-cpu", 4, 3),
     ("vp9", 2, "dali-cpu", 8, 3),
 ]
@@ -164,7 +205,11 @@ def test_clips_per_second(benchmark, videos, codec, workers, case, n, rounds):
             num_threads=max(1, workers),
         )  # fmt: skip
     else:
-        cls = SeekPerFrameDataset if case == "seek-per-frame" else VideoDataset
+        if case == "torchcodec" and (why := _torchcodec_unusable(path)):
+            pytest.skip(why)
+        cls = {"seek-per-frame": SeekPerFrameDataset, "torchcodec": TorchcodecDataset}.get(
+            case, VideoDataset
+        )
         loader = make_loader(_dataset(cls, path, n), batch_size=4, train=True, num_workers=workers)
     warmup = 0 if case == "seek-per-frame" else 1
     benchmark.pedantic(
