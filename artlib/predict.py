@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         if not os.path.isdir(folder):
             p.error(f"--tracklets: no folder {folder}")
 
-    if args.timeline or args.window or args.stride or args.csv or args.plot:
+    if args.timeline or args.window is not None or args.stride is not None or args.csv or args.plot:
         check_timeline_options(p, args)
     from artlib.api import load_model, load_video
     from artlib.engine.checkpoint import CheckpointError

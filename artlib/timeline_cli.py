@@ -23,16 +23,35 @@ __all__ = ["add_timeline_options", "check_timeline_options", "run_timeline"]
 
 def add_timeline_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("timeline (long videos, docs/long_videos.md)")
-    g.add_argument("--timeline", action="store_true",
-                   help="sliding windows over each video, merged into action segments")
-    g.add_argument("--window", type=float, metavar="SEC",
-                   help="window length in seconds (default: the checkpoint's clip length, else 2)")
-    g.add_argument("--stride", type=float, metavar="SEC",
-                   help="seconds between window starts (default: a quarter window)")
-    g.add_argument("--min-score", type=float, default=0.0,
-                   help="a window whose top probability is below this is 'no action'")
-    g.add_argument("--smooth", type=int, default=3,
-                   help="windows in the moving average of the probabilities (1: none)")
+    g.add_argument(
+        "--timeline",
+        action="store_true",
+        help="sliding windows over each video, merged into action segments",
+    )
+    g.add_argument(
+        "--window",
+        type=float,
+        metavar="SEC",
+        help="window length in seconds (default: the checkpoint's clip length, else 2)",
+    )
+    g.add_argument(
+        "--stride",
+        type=float,
+        metavar="SEC",
+        help="seconds between window starts (default: a quarter window)",
+    )
+    g.add_argument(
+        "--min-score",
+        type=float,
+        default=0.0,
+        help="a window whose top probability is below this is 'no action'",
+    )
+    g.add_argument(
+        "--smooth",
+        type=int,
+        default=3,
+        help="windows in the moving average of the probabilities (1: none)",
+    )
     g.add_argument("--batch-size", type=int, default=16, help="windows per model call")
     g.add_argument("--csv", metavar="FILE", help="one row per segment: video,start,end,label,...")
     g.add_argument("--plot", metavar="FILE.png", help="a timeline picture per video")
@@ -42,7 +61,7 @@ def add_timeline_options(p: argparse.ArgumentParser) -> None:
 def check_timeline_options(p: argparse.ArgumentParser, args) -> None:
     """One-line errors (exit 2) before anything heavy."""
     if not args.timeline:
-        used = [f for f in ("window", "stride", "csv", "plot") if getattr(args, f)]
+        used = [f for f in ("window", "stride", "csv", "plot") if getattr(args, f) is not None]
         p.error(f"--{used[0]} needs --timeline")
     if args.window is not None and not args.window > 0:
         p.error(f"--window must be > 0 seconds, got {args.window}")

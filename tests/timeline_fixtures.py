@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from ckpt_fixtures import tiny_config
 
 FPS, CLIP_FRAMES, SIZE, T = 16, 32, 64, 8
@@ -26,8 +25,8 @@ NUM_CLASSES = 8
 def synthetic_checkpoint(path) -> Path:
     """Write the linear-probe baseline checkpoint to ``path`` (see the module docstring)."""
     from artlib._io import atomic_save_torch
-    from artlib.data.synthetic import CLASS_NAMES, render_clip
     from artlib.api import eval_dataset
+    from artlib.data.synthetic import CLASS_NAMES, render_clip
     from artlib.engine.checkpoint import backbone_normalization, describe_model, training_state
     from artlib.engine.trainer import build_model, build_optimizer
 
