@@ -28,9 +28,12 @@ Finished windows go through the model in batches of ``batch_size``.
 
 Segments: each window's probabilities (the softmax of the logits) are smoothed by a centred
 moving average over ``smooth`` windows (default 3: the window and its two neighbours); a window
-whose top smoothed probability is below ``min_score`` is "no action" (label -1); consecutive
-windows with the same label form a segment ``{start, end, label, name, score}`` (score: the mean
-top probability over its windows), "no action" runs are left out. A segment's boundaries lie
+whose top smoothed probability is below ``min_score`` is "no action" (label -1); a run of
+fewer than ``min_run`` windows (default 2) between two others takes the label of the neighbour
+with the higher smoothed probability over it (a one-window flicker at a boundary is not an
+action); consecutive windows with the same label form a segment ``{start, end, label, name,
+score}`` (score: the mean smoothed probability of its label over its windows), "no action" runs
+are left out. A segment's boundaries lie
 halfway between the centres of its first (last) window and the previous (next) window; the
 first segment may start at 0 and the last end at the video's duration.
 """
@@ -228,6 +231,7 @@ def predict_timeline(
     smooth: int = 3,
     batch_size: int = 16,
     *,
+    min_run: int = 2,
     progress: bool = False,
     threads: int = 0,
 ) -> dict:
@@ -239,6 +243,7 @@ def predict_timeline(
 
     model, info: ``artlib.load_model``'s. window, stride: seconds (defaults: the module
     docstring). min_score: below it a window is "no action". smooth: windows in the moving average.
+    min_run: shorter runs of windows are absorbed by a neighbour (module docstring).
     """
     from artlib.data import VideoDecodeError
 
@@ -248,6 +253,8 @@ def predict_timeline(
         raise ValueError(f"min_score: expected a probability in [0, 1], got {min_score}")
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    if min_run < 1:
+        raise ValueError(f"min_run: expected >= 1 windows, got {min_run}")
     device = next(model.parameters()).device
     plan, clips = stream_windows(path, info, window, stride, threads=threads, progress=progress)
     probs: dict[int, torch.Tensor] = {}
@@ -289,7 +296,7 @@ def predict_timeline(
         for (a, b), row in zip(times, p)
     ]  # fmt: skip
     segments = merge_segments(p, times, names, min_score=min_score, smooth=smooth,
-                              duration=duration)  # fmt: skip
+                              duration=duration, min_run=min_run)  # fmt: skip
     out = {
         "video": os.fspath(path),
         "duration": round(duration, 3),
@@ -316,6 +323,28 @@ def smooth_probs(probs: torch.Tensor, smooth: int) -> torch.Tensor:
     return (csum[hi] - csum[lo]) / (hi - lo).unsqueeze(1).to(probs.dtype)
 
 
+def _absorb_short_runs(label: torch.Tensor, sp: torch.Tensor, min_run: int) -> torch.Tensor:
+    """Runs of fewer than ``min_run`` windows inside the video take the label of the neighbouring
+    run (previous or next) whose smoothed probability over the run is higher; repeated until none
+    is left (shortest runs first). Runs at either end of the video are kept."""
+    label = label.clone()
+    while min_run > 1:
+        runs, k0 = [], 0  # (start, stop) of each run of equal labels
+        for k in range(1, len(label) + 1):
+            if k == len(label) or label[k] != label[k0]:
+                runs.append((k0, k))
+                k0 = k
+        short = [i for i in range(1, len(runs) - 1) if runs[i][1] - runs[i][0] < min_run]
+        if not short:
+            break
+        i = min(short, key=lambda j: runs[j][1] - runs[j][0])
+        a, b = runs[i]
+        prev, nxt = int(label[a - 1]), int(label[b])
+        mass = [-1.0 if c == NO_ACTION else float(sp[a:b, c].sum()) for c in (prev, nxt)]
+        label[a:b] = prev if mass[0] >= mass[1] else nxt
+    return label
+
+
 def merge_segments(
     probs: torch.Tensor,
     times: list[tuple[float, float]],
@@ -323,6 +352,7 @@ def merge_segments(
     min_score: float = 0.0,
     smooth: int = 3,
     duration: float | None = None,
+    min_run: int = 2,
 ) -> list[dict]:
     """Window probabilities (K, N_cls) at ``times`` [(start, end)] -> segments (module docstring)."""
     if probs.shape[0] != len(times):
@@ -332,6 +362,8 @@ def merge_segments(
     sp = smooth_probs(probs, smooth)
     score, label = sp.max(-1)
     label = torch.where(score < min_score, torch.full_like(label, NO_ACTION), label)
+    label = _absorb_short_runs(label, sp, min_run)
+    score = torch.where(label >= 0, sp.gather(1, label.clamp(min=0)[:, None])[:, 0], score)
     centres = [(a + b) / 2 for a, b in times]
     end_of_video = duration if duration is not None else times[-1][1]
     segments = []
@@ -354,7 +386,7 @@ def merge_segments(
 
 def plot_timeline(result: dict, out: str | os.PathLike, top: int = 6) -> None:
     """Draw one ``predict_timeline`` result to ``out`` (PNG): the probabilities over time (window
-    centres) of the segments' classes and the next most probable ones (``top`` curves at most)
+    centres) of the segments' classes and of the next most probable ones up to ``top`` curves,
     above the merged segments as coloured bars with their names."""
     import matplotlib
 
@@ -365,9 +397,9 @@ def plot_timeline(result: dict, out: str | os.PathLike, top: int = 6) -> None:
     p = np.array([w["probs"] for w in windows])  # (K, N_cls)
     t = np.array([(w["start"] + w["end"]) / 2 for w in windows])
     names = {s["label"]: s["name"] for s in result["segments"]}
-    order = list(dict.fromkeys(s["label"] for s in result["segments"]))
-    order += [int(c) for c in np.argsort(-p.max(0)) if int(c) not in order]
-    order = order[: max(top, 1)]
+    order = list(dict.fromkeys(s["label"] for s in result["segments"]))  # always drawn
+    extra = [int(c) for c in np.argsort(-p.max(0)) if int(c) not in order]
+    order += extra[: max(0, top - len(order))]
     cmap = plt.get_cmap("tab10")
     colour = {int(c): cmap(i % 10) for i, c in enumerate(sorted(set(order) | set(names)))}
     fig, (ax, bar) = plt.subplots(

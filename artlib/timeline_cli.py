@@ -52,6 +52,12 @@ def add_timeline_options(p: argparse.ArgumentParser) -> None:
         default=3,
         help="windows in the moving average of the probabilities (1: none)",
     )
+    g.add_argument(
+        "--min-run",
+        type=int,
+        default=2,
+        help="shorter runs of windows are absorbed by a neighbouring segment",
+    )
     g.add_argument("--batch-size", type=int, default=16, help="windows per model call")
     g.add_argument("--csv", metavar="FILE", help="one row per segment: video,start,end,label,...")
     g.add_argument("--plot", metavar="FILE.png", help="a timeline picture per video")
@@ -73,6 +79,8 @@ def check_timeline_options(p: argparse.ArgumentParser, args) -> None:
         p.error(f"--smooth must be >= 1 windows, got {args.smooth}")
     if args.batch_size < 1:
         p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.min_run < 1:
+        p.error(f"--min-run must be >= 1 windows, got {args.min_run}")
     for flag in ("csv", "plot"):
         value = getattr(args, flag)
         if value:
@@ -105,7 +113,7 @@ def run_timeline(model, info, args) -> int:
             res = predict_timeline(
                 model, info, path, window=args.window, stride=args.stride,
                 min_score=args.min_score, smooth=args.smooth, batch_size=args.batch_size,
-                progress=not args.no_progress and not args.json,
+                min_run=args.min_run, progress=not args.no_progress and not args.json,
             )  # fmt: skip
         except VideoDecodeError as e:
             failed += 1

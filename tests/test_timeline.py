@@ -71,6 +71,24 @@ def test_merge_segments_by_hand():
     assert [(s["start"], s["end"], s["label"]) for s in segs] == [(0.0, 1.75, 0), (1.75, 2.75, 1)]
 
 
+def test_short_runs_and_smoothing_by_hand():
+    """A one-window flicker (b) inside a: kept with min_run=1, absorbed with min_run=2; the
+    moving average over 3 windows: the mean of each window and its neighbours (2 at the ends)."""
+    from artlib.timeline import smooth_probs
+
+    p = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.7, 0.3], [0.9, 0.1]])
+    times = [(0.5 * k, 0.5 * k + 2) for k in range(5)]
+    segs = merge_segments(p, times, ["a", "b"], smooth=1, min_run=1, duration=4.0)
+    assert [(s["start"], s["end"], s["name"]) for s in segs] == [
+        (0.0, 1.75, "a"), (1.75, 2.25, "b"), (2.25, 4.0, "a")]  # fmt: skip
+    segs = merge_segments(p, times, ["a", "b"], smooth=1, min_run=2, duration=4.0)
+    assert [(s["start"], s["end"], s["name"]) for s in segs] == [(0.0, 4.0, "a")]
+    assert segs[0]["score"] == pytest.approx((0.9 + 0.8 + 0.4 + 0.7 + 0.9) / 5)
+    expect = torch.stack([(p[0] + p[1]) / 2, (p[0] + p[1] + p[2]) / 3, (p[1] + p[2] + p[3]) / 3,
+                          (p[2] + p[3] + p[4]) / 3, (p[3] + p[4]) / 2])  # fmt: skip
+    torch.testing.assert_close(smooth_probs(p, 3), expect)
+
+
 def test_stream_windows_equal_load_video_frames(tmp_path):
     """Each streamed window is the evaluation pipeline on decode_frames of its frames."""
     from artlib.api import eval_dataset
