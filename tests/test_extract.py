@@ -88,6 +88,7 @@ def _cmd(ckpt, out, videos):
             "--out", str(out)]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_extract_resumes_after_kill(art_ckpt, clips, tmp_path):
     """Killed after its first file: a second run writes only the rest, the first untouched."""
     out = tmp_path / "feats"
@@ -120,6 +121,7 @@ def test_extract_resumes_after_kill(art_ckpt, clips, tmp_path):
     assert sorted(r["video"] for r in rows) == sorted(links)
 
 
+@pytest.mark.slow
 def test_extract_shards_and_reports_bad_videos(art_ckpt, clips, tmp_path):
     """RANK/WORLD_SIZE split the list; a broken file goes to the rank's report, the rest go on."""
     from safetensors import safe_open

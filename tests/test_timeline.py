@@ -111,6 +111,7 @@ def test_stream_windows_equal_load_video_frames(tmp_path):
 # ------------------------------------------------------------------------------ long video
 
 
+@pytest.mark.slow  # with the checkpoint fixture: ~25 s on 2 idle cores
 def test_timeline_recovers_concatenated_clips(synth_ckpt, long_mp4):
     """Six 2-s clips of known classes in one file: the segments name them in order, and every
     boundary is within one stride of the true one (2, 4, 6, 8, 10 s)."""
@@ -127,6 +128,7 @@ def test_timeline_recovers_concatenated_clips(synth_ckpt, long_mp4):
     assert segs[0]["start"] == 0.0 and segs[-1]["end"] == res["duration"]
 
 
+@pytest.mark.slow  # with the checkpoint fixture: ~25 s on 2 idle cores
 def test_predict_timeline_cli(synth_ckpt, long_mp4, tmp_path):
     """--json/--csv/--plot; a broken file -> an error line, the others done, exit 1."""
     bad = tmp_path / "bad.mp4"
@@ -209,6 +211,7 @@ def test_readers(tmp_path):
     assert read_finegym_segments(tmp_path / "gym.json") == [("abcdefghijk", 10.0, 20.0, 4)]
 
 
+@pytest.mark.slow  # with the checkpoint fixture: ~25 s on 2 idle cores
 def test_segment_metrics_cli_on_timeline(synth_ckpt, long_mp4, tmp_path):
     """The timeline of the concatenated video against its true segments: every class found at
     tIoU 0.5 (the boundaries are within a quarter of a 2-s segment)."""
