@@ -24,7 +24,8 @@ The file is decoded once, front to back (``artlib.data.decode.stream_frames``). 
 some window samples are converted to RGB and preprocessed, each once, into a buffer that the
 overlapping windows share; a frame leaves the buffer as soon as no window still to come needs
 it, so the buffer holds at most about one window's sampled frames, whatever the video's length.
-Finished windows go through the model in batches of ``batch_size``.
+Finished windows go through the model in batches of ``batch_size``; decoding runs in a
+background thread at most two batches ahead, so that it overlaps the model.
 
 Segments: each window's probabilities (the softmax of the logits) are smoothed by a centred
 moving average over ``smooth`` windows (default 3: the window and its two neighbours); a window
@@ -270,7 +271,7 @@ def predict_timeline(
 
     damage = None
     try:
-        for k, clip in clips:
+        for k, clip in _ahead(clips, 2 * batch_size):
             batch.append((k, clip))
             if len(batch) >= batch_size:
                 flush()
@@ -309,6 +310,49 @@ def predict_timeline(
     if damage is not None:
         out["damage"] = damage
     return out
+
+
+def _ahead(items, depth: int):
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead: decoding (which
+    releases the GIL in FFmpeg) overlaps the model (which releases it in torch), so a pass costs
+    about the larger of the two instead of their sum. Exceptions come out in order."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    end = object()
+
+    def work():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((end, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put((end, e))
+
+    thread = threading.Thread(target=work, name="artlib-timeline-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = q.get()
+            if item is end:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+        if hasattr(items, "close"):
+            items.close()
 
 
 def smooth_probs(probs: torch.Tensor, smooth: int) -> torch.Tensor:

@@ -232,3 +232,33 @@ def test_segment_metrics_cli_on_timeline(synth_ckpt, long_mp4, tmp_path):
     res = json.loads(out.read_text())
     assert res["mAP"]["0.5"] == 1.0 and res["classes"] == len(ORDER), r.stdout
     assert r.stdout.strip().splitlines()[-1].startswith("mAP@0.3 "), r.stdout
+
+
+@pytest.mark.slow
+def test_timeline_of_a_file_that_breaks_part_way(synth_ckpt, long_mp4, monkeypatch):
+    """The decoder fails after frame 99: the windows before it are kept, the damage noted."""
+    import artlib
+    import artlib.data.decode as decode
+    from artlib.data import VideoDecodeError
+
+    real = decode.stream_frames
+
+    def breaking(path, want=None, **kw):
+        info, frames = real(path, want, **kw)
+
+        def gen():
+            for i, rgb in frames:
+                if i == 100:
+                    raise VideoDecodeError(str(path), "corrupt stream after frame 99", 100)
+                yield i, rgb
+
+        return info, gen()
+
+    monkeypatch.setattr(decode, "stream_frames", breaking)
+    model, info = artlib.load_model(synth_ckpt)
+    res = artlib.predict_timeline(model, info, long_mp4, window=2.0, stride=0.5)
+    assert res["damage"]["frame"] == 100 and "corrupt" in res["damage"]["reason"], res["damage"]
+    assert res["duration"] == pytest.approx(100 / FPS)
+    assert max(w["end"] for w in res["windows"]) <= 100 / FPS + 2.0, res["windows"]
+    labels = [s["label"] for s in res["segments"]]
+    assert labels == ORDER[: len(labels)] and len(labels) >= 3, res["segments"]
