@@ -134,19 +134,34 @@ def per_window(model, info, path: str, every: int) -> tuple[int, int]:
 
 
 _CHILD = """
-import json, resource, sys, time
+import json, os, resource, sys, threading, time
 import artlib
 from artlib.timeline import predict_timeline
+page = os.sysconf("SC_PAGE_SIZE") / 2**20
+def rss():  # the current resident set, MB
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * page
 model, info = artlib.load_model(sys.argv[1])
+before, peak, done = rss(), [0.0], threading.Event()
+def sample():  # the run's own peak: ru_maxrss may date from loading the checkpoint
+    while not done.is_set():
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.02)
+threading.Thread(target=sample, daemon=True).start()
 t = time.perf_counter()
 res = predict_timeline(model, info, sys.argv[2], window=float(sys.argv[3]), stride=float(sys.argv[4]))
-print(json.dumps({"seconds": time.perf_counter() - t, "windows": len(res["windows"]),
+seconds = time.perf_counter() - t
+done.set()
+print(json.dumps({"seconds": seconds, "windows": len(res["windows"]), "rss_before_mb": before,
+                  "run_peak_rss_mb": max(peak[0], rss()),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
 def peak_rss(ckpt: str, path: str) -> dict:
-    """The timeline of ``path`` in a fresh process -> {"seconds", "windows", "peak_rss_mb"}."""
+    """The timeline of ``path`` in a fresh process -> {"seconds", "windows", "rss_before_mb" (the
+    model loaded), "run_peak_rss_mb" (the highest resident set sampled every 20 ms during the
+    run), "peak_rss_mb" (ru_maxrss: the whole process, loading included)}."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), *sys.path]))
     r = subprocess.run([sys.executable, "-c", _CHILD, ckpt, path, str(WINDOW), str(STRIDE)],
                        capture_output=True, text=True, env=env, timeout=7200, check=True)  # fmt: skip
@@ -197,8 +212,8 @@ def test_peak_memory(setup):
     path, ckpt, _, _ = setup
     short = make_video(os.path.join(DATA, f"long_{SECONDS / 6:g}s_{H}p.mp4"), SECONDS / 6)
     a, b = peak_rss(ckpt, short), peak_rss(ckpt, path)
-    print(f"\npeak RSS: {SECONDS / 6:g} s video {a['peak_rss_mb']:.0f} MB, "
-          f"{SECONDS:g} s video {b['peak_rss_mb']:.0f} MB")  # fmt: skip
+    print(f"\npeak RSS during the run: {SECONDS / 6:g} s video {a['run_peak_rss_mb']:.0f} MB, "
+          f"{SECONDS:g} s video {b['run_peak_rss_mb']:.0f} MB")  # fmt: skip
     assert b["windows"] > a["windows"] > 0
 
 
@@ -212,11 +227,17 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, default=10.0, help="speed: the video's length")
     p.add_argument("--memory-minutes", type=float, nargs=2, default=[10.0, 60.0])
     p.add_argument("--every", type=int, default=20, help="per-window: time every n-th window")
+    p.add_argument("--memory-only", action="store_true", help="only the peak-memory runs")
     args = p.parse_args(argv)
     os.makedirs(DATA, exist_ok=True)
     ckpt = main_job_checkpoint(os.path.join(DATA, "main_job.pt"))
     model, info = artlib.load_model(ckpt)
     out = {}
+    for m in args.memory_minutes if args.memory_only else []:
+        vp = make_video(os.path.join(DATA, f"long_{m * 60:g}s_{H}p.mp4"), m * 60)
+        print(f"{m:g} min: {peak_rss(ckpt, vp)}", flush=True)
+    if args.memory_only:
+        return 0
     t = time.perf_counter()
     path = make_video(
         os.path.join(DATA, f"long_{args.minutes * 60:g}s_{H}p.mp4"), args.minutes * 60
