@@ -197,11 +197,13 @@ def stream_windows(
                        "[{elapsed}<{remaining}]")  # fmt: skip
         done_sec = 0.0
         plan.decoded = 0
+        plan.peak_buffer = 0  # the most preprocessed frames held at once
         try:
             for i, rgb in frames:
                 plan.decoded = i + 1
                 if rgb is not None:
                     buffer[i] = prep(rgb)
+                    plan.peak_buffer = max(plan.peak_buffer, len(buffer))
                     for k, _t in plan.windows_of(i):
                         if plan.last_index(k) == i:
                             st = plan.start(k)

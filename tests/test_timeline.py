@@ -108,6 +108,26 @@ def test_stream_windows_equal_load_video_frames(tmp_path):
         torch.testing.assert_close(clip, ref, rtol=0, atol=0, msg=f"window {k} frames {idx}")
 
 
+def test_one_pass_and_a_buffer_that_does_not_grow(tmp_path, monkeypatch):
+    """Each video is opened and decoded once; the shared buffer's peak is the same for a video
+    3x longer and stays within the frames two overlapping windows sample."""
+    import artlib.data.decode as decode
+    from artlib.timeline import stream_windows
+
+    calls = []
+    real = decode.stream_frames
+    monkeypatch.setattr(decode, "stream_frames", lambda *a, **k: calls.append(a) or real(*a, **k))
+    info = {"num_frames": 8, "crop_size": 32, "mean": [0.4] * 3, "std": [0.25] * 3}
+    peaks = []
+    for labels in ([0, 1], [0, 1, 2, 3, 0, 1]):  # 4 s and 12 s
+        path = long_video(tmp_path / f"v{len(labels)}.mp4", labels)
+        plan, windows = stream_windows(path, info, window=2.0, stride=0.5)
+        assert len(list(windows)) == plan.count
+        peaks.append(plan.peak_buffer)
+    assert len(calls) == 2, calls
+    assert peaks[0] == peaks[1] <= 2 * 8, peaks
+
+
 # ------------------------------------------------------------------------------ long video
 
 
