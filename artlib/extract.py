@@ -218,6 +218,10 @@ def main(argv=None) -> int:
     if args.batch_size < 1:
         p.error(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
+        import safetensors  # noqa: F401
+    except ImportError:
+        p.error("writing the features needs safetensors: pip install safetensors")
+    try:
         rank, world = _rank_world()
     except ValueError as e:
         p.error(str(e))
