@@ -108,6 +108,26 @@ def test_stream_windows_equal_load_video_frames(tmp_path):
         torch.testing.assert_close(clip, ref, rtol=0, atol=0, msg=f"window {k} frames {idx}")
 
 
+def test_stream_frames_equal_decode_frames(tmp_path):
+    """Every index once, in order; RGB only where wanted, equal to decode_frames' frames."""
+    from artlib.data import VideoDecodeError, decode_frames
+    from artlib.data.decode import stream_frames
+
+    path = long_video(tmp_path / "s.mp4", [3, 5])  # 64 frames
+    info, frames = stream_frames(path, lambda i: i % 5 == 0)
+    got = list(frames)
+    assert info.num_frames == 64 and [i for i, _ in got] == list(range(64))
+    assert all((rgb is None) == (i % 5 != 0) for i, rgb in got)
+    want = [i for i, rgb in got if rgb is not None]
+    ref = decode_frames(path, want).numpy()
+    for j, i in enumerate(want):
+        np.testing.assert_array_equal(got[i][1], ref[j], err_msg=f"frame {i}")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 300)
+    with pytest.raises(VideoDecodeError, match="bad.mp4"):
+        stream_frames(bad)
+
+
 def test_one_pass_and_a_buffer_that_does_not_grow(tmp_path, monkeypatch):
     """Each video is opened and decoded once; the shared buffer's peak is the same for a video
     3x longer and stays within the frames two overlapping windows sample."""
