@@ -21,6 +21,7 @@ _EXPORTS = {
     "load_model": "artlib.api",
     "load_video": "artlib.api",
     "predict_proba": "artlib.api",
+    "predict_timeline": "artlib.timeline",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from artlib._cli import DefaultsOnce, OneLineParser, prog_name
+from artlib.timeline_cli import add_timeline_options, check_timeline_options, run_timeline
 
 __all__ = ["main", "predict_file"]
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--tracklets", metavar="OUT.png", help="draw the first video's tracklets")
     p.add_argument("--device", default="cpu", help="cpu | cuda[:N]")
+    add_timeline_options(p)
     return p
 
 
@@ -80,6 +82,8 @@ def main(argv=None) -> int:
         if not os.path.isdir(folder):
             p.error(f"--tracklets: no folder {folder}")
 
+    if args.timeline or args.window is not None or args.stride is not None or args.csv or args.plot:
+        check_timeline_options(p, args)
     from artlib.api import load_model, load_video
     from artlib.engine.checkpoint import CheckpointError
 
@@ -88,6 +92,8 @@ def main(argv=None) -> int:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.timeline:
+        return run_timeline(model, info, args)
     failed = 0
     for path in args.videos:
         res = predict_file(model, info, path, args.topk, args.num_clips)
