@@ -39,6 +39,7 @@ import os
 import sys
 from pathlib import Path
 
+from artlib._cli import DefaultsOnce
 from artlib.engine.cli import _Parser as OneLineParser  # errors: one line, exit 2
 
 __all__ = ["extract_features", "feature_file", "main"]
@@ -183,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m artlib.extract",
         description="Write the features of videos (global token, tracklets, logits) to disk.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsOnce,  # each default shown once
     )
     p.add_argument("videos", nargs="*", metavar="VIDEO", help="video files (or --list)")
     p.add_argument("--list", help="a file with one video path per line")

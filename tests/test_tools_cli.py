@@ -26,6 +26,7 @@ def _parsers():
     from artlib.data.check import _parser as check_parser
     from artlib.data.prepare.cli import _parser as prepare_parser
     from artlib.evaluate import build_parser as evaluate_parser
+    from artlib.extract import build_parser as extract_parser
     from artlib.predict import build_parser as predict_parser
 
     prepare = prepare_parser()
@@ -34,11 +35,12 @@ def _parsers():
         "evaluate": evaluate_parser(),
         "predict": predict_parser(),
         "check": check_parser(),
+        "extract": extract_parser(),
         **{f"prepare {name}": sp for name, sp in subs.choices.items()},
     }
 
 
-@pytest.mark.parametrize("name", ["evaluate", "predict", "check", "prepare finegym",
+@pytest.mark.parametrize("name", ["evaluate", "predict", "check", "extract", "prepare finegym",
                                   "prepare kinetics", "prepare diving48"])  # fmt: skip
 def test_help_shows_each_default_once(name):
     p = _parsers()[name]
