@@ -1,6 +1,7 @@
 """Two nodes on one machine: two torchrun agents (``--nnodes=2``, c10d rendezvous on 127.0.0.1,
 one CPU process each, gloo) train the tiny synthetic set, then the same two agents continue the
-run with ``--resume auto`` (docs/cluster.md, examples/slurm/)."""
+run with ``--resume auto``; the SLURM batch script launches that way and requeues itself on its
+time-limit signal (docs/cluster.md, examples/slurm/)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,52 @@ def test_two_nodes_c10d_train_then_resume(tmp_path):
     assert state["epoch"] == 2
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3, rows  # header + epoch 1 (first run) + epoch 2 (resumed)
+
+
+def test_slurm_script_requeues_on_the_time_limit_signal(tmp_path):
+    """examples/slurm/train_finegym.sbatch with stand-ins for srun and scontrol: it launches one
+    torchrun agent per node with c10d rendezvous on the first node and --resume auto, and on USR1
+    (what --signal=B:USR1@300 sends) it requeues its own job id and exits 0."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls, launched = tmp_path / "scontrol.log", tmp_path / "srun.args"
+    (bin_dir / "scontrol").write_text(
+        "#!/usr/bin/env bash\n"
+        'if [ "$1" = show ]; then printf "node1\\nnode2\\n"; exit 0; fi\n'
+        f'echo "$@" >> {calls}\n'
+    )
+    (bin_dir / "srun").write_text(f'#!/usr/bin/env bash\necho "$@" > {launched}\nexec sleep 60\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        SLURM_JOB_ID="42",
+        SLURM_JOB_NAME="art",
+        SLURM_JOB_NODELIST="node[1-2]",
+        SLURM_NNODES="2",
+    )
+    script = REPO / "examples" / "slurm" / "train_finegym.sbatch"
+    job = subprocess.Popen(
+        ["bash", str(script)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (launched.exists() and launched.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert launched.exists(), job.communicate(timeout=10)[0] if job.poll() is not None else ""
+        job.send_signal(signal.SIGUSR1)
+        out, _ = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    args = launched.read_text().split()
+    assert job.returncode == 0, out
+    assert "requeueing job 42" in out, out
+    assert calls.read_text().split() == ["requeue", "42"], calls.read_text()
+    for flag in ("--nnodes=2", "--rdzv_backend=c10d", "--rdzv_endpoint=node1:29500",
+                 "--rdzv_id=42"):  # fmt: skip
+        assert flag in args, args
+    i = args.index("--resume")
+    assert args[i + 1] == "auto" and args[args.index("--lr") + 1] == "0.01", args
