@@ -51,7 +51,7 @@ def main(args):
     train = loader(data.train_list, True, model, workers=args.workers)
     val = loader(data.val_list, False, model, workers=args.workers)
     opt = torch.optim.AdamW(model.param_groups(2e-3, weight_decay=0.05), lr=2e-3)
-    steps = args.epochs * len(train)
+    steps = max(1, args.epochs * len(train))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))
     )

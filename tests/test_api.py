@@ -219,7 +219,7 @@ def test_custom_loop_example_trains_saves_and_the_tools_read_its_folder(tmp_path
     assert not [m for m in modules if m.startswith("artlib.engine") or "._" in m], modules
     assert not [n for n in names if n.startswith("_")], names
     out = tmp_path / "model"
-    cmd = [sys.executable, str(script), "--out", str(out), "--epochs", "1", "--per-class", "1"]
+    cmd = [sys.executable, str(script), "--out", str(out), "--epochs", "1", "--per-class", "2"]
     cmd += ["--val-per-class", "1", "--workers", "0", "--data", str(tmp_path / "data")]
     res = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
