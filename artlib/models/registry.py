@@ -139,6 +139,7 @@ BACKBONES = {
 
 
 def list_backbones() -> list[str]:
+    """The backbone names ``build_backbone`` knows."""
     return list(BACKBONES)
 
 
@@ -174,6 +175,7 @@ def default_data_config(name: str, num_frames: int = 16, **kwargs) -> dict:
 
 
 def count_parameters(model: nn.Module) -> int:
+    """The number of parameter elements of ``model``."""
     return sum(p.numel() for p in model.parameters())
 
 
