@@ -452,3 +452,20 @@ def test_build_art_from_the_trainer_config_equals_the_trainers_model(baseline):
             assert torch.equal(ours.state_dict()[k], v), k
     if not baseline:
         assert ours.config["head"]["mtc_weights"] == [1.0, 0.0, 1.0]
+
+
+def test_backbone_names_are_declared_once_without_torch():
+    """artlib.models.names (what a command line offers before torch loads) lists the registry's
+    backbones and packaged weights; importing it (and artlib.models) loads no torch."""
+    import subprocess
+    import sys
+
+    from artlib.models import BACKBONES, BUILTIN_WEIGHTS
+    from artlib.models.names import BACKBONE_NAMES, PACKAGED_WEIGHTS
+    from tests.ckpt_fixtures import REPO, env
+
+    assert tuple(BACKBONES) == BACKBONE_NAMES and BUILTIN_WEIGHTS == PACKAGED_WEIGHTS
+    code = "import sys, artlib.models.names; assert 'torch' not in sys.modules, 'torch loaded'"
+    res = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True,
+                         cwd=REPO, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
