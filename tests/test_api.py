@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.ckpt_fixtures import CLASSES, REPO, env, make_checkpoint, write_clips
+from tests.helpers import assert_close
 
 VIDEO = torch.randn(3, 4, 3, 32, 32, generator=torch.Generator().manual_seed(9))
 
@@ -244,3 +245,17 @@ def test_custom_loop_example_trains_saves_and_the_tools_read_its_folder(tmp_path
     with pytest.raises(SystemExit) as e:  # a folder records no data set: the list is needed
         evaluate_main(["--checkpoint", str(out)])
     assert e.value.code == 2 and "--val-list: needed" in capsys.readouterr().err
+
+
+def test_export_takes_a_folder_or_a_checkpoint(tmp_path):
+    """artlib.export(path): the loaded model's program, on an example made from its data config,
+    gives the eager model's logits (a model folder and a training checkpoint)."""
+    import artlib
+
+    make_checkpoint(tmp_path / "ckpt.pt")
+    artlib.save_model(_trained(_config()), tmp_path / "m", class_names=CLASSES)
+    for path in (tmp_path / "m", tmp_path / "ckpt.pt"):
+        eager, _ = artlib.load_model(path)
+        program = artlib.export(path, dynamic_batch=True).module()
+        with torch.no_grad():
+            assert_close(program(VIDEO), eager(VIDEO), name=f"logits of the program of {path.name}")
