@@ -126,6 +126,7 @@ def test_an_earlier_flat_config_checkpoint_loads(tmp_path):
         assert torch.equal(model(VIDEO), trained(VIDEO))
 
 
+@pytest.mark.slow
 def test_loading_imports_nothing_of_the_engine(tmp_path):
     """A fresh interpreter loads a model folder and a training checkpoint, runs them, and has not
     imported artlib.engine (nor anything under it)."""
@@ -206,6 +207,7 @@ def _names(tree: ast.AST) -> tuple[list[str], list[str]]:
     return modules, names
 
 
+@pytest.mark.slow
 def test_custom_loop_example_trains_saves_and_the_tools_read_its_folder(tmp_path, capsys):
     """examples/custom_loop.py: <= 80 lines, public names only, no engine; one tiny epoch writes a
     folder that ``python -m artlib.predict`` and ``python -m artlib.evaluate`` accept."""
@@ -247,6 +249,7 @@ def test_custom_loop_example_trains_saves_and_the_tools_read_its_folder(tmp_path
     assert e.value.code == 2 and "--val-list: needed" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_export_takes_a_folder_or_a_checkpoint(tmp_path):
     """artlib.export(path): the loaded model's program, on an example made from its data config,
     gives the eager model's logits (a model folder and a training checkpoint)."""
