@@ -24,15 +24,15 @@ def blocks(page) -> list[tuple[int, str]]:
     return [(text[: m.start()].count("\n") + 2, m.group(1)) for m in BLOCK.finditer(text)]
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
     """What the snippets name, made small: a trained checkpoint at best.pt and
-    runs/synthetic/checkpoints/best.pt, a video.mp4, and a bank file at bank.pt; the cache and the
-    home folder inside tmp_path."""
+    runs/synthetic/checkpoints/best.pt, a video.mp4, and a bank file at bank.pt."""
     import torch
 
     from tests.ckpt_fixtures import make_checkpoint, write_clips
 
+    tmp_path = tmp_path_factory.mktemp("docs_files")
     make_checkpoint(tmp_path / "runs" / "synthetic" / "checkpoints" / "best.pt")
     (tmp_path / "best.pt").write_bytes(
         (tmp_path / "runs" / "synthetic" / "checkpoints" / "best.pt").read_bytes()
@@ -40,6 +40,15 @@ def workdir(tmp_path, monkeypatch):
     clip = write_clips(tmp_path / "clips", [2]).parent / "clip0.mp4"
     (tmp_path / "video.mp4").write_bytes(clip.read_bytes())
     torch.save({"bank": torch.randn(8, 99, 64)}, tmp_path / "bank.pt")
+    return tmp_path
+
+
+@pytest.fixture
+def workdir(files, tmp_path, monkeypatch):
+    """A fresh folder with the files, as the working folder; the cache and the home folder in it."""
+    import shutil
+
+    shutil.copytree(files, tmp_path, dirs_exist_ok=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("ARTLIB_CACHE", str(tmp_path / "cache"))
