@@ -32,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=DefaultsOnce,
     )
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by the trainer")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint written by the trainer, or a model folder (artlib.save_model)",
+    )
     p.add_argument(
         "--topk", type=int, default=5, help="classes shown per video (at most the model's classes)"
     )
@@ -65,8 +69,8 @@ def predict_file(model, info: dict, path: str, topk: int, num_clips: int | None 
 def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    if not Path(args.checkpoint).is_file():
-        p.error(f"--checkpoint: no file at {args.checkpoint}")
+    if not Path(args.checkpoint).exists():
+        p.error(f"--checkpoint: no file or model folder at {args.checkpoint}")
     if args.topk < 1:
         p.error(f"--topk must be >= 1, got {args.topk}")
     if args.num_clips is not None and args.num_clips < 1:
@@ -85,11 +89,11 @@ def main(argv=None) -> int:
     if args.timeline or args.window is not None or args.stride is not None or args.csv or args.plot:
         check_timeline_options(p, args)
     from artlib.api import load_model, load_video
-    from artlib.engine.checkpoint import CheckpointError
+    from artlib.weights_io import CheckpointError
 
     try:
         model, info = load_model(args.checkpoint, map_location=args.device)
-    except CheckpointError as e:
+    except (CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.timeline:
