@@ -19,7 +19,7 @@ from artlib.ops.region_attention import (
     region_attention_core_ref,
 )
 
-ENV = "ARTLIB_BACKEND_REGION_ATTENTION"
+OP = "region_attention"
 
 
 _mha = mha_with_biases
@@ -54,11 +54,11 @@ def _peer(m, q, x, need_weights=False):
     return out
 
 
-def _compare(m, q, x, form, dtype=torch.float32, backend=None, monkeypatch=None, lowp=False):
+def _compare(m, q, x, form, dtype=torch.float32, backend=None, use_backend=None, lowp=False):
     """region_attention at ``dtype`` against MHA in float64 (and MHA at ``dtype`` as the low-precision
     yardstick): output and the gradients of query, x and every weight."""
     if backend is not None:
-        monkeypatch.setenv(ENV, backend)
+        use_backend(backend, OP)
     m64 = copy.deepcopy(m).double()
     q64 = q.detach().double().requires_grad_()
     x64 = x.detach().double().requires_grad_()
@@ -209,13 +209,12 @@ def test_core_reference_backward_matches_autograd():
 
 
 @pytest.mark.parametrize("backend", ["auto", "reference", "triton"])
-def test_core_dispatch(backend, monkeypatch):
+def test_core_dispatch(backend, use_backend):
     """region_attention_core (N, M, d) on each backend equals the reference."""
     if backend == "triton":
         if not ops.triton_available():
             pytest.skip("needs triton")
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv(ENV, backend)
+        use_backend(backend, OP)
     q = torch.randn(2, 16, 32) * 0.2
     x = torch.randn(2, 19, 32)
     a, lse = region_attention_core(q, x)
@@ -246,8 +245,8 @@ def _small64(bias=True):
 
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 @pytest.mark.parametrize("need_weights", [False, True])
-def test_gradcheck_float64(backend, need_weights, monkeypatch):
-    monkeypatch.setenv(ENV, backend)
+def test_gradcheck_float64(backend, need_weights, use_backend):
+    use_backend(backend, OP)
     args = _small64()
     assert torch.autograd.gradcheck(
         lambda *a: region_attention(*a, 2, need_weights=need_weights, form="absorbed"), args
@@ -320,25 +319,23 @@ def test_compile_fullgraph_inductor():
 # ---- the form rule, backend selection, errors --------------------------------------------------------
 
 
-def test_form_rule(monkeypatch):
+def test_form_rule(use_backend):
     for device in ("cpu", "cuda"):
         assert region_attention_form(2, 256, 8, device) == "absorbed"
         assert region_attention_form(64, 256, 8, device) == "standard"
     assert region_attention_form(16, 256, 8, "cuda") == "standard"  # measured crossover ~K = 16
     assert RegionAttention(256, 8).form(2) == "absorbed"
-    monkeypatch.setenv(ENV, "reference")
+    use_backend("reference", OP)
     assert region_attention_form(12, 256, 8, "cpu") == "absorbed"
     assert region_attention_form(16, 256, 8, "cpu") == "standard"
 
 
-def test_backend_selection(monkeypatch):
-    monkeypatch.delenv(ENV, raising=False)
-    monkeypatch.delenv("ARTLIB_BACKEND", raising=False)
+def test_backend_selection(use_backend):
+    use_backend("auto", OP)
     assert ops.backend("region_attention", "cpu") in ("native", "reference")
-    monkeypatch.setenv(ENV, "reference")
+    use_backend("reference", OP)
     assert ops.backend("region_attention", "cpu") == "reference"
-    monkeypatch.setenv(ENV, "triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    use_backend("triton", OP, interpret=False)
     with pytest.raises(RuntimeError, match="CUDA"):
         ops.backend("region_attention", "cpu")
 
@@ -409,8 +406,7 @@ needs_triton = pytest.mark.skipif(not ops.triton_available(), reason="needs trit
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_triton_core_matches_reference(heads, n, k, l, d, dtype, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+def test_triton_core_matches_reference(heads, n, k, l, d, dtype, use_backend):
     from artlib.ops.triton.region_attention import core_backward, core_forward
 
     q4 = torch.randn(heads, n, k, d, dtype=torch.float64) * d**-0.5
@@ -436,17 +432,15 @@ def test_triton_core_matches_reference(heads, n, k, l, d, dtype, monkeypatch):
 
 @needs_triton
 @pytest.mark.parametrize("k,heads,l", [(1, 1, 49), (3, 8, 50), (2, 4, 33)])
-def test_triton_op_matches_mha(k, heads, l, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+def test_triton_op_matches_mha(k, heads, l, use_backend):
     m = _mha(32, heads)
     q, x = _inputs(2, k, l, 32)
-    _compare(m, q, x, "absorbed", backend="triton", monkeypatch=monkeypatch)
+    _compare(m, q, x, "absorbed", backend="triton", use_backend=use_backend)
 
 
 @needs_triton
-def test_triton_op_fp16_weights_and_noncontiguous(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv(ENV, "triton")
+def test_triton_op_fp16_weights_and_noncontiguous(use_backend):
+    use_backend("triton", OP)
     m = _mha(32, 4)
     xb = torch.randn(2, 40, 48)[:, 3:38, 8:40]  # (2, 35, 32), strided
     q = torch.randn(2, 32, 2).transpose(1, 2)
@@ -458,7 +452,7 @@ def test_triton_op_fp16_weights_and_noncontiguous(monkeypatch):
         dtype=torch.float16,
         lowp=True,
         backend="triton",
-        monkeypatch=monkeypatch,
+        use_backend=use_backend,
     )
     out, w = region_attention(q, xb, *_params(m), 4, need_weights=True, form="absorbed")
     ref, w_ref = _peer(m, q, xb, need_weights=True)
@@ -474,8 +468,8 @@ def test_triton_op_fp16_weights_and_noncontiguous(monkeypatch):
 @pytest.mark.parametrize(
     "k,heads,l,d", [(2, 8, 196, 256), (1, 1, 49, 64), (64, 8, 50, 256), (3, 16, 196, 1024)]
 )
-def test_cuda_matches_mha(k, heads, l, d, dtype, monkeypatch):
-    monkeypatch.setenv(ENV, "triton")
+def test_cuda_matches_mha(k, heads, l, d, dtype, use_backend):
+    use_backend("triton", OP)
     m = _mha(d, heads).cuda()
     q, x = _inputs(6, k, l, d)
     _compare(
@@ -486,7 +480,7 @@ def test_cuda_matches_mha(k, heads, l, d, dtype, monkeypatch):
         dtype=dtype,
         lowp=dtype != torch.float32,
         backend="triton",
-        monkeypatch=monkeypatch,
+        use_backend=use_backend,
     )
 
 

@@ -17,6 +17,9 @@ ops in the ``artlib`` namespace, for CPU tensors only (the CUDA path stays on Tr
   projections around the core included, in one call (``_bwd``: its gradients)
 * ``artlib::native_mtc_loss_fwd(r, lam, hinge, w_s, w_t, w_tr) -> [total, spatial, temporal, tracklet]``
 * ``artlib::native_mtc_loss_bwd(grad, r, lam, hinge, w_s, w_t, w_tr) -> dr``
+* ``artlib::native_tracklet_aggregate_fwd(r, s, tau) -> (out, p, w)``: Eq. 9 and the saliency it
+  keeps for the backward
+* ``artlib::native_tracklet_aggregate_bwd(grad, r, s, p, w, tau) -> (dr, ds)``
 
 Never a broken import: with no compiler, a failed build or ``ARTLIB_NO_NATIVE=1``, :func:`available`
 is False, :func:`reason` says why, and ``artlib.ops.backend()`` reports it; the reference runs.
@@ -52,14 +55,16 @@ __all__ = [
     "region_attention_core_backward",
     "mtc_loss_forward",
     "mtc_loss_backward",
+    "tracklet_aggregate_forward",
+    "tracklet_aggregate_backward",
 ]
 
 log = logging.getLogger("artlib")
 
 # The ops that have native kernels; ``available(op)`` is False for every other name.
-OPS = ("region_attention", "mtc_loss")
+OPS = ("region_attention", "mtc_loss", "tracklet_aggregate")
 
-_SOURCES = ("region_attention.cpp", "mtc_loss.cpp")
+_SOURCES = ("region_attention.cpp", "mtc_loss.cpp", "tracklet_aggregate.cpp")
 _HEADERS = ("native.h", "gemm.h")
 _NAME = "artlib_native"
 
@@ -230,6 +235,20 @@ def _register_fakes() -> None:
     def _(grad, r, lam, hinge, w_s, w_t, w_tr):
         return r.new_empty(r.shape)
 
+    @torch.library.register_fake("artlib::native_tracklet_aggregate_fwd")
+    def _(r, s, tau):
+        b, t, k, d = r.shape
+        acc = torch.float64 if r.dtype == torch.float64 else torch.float32
+        return (
+            r.new_empty(b, k, d),
+            r.new_empty(b, k, k, t, dtype=acc),
+            r.new_empty(b, k, t, dtype=acc),
+        )
+
+    @torch.library.register_fake("artlib::native_tracklet_aggregate_bwd")
+    def _(grad, r, s, p, w, tau):
+        return r.new_empty(r.shape), s.new_empty(s.shape)
+
 
 def _disabled() -> bool:
     return os.environ.get("ARTLIB_NO_NATIVE", "0").strip() not in ("", "0")
@@ -346,3 +365,23 @@ def mtc_loss_backward(
     return torch.ops.artlib.native_mtc_loss_bwd(
         grad, r, float(lam), bool(hinge), float(w_s), float(w_t), float(w_tr)
     )
+
+
+def tracklet_aggregate_forward(r: Tensor, s: Tensor, tau: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Saliency aggregation (Eq. 9): ``r`` (B, T, K, d), ``s`` (B, K, d) -> ``out`` (B, K, d) in r's
+    dtype, and what the backward reuses: the softmax ``p`` (B, K, K, T) (``p[b, k, i, t]`` =
+    softmax_t(<s_i, r_tk> / tau)) and the weights ``w`` (B, K, T), in float32 (float64 for float64).
+
+    Equivalent to ``tracklet_aggregate_ref(r, s, "saliency", tau)``.
+    """
+    _require()
+    return torch.ops.artlib.native_tracklet_aggregate_fwd(r, s, float(tau))
+
+
+def tracklet_aggregate_backward(
+    grad: Tensor, r: Tensor, s: Tensor, p: Tensor, w: Tensor, tau: float
+) -> tuple[Tensor, Tensor]:
+    """Gradient of :func:`tracklet_aggregate_forward` for ``grad`` (B, K, d): ``(dr, ds)`` in the
+    dtypes of r and s, as ``tracklet_aggregate_backward_ref``."""
+    _require()
+    return torch.ops.artlib.native_tracklet_aggregate_bwd(grad, r, s, p, w, float(tau))
