@@ -12,7 +12,6 @@ import artlib.ops as ops
 from artlib.nn.region_attention import RegionAttention
 from artlib.ops import region_attention, region_attention_form, region_attention_ref
 from artlib.ops.region_attention import (
-    _to_heads,
     _to_rows,
     region_attention_core,
     region_attention_core_backward_ref,
@@ -269,16 +268,24 @@ def _op_args(bias=True, need_weights=True):
     return (q, x, wi, bi, wo, bo, h, need_weights)
 
 
-def test_opcheck():
-    torch.library.opcheck(torch.ops.artlib.region_attention.default, _op_args())
-    q4 = torch.randn(4, 3, 2, 32)  # (heads, N, K, d)
-    x = torch.randn(3, 13, 32)
-    a, lse = region_attention_core_ref(_to_rows(q4), x)
-    a4 = _to_heads(a, 4)
-    torch.library.opcheck(
-        torch.ops.artlib.region_attention_core_backward.default,
-        (torch.randn_like(a4), q4, x, a4, lse),
+@pytest.mark.parametrize("backend", ["reference", "native"])
+def test_opcheck(use_backend, backend):
+    """The forward custom op and its backward op (schema, fakes, autograd registration)."""
+    from artlib.ops import _native
+    from artlib.ops.region_attention.op import REGION_ATTENTION
+
+    if backend == "native" and not _native.available(OP):
+        pytest.skip("native kernels unavailable: " + _native.reason())
+    use_backend(backend, OP)
+    args = _op_args()
+    torch.library.opcheck(torch.ops.artlib.region_attention.default, args)
+    out, weights, *res = REGION_ATTENTION.op(
+        *(a.detach() if torch.is_tensor(a) else a for a in args)
     )
+    tensors = [a.detach() if a is not None else None for a in args[:6]]
+    bwd_args = ([torch.randn_like(out), torch.randn_like(weights)], tensors, res, *args[6:])
+    utils = ("test_schema", "test_faketensor")
+    torch.library.opcheck(REGION_ATTENTION.backward_op, bwd_args, test_utils=utils)
 
 
 @pytest.mark.slow

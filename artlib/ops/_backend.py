@@ -64,6 +64,19 @@ _lock = threading.Lock()
 _selected: dict[tuple[str, str], str] = {}
 _overrides: dict[str, str] = {}  # op ("" for every op) -> backend
 _interpret_override: list[bool] = []
+_derived: list[dict] = []  # caches of values derived from the choices, cleared with them
+
+
+def register_cache(cache: dict) -> dict:
+    """Clear ``cache`` whenever the choices are forgotten (it holds values derived from them)."""
+    _derived.append(cache)
+    return cache
+
+
+def _forget() -> None:
+    _selected.clear()
+    for cache in _derived:
+        cache.clear()
 
 
 @functools.cache
@@ -109,7 +122,7 @@ def set_backend(name: str | None, op: str | None = None) -> None:
             _overrides.pop(op or "", None)
         else:
             _overrides[op or ""] = name
-        _selected.clear()
+        _forget()
 
 
 @contextlib.contextmanager
@@ -136,7 +149,7 @@ def reset() -> None:
     process whose environment or native build changed on purpose, e.g. a test)."""
     with _lock:
         _overrides.clear()
-        _selected.clear()
+        _forget()
         _interpret_override.clear()
         _environment.cache_clear()
 
