@@ -499,3 +499,34 @@ def test_exports():
     assert artlib.RegionAttention is RegionAttention
     assert artlib.nn.RegionAttention is RegionAttention
     assert "RegionAttention" in artlib.__all__ and "RegionAttention" in artlib.nn.__all__
+
+
+def test_compile_fullgraph_in_a_fresh_process():
+    """form="auto" under torch.compile(fullgraph=True) before any eager call: the form's backend
+    lookup traces as constants (no build, lock or environment read inside the trace)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import torch
+from artlib.ops import region_attention
+mha = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+p = [mha.in_proj_weight, mha.in_proj_bias, mha.out_proj.weight, mha.out_proj.bias]
+q, x = torch.randn(3, 2, 32, requires_grad=True), torch.randn(3, 13, 32)
+f = lambda q, x: region_attention(q, x, *p, 4).square().sum()
+out = torch.compile(f, fullgraph=True, backend="aot_eager")(q, x)
+(g,) = torch.autograd.grad(out, q)
+(e,) = torch.autograd.grad(f(q, x), q)
+print("RESULT", float((out - f(q, x)).abs()), float((g - e).abs().max()))
+"""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    d_out, d_grad = (float(v) for v in line.split()[1:])
+    assert d_out < 1e-5 and d_grad < 1e-5, line

@@ -79,6 +79,9 @@ def _forget() -> None:
         cache.clear()
 
 
+_forced_by_env: dict[str, str] = {}  # what _environment() read, as a plain dict (see planned())
+
+
 @functools.cache
 def _environment() -> tuple[dict[str, str], bool]:
     """({op or "": backend} from ARTLIB_BACKEND / ARTLIB_BACKEND_<OP>, TRITON_INTERPRET), read once."""
@@ -86,6 +89,8 @@ def _environment() -> tuple[dict[str, str], bool]:
     for name, value in os.environ.items():
         if name == "ARTLIB_BACKEND" or name.startswith("ARTLIB_BACKEND_"):
             forced[name[len("ARTLIB_BACKEND_") :].lower()] = value
+    _forced_by_env.clear()
+    _forced_by_env.update({k: v.strip().lower() for k, v in forced.items()})
     return forced, os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -167,6 +172,22 @@ def select(op: str, device: torch.device | str) -> str:
         name = _select(op, torch.device(device_type))
         _selected[(op, device_type)] = name
     return name
+
+
+def planned(op: str, device_type: str) -> str:
+    """What :func:`select` chooses for ``op`` on ``device_type``, or, before anything was chosen
+    there, what it will choose if the native kernels build, without building them or raising.
+    Plain dict reads only, so torch.compile can trace it (a compile that starts before any eager
+    call of the op); the op itself still runs what select() says."""
+    name = _selected.get((op, device_type))
+    if name is not None:
+        return name
+    want = (
+        _overrides.get(op) or _overrides.get("") or _forced_by_env.get(op) or _forced_by_env.get("")
+    )
+    if want and want != "auto":
+        return want
+    return {"cuda": "triton", "cpu": "native"}.get(device_type, "reference")
 
 
 def _select(op: str, device: torch.device) -> str:

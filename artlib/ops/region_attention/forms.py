@@ -39,8 +39,13 @@ _RATIOS: dict[str, float] = _backend.register_cache({})
 def _form_ratio(device_type: str) -> float:
     """The crossover ratio for the core backend that runs on this device type: resolved once per
     device type and remembered in a plain dict, so that torch.compile reads a constant (a guarded
-    dict lookup) instead of tracing the backend choice."""
+    dict lookup) instead of tracing the backend choice (no private torch attribute needed)."""
     ratio = _RATIOS.get(device_type)
+    if ratio is None and torch.compiler.is_compiling():
+        # a compile before any eager call here: the choice select() will make, without building
+        # the native kernels inside the trace
+        planned = _backend.planned(_OP, device_type)
+        return ABSORBED_MAX_ROWS_PER_DIM.get((device_type, planned), _DEFAULT_RATIO)
     if ratio is None:
         try:
             name = _backend.select(_OP, device_type)
