@@ -351,3 +351,28 @@ def test_region_attention_runs_the_native_op(use_backend):
     assert_close(out, ref, name="out")
     for i, (a, e) in enumerate(zip(grads, ref_grads)):
         assert_close(a, e, name=f"grad {i}")
+
+
+def test_build_command_reports():
+    """python -m artlib.ops.build: the library (cached here), compiler, flags; a bad flag exits 2."""
+    full = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "artlib.ops.build"]
+    proc = subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fields = dict(ln.split(":", 1) for ln in proc.stdout.splitlines() if ":" in ln)
+    assert Path(fields["library"].strip()).is_file(), proc.stdout
+    assert "-O3" in fields["cflags"] and fields["compiler"].strip(), proc.stdout
+    assert "No CUDA runtime" not in proc.stderr
+    bad = subprocess.run([*cmd, "--bogus"], env=full, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--bogus" in bad.stderr
+
+
+def test_cpp_extension_import_has_no_cuda_warning():
+    """The build imports torch.utils.cpp_extension without its CUDA_HOME warning (CPU-only kernels)."""
+    code = "from artlib.ops import _native; _native._cpp_extension(); print('RESULT ok')"
+    full = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and "RESULT ok" in proc.stdout, proc.stderr[-2000:]
+    assert "No CUDA runtime" not in proc.stderr, proc.stderr[-2000:]
