@@ -7,10 +7,10 @@ reference and ``torch.compile(reference)``, on the same inputs in the same run.
 Paper shape: B = 24 videos, T = 16 frames, d = 256, K in {2, 8, 32}; fp32 on CPU (the GPU run is
 benchmarks/gpu_mtc.py). One call = forward + ``torch.autograd.grad`` of everything the op returns.
 
-- ``artlib``: the public op as the auto dispatch runs it here (``artlib.ops.backend(op)``: native
-  C++ for mtc_loss once built, the reference with its closed-form backward for tracklet_aggregate).
-- ``custom-op-reference``: mtc_loss forced onto its reference path (ARTLIB_BACKEND_MTC_LOSS=reference):
-  the custom-op overhead plus the closed-form backward, against ``eager-reference``.
+- ``artlib``: the public op as the auto dispatch runs it here (``artlib.ops.backend(op)``: the
+  native C++ kernels once built).
+- ``custom-op-reference``: the op forced onto its reference path (``use_backend("reference", op)``):
+  the op layer's overhead plus the closed-form backward, against ``eager-reference``.
 - ``eager-reference``: ``mtc_loss_ref`` / ``tracklet_aggregate_ref`` under autograd.
 - ``compiled-reference``: the same under ``torch.compile(dynamic=True)`` (compiled once, outside the
   timing; the first run of this file spends ~1-2 min in inductor, later runs hit its cache).
@@ -29,7 +29,14 @@ import os
 import pytest
 import torch
 
-from artlib.ops import backend, mtc_loss, mtc_loss_ref, tracklet_aggregate, tracklet_aggregate_ref
+from artlib.ops import (
+    backend,
+    mtc_loss,
+    mtc_loss_ref,
+    tracklet_aggregate,
+    tracklet_aggregate_ref,
+    use_backend,
+)
 
 if os.environ.get("ARTLIB_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["ARTLIB_BENCH_THREADS"]))
@@ -73,21 +80,20 @@ MTC_CASES = ("artlib", "custom-op-reference", "eager-reference", "compiled-refer
 
 @pytest.mark.parametrize("k", K_VALUES, ids=lambda k: f"K{k}")
 @pytest.mark.parametrize("case", MTC_CASES)
-def test_mtc_loss(benchmark, monkeypatch, case, k):
+def test_mtc_loss(benchmark, case, k):
     benchmark.group = f"mtc_loss fwd+bwd B{B} T{T} K{k} d{D}"
     r, _, _ = _inputs(k)
-    if case == "custom-op-reference":
-        monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", "reference")
     fn = {"eager-reference": mtc_loss_ref, "compiled-reference": _compiled(mtc_loss_ref)}.get(
         case, mtc_loss
     )
-    if fn is mtc_loss:
-        benchmark.extra_info["backend"] = backend("mtc_loss", "cpu")
-    benchmark.extra_info["threads"] = torch.get_num_threads()
-    _run(benchmark, lambda: _mtc_step(fn, r))
+    with use_backend("reference" if case == "custom-op-reference" else "auto", "mtc_loss"):
+        if fn is mtc_loss:
+            benchmark.extra_info["backend"] = backend("mtc_loss", "cpu")
+        benchmark.extra_info["threads"] = torch.get_num_threads()
+        _run(benchmark, lambda: _mtc_step(fn, r))
 
 
-TA_CASES = ("artlib", "eager-reference", "compiled-reference")
+TA_CASES = ("artlib", "custom-op-reference", "eager-reference", "compiled-reference")
 
 
 @pytest.mark.parametrize("k", K_VALUES, ids=lambda k: f"K{k}")
@@ -96,14 +102,15 @@ def test_tracklet_aggregate(benchmark, case, k):
     benchmark.group = f"tracklet_aggregate fwd+bwd B{B} T{T} K{k} d{D}"
     r, s, grad = _inputs(k)
     fn = {
-        "artlib": tracklet_aggregate,
         "eager-reference": tracklet_aggregate_ref,
         "compiled-reference": _compiled(tracklet_aggregate_ref),
-    }[case]
-    if fn is tracklet_aggregate:
-        benchmark.extra_info["backend"] = backend("tracklet_aggregate", "cpu")
-    benchmark.extra_info["threads"] = torch.get_num_threads()
-    _run(benchmark, lambda: _ta_step(fn, r, s, grad))
+    }.get(case, tracklet_aggregate)
+    op = "tracklet_aggregate"
+    with use_backend("reference" if case == "custom-op-reference" else "auto", op):
+        if fn is tracklet_aggregate:
+            benchmark.extra_info["backend"] = backend(op, "cpu")
+        benchmark.extra_info["threads"] = torch.get_num_threads()
+        _run(benchmark, lambda: _ta_step(fn, r, s, grad))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,8 +8,17 @@
 // small problem; when missing or wrong (e.g. an ILP64 BLAS) the micro-kernels of gemm.h run instead.
 #pragma once
 
-#include <ATen/ATen.h>
+// Only the headers the kernels use (not <ATen/ATen.h> or <torch/extension.h>, which pull in every
+// operator's declaration): the build parses them once per translation unit, one unit per op.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/allclose.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <cstdint>

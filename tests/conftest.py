@@ -33,3 +33,17 @@ def video_corpus(tmp_path_factory):
     from corpus import build_corpus
 
     return build_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture
+def use_backend():
+    """``use_backend(name, op=None, interpret=None)``: force an op's backend for the rest of the test
+    (artlib.ops.use_backend, undone at the end), instead of editing ARTLIB_BACKEND*."""
+    import contextlib
+
+    from artlib.ops import use_backend as _use
+
+    with contextlib.ExitStack() as stack:
+        yield lambda name, op=None, interpret=None: stack.enter_context(
+            _use(name, op, interpret=interpret)
+        )

@@ -268,24 +268,29 @@ def test_opcheck():
         torch.library.opcheck(op, args)
 
 
-def test_backend_reports_native(monkeypatch):
+def test_backend_reports_native(use_backend):
     from artlib.ops import backend
 
-    for var in ("ARTLIB_BACKEND", "ARTLIB_BACKEND_MTC_LOSS", "ARTLIB_BACKEND_REGION_ATTENTION"):
-        monkeypatch.delenv(var, raising=False)
+    use_backend("auto")
     assert backend() == "native"
     assert backend("mtc_loss") == backend("region_attention") == "native"
-    assert not _native.available("tracklet_aggregate")  # no native kernel: never built for it
+    assert backend("tracklet_aggregate") == "native"
+    assert not _native.available("no_such_op")
 
 
-def test_disabled_by_env(monkeypatch):
-    from artlib.ops import backend
-
-    monkeypatch.setenv("ARTLIB_NO_NATIVE", "1")
-    assert not _native.available("mtc_loss")
-    assert "ARTLIB_NO_NATIVE" in _native.reason()
-    assert backend("region_attention", "cpu") == "reference"
-    assert "ARTLIB_NO_NATIVE" in backend()
+def test_disabled_by_env():
+    """ARTLIB_NO_NATIVE=1 (read once, at the first op call of a process): the reference runs and
+    backend() says why."""
+    code = """
+import json
+from artlib.ops import _native, backend
+print("RESULT", json.dumps([_native.available("mtc_loss"), _native.reason(),
+      backend("region_attention", "cpu"), backend()]))
+"""
+    out = _run(code, ARTLIB_NO_NATIVE="1")
+    res = json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[7:])
+    assert res[0] is False and "ARTLIB_NO_NATIVE" in res[1], res
+    assert res[2] == "reference" and "ARTLIB_NO_NATIVE" in res[3], res
 
 
 def _run(code: str, **env: str) -> str:
@@ -301,7 +306,7 @@ def test_no_compiler_falls_back_and_cache_needs_none(tmp_path):
     real_cache = os.environ.get("ARTLIB_CACHE", "")
     code = f"""
 import json, os
-from artlib.ops import _native, backend
+from artlib.ops import _backend, _native, backend
 # a fresh cache and no compiler: no exception, the reference runs, and backend() says why
 res = [_native.available("mtc_loss"), backend("mtc_loss", "cpu"), backend()]
 # the library already built in the real cache loads without a compiler
@@ -310,6 +315,7 @@ if {real_cache!r}:
 else:
     del os.environ["ARTLIB_CACHE"]
 _native._state["error"] = None
+_backend.reset()  # choose again: the environment changed on purpose
 res += [_native.available("mtc_loss"), backend("mtc_loss", "cpu")]
 print("RESULT", json.dumps(res))
 """
@@ -320,15 +326,14 @@ print("RESULT", json.dumps(res))
     assert res[3:] == [True, "native"]
 
 
-def test_region_attention_runs_the_native_op(monkeypatch):
+def test_region_attention_runs_the_native_op(use_backend):
     """The public op on CPU tensors runs the native kernels (the whole absorbed op, projections
     included, one call each way: the profiler sees them), and agrees with nn.MultiheadAttention."""
     from helpers import ops_run
 
     from artlib.ops import region_attention
 
-    for var in ("ARTLIB_BACKEND", "ARTLIB_BACKEND_REGION_ATTENTION"):
-        monkeypatch.delenv(var, raising=False)
+    use_backend("auto")
     torch.manual_seed(3)
     mha = torch.nn.MultiheadAttention(32, 4, batch_first=True)
     params = [mha.in_proj_weight, mha.in_proj_bias, mha.out_proj.weight, mha.out_proj.bias]
@@ -346,3 +351,28 @@ def test_region_attention_runs_the_native_op(monkeypatch):
     assert_close(out, ref, name="out")
     for i, (a, e) in enumerate(zip(grads, ref_grads)):
         assert_close(a, e, name=f"grad {i}")
+
+
+def test_build_command_reports():
+    """python -m artlib.ops.build: the library (cached here), compiler, flags; a bad flag exits 2."""
+    full = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "artlib.ops.build"]
+    proc = subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fields = dict(ln.split(":", 1) for ln in proc.stdout.splitlines() if ":" in ln)
+    assert Path(fields["library"].strip()).is_file(), proc.stdout
+    assert "-O3" in fields["cflags"] and fields["compiler"].strip(), proc.stdout
+    assert "No CUDA runtime" not in proc.stderr
+    bad = subprocess.run([*cmd, "--bogus"], env=full, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--bogus" in bad.stderr
+
+
+def test_cpp_extension_import_has_no_cuda_warning():
+    """The build imports torch.utils.cpp_extension without its CUDA_HOME warning (CPU-only kernels)."""
+    code = "from artlib.ops import _native; _native._cpp_extension(); print('RESULT ok')"
+    full = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and "RESULT ok" in proc.stdout, proc.stderr[-2000:]
+    assert "No CUDA runtime" not in proc.stderr, proc.stderr[-2000:]

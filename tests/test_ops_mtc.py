@@ -16,12 +16,13 @@ import torch
 import artlib.ops as ops
 from artlib.ops import _backend
 from artlib.ops.mtc_loss import (
-    _mtc_loss_backward_op,
-    _mtc_loss_op,
+    _OP,
     mtc_loss_backward_ref,
     mtc_loss_ref,
 )
 from tests.helpers import assert_close, ops_run
+
+OP = "mtc_loss"
 
 NAMES = ("total", "spatial", "temporal", "tracklet")
 
@@ -72,9 +73,9 @@ def test_closed_form_backward_matches_autograd(shape, kw):
 
 @pytest.mark.parametrize("backend", ["reference", "auto"])
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (3, 5, 3, 37)])
-def test_op_matches_reference(monkeypatch, backend, shape):
+def test_op_matches_reference(use_backend, backend, shape):
     """The public op (the reference with its closed-form backward, or what auto picks on CPU)."""
-    monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", backend)
+    use_backend(backend, OP)
     r = responses(shape)
     grad = torch.randn(4)
     for kw in KW:
@@ -100,8 +101,8 @@ triton_only = pytest.mark.skipif(not _backend.triton_available(), reason="triton
         ((2, 3, 3, 37), torch.bfloat16, True),
     ],
 )
-def test_triton_matches_reference(monkeypatch, shape, dtype, noncontiguous):
-    monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", "triton")
+def test_triton_matches_reference(use_backend, shape, dtype, noncontiguous):
+    use_backend("triton", OP)
     assert ops.backend("mtc_loss", "cpu") == "triton"
     # a zero vector's gradient is ~1/eps: beyond fp16, and meaningless to compare in bf16
     r = responses(shape, dtype, zero=dtype == torch.float32, noncontiguous=noncontiguous)
@@ -127,11 +128,11 @@ def test_triton_matches_reference(monkeypatch, shape, dtype, noncontiguous):
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_edge_cases(monkeypatch, backend):
+def test_edge_cases(use_backend, backend):
     """K = 1: spatial and tracklet are 0; T = 1: temporal is 0; zero responses: no NaN or inf."""
     if backend == "triton" and not _backend.triton_available():
         pytest.skip("triton not installed")
-    monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", backend)
+    use_backend(backend, OP)
     grad = torch.ones(4)
     out, dr = op_with_grad(torch.randn(2, 3, 1, 5), grad)
     assert out[1] == 0 and out[3] == 0 and torch.isfinite(dr).all()
@@ -144,28 +145,28 @@ def test_edge_cases(monkeypatch, backend):
 
 
 @pytest.mark.parametrize("backend", ["reference", "auto"])
-def test_gradcheck(monkeypatch, backend):
+def test_gradcheck(use_backend, backend):
     """Numerical gradients in float64: the reference with its closed-form backward, and what auto
     picks on CPU (native when built; the Triton kernels are fp32-only)."""
-    monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", backend)
+    use_backend(backend, OP)
     r = torch.randn(2, 3, 3, 4, dtype=torch.float64, requires_grad=True)
     for kw in KW:
         assert torch.autograd.gradcheck(lambda r, kw=kw: torch.stack(ops.mtc_loss(r, **kw)), (r,))
 
 
 @triton_only
-def test_triton_backward_after_other_forward(monkeypatch):
+def test_triton_backward_after_other_forward(use_backend):
     """A backward on Triton after a forward on another backend rebuilds H instead of using it."""
     r = responses((2, 3, 4, 5)).requires_grad_()
-    monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", "reference")
+    use_backend("reference", OP)
     total = ops.mtc_loss(r)[0]
-    monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", "triton")
+    use_backend("triton", OP)
     (dr,) = torch.autograd.grad(total, r)
     _, expected = ref_with_grad(r.double(), torch.tensor([1.0, 0, 0, 0]))
     assert_close(dr, expected.float(), name="dR")
 
 
-def test_native_is_wired(monkeypatch):
+def test_native_is_wired(use_backend):
     """The auto dispatch on CPU runs the native kernels (the profiler sees their ops, forward and
     backward, and no reference op), and they agree with the reference."""
     from artlib.ops import _native
@@ -176,8 +177,7 @@ def test_native_is_wired(monkeypatch):
                 "ARTLIB_REQUIRE_NATIVE=1 but the native kernels failed: " + _native.reason()
             )
         pytest.skip("native kernels unavailable: " + _native.reason())
-    for var in ("ARTLIB_BACKEND", "ARTLIB_BACKEND_MTC_LOSS"):
-        monkeypatch.delenv(var, raising=False)
+    use_backend("auto", OP)
     assert ops.backend("mtc_loss", "cpu") == "native"
     r = responses((2, 3, 4, 5))
     kw = dict(lam=0.3, temporal="linear", weights=(1, 2, 3))
@@ -189,10 +189,9 @@ def test_native_is_wired(monkeypatch):
     assert_close(dr, exp_dr, name="dR")
 
 
-def test_errors_before_dispatch(monkeypatch):
+def test_errors_before_dispatch(use_backend):
     # a backend that cannot run here: argument errors must still come first
-    monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", "native")
-    monkeypatch.setenv("ARTLIB_NO_NATIVE", "1")
+    use_backend("triton", OP, interpret=False)
     with pytest.raises(ValueError, match="responses"):
         ops.mtc_loss(torch.randn(2, 3, 4))
     with pytest.raises(TypeError, match="responses"):
@@ -204,25 +203,23 @@ def test_errors_before_dispatch(monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_opcheck(monkeypatch, backend):
+def test_opcheck(use_backend, backend):
     if backend == "triton" and not _backend.triton_available():
         pytest.skip("triton not installed")
-    monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", backend)
+    use_backend(backend, OP)
     r = torch.randn(2, 3, 4, 5, requires_grad=True)
-    torch.library.opcheck(_mtc_loss_op, (r, 0.6, True, 1.0, 0.5, 2.0))
-    _, stats = _mtc_loss_op(r.detach(), 0.6, True, 1.0, 0.5, 2.0)
-    args = (torch.randn(4), r.detach(), stats, 0.6, True, 1.0, 0.5, 2.0)
-    torch.library.opcheck(
-        _mtc_loss_backward_op, args, test_utils=("test_schema", "test_faketensor")
-    )
+    torch.library.opcheck(_OP.op, (r, 0.6, True, 1.0, 0.5, 2.0))
+    _, stats = _OP.op(r.detach(), 0.6, True, 1.0, 0.5, 2.0)
+    args = ([torch.randn(4)], [r.detach()], [stats], 0.6, True, 1.0, 0.5, 2.0)
+    torch.library.opcheck(_OP.backward_op, args, test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("backend", ["auto", "triton"])
-def test_compile_fullgraph(monkeypatch, backend):
+def test_compile_fullgraph(use_backend, backend):
     """The op traces whole into a graph (dynamo + fake tensors + AOT autograd)."""
     if backend == "triton" and not _backend.triton_available():
         pytest.skip("triton not installed")
-    monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", backend)
+    use_backend(backend, OP)
 
     def f(r):
         total, spatial, temporal, tracklet = ops.mtc_loss(r, 0.5, "hinge", (1.0, 2.0, 0.5))
@@ -263,9 +260,9 @@ def check_large_shape(k: int, dtype: torch.dtype, device: str) -> None:
 
 
 @pytest.mark.parametrize("k", [1, 2])
-def test_large_shape_check_on_cpu(monkeypatch, k):
+def test_large_shape_check_on_cpu(use_backend, k):
     """The same check as on CUDA, run here through the Triton kernel under the interpreter."""
-    monkeypatch.setenv("ARTLIB_BACKEND_MTC_LOSS", "triton")
+    use_backend("triton", OP)
     check_large_shape(k, torch.float32, "cpu")
 
 

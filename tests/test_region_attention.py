@@ -12,14 +12,13 @@ import artlib.ops as ops
 from artlib.nn.region_attention import RegionAttention
 from artlib.ops import region_attention, region_attention_form, region_attention_ref
 from artlib.ops.region_attention import (
-    _to_heads,
     _to_rows,
     region_attention_core,
     region_attention_core_backward_ref,
     region_attention_core_ref,
 )
 
-ENV = "ARTLIB_BACKEND_REGION_ATTENTION"
+OP = "region_attention"
 
 
 _mha = mha_with_biases
@@ -54,11 +53,11 @@ def _peer(m, q, x, need_weights=False):
     return out
 
 
-def _compare(m, q, x, form, dtype=torch.float32, backend=None, monkeypatch=None, lowp=False):
+def _compare(m, q, x, form, dtype=torch.float32, backend=None, use_backend=None, lowp=False):
     """region_attention at ``dtype`` against MHA in float64 (and MHA at ``dtype`` as the low-precision
     yardstick): output and the gradients of query, x and every weight."""
     if backend is not None:
-        monkeypatch.setenv(ENV, backend)
+        use_backend(backend, OP)
     m64 = copy.deepcopy(m).double()
     q64 = q.detach().double().requires_grad_()
     x64 = x.detach().double().requires_grad_()
@@ -209,13 +208,12 @@ def test_core_reference_backward_matches_autograd():
 
 
 @pytest.mark.parametrize("backend", ["auto", "reference", "triton"])
-def test_core_dispatch(backend, monkeypatch):
+def test_core_dispatch(backend, use_backend):
     """region_attention_core (N, M, d) on each backend equals the reference."""
     if backend == "triton":
         if not ops.triton_available():
             pytest.skip("needs triton")
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv(ENV, backend)
+        use_backend(backend, OP)
     q = torch.randn(2, 16, 32) * 0.2
     x = torch.randn(2, 19, 32)
     a, lse = region_attention_core(q, x)
@@ -246,8 +244,8 @@ def _small64(bias=True):
 
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 @pytest.mark.parametrize("need_weights", [False, True])
-def test_gradcheck_float64(backend, need_weights, monkeypatch):
-    monkeypatch.setenv(ENV, backend)
+def test_gradcheck_float64(backend, need_weights, use_backend):
+    use_backend(backend, OP)
     args = _small64()
     assert torch.autograd.gradcheck(
         lambda *a: region_attention(*a, 2, need_weights=need_weights, form="absorbed"), args
@@ -270,16 +268,24 @@ def _op_args(bias=True, need_weights=True):
     return (q, x, wi, bi, wo, bo, h, need_weights)
 
 
-def test_opcheck():
-    torch.library.opcheck(torch.ops.artlib.region_attention.default, _op_args())
-    q4 = torch.randn(4, 3, 2, 32)  # (heads, N, K, d)
-    x = torch.randn(3, 13, 32)
-    a, lse = region_attention_core_ref(_to_rows(q4), x)
-    a4 = _to_heads(a, 4)
-    torch.library.opcheck(
-        torch.ops.artlib.region_attention_core_backward.default,
-        (torch.randn_like(a4), q4, x, a4, lse),
+@pytest.mark.parametrize("backend", ["reference", "native"])
+def test_opcheck(use_backend, backend):
+    """The forward custom op and its backward op (schema, fakes, autograd registration)."""
+    from artlib.ops import _native
+    from artlib.ops.region_attention.op import REGION_ATTENTION
+
+    if backend == "native" and not _native.available(OP):
+        pytest.skip("native kernels unavailable: " + _native.reason())
+    use_backend(backend, OP)
+    args = _op_args()
+    torch.library.opcheck(torch.ops.artlib.region_attention.default, args)
+    out, weights, *res = REGION_ATTENTION.op(
+        *(a.detach() if torch.is_tensor(a) else a for a in args)
     )
+    tensors = [a.detach() if a is not None else None for a in args[:6]]
+    bwd_args = ([torch.randn_like(out), torch.randn_like(weights)], tensors, res, *args[6:])
+    utils = ("test_schema", "test_faketensor")
+    torch.library.opcheck(REGION_ATTENTION.backward_op, bwd_args, test_utils=utils)
 
 
 @pytest.mark.slow
@@ -320,25 +326,23 @@ def test_compile_fullgraph_inductor():
 # ---- the form rule, backend selection, errors --------------------------------------------------------
 
 
-def test_form_rule(monkeypatch):
+def test_form_rule(use_backend):
     for device in ("cpu", "cuda"):
         assert region_attention_form(2, 256, 8, device) == "absorbed"
         assert region_attention_form(64, 256, 8, device) == "standard"
     assert region_attention_form(16, 256, 8, "cuda") == "standard"  # measured crossover ~K = 16
     assert RegionAttention(256, 8).form(2) == "absorbed"
-    monkeypatch.setenv(ENV, "reference")
+    use_backend("reference", OP)
     assert region_attention_form(12, 256, 8, "cpu") == "absorbed"
     assert region_attention_form(16, 256, 8, "cpu") == "standard"
 
 
-def test_backend_selection(monkeypatch):
-    monkeypatch.delenv(ENV, raising=False)
-    monkeypatch.delenv("ARTLIB_BACKEND", raising=False)
+def test_backend_selection(use_backend):
+    use_backend("auto", OP)
     assert ops.backend("region_attention", "cpu") in ("native", "reference")
-    monkeypatch.setenv(ENV, "reference")
+    use_backend("reference", OP)
     assert ops.backend("region_attention", "cpu") == "reference"
-    monkeypatch.setenv(ENV, "triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    use_backend("triton", OP, interpret=False)
     with pytest.raises(RuntimeError, match="CUDA"):
         ops.backend("region_attention", "cpu")
 
@@ -409,8 +413,7 @@ needs_triton = pytest.mark.skipif(not ops.triton_available(), reason="needs trit
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_triton_core_matches_reference(heads, n, k, l, d, dtype, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+def test_triton_core_matches_reference(heads, n, k, l, d, dtype, use_backend):
     from artlib.ops.triton.region_attention import core_backward, core_forward
 
     q4 = torch.randn(heads, n, k, d, dtype=torch.float64) * d**-0.5
@@ -436,17 +439,15 @@ def test_triton_core_matches_reference(heads, n, k, l, d, dtype, monkeypatch):
 
 @needs_triton
 @pytest.mark.parametrize("k,heads,l", [(1, 1, 49), (3, 8, 50), (2, 4, 33)])
-def test_triton_op_matches_mha(k, heads, l, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+def test_triton_op_matches_mha(k, heads, l, use_backend):
     m = _mha(32, heads)
     q, x = _inputs(2, k, l, 32)
-    _compare(m, q, x, "absorbed", backend="triton", monkeypatch=monkeypatch)
+    _compare(m, q, x, "absorbed", backend="triton", use_backend=use_backend)
 
 
 @needs_triton
-def test_triton_op_fp16_weights_and_noncontiguous(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv(ENV, "triton")
+def test_triton_op_fp16_weights_and_noncontiguous(use_backend):
+    use_backend("triton", OP)
     m = _mha(32, 4)
     xb = torch.randn(2, 40, 48)[:, 3:38, 8:40]  # (2, 35, 32), strided
     q = torch.randn(2, 32, 2).transpose(1, 2)
@@ -458,7 +459,7 @@ def test_triton_op_fp16_weights_and_noncontiguous(monkeypatch):
         dtype=torch.float16,
         lowp=True,
         backend="triton",
-        monkeypatch=monkeypatch,
+        use_backend=use_backend,
     )
     out, w = region_attention(q, xb, *_params(m), 4, need_weights=True, form="absorbed")
     ref, w_ref = _peer(m, q, xb, need_weights=True)
@@ -474,8 +475,8 @@ def test_triton_op_fp16_weights_and_noncontiguous(monkeypatch):
 @pytest.mark.parametrize(
     "k,heads,l,d", [(2, 8, 196, 256), (1, 1, 49, 64), (64, 8, 50, 256), (3, 16, 196, 1024)]
 )
-def test_cuda_matches_mha(k, heads, l, d, dtype, monkeypatch):
-    monkeypatch.setenv(ENV, "triton")
+def test_cuda_matches_mha(k, heads, l, d, dtype, use_backend):
+    use_backend("triton", OP)
     m = _mha(d, heads).cuda()
     q, x = _inputs(6, k, l, d)
     _compare(
@@ -486,7 +487,7 @@ def test_cuda_matches_mha(k, heads, l, d, dtype, monkeypatch):
         dtype=dtype,
         lowp=dtype != torch.float32,
         backend="triton",
-        monkeypatch=monkeypatch,
+        use_backend=use_backend,
     )
 
 
@@ -498,3 +499,34 @@ def test_exports():
     assert artlib.RegionAttention is RegionAttention
     assert artlib.nn.RegionAttention is RegionAttention
     assert "RegionAttention" in artlib.__all__ and "RegionAttention" in artlib.nn.__all__
+
+
+def test_compile_fullgraph_in_a_fresh_process():
+    """form="auto" under torch.compile(fullgraph=True) before any eager call: the form's backend
+    lookup traces as constants (no build, lock or environment read inside the trace)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import torch
+from artlib.ops import region_attention
+mha = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+p = [mha.in_proj_weight, mha.in_proj_bias, mha.out_proj.weight, mha.out_proj.bias]
+q, x = torch.randn(3, 2, 32, requires_grad=True), torch.randn(3, 13, 32)
+f = lambda q, x: region_attention(q, x, *p, 4).square().sum()
+out = torch.compile(f, fullgraph=True, backend="aot_eager")(q, x)
+(g,) = torch.autograd.grad(out, q)
+(e,) = torch.autograd.grad(f(q, x), q)
+print("RESULT", float((out - f(q, x)).abs()), float((g - e).abs().max()))
+"""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    d_out, d_grad = (float(v) for v in line.split()[1:])
+    assert d_out < 1e-5 and d_grad < 1e-5, line

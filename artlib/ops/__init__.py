@@ -1,7 +1,17 @@
 """The op layer: one public function per op, each dispatching CUDA -> Triton, CPU -> native (csrc),
-else the plain-PyTorch reference. ``backend()`` says which runs; ``ARTLIB_BACKEND`` forces one."""
+else the plain-PyTorch reference. ``backend()`` says which runs; ``ARTLIB_BACKEND`` (read once) or ``use_backend()`` forces one.
 
-from artlib.ops._backend import BACKENDS, backend, native_available, triton_available
+Every op follows one template (artlib/ops/_template.py): kernels -> host forward/backward -> one
+autograd.Function (eager) and one custom op with fake and autograd (torch.compile / export)."""
+
+from artlib.ops._backend import (
+    BACKENDS,
+    backend,
+    native_available,
+    set_backend,
+    triton_available,
+    use_backend,
+)
 from artlib.ops.mtc_loss import mtc_loss, mtc_loss_ref
 from artlib.ops.region_attention import (
     region_attention,
@@ -14,6 +24,8 @@ __all__ = [
     "BACKENDS",
     "backend",
     "native_available",
+    "set_backend",
+    "use_backend",
     "triton_available",
     "mtc_loss",
     "mtc_loss_ref",

@@ -9,14 +9,18 @@ Each op has up to three implementations:
 
 ``ARTLIB_BACKEND`` (``auto`` | ``reference`` | ``triton`` | ``native``) forces one for every op; an
 op-specific variable such as ``ARTLIB_BACKEND_MTC_LOSS`` wins over it. ``auto`` picks triton for CUDA
-tensors, native for CPU tensors when available, and the reference otherwise.
+tensors, native for CPU tensors when available, and the reference otherwise. The variables are read
+once, on the first op call; each (op, device type) is then resolved once. Tests and benchmarks switch
+backends with :func:`use_backend` (a context manager) or :func:`set_backend`, not the environment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
+import threading
 
 import torch
 
@@ -26,6 +30,9 @@ __all__ = [
     "implementation",
     "triton_available",
     "native_available",
+    "set_backend",
+    "use_backend",
+    "reset",
     "BACKENDS",
 ]
 
@@ -38,10 +45,6 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def native_available(op: str | None = None) -> bool:
     """True when the csrc extension is built and loaded and (if ``op`` is given) implements ``op``."""
     try:
@@ -51,68 +54,140 @@ def native_available(op: str | None = None) -> bool:
     return _native.available(op)
 
 
-def _requested(op: str | None) -> str:
-    value = None
-    if op is not None:
-        value = os.environ.get(f"ARTLIB_BACKEND_{op.upper()}")
-    if value is None:
-        value = os.environ.get("ARTLIB_BACKEND", "auto")
-    value = value.strip().lower() or "auto"
-    if value not in BACKENDS:
-        raise ValueError(f"ARTLIB_BACKEND must be one of {BACKENDS}, got {value!r}")
-    return value
+# ---- the choice, made once per (op, device type) ---------------------------------------------------
+#
+# The environment is read once, on the first choice; an override set by set_backend() / use_backend()
+# (tests, benchmarks) wins over it. Each (op, device type) is resolved once and remembered, so a call
+# of an op costs one dict lookup; changing an override forgets the choices made so far.
+
+_lock = threading.Lock()
+_selected: dict[tuple[str, str], str] = {}
+_overrides: dict[str, str] = {}  # op ("" for every op) -> backend
+_interpret_override: list[bool] = []
+_derived: list[dict] = []  # caches of values derived from the choices, cleared with them
 
 
-# select() runs on every call of every op (several times per step), so its answer is remembered
-# per op, device type, the raw values of the environment variables it reads and the state of the
-# native build: a call costs ~1.5 us instead of ~9 us (measured on the 2-core CPU; most of it was
-# os.environ's key encoding, which the lookup below skips by reading its underlying mapping).
-_selected: dict[tuple, str] = {}
-_env_keys: dict[str, tuple] = {}
-_ENV_DATA = getattr(os.environ, "_data", None)
-_ENCODE = getattr(os.environ, "encodekey", None)
+def register_cache(cache: dict) -> dict:
+    """Clear ``cache`` whenever the choices are forgotten (it holds values derived from them)."""
+    _derived.append(cache)
+    return cache
 
 
-def _env_key(op: str) -> tuple:
-    """The raw values of the variables that decide ``op``'s backend (a cache key, not parsed)."""
-    names = _env_keys.get(op)
-    if names is None:
-        names = ("ARTLIB_BACKEND", "TRITON_INTERPRET", "ARTLIB_NO_NATIVE")
-        if op:
-            names += (f"ARTLIB_BACKEND_{op.upper()}",)
-        if isinstance(_ENV_DATA, dict) and _ENCODE is not None:
-            names = tuple(_ENCODE(n) for n in names)
-        _env_keys[op] = names
-    if isinstance(_ENV_DATA, dict) and _ENCODE is not None:
-        return tuple(_ENV_DATA.get(n) for n in names)
-    return tuple(os.environ.get(n) for n in names)
+def _forget() -> None:
+    _selected.clear()
+    for cache in _derived:
+        cache.clear()
 
 
-def _native_state() -> tuple:
-    state = _native_module().__dict__["_state"]
-    return (state["loaded"], state["error"] is None, state["path"])
+_forced_by_env: dict[str, str] = {}  # what _environment() read, as a plain dict (see planned())
 
 
 @functools.cache
-def _native_module():
-    from artlib.ops import _native
+def _environment() -> tuple[dict[str, str], bool]:
+    """({op or "": backend} from ARTLIB_BACKEND / ARTLIB_BACKEND_<OP>, TRITON_INTERPRET), read once."""
+    forced = {}
+    for name, value in os.environ.items():
+        if name == "ARTLIB_BACKEND" or name.startswith("ARTLIB_BACKEND_"):
+            forced[name[len("ARTLIB_BACKEND_") :].lower()] = value
+    _forced_by_env.clear()
+    _forced_by_env.update({k: v.strip().lower() for k, v in forced.items()})
+    return forced, os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-    return _native
+
+def _interpret() -> bool:
+    return _interpret_override[-1] if _interpret_override else _environment()[1]
+
+
+def _requested(op: str | None) -> str:
+    op = op or ""
+    forced = _environment()[0]
+    source = "set_backend"
+    if op in _overrides:
+        value = _overrides[op]
+    elif "" in _overrides:
+        value = _overrides[""]
+    elif op in forced:
+        value, source = forced[op], f"ARTLIB_BACKEND_{op.upper()}"
+    else:
+        value, source = forced.get("", "auto"), "ARTLIB_BACKEND"
+    value = value.strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ValueError(f"{source} must be one of {BACKENDS}, got {value!r}")
+    return value
+
+
+def set_backend(name: str | None, op: str | None = None) -> None:
+    """Force ``name`` (one of :data:`BACKENDS`) for ``op`` (every op when None), over the
+    environment's choice; ``name=None`` removes the override. For tests and benchmarks; prefer
+    :func:`use_backend`, which restores what was there."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    with _lock:
+        if name is None:
+            _overrides.pop(op or "", None)
+        else:
+            _overrides[op or ""] = name
+        _forget()
+
+
+@contextlib.contextmanager
+def use_backend(name: str, op: str | None = None, *, interpret: bool | None = None):
+    """Run ``op`` (every op when None) on backend ``name`` inside the block, e.g.
+    ``with artlib.ops.use_backend("reference", "mtc_loss"): ...``; the choice before is restored on
+    exit. ``interpret`` overrides TRITON_INTERPRET's "may the Triton kernels run on CPU tensors"."""
+    key = op or ""
+    with _lock:
+        before = _overrides.get(key)
+    set_backend(name, op)
+    if interpret is not None:
+        _interpret_override.append(interpret)
+    try:
+        yield
+    finally:
+        if interpret is not None:
+            _interpret_override.pop()
+        set_backend(before, op)
+
+
+def reset() -> None:
+    """Forget every choice and override and read the environment again on the next call (for a
+    process whose environment or native build changed on purpose, e.g. a test)."""
+    with _lock:
+        _overrides.clear()
+        _forget()
+        _interpret_override.clear()
+        _environment.cache_clear()
 
 
 def select(op: str, device: torch.device | str) -> str:
-    """The implementation that ``op`` runs for tensors on ``device``.
+    """The implementation that ``op`` runs for tensors on ``device``, chosen on the first call for
+    this (op, device type) and remembered.
 
     A forced backend that cannot run on that device raises a RuntimeError that says why, rather than
     silently running something else.
     """
     device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
-    key = (op, device_type, _env_key(op), _native_state())
-    name = _selected.get(key)
+    name = _selected.get((op, device_type))
     if name is None:
         name = _select(op, torch.device(device_type))
-        _selected[key[:-1] + (_native_state(),)] = name  # the state after a first build
+        _selected[(op, device_type)] = name
     return name
+
+
+def planned(op: str, device_type: str) -> str:
+    """What :func:`select` chooses for ``op`` on ``device_type``, or, before anything was chosen
+    there, what it will choose if the native kernels build, without building them or raising.
+    Plain dict reads only, so torch.compile can trace it (a compile that starts before any eager
+    call of the op); the op itself still runs what select() says."""
+    name = _selected.get((op, device_type))
+    if name is not None:
+        return name
+    want = (
+        _overrides.get(op) or _overrides.get("") or _forced_by_env.get(op) or _forced_by_env.get("")
+    )
+    if want and want != "auto":
+        return want
+    return {"cuda": "triton", "cpu": "native"}.get(device_type, "reference")
 
 
 def _select(op: str, device: torch.device) -> str:

@@ -1,8 +1,10 @@
 """Loader and Python entry points for the native CPU kernels in ``csrc/``.
 
-The C++ sources are compiled on first use with :func:`torch.utils.cpp_extension.load` (a C++17
-compiler and ``ninja`` are needed; about a minute on a 2-core machine) into a cache directory keyed
-by a hash of the sources, the build flags, the torch version and the CPU's vector capability:
+The C++ sources (one translation unit per op, lean ATen headers) are compiled once with
+:func:`torch.utils.cpp_extension.load` (a C++17 compiler and ``ninja`` are needed), either ahead with
+``python -m artlib.ops.build`` (which reports the time, compiler, flags and where the library went)
+or on first use, which logs one line saying so. The library lands in a cache directory keyed by a
+hash of the sources, the build flags, the torch version and the CPU's vector capability:
 
     $ARTLIB_CACHE/native/<hash>/      (default ~/.cache/artlib/native/<hash>, or $XDG_CACHE_HOME/artlib)
 
@@ -17,6 +19,9 @@ ops in the ``artlib`` namespace, for CPU tensors only (the CUDA path stays on Tr
   projections around the core included, in one call (``_bwd``: its gradients)
 * ``artlib::native_mtc_loss_fwd(r, lam, hinge, w_s, w_t, w_tr) -> [total, spatial, temporal, tracklet]``
 * ``artlib::native_mtc_loss_bwd(grad, r, lam, hinge, w_s, w_t, w_tr) -> dr``
+* ``artlib::native_tracklet_aggregate_fwd(r, s, tau) -> (out, p, w)``: Eq. 9 and the saliency it
+  keeps for the backward
+* ``artlib::native_tracklet_aggregate_bwd(grad, r, s, p, w, tau) -> (dr, ds)``
 
 Never a broken import: with no compiler, a failed build or ``ARTLIB_NO_NATIVE=1``, :func:`available`
 is False, :func:`reason` says why, and ``artlib.ops.backend()`` reports it; the reference runs.
@@ -48,23 +53,35 @@ __all__ = [
     "reason",
     "load",
     "build_info",
+    "build",
+    "compiler",
     "region_attention_core_forward",
     "region_attention_core_backward",
     "mtc_loss_forward",
     "mtc_loss_backward",
+    "tracklet_aggregate_forward",
+    "tracklet_aggregate_backward",
 ]
 
 log = logging.getLogger("artlib")
 
 # The ops that have native kernels; ``available(op)`` is False for every other name.
-OPS = ("region_attention", "mtc_loss")
+OPS = ("region_attention", "mtc_loss", "tracklet_aggregate")
 
-_SOURCES = ("region_attention.cpp", "mtc_loss.cpp")
+_SOURCES = ("region_attention.cpp", "mtc_loss.cpp", "tracklet_aggregate.cpp")
 _HEADERS = ("native.h", "gemm.h")
 _NAME = "artlib_native"
 
 _lock = threading.Lock()
-_state: dict[str, object] = {"loaded": False, "error": None, "path": None, "build_s": None}
+_state: dict[str, object] = {
+    "loaded": False,
+    "error": None,
+    "path": None,
+    "build_s": None,
+    "cflags": None,
+    "ldflags": None,
+    "build_dir": None,
+}
 
 
 # ---- locating the sources and the cache -----------------------------------------------------------
@@ -135,6 +152,39 @@ def _build_config(src: Path) -> tuple[str, list[str], list[str]]:
     return h.hexdigest()[:16], cflags, ldflags
 
 
+def _cpp_extension():
+    """``torch.utils.cpp_extension``, imported without its "No CUDA runtime is found, using
+    CUDA_HOME=..." warning: these kernels are CPU-only, CUDA plays no part in their build."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+
+    def no_cuda_warning(record: logging.LogRecord) -> bool:
+        return "No CUDA runtime is found" not in record.getMessage()
+
+    logger.addFilter(no_cuda_warning)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        logger.removeFilter(no_cuda_warning)
+    return cpp_extension
+
+
+def compiler() -> str:
+    """The C++ compiler the build uses and its version line, e.g. ``"c++ (g++ 12.2.0)"``."""
+    import shutil
+    import subprocess
+
+    cxx = os.environ.get("CXX", "c++" if sys.platform != "win32" else "cl")
+    path = shutil.which(cxx)
+    if path is None:
+        return f"{cxx} (not found)"
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+        version = (out.stdout or out.stderr).splitlines()[0].strip()
+    except (OSError, subprocess.SubprocessError, IndexError):
+        version = "version unknown"
+    return f"{cxx} ({version})"
+
+
 def _library_file(build_dir: Path) -> Path | None:
     for suffix in (".so", ".pyd", ".dylib"):
         p = build_dir / (_NAME + suffix)
@@ -153,14 +203,17 @@ def _build_and_load() -> None:
         )
     key, cflags, ldflags = _build_config(src)
     build_dir = _cache_root() / key
+    _state.update(cflags=cflags, ldflags=ldflags, build_dir=str(build_dir))
     with file_lock(build_dir.with_suffix(".lock")):
         lib = _library_file(build_dir)
         if lib is None:
-            from torch.utils import cpp_extension
-
+            cpp_extension = _cpp_extension()
             build_dir.mkdir(parents=True, exist_ok=True)
             log.warning(
-                "artlib: building the native CPU kernels (one time, about a minute) into %s",
+                "artlib: building the native CPU kernels once (%d C++ files, 1-4 min on 2 cores; "
+                "later runs load the cached library) into %s; `python -m artlib.ops.build` does "
+                "it ahead",
+                len(_SOURCES),
                 build_dir,
             )
             start = time.perf_counter()
@@ -175,6 +228,7 @@ def _build_and_load() -> None:
                 verbose=os.environ.get("ARTLIB_NATIVE_VERBOSE", "0") == "1",
             )
             _state["build_s"] = time.perf_counter() - start
+            log.info("artlib: native CPU kernels built in %.1f s", _state["build_s"])
             lib = _library_file(build_dir)
             if lib is None:  # pragma: no cover - cpp_extension loaded something else
                 raise RuntimeError(f"the build finished but no {_NAME} library is in {build_dir}")
@@ -230,6 +284,20 @@ def _register_fakes() -> None:
     def _(grad, r, lam, hinge, w_s, w_t, w_tr):
         return r.new_empty(r.shape)
 
+    @torch.library.register_fake("artlib::native_tracklet_aggregate_fwd")
+    def _(r, s, tau):
+        b, t, k, d = r.shape
+        acc = torch.float64 if r.dtype == torch.float64 else torch.float32
+        return (
+            r.new_empty(b, k, d),
+            r.new_empty(b, k, k, t, dtype=acc),
+            r.new_empty(b, k, t, dtype=acc),
+        )
+
+    @torch.library.register_fake("artlib::native_tracklet_aggregate_bwd")
+    def _(grad, r, s, p, w, tau):
+        return r.new_empty(r.shape), s.new_empty(s.shape)
+
 
 def _disabled() -> bool:
     return os.environ.get("ARTLIB_NO_NATIVE", "0").strip() not in ("", "0")
@@ -281,14 +349,37 @@ def reason() -> str:
 
 def build_info() -> dict[str, object]:
     """Where the library came from: its path, the build time in seconds (None when it was cached),
-    and the vector capability it was compiled for."""
+    the vector capability and the flags it was compiled with."""
     return {
         "loaded": bool(_state["loaded"]),
         "path": _state["path"],
         "build_s": _state["build_s"],
         "capability": _cpu_flags()[0],
+        "cflags": _state["cflags"],
+        "ldflags": _state["ldflags"],
+        "sources": list(_SOURCES),
         "error": _state["error"],
     }
+
+
+def build(force: bool = False) -> dict[str, object]:
+    """Build the library now (``force``: even when a cached one exists) and load it; returns
+    :func:`build_info`. What ``python -m artlib.ops.build`` runs."""
+    if force and _state["loaded"]:
+        raise RuntimeError(
+            "the native library is already loaded in this process; rebuild in a new one"
+        )
+    if force:
+        src = _csrc_dir()
+        if src is not None:
+            key, _, _ = _build_config(src)
+            build_dir = _cache_root() / key
+            with file_lock(build_dir.with_suffix(".lock")):
+                lib = _library_file(build_dir)
+                if lib is not None:
+                    lib.unlink()
+    load()
+    return build_info()
 
 
 def _require() -> None:
@@ -346,3 +437,23 @@ def mtc_loss_backward(
     return torch.ops.artlib.native_mtc_loss_bwd(
         grad, r, float(lam), bool(hinge), float(w_s), float(w_t), float(w_tr)
     )
+
+
+def tracklet_aggregate_forward(r: Tensor, s: Tensor, tau: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Saliency aggregation (Eq. 9): ``r`` (B, T, K, d), ``s`` (B, K, d) -> ``out`` (B, K, d) in r's
+    dtype, and what the backward reuses: the softmax ``p`` (B, K, K, T) (``p[b, k, i, t]`` =
+    softmax_t(<s_i, r_tk> / tau)) and the weights ``w`` (B, K, T), in float32 (float64 for float64).
+
+    Equivalent to ``tracklet_aggregate_ref(r, s, "saliency", tau)``.
+    """
+    _require()
+    return torch.ops.artlib.native_tracklet_aggregate_fwd(r, s, float(tau))
+
+
+def tracklet_aggregate_backward(
+    grad: Tensor, r: Tensor, s: Tensor, p: Tensor, w: Tensor, tau: float
+) -> tuple[Tensor, Tensor]:
+    """Gradient of :func:`tracklet_aggregate_forward` for ``grad`` (B, K, d): ``(dr, ds)`` in the
+    dtypes of r and s, as ``tracklet_aggregate_backward_ref``."""
+    _require()
+    return torch.ops.artlib.native_tracklet_aggregate_bwd(grad, r, s, p, w, float(tau))

@@ -24,6 +24,7 @@ from einops import einsum, rearrange
 from torch import Tensor
 
 from artlib.ops._backend import implementation
+from artlib.ops._template import define_op
 
 __all__ = ["mtc_loss", "mtc_loss_ref", "mtc_loss_backward_ref", "TEMPORAL_MODES", "COS_EPS"]
 
@@ -174,7 +175,7 @@ def mtc_loss_backward_ref(
 
 
 # ---------------------------------------------------------------------------------------------------
-# The custom op: artlib::mtc_loss (+ artlib::mtc_loss_backward), dispatching per backend.
+# The op (artlib/ops/_template.py): host forward and backward over the kernels, then define_op.
 
 
 def _impl(responses: Tensor) -> str:
@@ -185,7 +186,7 @@ def _out_dtype(responses: Tensor) -> torch.dtype:
     return torch.float64 if responses.dtype == torch.float64 else torch.float32
 
 
-def _forward_impl(
+def _forward(
     responses: Tensor, lam: float, hinge: bool, w_s: float, w_t: float, w_tr: float
 ) -> tuple[Tensor, Tensor]:
     """-> (out (4,) = [total, spatial, temporal, tracklet], stats). stats is what the backward of the
@@ -205,18 +206,17 @@ def _forward_impl(
     return out, responses.new_empty((0,), dtype=torch.float32)
 
 
-def _backward_impl(
-    grads: Sequence[Tensor | None],
-    responses: Tensor,
-    stats: Tensor,
-    lam: float,
-    hinge: bool,
-    w_s: float,
-    w_t: float,
-    w_tr: float,
-) -> Tensor:
-    """dR (contiguous, responses' dtype) from the 4 gradients of [total, spatial, temporal, tracklet]
-    (None for a term nothing depends on)."""
+def _fake(responses, lam, hinge, w_s, w_t, w_tr):
+    b, _, k, _ = responses.shape
+    stats = (b, k, k) if _impl(responses) == "triton" else (0,)
+    out = responses.new_empty((4,), dtype=_out_dtype(responses))
+    return out, responses.new_empty(stats, dtype=torch.float32)
+
+
+def _backward(grads, inputs, residuals) -> tuple[Tensor]:
+    """dR (contiguous, responses' dtype) from the gradient (4,) of [total, spatial, temporal,
+    tracklet]."""
+    (grad,), (responses, lam, hinge, w_s, w_t, w_tr), (stats,) = grads, inputs, residuals
     impl = _impl(responses)
     if impl == "triton":
         from artlib.ops.triton.mtc_loss import mtc_loss_bwd_triton
@@ -224,88 +224,26 @@ def _backward_impl(
         if stats.numel() == 0:  # the forward ran on another backend: rebuild H
             r32 = responses.float()
             stats = einsum(r32, r32, "b t i d, b t j d -> b i j").contiguous()
-        return mtc_loss_bwd_triton(grads, responses, stats, lam, hinge, w_s, w_t, w_tr)
-    zero = responses.new_zeros((), dtype=_out_dtype(responses))
-    grad = torch.stack([zero if g is None else g.to(zero.dtype) for g in grads])
+        return (mtc_loss_bwd_triton(grad.unbind(0), responses, stats, lam, hinge, w_s, w_t, w_tr),)
+    grad = grad.to(_out_dtype(responses))
     if impl == "native":
         from artlib.ops import _native
 
-        return _native.mtc_loss_backward(grad, responses, lam, hinge, w_s, w_t, w_tr)
+        return (_native.mtc_loss_backward(grad, responses, lam, hinge, w_s, w_t, w_tr),)
     temporal = "hinge" if hinge else "linear"
-    return mtc_loss_backward_ref(grad, responses, lam, temporal, (w_s, w_t, w_tr))
+    return (mtc_loss_backward_ref(grad, responses, lam, temporal, (w_s, w_t, w_tr)),)
 
 
-@torch.library.custom_op("artlib::mtc_loss", mutates_args=())
-def _mtc_loss_op(
-    responses: Tensor, lam: float, hinge: bool, w_s: float, w_t: float, w_tr: float
-) -> tuple[Tensor, Tensor]:
-    """-> (out (4,) = [total, spatial, temporal, tracklet], stats): see :func:`_forward_impl`."""
-    return _forward_impl(responses, lam, hinge, w_s, w_t, w_tr)
-
-
-@_mtc_loss_op.register_fake
-def _(responses, lam, hinge, w_s, w_t, w_tr):
-    b, _, k, _ = responses.shape
-    stats = (b, k, k) if _impl(responses) == "triton" else (0,)
-    out = responses.new_empty((4,), dtype=_out_dtype(responses))
-    return out, responses.new_empty(stats, dtype=torch.float32)
-
-
-@torch.library.custom_op("artlib::mtc_loss_backward", mutates_args=())
-def _mtc_loss_backward_op(
-    grad: Tensor,
-    responses: Tensor,
-    stats: Tensor,
-    lam: float,
-    hinge: bool,
-    w_s: float,
-    w_t: float,
-    w_tr: float,
-) -> Tensor:
-    """dR (contiguous, responses' dtype) from grad (4,) of [total, spatial, temporal, tracklet]."""
-    return _backward_impl(grad.unbind(0), responses, stats, lam, hinge, w_s, w_t, w_tr)
-
-
-@_mtc_loss_backward_op.register_fake
-def _(grad, responses, stats, lam, hinge, w_s, w_t, w_tr):
-    return responses.new_empty(responses.shape)
-
-
-def _mtc_setup_context(ctx, inputs, output):
-    responses, lam, hinge, w_s, w_t, w_tr = inputs
-    ctx.save_for_backward(responses, output[1])
-    ctx.args = (lam, hinge, w_s, w_t, w_tr)
-
-
-def _mtc_backward(ctx, grad_out, _grad_stats):
-    responses, stats = ctx.saved_tensors
-    dr = _mtc_loss_backward_op(grad_out, responses, stats, *ctx.args)
-    return dr, None, None, None, None, None
-
-
-_mtc_loss_op.register_autograd(_mtc_backward, setup_context=_mtc_setup_context)
-
-
-class _MTCLossFunction(torch.autograd.Function):
-    """The same forward and backward as the custom op, for eager mode: the custom op's Python
-    dispatch costs ~0.5 ms per forward + backward (measured on a 2-core CPU, native
-    kernels), this ~0.06 ms; at the paper's shape that overhead, not the GPU, would set the time."""
-
-    @staticmethod
-    def forward(ctx, responses, lam, hinge, w_s, w_t, w_tr):
-        out, stats = _forward_impl(responses, lam, hinge, w_s, w_t, w_tr)
-        ctx.save_for_backward(responses, stats)
-        ctx.args = (lam, hinge, w_s, w_t, w_tr)
-        ctx.set_materialize_grads(False)  # an unused term costs no zero-filled gradient
-        return out.unbind(0)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        if all(g is None for g in grads):
-            return None, None, None, None, None, None
-        responses, stats = ctx.saved_tensors
-        dr = _backward_impl(grads, responses, stats, *ctx.args)
-        return dr, None, None, None, None, None
+_OP = define_op(
+    "mtc_loss",
+    schema="(Tensor responses, float lam, bool hinge, float w_s, float w_t, float w_tr) -> "
+    "(Tensor, Tensor)",
+    num_tensors=1,
+    num_outputs=1,
+    forward=_forward,
+    backward=_backward,
+    fake=_fake,
+)
 
 
 def mtc_loss(
@@ -321,14 +259,14 @@ def mtc_loss(
     (one read of R forward, one backward), the native CPU kernels when built, else the reference
     with a closed-form backward (:func:`mtc_loss_backward_ref`); ``artlib.ops.backend("mtc_loss",
     device)`` says which runs. Under ``torch.compile`` it is the custom op ``artlib::mtc_loss``
-    (opaque to the compiler, with its fake and autograd registered); in eager mode the same
-    implementation runs behind a ``torch.autograd.Function``, which costs less per call.
+    (opaque to the compiler, with its fake and autograd registered); in eager mode the same host
+    functions run behind a ``torch.autograd.Function``, which costs less per call
+    (artlib/ops/_template.py).
     ``temporal="hinge"`` (default) is DESIGN.md's reading of Eq. 6, ``"linear"`` the printed form.
     """
     check_mtc_args(responses, lam, temporal, weights)
     w_s, w_t, w_tr = (float(w) for w in weights)
-    args = (responses, float(lam), temporal == "hinge", w_s, w_t, w_tr)
-    if torch.compiler.is_compiling():
-        out, _ = _mtc_loss_op(*args)
-        return out[0], out[1], out[2], out[3]
-    return _MTCLossFunction.apply(*args)
+    total, spatial, temporal_term, tracklet = _OP.apply(
+        responses, float(lam), temporal == "hinge", w_s, w_t, w_tr
+    ).unbind(0)
+    return total, spatial, temporal_term, tracklet

@@ -18,6 +18,7 @@ from einops import einsum
 from torch import Tensor
 
 from artlib.ops import _backend
+from artlib.ops._template import define_op
 
 __all__ = [
     "tracklet_aggregate",
@@ -110,87 +111,67 @@ def tracklet_aggregate_backward_ref(
 
 
 # ---------------------------------------------------------------------------------------------------
-# The custom op: artlib::tracklet_aggregate (+ artlib::tracklet_aggregate_backward), saliency mode.
+# The op (artlib/ops/_template.py): host forward and backward over the kernels, then define_op.
+# Residuals: the native kernels keep the softmax P (B, K, K, T) and the weights w (B, K, T) for the
+# backward; Triton and the reference keep nothing (they recompute P from R and S).
 
 
 def _impl(responses: Tensor) -> str:
-    """triton for CUDA tensors, else the reference (there is no native kernel for this op)."""
     return _backend.implementation("tracklet_aggregate", responses)
 
 
-def _forward_impl(responses: Tensor, semantics: Tensor, temperature: float) -> Tensor:
-    if _impl(responses) == "triton":
+def _forward(responses: Tensor, semantics: Tensor, temperature: float) -> tuple[Tensor, ...]:
+    """-> (out (B, K, d) in R's dtype, P, w) with P, w empty unless the native kernel ran."""
+    impl = _impl(responses)
+    if impl == "native":
+        from artlib.ops import _native
+
+        return _native.tracklet_aggregate_forward(responses, semantics, temperature)
+    if impl == "triton":
         from artlib.ops.triton.tracklet_aggregate import tracklet_aggregate_fwd_triton
 
-        return tracklet_aggregate_fwd_triton(responses, semantics, temperature)
-    return tracklet_aggregate_ref(responses, semantics, "saliency", temperature).contiguous()
+        out = tracklet_aggregate_fwd_triton(responses, semantics, temperature)
+    else:
+        out = tracklet_aggregate_ref(responses, semantics, "saliency", temperature).contiguous()
+    empty = responses.new_empty(0)
+    return out, empty, empty.clone()
 
 
-def _backward_impl(
-    grad: Tensor, responses: Tensor, semantics: Tensor, temperature: float
-) -> tuple[Tensor, Tensor]:
-    if _impl(responses) == "triton":
+def _fake(responses: Tensor, semantics: Tensor, temperature: float) -> tuple[Tensor, ...]:
+    b, t, k, d = responses.shape
+    if _impl(responses) != "native":
+        return responses.new_empty(b, k, d), responses.new_empty(0), responses.new_empty(0)
+    acc = torch.float64 if responses.dtype == torch.float64 else torch.float32
+    p, w = responses.new_empty(b, k, k, t, dtype=acc), responses.new_empty(b, k, t, dtype=acc)
+    return responses.new_empty(b, k, d), p, w
+
+
+def _backward(grads, inputs, residuals) -> tuple[Tensor, Tensor]:
+    """(dR, dS), contiguous, in the dtypes of responses and semantics."""
+    (grad,), (responses, semantics, temperature), (p, w) = grads, inputs, residuals
+    impl = _impl(responses)
+    if impl == "native" and p.numel() == 0 and responses.numel() > 0:  # another forward ran
+        impl = "reference"
+    if impl == "native":
+        from artlib.ops import _native
+
+        return _native.tracklet_aggregate_backward(grad, responses, semantics, p, w, temperature)
+    if impl == "triton":
         from artlib.ops.triton.tracklet_aggregate import tracklet_aggregate_bwd_triton
 
         return tracklet_aggregate_bwd_triton(grad, responses, semantics, temperature)
     return tracklet_aggregate_backward_ref(grad, responses, semantics, temperature)
 
 
-@torch.library.custom_op("artlib::tracklet_aggregate", mutates_args=())
-def _tracklet_aggregate_op(responses: Tensor, semantics: Tensor, temperature: float) -> Tensor:
-    """Saliency aggregation (Eq. 9): R (B, T, K, d), S (B, K, d) -> (B, K, d) in R's dtype."""
-    return _forward_impl(responses, semantics, temperature)
-
-
-@_tracklet_aggregate_op.register_fake
-def _(responses, semantics, temperature):
-    b, _, k, d = responses.shape
-    return responses.new_empty((b, k, d))
-
-
-@torch.library.custom_op("artlib::tracklet_aggregate_backward", mutates_args=())
-def _tracklet_aggregate_backward_op(
-    grad: Tensor, responses: Tensor, semantics: Tensor, temperature: float
-) -> tuple[Tensor, Tensor]:
-    """(dR, dS), contiguous, in the dtypes of responses and semantics."""
-    return _backward_impl(grad, responses, semantics, temperature)
-
-
-@_tracklet_aggregate_backward_op.register_fake
-def _(grad, responses, semantics, temperature):
-    return responses.new_empty(responses.shape), semantics.new_empty(semantics.shape)
-
-
-def _ta_setup_context(ctx, inputs, output):
-    responses, semantics, temperature = inputs
-    ctx.save_for_backward(responses, semantics)
-    ctx.temperature = temperature
-
-
-def _ta_backward(ctx, grad):
-    responses, semantics = ctx.saved_tensors
-    dr, ds = _tracklet_aggregate_backward_op(grad, responses, semantics, ctx.temperature)
-    return dr, ds, None
-
-
-_tracklet_aggregate_op.register_autograd(_ta_backward, setup_context=_ta_setup_context)
-
-
-class _TrackletAggregateFunction(torch.autograd.Function):
-    """The custom op's forward and backward for eager mode, at a fraction of the custom op's Python
-    dispatch cost (see ``artlib.ops.mtc_loss._MTCLossFunction``)."""
-
-    @staticmethod
-    def forward(ctx, responses, semantics, temperature):
-        ctx.save_for_backward(responses, semantics)
-        ctx.temperature = temperature
-        return _forward_impl(responses, semantics, temperature)
-
-    @staticmethod
-    def backward(ctx, grad):
-        responses, semantics = ctx.saved_tensors
-        dr, ds = _backward_impl(grad, responses, semantics, ctx.temperature)
-        return dr, ds, None
+_OP = define_op(
+    "tracklet_aggregate",
+    schema="(Tensor responses, Tensor semantics, float temperature) -> (Tensor, Tensor, Tensor)",
+    num_tensors=2,
+    num_outputs=1,
+    forward=_forward,
+    backward=_backward,
+    fake=_fake,
+)
 
 
 def tracklet_aggregate(
@@ -202,10 +183,12 @@ def tracklet_aggregate(
     """Aggregate each tracklet over time: R (B, T, K, d) [, S^topk (B, K, d)] -> (B, K, d) in R's dtype.
 
     Equivalent to :func:`tracklet_aggregate_ref` (forward and gradients). ``mode="saliency"`` (Eq. 9)
-    runs fused Triton kernels for CUDA tensors (one read of R forward, one backward), else the
-    reference with a closed-form backward (:func:`tracklet_aggregate_backward_ref`); under
-    ``torch.compile`` it is the custom op ``artlib::tracklet_aggregate``, in eager mode the same
-    implementation behind a ``torch.autograd.Function``. ``"mean"`` and ``"sum"`` are a single
+    runs fused Triton kernels for CUDA tensors (one read of R forward, one backward), the native
+    CPU kernels (csrc/tracklet_aggregate.cpp) for CPU tensors once built, else the reference with a
+    closed-form backward (:func:`tracklet_aggregate_backward_ref`); ``artlib.ops.backend(
+    "tracklet_aggregate", device)`` says which. Under ``torch.compile`` it is the custom op
+    ``artlib::tracklet_aggregate``, in eager mode the same host functions behind a
+    ``torch.autograd.Function`` (artlib/ops/_template.py). ``"mean"`` and ``"sum"`` are a single
     reduction in plain PyTorch.
     """
     check_aggregate_args(responses, semantics, mode)
@@ -213,6 +196,4 @@ def tracklet_aggregate(
         return tracklet_aggregate_ref(responses, semantics, mode, temperature)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    if torch.compiler.is_compiling():
-        return _tracklet_aggregate_op(responses, semantics, float(temperature))
-    return _TrackletAggregateFunction.apply(responses, semantics, float(temperature))
+    return _OP.apply(responses, semantics, float(temperature))

@@ -31,21 +31,20 @@ from artlib.ops.region_attention.forms import (
     region_attention_form,
 )
 from artlib.ops.region_attention.op import (
-    RegionAttentionFunction,
-    _core_backend,
+    REGION_ATTENTION,
     _to_heads,
     _to_rows,
     region_attention_core,
 )
 from artlib.ops.region_attention.reference import (
     _fold,
-    _standard,
     _unfold,
     check_region_attention_args,
     region_attention_core_backward_ref,
     region_attention_core_ref,
     region_attention_ref,
 )
+from artlib.ops.region_attention.standard import standard_forward
 
 __all__ = [
     "region_attention",
@@ -84,9 +83,9 @@ def region_attention(
     need_weights=need_weights, average_attn_weights=False)`` on the flattened frames, but the
     ``"absorbed"`` form never projects x to keys and values. ``form="auto"`` picks the cheaper form
     for the shape and device (:func:`region_attention_form`); the standard form runs stock PyTorch
-    (projections + SDPA), the absorbed one the custom op ``artlib::region_attention`` under
-    torch.compile / torch.export and the same forward and backward behind a
-    ``torch.autograd.Function`` in eager mode (less Python per call). On CPU with the native
+    (projections + SDPA, artlib/ops/region_attention/standard.py), the absorbed one the custom op
+    ``artlib::region_attention`` under torch.compile / torch.export and the same host forward and
+    backward behind a ``torch.autograd.Function`` in eager mode (artlib/ops/_template.py). On CPU with the native
     kernels, the absorbed form's projections and core run as one C++ call each way.
     """
     if form not in FORMS:
@@ -107,11 +106,7 @@ def region_attention(
         form = region_attention_form(k, d, num_heads, query.device)
     args = (*_fold(query, x), in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias)
     if form == "standard":
-        out, weights = _standard(*args, num_heads, need_weights)
-    elif torch.compiler.is_compiling():  # torch.compile and torch.export see the custom op
-        out, weights, *_ = torch.ops.artlib.region_attention(*args, num_heads, need_weights)
-    else:
-        impl = _core_backend(query)
-        res = RegionAttentionFunction.apply(*args, num_heads, need_weights, impl)
-        out, weights = res if need_weights else (res, None)
+        out, weights = standard_forward(*args, num_heads, need_weights)
+    else:  # the custom op under torch.compile / torch.export, the autograd.Function in eager mode
+        out, weights = REGION_ATTENTION.apply(*args, num_heads, need_weights)
     return _unfold(out, weights, lead, num_heads, need_weights)

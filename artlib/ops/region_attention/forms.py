@@ -32,22 +32,28 @@ _DEFAULT_RATIO = 0.45
 _OP = "region_attention"
 
 
-def _constant_result(fn):
-    """``torch.compiler.assume_constant_result`` without its import of torch._dynamo (about 2 s,
-    which every command line would pay at start-up): the mark that decorator sets (torch 2.4-2.14)."""
-    fn._dynamo_marked_constant = True
-    return fn
+# device type -> the ratio for the backend chosen there (forgotten with the backend choices)
+_RATIOS: dict[str, float] = _backend.register_cache({})
 
 
-@_constant_result
 def _form_ratio(device_type: str) -> float:
-    """The crossover ratio for the core backend that runs on this device type (a constant per
-    process, so torch.compile takes it as one instead of tracing the backend lookup)."""
-    try:
-        name = _backend.select(_OP, device_type)
-    except RuntimeError:  # a forced backend that cannot run here: the core will say so if it runs
-        name = "reference"
-    return ABSORBED_MAX_ROWS_PER_DIM.get((device_type, name), _DEFAULT_RATIO)
+    """The crossover ratio for the core backend that runs on this device type: resolved once per
+    device type and remembered in a plain dict, so that torch.compile reads a constant (a guarded
+    dict lookup) instead of tracing the backend choice (no private torch attribute needed)."""
+    ratio = _RATIOS.get(device_type)
+    if ratio is None and torch.compiler.is_compiling():
+        # a compile before any eager call here: the choice select() will make, without building
+        # the native kernels inside the trace
+        planned = _backend.planned(_OP, device_type)
+        return ABSORBED_MAX_ROWS_PER_DIM.get((device_type, planned), _DEFAULT_RATIO)
+    if ratio is None:
+        try:
+            name = _backend.select(_OP, device_type)
+        except RuntimeError:  # a forced backend that cannot run here: the core says so if it runs
+            name = "reference"
+        ratio = ABSORBED_MAX_ROWS_PER_DIM.get((device_type, name), _DEFAULT_RATIO)
+        _RATIOS[device_type] = ratio
+    return ratio
 
 
 def region_attention_form(

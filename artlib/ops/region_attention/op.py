@@ -5,13 +5,12 @@ run on the backend that ``artlib.ops.backend("region_attention", device)`` names
 tensors, the native csrc kernels for CPU tensors once built, else the reference.
 """
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from artlib.ops import _backend
+from artlib.ops._template import define_op
 from artlib.ops.region_attention.reference import (
     _acc_dtype,
     _split_in_proj,
@@ -19,7 +18,7 @@ from artlib.ops.region_attention.reference import (
     region_attention_core_ref,
 )
 
-__all__ = ["region_attention_core"]
+__all__ = ["region_attention_core", "REGION_ATTENTION"]
 
 _OP = "region_attention"
 
@@ -90,20 +89,6 @@ def _core_backward(
     return _to_heads(dq, q.shape[0]), dx
 
 
-@torch.library.custom_op("artlib::region_attention_core_backward", mutates_args=())
-def _core_backward_op(
-    da: Tensor, q: Tensor, x: Tensor, a: Tensor, lse: Tensor
-) -> tuple[Tensor, Tensor]:
-    """:func:`_core_backward` as a custom op (opaque to torch.compile)."""
-    return _core_backward(da, q, x, a, lse)
-
-
-@_core_backward_op.register_fake
-def _(da, q, x, a, lse):
-    fmt = torch.contiguous_format  # what every backend returns
-    return torch.empty_like(q, memory_format=fmt), torch.empty_like(x, memory_format=fmt)
-
-
 # --------------------------------------------------------------------------------------------------
 # the absorbed op's forward and backward: projections around the dispatched core. On CPU with the
 # native kernels built, the whole of it is one C++ call (csrc/region_attention.cpp, op_fwd/op_bwd);
@@ -168,10 +153,9 @@ def _forward(
     return out, weights, q_hm, a_hm, lse, qs, context
 
 
-def _backward(saved, h, has_in_bias, has_out_bias, d_out, d_weights, core_backward, impl=None):
+def _backward(saved, h, has_in_bias, has_out_bias, d_out, d_weights, impl=None):
     """The gradients (query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias) of
-    :func:`_forward` from d_out and d_weights (None when the maps were not asked for or not used);
-    ``core_backward`` is the core's backward (the custom op under torch.compile)."""
+    :func:`_forward` from d_out and d_weights (None when the maps were not asked for or not used)."""
     query, x, w_in, w_out, q_hm, a_hm, lse, qs, context = saved
     if d_weights is None and (impl or _core_backend(query)) == "native":
         d_query, dx, d_w_in, d_b_in, d_w_out, d_b_out = (
@@ -202,7 +186,7 @@ def _backward(saved, h, has_in_bias, has_out_bias, d_out, d_weights, core_backwa
     d_a = torch.bmm(d_c_hm, w_v)  # (h, NK, d)
 
     # the core
-    dq, dx = core_backward(
+    dq, dx = _core_backward(
         d_a.view(h, n, k, d), q_hm.view(h, n, k, d), x, a_hm.view(h, n, k, d), lse
     )
     dq = dq.view(h, nk, d)
@@ -229,30 +213,27 @@ def _backward(saved, h, has_in_bias, has_out_bias, d_out, d_weights, core_backwa
 
 
 # --------------------------------------------------------------------------------------------------
-# two wrappers of the same forward and backward: the custom op (torch.compile, torch.export) and an
-# autograd.Function (eager: a custom op's Python dispatch costs more than the op at small shapes)
+# the op (artlib/ops/_template.py): the custom op artlib::region_attention (torch.compile, export)
+# and an autograd.Function (eager), both over _forward / _backward
 
 
-@torch.library.custom_op("artlib::region_attention", mutates_args=())
-def _region_attention_op(
-    query: Tensor,
-    x: Tensor,
-    in_proj_weight: Tensor,
-    in_proj_bias: Optional[Tensor],  # noqa: UP045 - custom_op's schema
-    out_proj_weight: Tensor,
-    out_proj_bias: Optional[Tensor],  # noqa: UP045
-    num_heads: int,
-    need_weights: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """:func:`_forward`: out, the maps (or an empty tensor) and what the backward needs."""
-    return _forward(
-        query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
-        need_weights,
-    )  # fmt: skip
+def _host_forward(query, x, w_in, b_in, w_out, b_out, heads, need_weights):
+    """-> (out, the maps or an empty tensor, then the residuals q~, A, lse, qs, context)."""
+    return _forward(query, x, w_in, b_in, w_out, b_out, heads, need_weights)
 
 
-@_region_attention_op.register_fake
-def _(
+def _host_backward(grads, inputs, residuals):
+    d_out, d_weights = grads
+    query, x, w_in, b_in, w_out, b_out, heads, need_weights = inputs
+    if d_out is None:
+        d_out = torch.zeros_like(residuals[-1]).view(query.shape)
+    if not need_weights or (d_weights is not None and d_weights.numel() == 0):
+        d_weights = None
+    saved = (query, x, w_in, w_out, *residuals)
+    return _backward(saved, heads, b_in is not None, b_out is not None, d_out, d_weights)
+
+
+def _fake(
     query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads, need_weights
 ):
     n, k, d = query.shape
@@ -271,58 +252,14 @@ def _(
     )
 
 
-def _setup_context(ctx, inputs, output):
-    query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, heads, need_weights = (
-        inputs
-    )
-    _, _, q_hm, a_hm, lse, qs, context = output
-    ctx.save_for_backward(query, x, in_proj_weight, out_proj_weight, q_hm, a_hm, lse, qs, context)
-    ctx.heads, ctx.need_weights = heads, need_weights
-    ctx.has_in_bias, ctx.has_out_bias = in_proj_bias is not None, out_proj_bias is not None
-    ctx.mark_non_differentiable(q_hm, a_hm, lse, qs, context)
-
-
-def _op_backward(ctx, d_out, d_weights, *_):
-    grads = _backward(
-        ctx.saved_tensors,
-        ctx.heads,
-        ctx.has_in_bias,
-        ctx.has_out_bias,
-        d_out,
-        d_weights if ctx.need_weights else None,
-        torch.ops.artlib.region_attention_core_backward,
-    )
-    return (*grads, None, None)
-
-
-_region_attention_op.register_autograd(_op_backward, setup_context=_setup_context)
-
-
-class RegionAttentionFunction(torch.autograd.Function):
-    """The custom op's forward and backward for eager mode, without the custom op's dispatch:
-    ``apply(query (N, K, d), x (N, L, d), in_proj_weight, in_proj_bias, out_proj_weight,
-    out_proj_bias, num_heads, need_weights, impl)`` -> out (N, K, d), or with ``need_weights``
-    (out, maps (N, heads, K, L)); ``impl`` is the core's backend (``_core_backend``)."""
-
-    @staticmethod
-    def forward(ctx, query, x, w_in, b_in, w_out, b_out, heads, need_weights, impl):
-        out, weights, *saved = _forward(
-            query, x, w_in, b_in, w_out, b_out, heads, need_weights, impl
-        )
-        ctx.save_for_backward(query, x, w_in, w_out, *saved)
-        ctx.args = (heads, b_in is not None, b_out is not None, need_weights, impl)
-        if not need_weights:
-            return out
-        ctx.set_materialize_grads(False)  # unused maps cost no zero-filled gradient
-        return out, weights
-
-    @staticmethod
-    def backward(ctx, d_out, d_weights=None):
-        heads, has_in_bias, has_out_bias, _, impl = ctx.args
-        saved = ctx.saved_tensors
-        if d_out is None:
-            d_out = torch.zeros_like(saved[0])
-        grads = _backward(
-            saved, heads, has_in_bias, has_out_bias, d_out, d_weights, _core_backward, impl
-        )
-        return (*grads, None, None, None)
+REGION_ATTENTION = define_op(
+    "region_attention",
+    schema="(Tensor query, Tensor x, Tensor in_proj_weight, Tensor? in_proj_bias, "
+    "Tensor out_proj_weight, Tensor? out_proj_bias, int num_heads, bool need_weights) -> "
+    "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    num_tensors=6,
+    num_outputs=2,
+    forward=_host_forward,
+    backward=_host_backward,
+    fake=_fake,
+)

@@ -202,23 +202,20 @@ def _value_heads(a: Tensor, w_v: Tensor, b_v: Tensor | None, heads: int) -> Tens
     return ctx if b_v is None else ctx + b_v
 
 
-def _standard(
+def _standard_ref(
     query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, heads, need_weights
 ):
-    """nn.MultiheadAttention's computation on (N, K, d), (N, L, d): project x to keys and values."""
-    d = query.shape[-1]
-    b_q, b_kv = (None, None) if in_proj_bias is None else (in_proj_bias[:d], in_proj_bias[d:])
-    q = rearrange(F.linear(query, in_proj_weight[:d], b_q), "n k (h j) -> n h k j", h=heads)
-    kv = F.linear(x, in_proj_weight[d:], b_kv)  # keys and values in one GEMM
-    k, v = (rearrange(t, "n l (h j) -> n h l j", h=heads) for t in kv.chunk(2, dim=-1))
-    weights = None
-    if need_weights:
-        weights = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2), dim=-1)
-        ctx = weights @ v
-    else:
-        ctx = F.scaled_dot_product_attention(q, k, v)
-    out = F.linear(rearrange(ctx, "n h k j -> n k (h j)"), out_proj_weight, out_proj_bias)
-    return out, weights
+    """nn.MultiheadAttention's computation on (N, K, d), (N, L, d), written out: project x to keys
+    and values, softmax(q k^T / sqrt(d_h)) v per head (the production standard form, with SDPA, is
+    artlib.ops.region_attention.standard)."""
+    w_q, w_k, w_v, b_q, b_k, b_v = _split_in_proj(in_proj_weight, in_proj_bias)
+    q = rearrange(F.linear(query, w_q, b_q), "n k (h j) -> n h k j", h=heads)
+    k = rearrange(F.linear(x, w_k, b_k), "n l (h j) -> n h l j", h=heads)
+    v = rearrange(F.linear(x, w_v, b_v), "n l (h j) -> n h l j", h=heads)
+    weights = torch.softmax(einsum(q, k, "n h k j, n h l j -> n h k l") * q.shape[-1] ** -0.5, -1)
+    ctx = einsum(weights, v, "n h k l, n h l j -> n k h j")
+    out = F.linear(rearrange(ctx, "n k h j -> n k (h j)"), out_proj_weight, out_proj_bias)
+    return out, (weights if need_weights else None)
 
 
 def _absorbed_ref(
@@ -271,7 +268,7 @@ def region_attention_ref(
     lead, *_ = check_region_attention_args(
         query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads
     )
-    impl = _standard if form == "standard" else _absorbed_ref
+    impl = _standard_ref if form == "standard" else _absorbed_ref
     out, weights = impl(
         *_fold(query, x),
         in_proj_weight,
