@@ -78,13 +78,22 @@ def main(argv=None) -> int:
         if not os.path.isdir(folder):
             p.error(f"--tracklets: no folder {folder}")
 
+    try:
+        return _predict(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+def _predict(args) -> int:
+    from artlib._io import torch_load_reason
     from artlib.api import load_model, load_video
     from artlib.engine.checkpoint import CheckpointError
 
     try:
         model, info = load_model(args.checkpoint, map_location=args.device)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (CheckpointError, OSError) as e:
+        print(f"error: {torch_load_reason(e)}", file=sys.stderr)
         return 2
     failed = 0
     for path in args.videos:

@@ -311,3 +311,68 @@ def test_resume_auto_falls_back_from_a_truncated_newest_checkpoint(tmp_path):
         newest_intact_checkpoint(tmp_path, warn=warnings.append)
     assert "\n" not in str(e.value) and "checkpoint_epoch0001.pt" in str(e.value)
     assert len(warnings) == 4
+
+
+# ------------------------------------------------------------------------- one-line errors
+@pytest.mark.parametrize("content", ["random", "truncated", "empty"])
+def test_an_unreadable_checkpoint_is_one_line_without_torch_advice(tmp_path, capsys, content):
+    """evaluate, predict and convert on random bytes, a cut-short file and an empty one: one line,
+    exit status non-zero, and never torch's advice to retry with weights_only=False."""
+    from artlib.convert_checkpoint import main as convert_main
+    from artlib.evaluate import main as evaluate_main
+    from artlib.predict import main as predict_main
+
+    path = tmp_path / "bad.pt"
+    if content == "random":
+        path.write_bytes(bytes(range(256)) * 16)  # fixed "random" bytes: 0x00 is no pickle opcode
+    elif content == "truncated":
+        torch.save({"w": torch.ones(4096)}, path)
+        path.write_bytes(path.read_bytes()[:5000])
+    else:
+        path.write_bytes(b"")
+    runs = {
+        "evaluate": lambda: evaluate_main(["--checkpoint", str(path), "--device", "cpu"]),
+        "predict": lambda: predict_main(["--checkpoint", str(path), str(tmp_path / "v.mp4")]),
+        "convert": lambda: convert_main([str(path), str(tmp_path / "new.pt"), "--trust"]),
+    }
+    for tool, run in runs.items():
+        rc = run()
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert rc in (1, 2), (tool, rc, captured)
+        assert err.count("\n") == 0 and err.startswith("error: "), (tool, err)
+        assert str(path) in err and "Traceback" not in err, (tool, err)
+        low = err.lower()
+        assert "weights_only" not in low and "trusted source" not in low, (tool, err)
+        assert "arbitrary code" not in low and "miniz" not in low, (tool, err)
+    assert not (tmp_path / "new.pt").exists()
+
+
+def test_torch_load_reason_keeps_the_reason_and_drops_the_advice(tmp_path):
+    from artlib._io import torch_load_reason
+
+    bad = tmp_path / "random.pt"
+    bad.write_bytes(b"\xd8" * 64)
+    with pytest.raises(Exception) as e:
+        torch.load(bad, weights_only=True)
+    assert "weights_only" in str(e.value)  # torch's own message carries the advice
+    assert torch_load_reason(e.value) == "the safe unpickler stopped: Unsupported operand 216"
+
+    torch.save({"x": Path("a")}, tmp_path / "custom.pt")  # a class outside the safe types
+    with pytest.raises(Exception) as e:
+        torch.load(tmp_path / "custom.pt", weights_only=True)
+    reason = torch_load_reason(e.value)
+    assert reason.startswith("the safe unpickler stopped: Unsupported global: GLOBAL "), reason
+    assert "Path" in reason and "safe_globals" not in reason and "trust" not in reason, reason
+    assert torch_load_reason(EOFError()) == "the file ends early (empty or cut short)"
+    # a message that quotes torch's inside parentheses keeps them closed
+    quoted = (
+        "x.pt cannot be read (PytorchStreamReader failed reading zip archive: failed finding "
+        "central directory. This is an internal miniz error. If you are seeing this error, there "
+        "is a high likelihood that your checkpoint file is corrupted.)"
+    )
+    assert torch_load_reason(quoted) == (
+        "x.pt cannot be read (PytorchStreamReader failed reading zip archive: failed finding "
+        "central directory.)"
+    )
+    assert torch_load_reason(ValueError("plain: kept as it is")) == "plain: kept as it is"

@@ -303,13 +303,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not items:
         p.error(f"--list: {args.list} lists no videos")
     listed, empty = check_list(items, args.num_classes)
-    problems = listed + check_items(
-        items,
-        num_frames=args.num_frames,
-        workers=args.workers,
-        mode=mode,
-        progress=not args.no_progress,
-    )
+    try:
+        problems = listed + check_items(
+            items,
+            num_frames=args.num_frames,
+            workers=args.workers,
+            mode=mode,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
+        print("interrupted", file=sys.stderr)
+        return 130
     if args.report:
         write_problems(problems, args.report)
     if args.write_good:
