@@ -229,3 +229,22 @@ def test_prepare_diving48_verify(videos, tmp_path, capsys):
         ("missing", "gone.mp4"),
         ("short", "short.mp4"),
     ]
+
+
+def test_check_a_full_disk_while_writing_the_report_is_one_line(
+    videos, tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    import artlib.data.check as check
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "r.csv"))
+
+    monkeypatch.setattr(check, "write_problems", full)
+    lst = tmp_path / "l.txt"
+    lst.write_text("good.mp4 0\n")
+    argv = ["--list", str(lst), "--root", str(videos), "--report", str(tmp_path / "r.csv")]
+    assert check_main([*argv, "--no-progress", "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "r.csv" in err, err

@@ -291,6 +291,25 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
     return names
 
 
+def _write_outputs(args, items, problems, listed) -> None:
+    """--report and --write-good."""
+    if args.report:
+        write_problems(problems, args.report)
+    if args.write_good:
+        from artlib.data.annotations import VideoItem, write_generic_list
+
+        # each usable video once, with its first line's label, and only labels in range
+        bad = {p.path for p in problems if not p.usable and p.kind not in LIST_KINDS}
+        bad |= {p.path for p in listed if p.kind == "bad_label"}
+        good, seen = [], set()
+        for it in items:
+            path = os.fspath(it.path)
+            if path not in bad and path not in seen:
+                seen.add(path)
+                good.append(VideoItem(os.path.abspath(path), it.label))
+        write_generic_list(args.write_good, good)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = _parser()
     args = p.parse_args(argv)
@@ -314,21 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
         print("interrupted", file=sys.stderr)
         return 130
-    if args.report:
-        write_problems(problems, args.report)
-    if args.write_good:
-        from artlib.data.annotations import VideoItem, write_generic_list
-
-        # each usable video once, with its first line's label, and only labels in range
-        bad = {p.path for p in problems if not p.usable and p.kind not in LIST_KINDS}
-        bad |= {p.path for p in listed if p.kind == "bad_label"}
-        good, seen = [], set()
-        for it in items:
-            path = os.fspath(it.path)
-            if path not in bad and path not in seen:
-                seen.add(path)
-                good.append(VideoItem(os.path.abspath(path), it.label))
-        write_generic_list(args.write_good, good)
+    try:
+        _write_outputs(args, items, problems, listed)
+    except OSError as err:  # a full disk, a folder without write permission
+        print(f"{p.prog}: error: {err}".replace("\n", " "), file=sys.stderr)
+        return 1
     n = len({os.fspath(getattr(it, "path", it)) for it in items})
     print(f"checked {n} videos from {args.list}")
     print(format_problems(problems, args.num_frames))

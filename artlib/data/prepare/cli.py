@@ -194,7 +194,12 @@ def _main(args) -> int:
     except (RuntimeError, OSError) as err:  # another run holds OUT's lock; a disk error
         print(f"python -m artlib.data.prepare: error: {err}".replace("\n", " "), file=sys.stderr)
         return 2
-    report = write_report(summary.rows, args.report or Path(args.out, "prepare_report.csv"))
+    try:
+        report = write_report(summary.rows, args.report or Path(args.out, "prepare_report.csv"))
+    except OSError as err:  # the clips are safe; only the report is lost
+        print(summary.line(args.num_frames))
+        print(f"python -m artlib.data.prepare: error: report: {err}", file=sys.stderr)
+        return 1
     print(summary.line(args.num_frames))
     print(f"report: {report} ({len(summary.rows)} rows)")
     if summary.interrupted:
