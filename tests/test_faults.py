@@ -376,3 +376,20 @@ def test_torch_load_reason_keeps_the_reason_and_drops_the_advice(tmp_path):
         "central directory.)"
     )
     assert torch_load_reason(ValueError("plain: kept as it is")) == "plain: kept as it is"
+
+
+def test_resume_fixed_keys_are_options_of_the_trainer():
+    from artlib.engine.config import TrainConfig, config_to_dict, options
+    from artlib.engine.rundir import RESUME_FIXED
+
+    keys = {o.key for o in options()}
+    assert RESUME_FIXED <= keys, sorted(RESUME_FIXED - keys)
+    flags = {o.key: o.flag for o in options()}
+    saved = config_to_dict(TrainConfig())
+    new = config_to_dict(TrainConfig())
+    new["model"]["dim"] = saved["model"]["dim"] * 2
+    with pytest.raises(RunFolderError, match=r"^--dim: the checkpoint was trained with 256"):
+        resume_diff(saved, new, RESUME_FIXED, flag=flags)
+    new = config_to_dict(TrainConfig())
+    new["optim"]["lr"], new["run"]["resume"] = 1e6, "auto"
+    assert resume_diff(saved, new, RESUME_FIXED, flag=flags) == {"optim.lr": (0.01, 1e6)}
