@@ -28,9 +28,10 @@ GENERATOR = f"""
     def logged(path, *a, **k):
         with open(log, "a") as fh:
             fh.write(f"{{os.getpid()}}\\n")
-        time.sleep(0.05)  # slow enough that the two runs overlap
+        time.sleep(0.2)  # 8 videos take > 1.6 s: the two runs overlap whatever the load
         return real(path, *a, **k)
     syn.write_video = logged
+    open(f"{{go}}.ready-{{os.getpid()}}", "w").close()  # imported: ready to start
     while not os.path.exists(go):  # both start together
         time.sleep(0.01)
     s = syn.make_finegrained_set(root, **{KW!r})
@@ -48,6 +49,14 @@ def _generator(log, root, go, **env):
     )
 
 
+def _wait_ready(go: Path, n: int, timeout: float = 120) -> None:
+    """Wait until ``n`` generator processes have imported everything (their ready files)."""
+    deadline = time.monotonic() + timeout
+    while len(list(go.parent.glob(f"{go.name}.ready-*"))) < n:
+        assert time.monotonic() < deadline, "the generator processes did not start"
+        time.sleep(0.05)
+
+
 def _finish(proc, timeout=300):
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err
@@ -57,7 +66,7 @@ def _finish(proc, timeout=300):
 def test_two_concurrent_generators_write_the_set_once(tmp_path):
     root, log, go = tmp_path / "cache", tmp_path / "writes.log", tmp_path / "go"
     procs = [_generator(log, root, go) for _ in range(2)]
-    time.sleep(1.0)  # both imported and waiting
+    _wait_ready(go, 2)  # both imported and waiting: they start within milliseconds
     go.touch()
     (root_a, ino_a), (root_b, ino_b) = (_finish(p) for p in procs)
     writers = log.read_text().split()
@@ -77,7 +86,8 @@ def test_only_local_rank_0_generates_and_the_others_wait(tmp_path):
     root, log, go = tmp_path / "cache", tmp_path / "writes.log", tmp_path / "go"
     go.touch()
     waiter = _generator(log, root, go, LOCAL_RANK="1")
-    time.sleep(2.0)
+    _wait_ready(go, 1)
+    time.sleep(1.5)  # a generator would have written its first videos by now
     assert waiter.poll() is None  # still waiting: a non-zero local rank never generates
     assert not log.exists() and not any(root.glob(".tmp-*"))
     writer = _generator(log, root, go, LOCAL_RANK="0")
