@@ -376,6 +376,12 @@ def test_torch_load_reason_keeps_the_reason_and_drops_the_advice(tmp_path):
         "central directory.)"
     )
     assert torch_load_reason(ValueError("plain: kept as it is")) == "plain: kept as it is"
+    # artlib's own refusal keeps its advice (convert a file you trust), word for word
+    from artlib.engine.checkpoint import UnsafeCheckpointError
+
+    unsafe = UnsafeCheckpointError(tmp_path / "c.pt", ["posix.system"])
+    assert torch_load_reason(unsafe) == str(unsafe)
+    assert "--trust" in str(unsafe) and "If you trust" in str(unsafe)
 
 
 def test_resume_fixed_keys_are_options_of_the_trainer():
