@@ -62,10 +62,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".run.lock"
-# what a training run writes into its output folder (artlib.engine.trainer): these make a folder
-# "hold a run", and --overwrite removes exactly these
+# what a training run writes into its output folder (artlib.engine.trainer; eval/ is
+# artlib.evaluate's default output beside the checkpoints): these make a folder "hold a run", and
+# --overwrite removes exactly these
 RUN_OUTPUTS = (
     "checkpoints",
+    "eval",
     "metrics.csv",
     "config.yaml",
     "tensorboard",
