@@ -7,18 +7,29 @@
   frees it if the process dies, so a crashed run never leaves a stale lock.
 - :func:`cache_root` is the one place where artlib keeps caches: ``$ARTLIB_CACHE`` if set, else
   ``$XDG_CACHE_HOME/artlib``, else ``~/.cache/artlib``.
+- :func:`torch_load_reason` turns what ``torch.load`` raised into one line that says why the file
+  could not be read, without torch's advice (retry with ``weights_only=False``, allow-list globals,
+  file an issue), which would tell a user to run code from a file nobody vouched for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["LockHeld", "atomic_save_torch", "atomic_write", "cache_root", "file_lock"]
+__all__ = [
+    "LockHeld",
+    "atomic_save_torch",
+    "atomic_write",
+    "cache_root",
+    "file_lock",
+    "torch_load_reason",
+]
 
 
 def cache_root() -> Path:
@@ -115,3 +126,56 @@ def file_lock(path: str | os.PathLike, *, blocking: bool = True) -> Iterator[Pat
             yield path
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+# sentences of advice, never a reason: dropped wherever they appear
+_ADVICE = (
+    "weights_only",
+    "arbitrary code",
+    "trusted source",
+    "if you trust the source of the checkpoint",
+    "if you trust this class",
+    "safe_globals",
+    "file an issue",
+    "internal miniz error",
+    "if you are seeing this error",
+    "this can happen if the checkpoint",
+    "check the documentation of torch.load",
+)
+_FAILED = "Weights only load failed."
+_WHY = "WeightsUnpickler error:"
+_DOCS = re.compile(r"Check the documentation of torch\.load.*?https?://\S+?\.html\.?", re.S)
+
+
+def torch_load_reason(error: BaseException | str) -> str:
+    """One line saying why ``torch.load`` failed, from its exception (or a message that quotes
+    one), with torch's advice removed: no "re-run with ``weights_only=False``" (which runs any code
+    the file carries), no allow-listing, no "file an issue". ``torch.load`` on random bytes reads
+    "the safe unpickler stopped: Unsupported operand 216"; an empty file (EOFError with no text)
+    "the file ends early (empty or cut short)"."""
+    text = str(error)
+    if isinstance(error, EOFError) and not text.strip():
+        return "the file ends early (empty or cut short)"
+    text = _DOCS.sub("", text)
+    if _FAILED in text:
+        head, _, rest = text.partition(_FAILED)
+        if _WHY in rest:  # the reason torch found, between its advice and the documentation link
+            advice, _, why = rest.partition(_WHY)
+            why = " ".join(why.split()).rstrip(".")
+            closing = ")" * max(0, advice.count(")") - advice.count("("))
+            text = f"{head}the safe unpickler stopped: {why}{closing}"
+        else:
+            text = f"{head}the safe unpickler stopped.{rest}"
+    kept = []
+    for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
+        if any(a in sentence.lower() for a in _ADVICE):
+            # keep the parentheses it closes: "(... trusted source.)" leaves ")"
+            kept.append(")" * max(0, sentence.count(")") - sentence.count("(")))
+        else:
+            kept.append(sentence)
+    out = " ".join(k for k in kept if k)
+    out = re.sub(r"\s+\)", ")", out)
+    out = re.sub(r"\(\s*\)", "", out).strip()  # a parenthesis that only held advice
+    if not out:
+        return type(error).__name__ if isinstance(error, BaseException) else "unreadable"
+    return out

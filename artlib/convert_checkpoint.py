@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import pickle
 import random
 import sys
 from pathlib import Path
@@ -154,11 +155,23 @@ def main(argv=None) -> int:
         p.error("NEW must differ from OLD (the original is kept)")
     if not Path(args.new).resolve().parent.is_dir():
         p.error(f"NEW: no folder {Path(args.new).resolve().parent}")
+    from artlib._io import torch_load_reason
+
     try:
         kind = convert(args.old, args.new)
-    except (TypeError, KeyError, ValueError) as e:
-        print(f"error: {args.old}: {e}", file=sys.stderr)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:  # torch.load's
+        reason = torch_load_reason(e)
+        print(
+            f"error: OLD: {args.old} cannot be read as a torch.save file ({reason})",
+            file=sys.stderr,
+        )
         return 1
+    except (TypeError, KeyError, ValueError) as e:
+        print(f"error: {args.old}: {torch_load_reason(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # the original is untouched; NEW is written atomically
+        print("interrupted", file=sys.stderr)
+        return 130
     print(f"wrote {args.new}: the {kind} of {args.old} in plain types (loads with weights_only)")
     return 0
 

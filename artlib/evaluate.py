@@ -230,6 +230,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     _check_args(p, args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from artlib._io import torch_load_reason
     from artlib.data import TooManyFailures
     from artlib.engine.distributed import cleanup_distributed
     from artlib.weights_io import CheckpointError
@@ -237,7 +238,7 @@ def main(argv=None) -> int:
     try:
         run(args)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
-        _say(f"error: {e}")
+        _say(f"error: {torch_load_reason(e)}")
         return 2
     except TooManyFailures as e:  # raised on every rank alike: said once
         message = str(e).replace("max_failure_fraction=", "--max-failure-fraction ", 1)
@@ -245,6 +246,12 @@ def main(argv=None) -> int:
             message += "\n(the failure budget is --max-failure-fraction)"
         _say(f"error: {message}")
         return 1
+    except OSError as e:  # e.g. the disk filled up while writing the results
+        _say(f"error: {torch_load_reason(e)}")
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line per process, no traceback
+        print(f"interrupted (rank {os.environ.get('RANK', '0')})", file=sys.stderr, flush=True)
+        return 130
     finally:
         cleanup_distributed()
     return 0

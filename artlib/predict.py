@@ -88,13 +88,22 @@ def main(argv=None) -> int:
 
     if args.timeline or args.window is not None or args.stride is not None or args.csv or args.plot:
         check_timeline_options(p, args)
+    try:
+        return _predict(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+def _predict(args) -> int:
+    from artlib._io import torch_load_reason
     from artlib.api import load_model, load_video
     from artlib.weights_io import CheckpointError
 
     try:
         model, info = load_model(args.checkpoint, map_location=args.device)
-    except (CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (CheckpointError, OSError) as e:
+        print(f"error: {torch_load_reason(e)}", file=sys.stderr)
         return 2
     if args.timeline:
         return run_timeline(model, info, args)

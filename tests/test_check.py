@@ -90,23 +90,25 @@ def test_check_cli_lists_bad_videos_and_exits_nonzero(videos, tmp_path, capsys):
         "corrupt.mp4": "corrupt",
         "truncated.mp4": "truncated",
         "missing.mp4": "missing",
+        "good.mp4": "conflicting_label",  # listed twice, with labels 0 and 6
     }
     assert "checked 6 videos" in out and "FOUND 4 unusable videos" in out
+    assert "FOUND 1 list problems: 1 conflicting_label" in out
+    assert "item 7 lists the video of item 1 with label 6, item 1 with label 0" in out
     assert "notes (usable, T=16): 1 short" in out
     with open(report, newline="") as fh:
         assert sorted(r["kind"] for r in csv.DictReader(fh)) == sorted(listed.values())
 
-    # usable items (short ones too), labels kept, absolute paths: the trainer takes them as they are
+    # usable items (short ones too), labels kept, absolute paths: the trainer takes them as they
+    # are; a video listed twice is written once, with its first label
     assert good.read_text() == "".join(
-        f"{videos / n}.mp4 {i}\n" for i, n in [(0, "good"), (1, "short"), (6, "good")]
+        f"{videos / n}.mp4 {i}\n" for i, n in [(0, "good"), (1, "short")]
     )
     from artlib.data import read_generic_list
 
     for root in (None, "/somewhere/else"):
         items, _ = read_generic_list(good, root)
-        assert [it.path for it in items] == [
-            str(videos / f"{n}.mp4") for n in ("good", "short", "good")
-        ]
+        assert [it.path for it in items] == [str(videos / f"{n}.mp4") for n in ("good", "short")]
 
     lst.write_text("good.mp4 0\nfull.mp4 1\nshort.mp4 2\n")
     assert check_main([*argv, "--workers", "1"]) == 0  # a note is not a problem
@@ -117,6 +119,77 @@ def test_check_cli_lists_bad_videos_and_exits_nonzero(videos, tmp_path, capsys):
         ("missing.mp4", "missing"),
         ("short.mp4", "short"),
     ]
+
+
+def test_check_cli_validates_labels_and_duplicate_lines(videos, tmp_path, capsys):
+    lst = tmp_path / "train.txt"
+    lst.write_text("good.mp4 0\nshort.mp4 7\nfull.mp4 1\ngood.mp4 0\nfull.mp4 2\n")
+    argv = ["--list", str(lst), "--root", str(videos), "--num-frames", "4", "--no-progress"]
+    good = tmp_path / "good.txt"
+    # without --num-classes any label >= 0 goes; the duplicates are found all the same
+    assert check_main([*argv, "--workers", "1", "--write-good", str(good)]) == 1
+    out = capsys.readouterr().out
+    rows = [line.split("\t") for line in out.splitlines() if "\t" in line]
+    assert [(r[0], os.path.basename(r[1]), r[4]) for r in rows] == [
+        ("duplicate", "good.mp4", "item 4 lists the video of item 1 again"),
+        (
+            "conflicting_label",
+            "full.mp4",
+            "item 5 lists the video of item 3 with label 2, item 3 with label 1",
+        ),
+    ]
+    assert "FOUND 2 list problems: 1 duplicate, 1 conflicting_label" in out
+    # a label 7 with three videos: the classes in between have none
+    assert "notes: 4 classes have no video: labels 3, 4, 5, 6" in out
+    # the good list holds each video once, with its first label
+    assert [ln.split()[-1] for ln in good.read_text().splitlines()] == ["0", "7", "1"]
+
+    assert (
+        check_main([*argv, "--workers", "1", "--num-classes", "4", "--write-good", str(good)]) == 1
+    )
+    out = capsys.readouterr().out
+    assert "bad_label\t" in out and "item 2: label 7 is outside 0..3 (4 classes)" in out, out
+    assert "FOUND 3 list problems: 1 bad_label, 1 duplicate, 1 conflicting_label" in out
+    assert "notes: 1 classes have no video: labels 3" in out
+    assert "short.mp4" not in good.read_text()  # a label out of range is not a good item
+
+    names = tmp_path / "classes.txt"
+    names.write_text("a\nb\nc\n")
+    lst.write_text("good.mp4 0\nshort.mp4 2\nfull.mp4 1\n")
+    assert check_main([*argv, "--workers", "1", "--class-names", str(names)]) == 0
+    assert "OK: every video is usable" in capsys.readouterr().out
+    lst.write_text("good.mp4 0\nshort.mp4 3\n")
+    assert check_main([*argv, "--workers", "1", "--class-names", str(names)]) == 1
+    assert "item 2: label 3 is outside 0..2 (3 classes)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "content, args, message",
+    [
+        ("# only a comment\n", [], "--list: {lst} lists no videos"),
+        ("", [], "--list: {lst} lists no videos"),
+        ("a.mp4 x\n", [], "--list: {lst}:1: label must be an integer, got 'x'"),
+        ("a.mp4 0\n", ["--num-classes", "0"], "--num-classes: expected >= 1, got 0"),
+        ("a.mp4 0\n", ["--class-names", "{names}", "--num-classes", "2"], "disagrees with the 3"),
+        ("a.mp4 0\n", ["--class-names", "{empty}"], "--class-names: {empty} names no class"),
+        ("a.mp4 0\n", ["--class-names", "{twice}"], "class 'a' is named twice (labels 0, 2)"),
+        ("a.mp4 0\n", ["--class-names", "nowhere.txt"], "--class-names: [Errno 2]"),
+    ],
+)
+def test_check_cli_refuses_an_empty_list_and_bad_class_options(
+    tmp_path, capsys, content, args, message
+):
+    lst, names, empty, twice = (tmp_path / n for n in ("l.txt", "n.txt", "e.txt", "t.txt"))
+    lst.write_text(content)
+    names.write_text("a\nb\nc\n")
+    empty.write_text("\n \n")
+    twice.write_text("a\nb\na\n")
+    fill = dict(lst=lst, names=names, empty=empty, twice=twice)
+    with pytest.raises(SystemExit) as e:
+        check_main(["--list", str(lst), "--no-progress", *(a.format(**fill) for a in args)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert message.format(**fill) in err, err
 
 
 @pytest.mark.parametrize(
@@ -156,3 +229,22 @@ def test_prepare_diving48_verify(videos, tmp_path, capsys):
         ("missing", "gone.mp4"),
         ("short", "short.mp4"),
     ]
+
+
+def test_check_a_full_disk_while_writing_the_report_is_one_line(
+    videos, tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    import artlib.data.check as check
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "r.csv"))
+
+    monkeypatch.setattr(check, "write_problems", full)
+    lst = tmp_path / "l.txt"
+    lst.write_text("good.mp4 0\n")
+    argv = ["--list", str(lst), "--root", str(videos), "--report", str(tmp_path / "r.csv")]
+    assert check_main([*argv, "--no-progress", "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "r.csv" in err, err

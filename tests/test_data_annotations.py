@@ -181,3 +181,32 @@ def test_generic_list_roundtrip(tmp_path):
         read_generic_list(bad)
     with pytest.raises(ValueError, match="fmt: expected one of"):
         read_annotations("youtube8m", lst)
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"vid_name": "a", "label": True}, r"bad\.json:1: label must be an integer, got True"),
+        ({"vid_name": "a", "label": 1.5}, r"bad\.json:1: label must be an integer, got 1\.5"),
+        ({"vid_name": "a", "label": [1]}, r"bad\.json:1: label must be an integer, got \[1\]"),
+        ({"vid_name": "a", "label": None}, r"bad\.json:1: label must be an integer, got None"),
+        ({"vid_name": 7, "label": 1}, r"bad\.json:1: 'vid_name' must be a non-empty string"),
+        ({"vid_name": " ", "label": 1}, r"bad\.json:1: 'vid_name' must be a non-empty string"),
+    ],
+)
+def test_diving48_malformed_items_name_the_item(tmp_path, entry, message):
+    bad = _write(tmp_path / "bad.json", json.dumps([entry]))
+    with pytest.raises(ValueError, match=message):
+        read_diving48(bad, "/d48")
+    # a whole-number float is the integer it writes
+    ok = _write(tmp_path / "ok.json", json.dumps([{"vid_name": "a", "label": 2.0}]))
+    assert read_diving48(ok, "/d48")[0] == [VideoItem("/d48/a.mp4", 2)]
+
+
+@pytest.mark.parametrize("start, end", [("inf", "2"), ("1", "nan"), ("1e400", "2")])
+def test_kinetics_non_finite_times_name_the_line(tmp_path, start, end):
+    bad = _write(
+        tmp_path / "bad.csv", f"label,youtube_id,time_start,time_end\nx,abc,{start},{end}\n"
+    )
+    with pytest.raises(ValueError, match=r"bad\.csv:2: bad youtube_id/time_start/time_end"):
+        read_kinetics(bad, "/k")

@@ -179,16 +179,25 @@ def test_finegym_cut_exact_frames_report_and_check(raw, tmp_path, capsys):
         ("missing_raw", YT_MISSING),
         ("short", f"{YT_A}_E_000001_000005_A_0003_0003"),
         ("short", f"{YT_A}_E_000009_000011_A_0000_0002"),
+        ("past_end", f"{YT_A}_E_000009_000011_A_0000_0002"),  # never a silent short clip
     }
-    tail = next(r for r in rows if r["name"].endswith("E_000009_000011_A_0000_0002"))
-    assert tail["frames"] == "14" and "source ends" in tail["detail"]
+    tail = next(r for r in rows if r["kind"] == "past_end")
+    assert tail["frames"] == "14" and tail["detail"] == (
+        "source ends at 9.960 s, before the span's end 11.000 s"
+    )
+    assert (tail["start"], tail["end"]) == ("9.410", "11.000")
     assert "2 clips" in next(r["detail"] for r in rows if r["kind"] == "missing_raw")
 
     # a rerun cuts nothing, reports the same, and --strict turns the missing video into exit 1
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
     assert main([*argv, "--workers", "1", "--no-progress", "--strict"]) == 1
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")} == mtimes
-    assert "0 cut, 8 already done" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "0 cut, 8 already done" in printed and "1 past the raw video's end" in printed
+    with open(out / "prepare_report.csv", newline="") as fh:  # the rerun still reports it
+        (tail,) = [r for r in csv.DictReader(fh) if r["kind"] == "past_end"]
+    assert tail["name"] == f"{YT_A}_E_000009_000011_A_0000_0002" and tail["frames"] == "14"
+    assert "holds 14 frames (0.560 s) of a 1.590 s span" in tail["detail"]
 
     # the checker on the gym99-style element list of these clips finds the missing and short ones
     elements = tmp_path / "gym99_val_element.txt"
@@ -217,9 +226,10 @@ def test_failed_clip_is_reported_and_run_goes_on(raw, tmp_path):
         ClipJob("beyond_end", YT_A, Fraction(20), Fraction(21)),  # no frame in the span
     ]
     s = run_jobs(jobs, raw["dir"], tmp_path, workers=1, progress=False)
-    assert (s.cut, s.failed) == (1, 1)
-    (row,) = [r for r in s.rows if r["kind"] == "failed"]
+    assert (s.cut, s.failed, s.past_end) == (1, 1, 1)
+    (row,) = [r for r in s.rows if r["kind"] == "past_end"]
     assert row["name"] == "beyond_end" and "holds no frame" in row["detail"]
+    assert "the video's last frame is at 9.960 s" in row["detail"]
     assert clip_indices(tmp_path / "ok.mp4") == list(range(25))
     assert sorted(p.name for p in tmp_path.iterdir()) == [".prepare.lock", "ok.mp4"]
 
@@ -324,6 +334,104 @@ def test_misuse_exits_2_on_one_line_before_creating_out(tmp_path, capsys, args, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "out").exists()  # nothing made before the arguments are valid
+
+
+def _event(timestamps=None, segments=None):
+    return {"event": 1, "timestamps": [[1.0, 3.0]] if timestamps is None else timestamps,
+            "segments": {"A_1_2": seg((0.1, 0.5))} if segments is None else segments}  # fmt: skip
+
+
+E = f"{YT_A}/E_1_2"
+BAD_FINEGYM = [
+    # (annotations as JSON text, the one line's expected content)
+    ({YT_A: {"E_1_2": _event("5.5-8.0")}}, f"{E}: timestamps: expected [[start, end]], got '5.5"),
+    ({YT_A: {"E_1_2": _event([["5.5", 8.0]])}}, f"{E}: timestamps[0][0]: expected a number of "
+     "seconds, got '5.5'"),
+    ({YT_A: {"E_1_2": _event([[1, 2], [3, 4]])}}, f"{E}: timestamps: expected [[start, end]], "
+     "got [[1, 2], [3, 4]]"),
+    ({YT_A: {"E_1_2": _event([[3.0, 1.0]])}}, f"{E}: timestamps[0]: end 1.0 is not after start 3.0"),
+    ({YT_A: {"E_1_2": _event([[-1.0, 1.0]])}}, f"{E}: timestamps: the start -1.0 is negative"),
+    ({YT_A: {"E_1_2": _event([[True, 2]])}}, f"{E}: timestamps[0][0]: expected a number of "
+     "seconds, got true"),
+    ({YT_A: {"E_1_2": [[1.0, 3.0]]}}, f"{E}: expected an event object with 'timestamps' and "
+     "'segments', got a list"),
+    ({YT_A: {"E_1_2": {"segments": None}}}, f"{E}: expected 'timestamps': [[start, end]]"),
+    ({YT_A: [1, 2]}, f"{YT_A}: expected an object of events, got list"),
+    ({YT_A: {"E_1_2": _event(segments=[seg((0.1, 0.5))])}}, f"{E}: segments: expected null or an "
+     "object of subactions, got a list"),
+    ({YT_A: {"E_1_2": _event(segments={"A_1_2": [[0.1, 0.5]]})}}, f"{E}/A_1_2: expected an object "
+     "with 'timestamps'"),
+    ({YT_A: {"E_1_2": _event(segments={"A_1_2": {"timestamps": "0.1-0.5"}})}}, f"{E}/A_1_2: "
+     "timestamps: expected [[start, end], ...], got '0.1-0.5'"),
+    ({YT_A: {"E_1_2": _event(segments={"A_1_2": seg((0.5, 0.9), (0.2, 0.4))})}}, f"{E}/A_1_2: "
+     "timestamps[1]: starts at 0.2, before the previous one (0.5): stages must be in order"),
+    ({YT_A: {"E_1_2": _event(segments={"A_1_2": {"stages": "1", "timestamps": [[0, 1]]}})}},
+     f"{E}/A_1_2: stages: expected an integer >= 1, got '1'"),
+    ({YT_A: {"E_1_2": _event(segments={"A_1_2": seg((0.1, 0.5)), f"{YT_A}_E_1_2_A_1_2": seg(
+        (0.6, 0.9))})}}, f"{E}/{YT_A}_E_1_2_A_1_2: the clip name {YT_A}_E_1_2_A_1_2 is also made "
+     f"by {YT_A}/E_1_2/A_1_2"),
+    (f'{{"{YT_A}": {{"E_1_2": {{"timestamps": [[NaN, 2]], "segments": null}}}}}}',
+     f"{E}: timestamps[0][0]: expected a finite number of seconds, got nan"),
+    (f'{{"{YT_A}": {{"E_1_2": {{"timestamps": [[1, Infinity]], "segments": null}}}}}}',
+     f"{E}: timestamps[0][1]: expected a finite number of seconds, got inf"),
+    (f'{{"{YT_A}": {{"E_1_2": {{"timestamps": [[1, 2]]}}, "E_1_2": {{"timestamps": [[3, 4]]}}}}}}',
+     "the key 'E_1_2' appears twice in one object"),
+    ('{"a": ', ":1: not valid JSON"),
+    ("[1, 2]", "expected a JSON object keyed by YouTube id, got list"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("ann, message", BAD_FINEGYM)
+def test_malformed_finegym_annotations_exit_2_naming_the_entry(raw, tmp_path, capsys, ann, message):
+    path = tmp_path / "ann.json"
+    path.write_text(ann if isinstance(ann, str) else json.dumps(ann))
+    out = tmp_path / "clips"
+    with pytest.raises(SystemExit) as e:
+        main(["finegym", "--raw", str(raw["dir"]), "--annotations", str(path), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"python -m artlib.data.prepare: error: {path}") and message in err, err
+    assert not out.exists()  # nothing cut, nothing made
+
+
+BAD_KINETICS = [
+    ("AAAAAAAAAAA,inf,5", ":3: time_start: expected a finite number of seconds, got 'inf'"),
+    ("AAAAAAAAAAA,2,nan", ":3: time_end: expected a finite number of seconds, got 'nan'"),
+    ("AAAAAAAAAAA,2,x", ":3: time_end: expected a finite number of seconds, got 'x'"),
+    ("AAAAAAAAAAA,5,2", ":3: expected 0 <= time_start < time_end, got 5 and 2"),
+    ("AAAAAAAAAAA,-1,2", ":3: expected 0 <= time_start < time_end, got -1 and 2"),
+    ("AAAAAAAAAAA,1.5,4", ":3: clip AAAAAAAAAAA_000001_000004 is also made by line 2 with another "
+     "span ([1.0, 4.0) s vs [1.5, 4.0) s)"),
+    ("AAAAAAAAAAA,1", ":3: expected 3 columns, got fewer"),
+    (",1,2", ":3: empty youtube_id"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("row, message", BAD_KINETICS)
+def test_malformed_kinetics_csv_exits_2_naming_the_line(raw, tmp_path, capsys, row, message):
+    table = tmp_path / "k.csv"
+    table.write_text(f"youtube_id,time_start,time_end\nAAAAAAAAAAA,1,4\n{row}\n")
+    out = tmp_path / "clips"
+    with pytest.raises(SystemExit) as e:
+        main(["kinetics", "--raw", str(raw["dir"]), "--csv", str(table), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{table}{message}" in err, err
+    assert not out.exists()
+
+
+def test_a_second_prepare_on_a_busy_folder_stops_with_one_line(raw, tmp_path, capsys):
+    from artlib._io import file_lock
+    from artlib.data.prepare import LOCK_NAME
+
+    table = tmp_path / "k.csv"
+    table.write_text("youtube_id,time_start,time_end\nAAAAAAAAAAA,1,2\n")
+    out = tmp_path / "clips"
+    argv = ["kinetics", "--raw", str(raw["dir"]), "--csv", str(table), "--out", str(out)]
+    with file_lock(out / LOCK_NAME):  # another run holds the folder
+        assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another prepare run holds" in err, err
 
 
 def test_python_m_prepare_runs():

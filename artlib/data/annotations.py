@@ -54,9 +54,12 @@ def _bad(file: str | os.PathLike, where: int, what: str, text: str = "") -> Valu
 
 
 def _parse_label(file, lineno, token, line) -> int:
+    if isinstance(token, bool) or (isinstance(token, float) and not token.is_integer()):
+        # int(True) is 1 and int(1.5) is 1: a JSON label must be an integer (or its text)
+        raise _bad(file, lineno, f"label must be an integer, got {token!r}", line)
     try:
         label = int(token)
-    except ValueError:
+    except (ValueError, TypeError, OverflowError):
         raise _bad(file, lineno, f"label must be an integer, got {token!r}", line) from None
     if label < 0:
         raise _bad(file, lineno, f"label must be >= 0, got {label}", line)
@@ -179,6 +182,8 @@ def read_diving48(
     for n, entry in enumerate(data, 1):
         if not isinstance(entry, dict) or "vid_name" not in entry or "label" not in entry:
             raise _bad(json_file, n, "item needs 'vid_name' and 'label'", json.dumps(entry)[:120])
+        if not isinstance(entry["vid_name"], str) or not entry["vid_name"].strip():
+            raise _bad(json_file, n, "'vid_name' must be a non-empty string", json.dumps(entry))
         label = _parse_label(json_file, n, entry["label"], json.dumps(entry))
         items.append(VideoItem(os.path.join(os.fspath(root), str(entry["vid_name"]) + ext), label))
     names = None
@@ -221,10 +226,10 @@ def read_kinetics(
             raise _bad(csv_file, 1, f"header must name {sorted(need)}, got {reader.fieldnames}")
         for row in reader:
             lineno = reader.line_num
-            try:
+            try:  # "inf" overflows int(), "nan" is a ValueError there
                 start, end = int(float(row["time_start"])), int(float(row["time_end"]))
                 yid = row["youtube_id"].strip()
-            except (TypeError, ValueError, AttributeError):
+            except (TypeError, ValueError, AttributeError, OverflowError):
                 raise _bad(
                     csv_file, lineno, "bad youtube_id/time_start/time_end", str(row)
                 ) from None

@@ -19,6 +19,12 @@ Problems (the file is not usable; exit status 1): ``missing``, ``empty``, ``no_v
 header declares more frames than decode), ``short`` (fewer than ``--num-frames`` frames: the
 sampling repeats frames). ``--report CSV`` writes the same rows as CSV.
 
+The list itself is checked too (exit status 1; the reason names the item, 1-based): ``bad_label``
+(a label outside ``--num-classes`` or past the names of ``--class-names``, when given),
+``duplicate`` (a video listed again with the same label: it would train twice) and
+``conflicting_label`` (a video listed again with another label). Classes that no video has are
+noted. A list with no item is refused (exit status 2, one line).
+
 ``--write-good LIST`` writes the usable items as a generic ``<path> <label>`` list with **absolute
 paths**, which the trainer accepts as they are, with or without ``--data-root``.
 """
@@ -40,15 +46,18 @@ from .probe import PROBLEM_KINDS, USABLE_KINDS, VideoProbe, probe_video
 
 __all__ = [
     "KINDS",
+    "LIST_KINDS",
     "Problem",
     "check_items",
+    "check_list",
     "check_video",
     "format_problems",
     "main",
     "write_problems",
 ]
 
-KINDS = PROBLEM_KINDS + tuple(k for k in USABLE_KINDS if k != "ok")
+LIST_KINDS = ("bad_label", "duplicate", "conflicting_label")
+KINDS = PROBLEM_KINDS + LIST_KINDS + tuple(k for k in USABLE_KINDS if k != "ok")
 FORMATS = ("generic", "finegym", "diving48", "kinetics")
 Problem = VideoProbe  # what the checker reports: a probe whose kind is not "ok"
 
@@ -102,18 +111,61 @@ def check_items(
     return out
 
 
+def check_list(
+    items: Sequence, num_classes: int | None = None
+) -> tuple[list[VideoProbe], list[int]]:
+    """Check the list itself: labels against ``num_classes`` (when given; -1, "no label", is
+    allowed) and videos listed more than once. Returns (problems, classes without any video):
+    problems are VideoProbe rows of kind ``bad_label``, ``duplicate`` or ``conflicting_label``
+    whose reason names the item (1-based, in list order); the empty classes are those below
+    ``num_classes`` (or below the largest label + 1 when it is not given) that no item has."""
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"num_classes: expected >= 1, got {num_classes}")
+    out: list[VideoProbe] = []
+    first: dict[str, tuple[int, int]] = {}  # path -> (item number, label)
+    for n, it in enumerate(items, 1):
+        path, label = os.fspath(it.path), int(it.label)
+        if num_classes is not None and not -1 <= label < num_classes:
+            out.append(
+                VideoProbe(
+                    path,
+                    "bad_label",
+                    -1,
+                    -1,
+                    f"item {n}: label {label} is outside 0..{num_classes - 1} "
+                    f"({num_classes} classes)",
+                )
+            )
+        if path in first:
+            m, seen = first[path]
+            kind = "duplicate" if seen == label else "conflicting_label"
+            what = "again" if seen == label else f"with label {label}, item {m} with label {seen}"
+            out.append(
+                VideoProbe(path, kind, -1, -1, f"item {n} lists the video of item {m} {what}")
+            )
+        else:
+            first[path] = (n, label)
+    labels = {int(it.label) for it in items if int(it.label) >= 0}
+    top = num_classes if num_classes is not None else (max(labels) + 1 if labels else 0)
+    empty = sorted(set(range(top)) - labels)
+    return out, empty
+
+
 def format_problems(problems: Sequence[VideoProbe], num_frames: int) -> str:
     """The report printed by the command: one tab-separated line per file, then a count line."""
     lines = [f"{p.kind}\t{p.path}\t{p.declared}\t{p.decoded}\t{p.reason}" for p in problems]
-    bad = [p for p in problems if not p.usable]
+    bad = [p for p in problems if not p.usable and p.kind not in LIST_KINDS]
+    listed = [p for p in problems if p.kind in LIST_KINDS]
     notes = [p for p in problems if p.usable]
 
     def counts(ps, kinds):
         return ", ".join(f"{n} {k}" for k in kinds if (n := sum(p.kind == k for p in ps)))
 
+    if listed:
+        lines.append(f"FOUND {len(listed)} list problems: {counts(listed, LIST_KINDS)}")
     if bad:
         lines.append(f"FOUND {len(bad)} unusable videos: {counts(bad, PROBLEM_KINDS)}")
-    else:
+    elif not listed:
         lines.append("OK: every video is usable")
     if notes:
         lines.append(f"notes (usable, T={num_frames}): {counts(notes, USABLE_KINDS)}")
@@ -160,6 +212,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-frames", type=int, default=16, help="T: frames one clip samples")
     p.add_argument("--format", default="generic", choices=FORMATS, help="the list's format")
     p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="labels must be in 0..N-1 (default: unchecked)",
+    )
+    p.add_argument(
+        "--class-names",
+        default=None,
+        help="file of class names, one a line in label order: labels must have a name",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=max(1, min(os.cpu_count() or 1, 8)),
@@ -189,6 +252,19 @@ def _validate(p: argparse.ArgumentParser, args) -> None:
         p.error(f"--num-frames: expected >= 1, got {args.num_frames}")
     if args.workers < 1:
         p.error(f"--workers: expected >= 1, got {args.workers}")
+    if args.num_classes is not None and args.num_classes < 1:
+        p.error(f"--num-classes: expected >= 1, got {args.num_classes}")
+    if args.class_names is not None:
+        try:
+            args.names = read_class_names(args.class_names)
+        except (OSError, ValueError) as err:
+            p.error(f"--class-names: {err}")
+        if args.num_classes is not None and args.num_classes != len(args.names):
+            p.error(
+                f"--num-classes: {args.num_classes} disagrees with the {len(args.names)} names "
+                f"of --class-names {args.class_names}"
+            )
+        args.num_classes = len(args.names)
     for flag, value in (("--report", args.report), ("--write-good", args.write_good)):
         if value is None:
             continue
@@ -199,6 +275,42 @@ def _validate(p: argparse.ArgumentParser, args) -> None:
             p.error(f"{flag}: the folder {parent} does not exist")
 
 
+def read_class_names(path: str | os.PathLike) -> list[str]:
+    """Class names, one a line in label order (blank lines and surrounding spaces ignored);
+    ValueError for a file with none or with a name twice."""
+    with open(path, encoding="utf-8") as fh:
+        names = [line.strip() for line in fh if line.strip()]
+    if not names:
+        raise ValueError(f"{os.fspath(path)} names no class")
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if n in seen:
+            raise ValueError(
+                f"{os.fspath(path)}: class {n!r} is named twice (labels {seen[n]}, {i})"
+            )
+        seen[n] = i
+    return names
+
+
+def _write_outputs(args, items, problems, listed) -> None:
+    """--report and --write-good."""
+    if args.report:
+        write_problems(problems, args.report)
+    if args.write_good:
+        from artlib.data.annotations import VideoItem, write_generic_list
+
+        # each usable video once, with its first line's label, and only labels in range
+        bad = {p.path for p in problems if not p.usable and p.kind not in LIST_KINDS}
+        bad |= {p.path for p in listed if p.kind == "bad_label"}
+        good, seen = [], set()
+        for it in items:
+            path = os.fspath(it.path)
+            if path not in bad and path not in seen:
+                seen.add(path)
+                good.append(VideoItem(os.path.abspath(path), it.label))
+        write_generic_list(args.write_good, good)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = _parser()
     args = p.parse_args(argv)
@@ -207,29 +319,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         items = read_list(args.format, args.list, args.root)
     except (OSError, ValueError) as err:
-        p.error(f"--list: {err}")
-    problems = check_items(
-        items,
-        num_frames=args.num_frames,
-        workers=args.workers,
-        mode=mode,
-        progress=not args.no_progress,
-    )
-    if args.report:
-        write_problems(problems, args.report)
-    if args.write_good:
-        from artlib.data.annotations import VideoItem, write_generic_list
-
-        bad = {p.path for p in problems if not p.usable}
-        good = [
-            VideoItem(os.path.abspath(it.path), it.label)
-            for it in items
-            if os.fspath(it.path) not in bad
-        ]
-        write_generic_list(args.write_good, good)
+        p.error(f"--list: {err}".replace("\n", " "))
+    if not items:
+        p.error(f"--list: {args.list} lists no videos")
+    listed, empty = check_list(items, args.num_classes)
+    try:
+        problems = listed + check_items(
+            items,
+            num_frames=args.num_frames,
+            workers=args.workers,
+            mode=mode,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
+        print("interrupted", file=sys.stderr)
+        return 130
+    try:
+        _write_outputs(args, items, problems, listed)
+    except OSError as err:  # a full disk, a folder without write permission
+        print(f"{p.prog}: error: {err}".replace("\n", " "), file=sys.stderr)
+        return 1
     n = len({os.fspath(getattr(it, "path", it)) for it in items})
     print(f"checked {n} videos from {args.list}")
     print(format_problems(problems, args.num_frames))
+    if empty:
+        shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+        print(f"notes: {len(empty)} classes have no video: labels {shown}")
     return 1 if any(not p.usable for p in problems) else 0
 
 

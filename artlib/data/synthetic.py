@@ -35,7 +35,12 @@ README's evidence section and docs/data.md.
 ``make_finegrained_set`` writes ``train/`` and ``val/`` videos plus ``train.txt``/``val.txt`` in the
 generic ``<path> <label>`` format and ``classes.txt``, under ``<root>/finegrained-<config hash>/``. A
 second call with the same configuration reuses the files; the set is written into a temporary folder
-and renamed when complete, so an interrupted generation is redone, not half used.
+and renamed when complete (``config.json``, written last, marks a complete set), so an interrupted
+generation is redone, not half used. Generation holds a file lock per set
+(``<root>/.finegrained-<hash>.lock``) and checks for the complete set again under it: concurrent
+runs write a set once, and a complete set is never deleted while another run reads it. Under
+``torchrun`` only local rank 0 of each node generates; the node's other ranks (``LOCAL_RANK`` > 0)
+wait for the complete set (at most ``$ARTLIB_SYNTHETIC_WAIT`` seconds, default 3600).
 """
 
 from __future__ import annotations
@@ -45,9 +50,12 @@ import json
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 
 import numpy as np
+
+from artlib._io import file_lock
 
 from ._write import CODECS, write_video
 
@@ -286,7 +294,8 @@ def make_finegrained_set(
         if distractor_amplitude != 0.5:
             cfg["distractor_amplitude"] = distractor_amplitude
     root = os.path.expanduser(os.fspath(root))
-    final = os.path.join(root, f"finegrained-{_config_key(cfg)}")
+    key = _config_key(cfg)
+    final = os.path.join(root, f"finegrained-{key}")
     names = CLASS_NAMES[:num_classes]
     result = SyntheticSet(
         root=final,
@@ -297,10 +306,51 @@ def make_finegrained_set(
         size=(h, w),
         codec=codec,
     )
-    if os.path.exists(os.path.join(final, "config.json")):
+    marker = os.path.join(final, "config.json")  # written last: the set is complete
+    if os.path.exists(marker):
         return result  # complete: the folder only appears by an atomic rename of a finished one
     os.makedirs(root, exist_ok=True)
-    prefix = f".tmp-finegrained-{_config_key(cfg)}-"
+    if not _generates_here():  # another rank of this node writes it: wait for the marker
+        _wait_for(marker, final)
+        return result
+    # one generator per set on this file system; a complete set is never deleted (checked again
+    # under the lock), so a run already reading it is safe from a second generator
+    with file_lock(os.path.join(root, f".finegrained-{key}.lock")):
+        if os.path.exists(marker):
+            return result  # another process finished it while we waited
+        _generate(
+            root, final, key, cfg, names, num_classes, train_per_class, val_per_class,
+            num_frames, (h, w), codec, seed, fps, distractors, distractor_amplitude,
+        )  # fmt: skip
+    return result
+
+
+def _generates_here() -> bool:
+    """Local rank 0 (or a process outside torchrun) writes the set; the node's other ranks wait."""
+    return os.environ.get("LOCAL_RANK", "0").strip() in ("", "0")
+
+
+def _wait_for(marker: str, final: str) -> None:
+    """Wait until ``marker`` exists (local rank 0 is writing the set), at most
+    ``$ARTLIB_SYNTHETIC_WAIT`` seconds (default 3600); RuntimeError after that."""
+    limit = float(os.environ.get("ARTLIB_SYNTHETIC_WAIT", "3600"))
+    deadline = time.monotonic() + limit
+    while not os.path.exists(marker):
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"synthetic set: waited {limit:g} s for local rank 0 to write {final}; "
+                "did it fail? (its log says why; ARTLIB_SYNTHETIC_WAIT sets the wait)"
+            )
+        time.sleep(0.2)
+
+
+def _generate(
+    root, final, key, cfg, names, num_classes, train_per_class, val_per_class, num_frames, size,
+    codec, seed, fps, distractors, distractor_amplitude,
+) -> None:  # fmt: skip
+    """Write the set into a temporary folder and rename it to ``final`` (holding the set's lock)."""
+    h, w = size
+    prefix = f".tmp-finegrained-{key}-"
     for entry in os.listdir(root):  # leftovers of interrupted generations
         if entry.startswith(prefix) and not _alive(entry[len(prefix) :]):
             shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
@@ -326,15 +376,8 @@ def make_finegrained_set(
         fh.writelines(f"{n}\n" for n in names)
     with open(os.path.join(tmp, "config.json"), "w") as fh:
         json.dump(cfg, fh, indent=1)
-    if os.path.exists(os.path.join(final, "config.json")):  # another process finished first:
-        shutil.rmtree(tmp, ignore_errors=True)  # keep its copy, which it may be reading already
-        return result
-    if os.path.isdir(final):  # an incomplete copy (no config.json) left by hand: replace it
-        shutil.rmtree(final, ignore_errors=True)
-    try:
-        os.rename(tmp, final)
-    except OSError:  # another process finished first: use its copy
-        if not os.path.exists(os.path.join(final, "config.json")):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    return result
+    if os.path.isdir(final):  # an incomplete copy (no config.json, checked under the lock):
+        trash = f"{tmp}-old"  # moved aside first, so that `final` only ever appears complete
+        os.rename(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.rename(tmp, final)

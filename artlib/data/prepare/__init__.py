@@ -29,7 +29,14 @@ file. A rerun skips finished clips, deletes stale partial files and redoes those
 at any point (Ctrl-C, SIGTERM, SIGKILL) loses nothing that was finished. A lock file refuses a second
 concurrent run on the same output folder. Missing raw videos and failing clips never stop the run:
 they go into the CSV report (default ``OUT/prepare_report.csv``) with the clips shorter than
-``--num-frames`` frames. Exit status: 0 when every clip whose raw video exists was cut (missing raw
+``--num-frames`` frames and the spans that run past their raw video's end (kind ``past_end``: the
+clip is cut short, or not made when the whole span is past the end; never silently).
+
+Bad annotations stop the run before anything is cut: the whole file is validated first (every event
+an object; ``timestamps`` pairs of finite JSON numbers with start < end, stages in order;
+``segments`` null or an object; no key twice in one object; no clip name twice; for a csv, finite
+times with 0 <= start < end and no clip name made by two spans) and the first violation is one
+line naming the entry, exit status 2. Exit status: 0 when every clip whose raw video exists was cut (missing raw
 videos are normal for FineGym and are only reported), 1 when any clip failed (``--strict``: also
 when raw videos are missing), 130 when interrupted.
 
@@ -38,7 +45,7 @@ benchmarks/bench_prepare.py.
 """
 
 from .cli import main
-from .cut import PART_SUFFIX, cut_clip, frame_in_span
+from .cut import PART_SUFFIX, PastEndError, cut_clip, frame_in_span
 from .diving48 import verify_diving48
 from .jobs import (
     VIDEO_EXTENSIONS,
@@ -55,6 +62,7 @@ from .runner import LOCK_NAME, ClipResult, PrepareSummary, remove_partials, run_
 __all__ = [
     "LOCK_NAME",
     "PART_SUFFIX",
+    "PastEndError",
     "REPORT_FIELDS",
     "VIDEO_EXTENSIONS",
     "ClipJob",

@@ -131,16 +131,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = _parser()
     args = p.parse_args(argv)
     _validate(p, args)
-    if args.dataset != "diving48":  # the annotations are read before any folder is made
-        from .jobs import finegym_jobs, kinetics_jobs
+    # the whole annotation file is read and validated before any folder is made or video opened
+    try:
+        if args.dataset == "diving48":
+            from artlib.data.annotations import read_diving48
 
-        try:
+            read_diving48(args.annotations, args.root, vocab_file=args.vocab)
+        else:
+            from .jobs import finegym_jobs, kinetics_jobs
+
             if args.dataset == "finegym":
                 args.jobs = finegym_jobs(args.annotations)
             else:
                 args.jobs = kinetics_jobs(args.csv)
-        except (OSError, ValueError) as err:
-            p.error(str(err).replace("\n", " "))
+    except (OSError, ValueError) as err:
+        p.error(str(err).replace("\n", " "))
     try:
         old = signal.signal(signal.SIGTERM, _sigterm)
     except ValueError:  # not the main thread: leave SIGTERM alone
@@ -185,19 +190,28 @@ def _main(args) -> int:
 
     from .runner import run_jobs
 
-    summary = run_jobs(
-        args.jobs,
-        args.raw,
-        args.out,
-        workers=args.workers,
-        num_frames=args.num_frames,
-        gop=args.gop,
-        crf=args.crf,
-        preset=args.preset,
-        threads=args.threads,
-        progress=progress,
-    )
-    report = write_report(summary.rows, args.report or Path(args.out, "prepare_report.csv"))
+    try:
+        summary = run_jobs(
+            args.jobs,
+            args.raw,
+            args.out,
+            workers=args.workers,
+            num_frames=args.num_frames,
+            gop=args.gop,
+            crf=args.crf,
+            preset=args.preset,
+            threads=args.threads,
+            progress=progress,
+        )
+    except (RuntimeError, OSError) as err:  # another run holds OUT's lock; a disk error
+        print(f"python -m artlib.data.prepare: error: {err}".replace("\n", " "), file=sys.stderr)
+        return 2
+    try:
+        report = write_report(summary.rows, args.report or Path(args.out, "prepare_report.csv"))
+    except OSError as err:  # the clips are safe; only the report is lost
+        print(summary.line(args.num_frames))
+        print(f"python -m artlib.data.prepare: error: report: {err}", file=sys.stderr)
+        return 1
     print(summary.line(args.num_frames))
     print(f"report: {report} ({len(summary.rows)} rows)")
     if summary.interrupted:

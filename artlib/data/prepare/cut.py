@@ -21,9 +21,13 @@ from artlib.data.decode import timed_frames
 
 from .jobs import exact_seconds
 
-__all__ = ["PART_SUFFIX", "cut_clip", "frame_in_span"]
+__all__ = ["PART_SUFFIX", "PastEndError", "cut_clip", "frame_in_span"]
 
 PART_SUFFIX = ".part"  # artlib._io.atomic_write's temporary files: hidden, never matching *.mp4
+
+
+class PastEndError(ValueError):
+    """The span starts after the raw video's last frame: no clip (the report's ``past_end``)."""
 
 
 def frame_in_span(t: Fraction, start: Fraction, end: Fraction) -> bool:
@@ -49,7 +53,8 @@ def cut_clip(
     monotonic times (so a variable frame rate survives, and the muxer always gets increasing
     timestamps). Writes a temporary file and renames it to ``dst`` when complete. Returns
     ``(frames written, note)``; the note is empty unless the source ended before ``end``. Raises
-    ValueError for an empty span or one with no frames.
+    ValueError for an empty span or one with no frames (:class:`PastEndError` when the whole span
+    lies after the video's last frame).
     """
     import av
 
@@ -109,7 +114,8 @@ def cut_clip(
                         if last_t is None
                         else f"; the video's last frame is at {float(last_t):.3f} s"
                     )
-                    raise ValueError(
+                    past = last_t is not None and last_t < start
+                    raise (PastEndError if past else ValueError)(
                         f"span [{float(start):.3f}, {float(end):.3f}) s holds no frame of {src}{ends}"
                     )
                 out.mux(ost.encode())

@@ -10,13 +10,14 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 from tqdm import tqdm
 
 from artlib._io import LockHeld, file_lock
 
-from .cut import PART_SUFFIX, cut_clip
+from .cut import PART_SUFFIX, PastEndError, cut_clip
 from .jobs import ClipJob, index_raw_videos
 from .report import report_row
 
@@ -27,7 +28,9 @@ LOCK_NAME = ".prepare.lock"
 
 @dataclass
 class ClipResult:
-    """What happened to one clip: status is "cut", "done" (finished by an earlier run), or "failed"."""
+    """What happened to one clip: status is "cut", "done" (finished by an earlier run), or "failed";
+    ``kind`` the report's kind of a failure ("failed", or "past_end": the span starts after the raw
+    video's end); ``note`` is set when the clip is cut short by the end of its raw video."""
 
     name: str
     status: str
@@ -35,6 +38,7 @@ class ClipResult:
     error: str = ""
     note: str = ""
     seconds: float = 0.0
+    kind: str = "failed"
 
 
 @dataclass
@@ -48,6 +52,7 @@ class PrepareSummary:
     missing_clips: int = 0
     missing_videos: int = 0
     short: int = 0
+    past_end: int = 0
     interrupted: bool = False
     seconds: float = 0.0
     rows: list[dict] = field(default_factory=list)
@@ -56,19 +61,40 @@ class PrepareSummary:
         return (
             f"{self.total} clips: {self.cut} cut, {self.done} already done, {self.failed} failed, "
             f"{self.missing_clips} without raw video ({self.missing_videos} videos missing), "
-            f"{self.short} shorter than {num_frames} frames"
+            f"{self.short} shorter than {num_frames} frames, "
+            f"{self.past_end} past the raw video's end"
             + (" — INTERRUPTED, rerun to finish" if self.interrupted else "")
             + f" [{self.seconds:.1f} s]"
         )
 
 
-def _probe_frames(path: Path) -> int:
-    """Frame count of a finished clip from its metadata (the mp4s written here carry an exact one).
-    Plain PyAV rather than artlib.data.decode.video_info, which would import torch into every worker."""
+def _probe_frames(path: Path) -> tuple[int, Fraction | None, Fraction | None]:
+    """Frame count, average rate and duration (s) of a finished clip from its metadata (the mp4s
+    written here carry exact ones). Plain PyAV rather than artlib.data.decode.video_info, which
+    would import torch into every worker."""
     import av
 
     with av.open(str(path)) as c:
-        return int(c.streams.video[0].frames)
+        s = c.streams.video[0]
+        rate = Fraction(s.average_rate) if s.average_rate else None
+        seconds = s.duration * s.time_base if s.duration and s.time_base else None
+        return int(s.frames), rate, seconds
+
+
+def _short_of_span(frames: int, rate: Fraction | None, seconds: Fraction | None, job) -> str:
+    """The note of a finished clip (an earlier run's) whose frames cover its span less two frames
+    at its average rate: its raw video ended inside the span. (The cut itself knows exactly; for a
+    finished clip its duration is what is left: two frames' slack keeps a variable frame rate's
+    long frames from counting as missing.)"""
+    if rate is None:
+        return ""
+    seconds = seconds if seconds is not None else frames / rate
+    if seconds + 2 / rate >= job.end - job.start:
+        return ""
+    return (
+        f"the clip holds {frames} frames ({float(seconds):.3f} s) of a "
+        f"{float(job.end - job.start):.3f} s span: its source ends inside the span"
+    )
 
 
 def _process(job: ClipJob, src: str, out_dir: str, opts: dict) -> ClipResult:
@@ -78,12 +104,18 @@ def _process(job: ClipJob, src: str, out_dir: str, opts: dict) -> ClipResult:
     try:
         if dst.exists():
             try:
-                n = _probe_frames(dst)
-                return ClipResult(job.name, "done", n, seconds=time.perf_counter() - t0)
+                n, rate, seconds = _probe_frames(dst)
+                note = _short_of_span(n, rate, seconds, job)
+                return ClipResult(job.name, "done", n, note=note, seconds=time.perf_counter() - t0)
             except Exception:  # noqa: BLE001 - damaged after the fact (not by us): cut it again
                 dst.unlink()
         n, note = cut_clip(src, dst, job.start, job.end, **opts)
         return ClipResult(job.name, "cut", n, note=note, seconds=time.perf_counter() - t0)
+    except PastEndError as err:
+        msg = f"no clip: {err}".replace("\n", " ")
+        return ClipResult(
+            job.name, "failed", error=msg, seconds=time.perf_counter() - t0, kind="past_end"
+        )
     except Exception as err:  # noqa: BLE001 - reported per clip, the run goes on
         msg = f"{type(err).__name__}: {err}".replace("\n", " ")
         return ClipResult(job.name, "failed", error=msg, seconds=time.perf_counter() - t0)
@@ -173,12 +205,18 @@ def run_jobs(
         job = by_name[res.name]
         if res.status == "failed":
             summary.failed += 1
-            summary.rows.append(report_row("failed", job.name, job.source, job, detail=res.error))
+            summary.past_end += res.kind == "past_end"
+            summary.rows.append(report_row(res.kind, job.name, job.source, job, detail=res.error))
             return
         if res.status == "cut":
             summary.cut += 1
         else:
             summary.done += 1
+        if res.note:  # never a silent short clip: the span runs past the raw video's end
+            summary.past_end += 1
+            summary.rows.append(
+                report_row("past_end", job.name, job.source, job, res.frames, res.note)
+            )
         if res.frames < num_frames:
             summary.short += 1
             summary.rows.append(

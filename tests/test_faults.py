@@ -1,0 +1,401 @@
+"""Faults a run must survive, reproduced on real files and real processes: a second run on a busy
+folder, a new run into an old folder, a killed agent's workers, a resume that changes the model, a
+kill in the middle of a write, a truncated newest checkpoint (artlib.engine.rundir)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from artlib.engine.rundir import (
+    LOCK_NAME,
+    RunFolderBusy,
+    RunFolderError,
+    RunFolderLock,
+    check_fresh,
+    newest_intact_checkpoint,
+    remove_stale_parts,
+    resume_diff,
+    set_parent_death_signal,
+    truncate_metrics,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+
+
+def _spawn(code: str, *args) -> subprocess.Popen:
+    """A Python child running ``code``; it prints a line when ready (read with _ready)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _ready(proc: subprocess.Popen, timeout: float = 60) -> str:
+    """The child's first stdout line (it says it is ready); its stderr if it died first."""
+    deadline = time.monotonic() + timeout
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(max(1.0, deadline - time.monotonic()))
+        raise AssertionError(f"child exited {proc.returncode} before ready: {proc.stderr.read()}")
+    return line.strip()
+
+
+def _gone(pid: int) -> bool:
+    """The process no longer runs (absent, or a zombie waiting for its new parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            state = next(ln for ln in fh if ln.startswith("State:"))
+        return "Z" in state.split()[1]
+    except (FileNotFoundError, ProcessLookupError, StopIteration):
+        return True
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _gone(pid):
+            return True
+        time.sleep(0.05)
+    return _gone(pid)
+
+
+HOLD_LOCK = """
+    import sys, time
+    from artlib.engine.rundir import RunFolderLock
+    lock = RunFolderLock(sys.argv[1]).acquire()
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+# ------------------------------------------------------------------------------------------ lock
+def test_second_run_on_a_busy_folder_is_refused_and_a_killed_holder_frees_it(tmp_path):
+    out = tmp_path / "run"
+    holder = _spawn(HOLD_LOCK, out)
+    try:
+        assert _ready(holder) == "held"
+        with pytest.raises(RunFolderBusy) as e:
+            RunFolderLock(out).acquire()
+        msg = str(e.value)
+        assert "\n" not in msg, msg
+        assert f"pid {holder.pid} on host {socket.gethostname()}, started " in msg, msg
+        assert str(out) in msg and "--output-dir" in msg, msg
+        # a second process is refused too (not only this one)
+        other = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(HOLD_LOCK), str(out)],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert other.returncode != 0 and f"pid {holder.pid}" in other.stderr, other.stderr
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+    # SIGKILL runs no cleanup, yet the lock is free: the OS dropped the flock with the process
+    with RunFolderLock(out) as lock:
+        assert lock.held
+        assert f'"pid": {os.getpid()}' in (out / LOCK_NAME).read_text()
+    assert (out / LOCK_NAME).read_text() == ""  # released: the file names no holder
+    RunFolderLock(out).acquire().release()  # and can be taken again
+
+
+# ------------------------------------------------------------------------------ fresh folder
+def test_a_new_run_into_a_folder_that_holds_one_is_refused(tmp_path):
+    out = tmp_path / "run"
+    assert check_fresh(out, None) == []  # absent
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / LOCK_NAME).write_text("")
+    assert check_fresh(out, None) == []  # only files a run does not write
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "checkpoint_epoch0001.pt").write_bytes(b"x")
+    (out / "metrics.csv").write_text("epoch,loss\n1,0.5\n")
+    (out / "events.out.tfevents.1.host").write_bytes(b"x")
+    with pytest.raises(RunFolderError) as e:
+        check_fresh(out, None)
+    msg = str(e.value)
+    assert "\n" not in msg and "--resume auto" in msg and "--overwrite" in msg, msg
+    assert "checkpoints" in msg and "metrics.csv" in msg, msg
+    assert check_fresh(out, "auto") == []  # a resume wants the folder's contents
+    assert (out / "metrics.csv").exists()
+    removed = check_fresh(out, None, overwrite=True)
+    assert removed == ["checkpoints", "events.out.tfevents.1.host", "metrics.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "notes.txt"]
+    assert check_fresh(out, None) == []
+
+
+# ----------------------------------------------------------------------------- parent death
+AGENT = """
+    import subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+    print(child.pid, flush=True)
+    time.sleep(600)
+"""
+WORKER = """
+import sys, time
+from artlib.engine.rundir import set_parent_death_signal
+if {pdeathsig}:
+    assert set_parent_death_signal()
+print("worker ready", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux only")
+@pytest.mark.parametrize("pdeathsig", [True, False])
+def test_a_killed_agent_leaves_no_orphan_worker(pdeathsig):
+    agent = _spawn(AGENT, WORKER.format(pdeathsig=pdeathsig))
+    worker = int(_ready(agent))
+    assert _ready(agent) == "worker ready"  # the worker shares the agent's stdout
+    try:
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(30)
+        if pdeathsig:
+            assert _wait_gone(worker, 10), f"worker {worker} outlived its agent by 10 s"
+        else:  # the control: without the signal the orphan goes on (the fault this prevents)
+            time.sleep(1.0)
+            assert not _gone(worker)
+    finally:
+        if not _gone(worker):
+            os.kill(worker, signal.SIGKILL)
+        _wait_gone(worker, 10)
+
+
+def test_parent_death_signal_is_a_noop_off_linux(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert set_parent_death_signal() is False
+
+
+# -------------------------------------------------------------------------------- resume diff
+def _cfg(**changes):
+    cfg = {
+        "preset": "synthetic",
+        "data": {"num_frames": 8, "class_names": None, "crop_size": 32},
+        "model": {"dim": 32, "heads": 2, "mtc_terms": ["a", "b"]},
+        "optim": {"lr": 0.01, "epochs": 2, "amp": False},
+        "run": {"resume": None, "output_dir": "out"},
+    }
+    for key, value in changes.items():
+        section, name = key.split("__")
+        cfg[section][name] = value
+    return cfg
+
+
+FIXED = {"data.num_frames", "data.class_names", "model.dim", "model.heads", "model.mtc_terms"}
+
+
+def test_resume_refuses_a_model_or_data_change_naming_the_option_and_both_values():
+    with pytest.raises(RunFolderError) as e:
+        resume_diff(_cfg(), _cfg(model__dim=64, run__resume="auto"), FIXED)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("--dim: ") and "with 32" in msg, msg
+    assert "asks for 64" in msg, msg
+    with pytest.raises(RunFolderError, match=r"^--class-names: .*None.*'names.txt'"):
+        resume_diff(_cfg(), _cfg(data__class_names="names.txt"), FIXED)
+    with pytest.raises(RunFolderError, match=r"^--mtc-terms: .*\['a', 'b'\].*\['a'\]"):
+        resume_diff(_cfg(), _cfg(model__mtc_terms=["a"]), FIXED)
+    # a flag table from the config's declarations names the option as the user typed it
+    with pytest.raises(RunFolderError, match=r"^--synthetic-size: "):
+        resume_diff(
+            {"synthetic": {"size": 32}},
+            {"synthetic": {"size": 64}},
+            {"synthetic.size"},
+            flag={"synthetic.size": "--synthetic-size"},
+        )
+
+
+def test_resume_returns_the_options_it_may_change():
+    changed = resume_diff(
+        _cfg(),
+        _cfg(optim__lr=1e6, optim__epochs=5, run__resume="auto", model__mtc_terms=("a", "b")),
+        FIXED,
+    )
+    assert changed == {"optim.epochs": (2, 5), "optim.lr": (0.01, 1e6)}
+    assert resume_diff(_cfg(), _cfg(), FIXED) == {}
+    # a bool is not the number 1: amp False -> True is a change, 0 -> False is too
+    assert resume_diff(_cfg(), _cfg(optim__amp=True), FIXED) == {"optim.amp": (False, True)}
+    assert resume_diff({"a": 0}, {"a": False}, set()) == {"a": (0, False)}
+    # an option the checkpoint's artlib did not have is not compared
+    new = _cfg()
+    new["model"]["added_later"] = 1
+    assert resume_diff(_cfg(), new, FIXED | {"model.added_later"}) == {}
+
+
+# --------------------------------------------------------------------------- crash leftovers
+def test_truncate_metrics_drops_later_epochs_and_a_half_written_row(tmp_path):
+    path = tmp_path / "metrics.csv"
+    rows = "".join(f"{e},{1 / e:.3f}\r\n" for e in range(1, 5))
+    path.write_bytes(f"epoch,loss\r\n{rows}5,0.2".encode())  # a kill in the middle of row 5
+    assert truncate_metrics(path, 2) == 3
+    assert path.read_bytes() == b"epoch,loss\r\n1,1.000\r\n2,0.500\r\n"
+    assert truncate_metrics(path, 2) == 0  # already consistent: unchanged
+    assert truncate_metrics(path, 0) == 2 and path.read_bytes() == b"epoch,loss\r\n"
+    assert truncate_metrics(tmp_path / "absent.csv", 3) == 0
+    (tmp_path / "odd.csv").write_text("step,loss\n1,2\n")
+    with pytest.raises(RunFolderError, match="no 'epoch' column"):
+        truncate_metrics(tmp_path / "odd.csv", 1)
+
+
+KILLED_MID_WRITE = """
+    import sys, time
+    from artlib._io import atomic_write
+    with atomic_write(sys.argv[1], "wb") as fh:
+        fh.write(b"half a checkpoint")
+        fh.flush()
+        print("writing", flush=True)
+        time.sleep(600)
+"""
+
+
+def test_a_kill_mid_write_leaves_a_part_file_that_is_removed(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    done = ckpts / "checkpoint_epoch0001.pt"
+    done.write_bytes(b"whole")
+    writer = _spawn(KILLED_MID_WRITE, ckpts / "checkpoint_epoch0002.pt")
+    try:
+        assert _ready(writer) == "writing"
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(30)
+    parts = sorted(ckpts.glob(".*.part"))
+    assert len(parts) == 1 and parts[0].name.startswith(".checkpoint_epoch0002.pt.")
+    assert not (ckpts / "checkpoint_epoch0002.pt").exists()  # never a half file under the name
+    (tmp_path / ".metrics.csv.abc.part").write_text("x")
+    removed = remove_stale_parts(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([parts[0].name, ".metrics.csv.abc.part"])
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["checkpoint_epoch0001.pt", "checkpoints"]
+    assert done.read_bytes() == b"whole"
+
+
+def _checkpoint(path: Path, epoch: int) -> None:
+    torch.save(
+        {"format": "artlib.checkpoint", "format_version": 1, "epoch": epoch, "w": torch.ones(256)},
+        path,
+    )
+
+
+def test_resume_auto_falls_back_from_a_truncated_newest_checkpoint(tmp_path):
+    assert newest_intact_checkpoint(tmp_path / "none") is None
+    for epoch in (1, 2, 3):
+        _checkpoint(tmp_path / f"checkpoint_epoch{epoch:04d}.pt", epoch)
+    (tmp_path / "best.pt").write_bytes(b"not considered")
+    path, state = newest_intact_checkpoint(tmp_path)
+    assert path.name == "checkpoint_epoch0003.pt" and state["epoch"] == 3
+    newest = tmp_path / "checkpoint_epoch0003.pt"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])  # a disk that filled up, a copy cut short
+    warnings = []
+    path, state = newest_intact_checkpoint(tmp_path, warn=warnings.append)
+    assert path.name == "checkpoint_epoch0002.pt" and state["epoch"] == 2
+    assert len(warnings) == 1 and str(newest) in warnings[0] and "\n" not in warnings[0]
+    # every one unreadable: one line, naming them
+    for epoch in (1, 2):
+        (tmp_path / f"checkpoint_epoch{epoch:04d}.pt").write_bytes(os.urandom(300))
+    with pytest.raises(RunFolderError) as e:
+        newest_intact_checkpoint(tmp_path, warn=warnings.append)
+    assert "\n" not in str(e.value) and "checkpoint_epoch0001.pt" in str(e.value)
+    assert len(warnings) == 4
+
+
+# ------------------------------------------------------------------------- one-line errors
+@pytest.mark.parametrize("content", ["random", "truncated", "empty"])
+def test_an_unreadable_checkpoint_is_one_line_without_torch_advice(tmp_path, capsys, content):
+    """evaluate, predict and convert on random bytes, a cut-short file and an empty one: one line,
+    exit status non-zero, and never torch's advice to retry with weights_only=False."""
+    from artlib.convert_checkpoint import main as convert_main
+    from artlib.evaluate import main as evaluate_main
+    from artlib.predict import main as predict_main
+
+    path = tmp_path / "bad.pt"
+    if content == "random":
+        path.write_bytes(bytes(range(256)) * 16)  # fixed "random" bytes: 0x00 is no pickle opcode
+    elif content == "truncated":
+        torch.save({"w": torch.ones(4096)}, path)
+        path.write_bytes(path.read_bytes()[:5000])
+    else:
+        path.write_bytes(b"")
+    runs = {
+        "evaluate": lambda: evaluate_main(["--checkpoint", str(path), "--device", "cpu"]),
+        "predict": lambda: predict_main(["--checkpoint", str(path), str(tmp_path / "v.mp4")]),
+        "convert": lambda: convert_main([str(path), str(tmp_path / "new.pt"), "--trust"]),
+    }
+    for tool, run in runs.items():
+        rc = run()
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert rc in (1, 2), (tool, rc, captured)
+        assert err.count("\n") == 0 and err.startswith("error: "), (tool, err)
+        assert str(path) in err and "Traceback" not in err, (tool, err)
+        low = err.lower()
+        assert "weights_only" not in low and "trusted source" not in low, (tool, err)
+        assert "arbitrary code" not in low and "miniz" not in low, (tool, err)
+    assert not (tmp_path / "new.pt").exists()
+
+
+def test_torch_load_reason_keeps_the_reason_and_drops_the_advice(tmp_path):
+    from artlib._io import torch_load_reason
+
+    bad = tmp_path / "random.pt"
+    bad.write_bytes(b"\xd8" * 64)
+    with pytest.raises(Exception) as e:
+        torch.load(bad, weights_only=True)
+    assert "weights_only" in str(e.value)  # torch's own message carries the advice
+    assert torch_load_reason(e.value) == "the safe unpickler stopped: Unsupported operand 216"
+
+    torch.save({"x": Path("a")}, tmp_path / "custom.pt")  # a class outside the safe types
+    with pytest.raises(Exception) as e:
+        torch.load(tmp_path / "custom.pt", weights_only=True)
+    reason = torch_load_reason(e.value)
+    assert reason.startswith("the safe unpickler stopped: Unsupported global: GLOBAL "), reason
+    assert "Path" in reason and "safe_globals" not in reason and "trust" not in reason, reason
+    assert torch_load_reason(EOFError()) == "the file ends early (empty or cut short)"
+    # a message that quotes torch's inside parentheses keeps them closed
+    quoted = (
+        "x.pt cannot be read (PytorchStreamReader failed reading zip archive: failed finding "
+        "central directory. This is an internal miniz error. If you are seeing this error, there "
+        "is a high likelihood that your checkpoint file is corrupted.)"
+    )
+    assert torch_load_reason(quoted) == (
+        "x.pt cannot be read (PytorchStreamReader failed reading zip archive: failed finding "
+        "central directory.)"
+    )
+    assert torch_load_reason(ValueError("plain: kept as it is")) == "plain: kept as it is"
+    # artlib's own refusal keeps its advice (convert a file you trust), word for word
+    from artlib.engine.checkpoint import UnsafeCheckpointError
+
+    unsafe = UnsafeCheckpointError(tmp_path / "c.pt", ["posix.system"])
+    assert torch_load_reason(unsafe) == str(unsafe)
+    assert "--trust" in str(unsafe) and "If you trust" in str(unsafe)
+
+
+def test_resume_fixed_keys_are_options_of_the_trainer():
+    from artlib.engine.config import TrainConfig, config_to_dict, options
+    from artlib.engine.rundir import RESUME_FIXED
+
+    keys = {o.key for o in options()}
+    assert RESUME_FIXED <= keys, sorted(RESUME_FIXED - keys)
+    flags = {o.key: o.flag for o in options()}
+    saved = config_to_dict(TrainConfig())
+    new = config_to_dict(TrainConfig())
+    new["model"]["dim"] = saved["model"]["dim"] * 2
+    with pytest.raises(RunFolderError, match=r"^--dim: the checkpoint was trained with 256"):
+        resume_diff(saved, new, RESUME_FIXED, flag=flags)
+    new = config_to_dict(TrainConfig())
+    new["optim"]["lr"], new["run"]["resume"] = 1e6, "auto"
+    assert resume_diff(saved, new, RESUME_FIXED, flag=flags) == {"optim.lr": (0.01, 1e6)}
