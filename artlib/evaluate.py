@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop with an error when more than this fraction of the videos cannot be decoded "
         "(default: the checkpoint's)",
     )
+    p.add_argument(
+        "--localization",
+        action="store_true",
+        help="also measure where the region queries look, per RSSA layer: tracklet health, and "
+        "the pointing game, attention mass and distractor hits when the videos have box sidecars "
+        "(the synthetic set); prints them and writes OUT/localization.json",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 
@@ -179,6 +186,12 @@ def run(args) -> tuple[dict, Path]:
         for path, reason in sorted(result.skipped.items()):
             print(f"skipped {path}: {reason}")
         print(f"wrote {out}/metrics.json, per_class.csv")
+        if getattr(args, "localization", False):
+            from artlib.localize import format_report, localization_report
+
+            rep = localization_report(model, info, items, dist_info.device, cfg.run.seed)
+            (out / "localization.json").write_text(json.dumps(rep, indent=1) + "\n")
+            print("\n".join(format_report(rep)) + f"\nwrote {out}/localization.json")
         print(result.final_line(), flush=True)
     return metrics, out
 
