@@ -88,3 +88,33 @@ def test_evaluate_localization_prints_and_writes_every_layer(synthetic, tmp_path
         np.isfinite(rep["tracklet_cosine"])
         and torch.tensor(rep["layers"][0]["entropy"]).le(1).all()
     )
+
+
+def test_tracklet_picture_at_native_resolution_with_health(tmp_path):
+    """draw_tracklets with the file's path: the frames of a 48x64 video at that size, the crop the
+    model saw (the centre 48x48 square), the frame times (index / fps), the predicted class's
+    probability as predict_proba gives it, and the video's health figures in [0, 1]."""
+    pytest.importorskip("matplotlib")
+    from artlib.api import load_model, load_video, predict_proba
+    from artlib.data._write import write_video
+    from artlib.data.synthetic import render_clip
+    from artlib.visualize import _native_frames, draw_tracklets
+
+    ckpt = tmp_path / "ckpt.pt"
+    make_checkpoint(ckpt)
+    model, info = load_model(ckpt)
+    path = tmp_path / "wide.mp4"
+    write_video(str(path), render_clip(2, np.random.default_rng(3), 16, (48, 64))[0], fps=8)
+    frames, times, crop = _native_frames(path, info)
+    assert frames.shape == (4, 48, 64, 3) and crop == (0, 8, 48, 48)
+    assert times == [2 / 8, 6 / 8, 10 / 8, 14 / 8]  # segment centres of 16 frames in 4, at 8 fps
+    video = load_video(path, info, num_clips=1)
+    done = draw_tracklets(model, video, info, tmp_path / "t.png", path=path)
+    probs = predict_proba(model, video)
+    assert done["label"] == int(probs.argmax()) and done["prob"] == pytest.approx(
+        float(probs.max())
+    )
+    h = done["health"]
+    assert len(h["entropy"]) == 2 and all(0 <= e <= 1 for e in h["entropy"]) and h["tokens"] == 16
+    assert -1 <= h["map_cosine"] <= 1 and -1 <= h["tracklet_cosine"] <= 1
+    assert (tmp_path / "t.png").stat().st_size > 5_000
