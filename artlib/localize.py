@@ -20,7 +20,7 @@ __all__ = ["format_report", "localization_report", "video_boxes"]
 def video_boxes(dataset, index: int, token_frames: int, side: int):
     """The ground truth of ``dataset``'s video ``index`` on the model's token grid, read from its box
     sidecar and mapped through the frames and the crop that evaluation samples: (limb (T',L),
-    distractors (T',N,L)) coverage of each token's cell (``box_coverage``) at each of the
+    distractors (T',N,L), body (T',L)) coverage of each token's cell (``box_coverage``) at each of the
     ``token_frames`` T' frames (T' < T when the backbone pools time: frame j*T//T'), on a
     ``side`` x ``side`` grid. None when the video has no sidecar."""
     from artlib.data.synthetic import read_boxes
@@ -36,14 +36,16 @@ def video_boxes(dataset, index: int, token_frames: int, side: int):
     s = dataset.crop_size
     limb = torch.from_numpy(boxes["limb"][frames])  # (T', 4) in the file's pixels
     dis = torch.from_numpy(boxes["distractors"][:, frames]).transpose(0, 1)  # (T', N, 4)
-    limb = box_coverage(crop_boxes(limb, crop, (s, s)), (side, side), (s, s))
-    dis = box_coverage(crop_boxes(dis, crop, (s, s)), (side, side), (s, s))
-    return limb, dis
+    body = torch.from_numpy(boxes["body"][frames])
+    limb, dis, body = (
+        box_coverage(crop_boxes(b, crop, (s, s)), (side, side), (s, s)) for b in (limb, dis, body)
+    )
+    return limb, dis, body
 
 
 def _gather(model, dataset, index: int, device, with_boxes: bool):
-    """One video's (att per layer [(1,T',K,L)], R (1,T',K,d), logits (N_cls,), limb (1,T',L) or None,
-    distractors (1,T',N,L) or None); None when it cannot be read."""
+    """One video's (att per layer [(1,T',K,L)], R (1,T',K,d), logits (N_cls,), boxes: None or
+    (limb (1,T',L), distractors (1,T',N,L), body (1,T',L))); None when it cannot be read."""
     from artlib.nn.localization import head_mean, record_rssa
 
     sample = dataset[index]
@@ -57,10 +59,10 @@ def _gather(model, dataset, index: int, device, with_boxes: bool):
             logits = head(tokens, cls)
     att = [head_mean(m) for m in rec["maps"]]  # each (1, T', K, L)
     if not with_boxes:
-        return att, rec["responses"], logits[0], None, None
+        return att, rec["responses"], logits[0], None
     t_tok, l = att[0].shape[1], att[0].shape[-1]
-    limb, dis = video_boxes(dataset, index, t_tok, int(round(math.sqrt(l))))
-    return att, rec["responses"], logits[0], limb[None].to(device), dis[None].to(device)
+    boxes = video_boxes(dataset, index, t_tok, int(round(math.sqrt(l))))
+    return att, rec["responses"], logits[0], tuple(b[None].to(device) for b in boxes)
 
 
 def localization_report(model, info: dict, items, device="cpu", seed: int = 0) -> dict:
@@ -71,7 +73,8 @@ def localization_report(model, info: dict, items, device="cpu", seed: int = 0) -
     each layer's entry holds the tracklet health (``entropy`` per query, ``map_cosine``,
     ``map_intersection``, ``peak_jump`` per query and its chance) and, when every video has a box
     sidecar, the localization figures (``pointing`` per query, ``pointing_best``, ``pointing_any``,
-    ``mass``, ``distractor_hits``, each with its chance level). Plain floats and lists.
+    ``mass``, ``distractor_hits``, each with its chance level; ``body_pointing``: the pointing
+    game against the body's box instead). Plain floats and lists.
     """
     from artlib.api import eval_dataset
     from artlib.data.synthetic import box_sidecar_path
@@ -83,14 +86,14 @@ def localization_report(model, info: dict, items, device="cpu", seed: int = 0) -
     with_boxes = bool(items) and all(os.path.isfile(box_sidecar_path(it.path)) for it in items)
     dataset = eval_dataset(items, info, num_clips=1, num_crops=1, seed=seed)
     model.eval()
-    per_layer, resp, lim, dis, correct = None, [], [], [], []
+    per_layer, resp, boxes, correct = None, [], [], []
     skipped = 0
     for i in range(len(dataset)):
         got = _gather(model, dataset, i, device, with_boxes)
         if got is None:
             skipped += 1
             continue
-        att, r, logits, limb, d = got
+        att, r, logits, b = got
         if per_layer is None:
             per_layer = [[] for _ in att]
         for store, a in zip(per_layer, att):
@@ -98,8 +101,7 @@ def localization_report(model, info: dict, items, device="cpu", seed: int = 0) -
         resp.append(r)
         correct.append(logits.argmax() == dataset.items[i].label)
         if with_boxes:
-            lim.append(limb)
-            dis.append(d)
+            boxes.append(b)
     if per_layer is None:
         raise ValueError("--localization: no video could be read")
     layers = []
@@ -110,8 +112,12 @@ def localization_report(model, info: dict, items, device="cpu", seed: int = 0) -
         health = tracklet_health(att)
         entry.update({k: v.tolist() for k, v in health.items()})
         if with_boxes:
-            m = localization_metrics(att, torch.cat(lim), torch.cat(dis))
+            limb, dis, body = (torch.cat(parts) for parts in zip(*boxes))
+            m = localization_metrics(att, limb, dis)
             entry.update({k: v.tolist() for k, v in m.items()})
+            on_body = localization_metrics(att, body)  # where else a query may settle
+            entry["body_pointing"] = on_body["pointing"].tolist()
+            entry["body_pointing_chance"] = on_body["pointing_chance"].tolist()
         layers.append(entry)
     return {
         "videos": len(resp),
@@ -142,7 +148,8 @@ def format_report(rep: dict) -> list[str]:
                 f"{e['pointing_best']:.3f} any {e['pointing_any']:.3f} (chance "
                 f"{e['pointing_chance']:.3f}, any {e['pointing_any_chance']:.3f})  mass/query "
                 f"{_q(e['mass'])} (chance {e['mass_chance']:.3f})  distractor hits/query "
-                f"{_q(e['distractor_hits'])} (chance {e['distractor_chance']:.3f})"
+                f"{_q(e['distractor_hits'])} (chance {e['distractor_chance']:.3f})  on the body/query "
+                f"{_q(e['body_pointing'])} (chance {e['body_pointing_chance']:.3f})"
             )
     last = rep["layers"][-1]
     summary = (

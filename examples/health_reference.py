@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     g = torch.Generator().manual_seed(0)
     flat = (1 + 0.02 * torch.randn(8, 1, side * side, generator=g)).clamp_min(0)
     collapsed = (flat / flat.sum(-1, keepdim=True)).expand(8, 2, side * side)
-    limb_cov, dis_cov = video_boxes(ds, i, 8, side)
+    limb_cov, dis_cov, _ = video_boxes(ds, i, 8, side)
     frames = video.permute(0, 2, 3, 1)
     os.makedirs(args.out, exist_ok=True)
     for name, att in (("healthy", healthy), ("collapsed", collapsed)):

@@ -33,8 +33,8 @@ def test_boxes_on_the_token_grid_cover_the_white_squares_of_the_input(synthetic)
     ds = VideoDataset(items, num_frames=4, train=False, crop_size=48, mean=mean, std=std)
     for i in range(len(ds)):
         video = ds[i]["video"] * 0.25 + 0.5  # (T, 3, 48, 48) in 0..1
-        limb, dis = video_boxes(ds, i, 4, 6)
-        assert limb.shape == (4, 36) and dis.shape == (4, 1, 36)
+        limb, dis, body = video_boxes(ds, i, 4, 6)
+        assert limb.shape == body.shape == (4, 36) and dis.shape == (4, 1, 36)
         white = (video.min(1).values > 0.9).float()  # (T, 48, 48)
         cells = white.view(4, 6, 8, 6, 8).sum((2, 4)).view(4, 36)  # white pixels per cell
         for t in range(4):
@@ -42,6 +42,7 @@ def test_boxes_on_the_token_grid_cover_the_white_squares_of_the_input(synthetic)
             covered = (limb[t] > 0) | (dis[t] > 0).any(0)
             assert covered[best], (items[i].path, t, best, limb[t].nonzero().flatten().tolist())
             assert cells[t][limb[t] > 0].sum() >= 4, (items[i].path, t)
+            assert body[t].sum() > limb[t].sum(), (items[i].path, t)  # the body is the larger
 
 
 def test_evaluate_localization_prints_and_writes_every_layer(synthetic, tmp_path, capsys):
@@ -73,6 +74,7 @@ def test_evaluate_localization_prints_and_writes_every_layer(synthetic, tmp_path
     for key in ("pointing", "mass", "distractor_hits", "entropy"):
         assert all(0 <= v <= 1 for v in e[key]), (key, e[key])
     assert e["pointing_best"] == max(e["pointing"])
+    assert len(e["body_pointing"]) == 2 and e["body_pointing_chance"] > e["pointing_chance"]
     # a 16 px limb box (0.16 x 32 = 5.1 px) on 8 px cells touches 1-4 of 16 cells: chance 1/16..1/4
     assert 1 / 16 <= e["pointing_chance"] <= 4 / 16
     assert 0 < e["mass_chance"] < e["pointing_chance"]
