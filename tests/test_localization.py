@@ -13,6 +13,7 @@ from artlib.nn.localization import (
     box_coverage,
     crop_boxes,
     head_mean,
+    health_scalars,
     localization_metrics,
     map_overlap,
     peak_jump,
@@ -209,3 +210,22 @@ def test_record_rssa_gives_every_layers_maps_and_leaves_the_output_alone():
     with torch.no_grad():
         rssa(x, s)  # hooks gone: nothing recorded any more
     assert not rssa._forward_hooks and not rssa.layers[0]._forward_pre_hooks
+
+
+def test_health_scalars_are_finite_0_dim_means_of_the_health():
+    """health_scalars: 0-dim tensors, the per-query means of tracklet_health (head-averaged maps),
+    the pairwise ones left out for K = 1 so that a trainer's finiteness check never trips."""
+    g = torch.Generator().manual_seed(2)
+    maps = torch.rand(2, 3, 4, 2, 16, generator=g).softmax(-1)  # (B,T,heads,K,L)
+    s = health_scalars(maps)
+    h = tracklet_health(maps)
+    assert all(v.dim() == 0 for v in s.values())
+    torch.testing.assert_close(s["health_entropy"], h["entropy"].mean())
+    torch.testing.assert_close(s["health_peak_jump"], h["peak_jump"].mean())
+    torch.testing.assert_close(s["health_map_cosine"], h["map_cosine"])
+    torch.testing.assert_close(
+        tracklet_health(head_mean(maps))["entropy"], h["entropy"]
+    )  # 5-dim input is averaged over heads first
+    one = health_scalars(maps[:, :, :, :1])
+    assert set(one) == {"health_entropy", "health_peak_jump"}
+    assert all(torch.isfinite(v) for v in one.values())

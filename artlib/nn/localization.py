@@ -33,6 +33,7 @@ __all__ = [
     "box_coverage",
     "crop_boxes",
     "head_mean",
+    "health_scalars",
     "localization_metrics",
     "map_overlap",
     "peak_jump",
@@ -239,6 +240,20 @@ def tracklet_health(
     }
     if responses is not None:
         out["tracklet_cosine"] = tracklet_cosine(responses)
+    return out
+
+
+@torch.no_grad()
+def health_scalars(maps: Tensor, prefix: str = "health_") -> dict[str, Tensor]:
+    """``tracklet_health`` of a batch's maps (B,T,heads,K,L) as 0-dim tensors (per-query figures
+    averaged over the queries), to be averaged like the loss terms: ``entropy``, ``peak_jump``,
+    and for K > 1 ``map_cosine`` and ``map_intersection`` (absent for K = 1, where they are
+    undefined, so that every value is finite). Keys carry ``prefix``. No host sync."""
+    h = tracklet_health(maps)
+    out = {f"{prefix}entropy": h["entropy"].mean(), f"{prefix}peak_jump": h["peak_jump"].mean()}
+    if maps.shape[-2] > 1:
+        out[f"{prefix}map_cosine"] = h["map_cosine"]
+        out[f"{prefix}map_intersection"] = h["map_intersection"]
     return out
 
 
