@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop with an error when more than this fraction of the videos cannot be decoded "
         "(default: the checkpoint's)",
     )
+    p.add_argument(
+        "--localization",
+        action="store_true",
+        help="also measure where the region queries look, per RSSA layer: tracklet health, and "
+        "the pointing game, attention mass and distractor hits when the videos have box sidecars "
+        "(the synthetic set); prints them and writes OUT/localization.json",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 
@@ -198,6 +205,13 @@ def run(args) -> tuple[dict, Path]:
             wrote.append("confusion.png")
         for path, reason in sorted(result.skipped.items()):
             print(f"skipped {path}: {reason}")
+        if getattr(args, "localization", False):
+            from artlib.localize import format_report, localization_report
+
+            rep = localization_report(model, info, items, dist_info.device, cfg.run.seed)
+            (out / "localization.json").write_text(json.dumps(rep, indent=1) + "\n")
+            print("\n".join(format_report(rep)))
+            wrote.append("localization.json")
         print(f"wrote {', '.join(wrote)} in {out}")
         print(final_line(metrics), flush=True)
     return metrics, out

@@ -130,7 +130,9 @@ def _predict(args) -> int:
             except VideoDecodeError as e:
                 print(f"--tracklets: {args.videos[0]}: {e.reason}; none drawn", file=sys.stderr)
             else:
-                done = draw_tracklets(model, video.to(args.device), info, args.tracklets)
+                done = draw_tracklets(
+                    model, video.to(args.device), info, args.tracklets, path=args.videos[0]
+                )
                 print(
                     f"wrote {args.tracklets}: {done['tracklets']} tracklets x {done['frames']} "
                     f"frames of {args.videos[0]}",

@@ -161,3 +161,71 @@ def test_vp9_set_loads(tmp_path):
     batches = list(loader)
     assert len(batches) == 2 and batches[0]["video"].shape == (2, 4, 3, 32, 32)
     assert loader.stats["failed"] == 0
+
+
+def _centres_in(box, h, w, shrink=0.0):
+    """(H, W) bool: pixels whose centre lies inside box (x0, y0, x1, y1) shrunk by ``shrink``."""
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    x0, y0, x1, y1 = box
+    return (xx > x0 + shrink) & (xx < x1 - shrink) & (yy > y0 + shrink) & (yy < y1 - shrink)
+
+
+def test_boxes_match_the_rendered_limb_and_distractors():
+    """The boxes returned with the frames sit on what was drawn: inside the limb's box its white core
+    (every frame), its black rim just inside the edge; the pixels where two classes differ (the
+    limb's own motion) all lie inside the two videos' limb boxes; a distractor's box has its white
+    core wherever the body and the limb do not cover it."""
+    F, (h, w) = 32, (64, 64)
+    half, rim = 0.08 * 64, max(1.0, 0.08 * 64 / 3)
+    clips = {}
+    for label in (0, 3, 6):
+        frames, _, boxes = render_clip(label, np.random.default_rng(5), F, (h, w), 2, 0.5, True)
+        assert boxes["limb"].shape == (F, 4) and boxes["distractors"].shape == (2, F, 4)
+        assert np.allclose(boxes["limb"][:, 2] - boxes["limb"][:, 0], 2 * half)  # never clipped
+        clips[label] = frames.astype(int), boxes
+        for t in range(F):
+            core = _centres_in(boxes["limb"][t], h, w, shrink=rim + 1)
+            assert core.sum() >= 9, (label, t, boxes["limb"][t])
+            assert frames[t][core].min() >= 245, (label, t, boxes["limb"][t])
+            ring = _centres_in(boxes["limb"][t], h, w, 0.2) & ~_centres_in(
+                boxes["limb"][t], h, w, rim - 0.2
+            )
+            assert frames[t][ring].max(-1).mean() < 60, (label, t)  # the black rim
+            for d in range(2):
+                dcore = _centres_in(boxes["distractors"][d, t], h, w, rim + 1)
+                free = dcore & ~_centres_in(boxes["limb"][t], h, w, -1)
+                free &= ~_centres_in(boxes["body"][t], h, w, -1)
+                if free.any():
+                    assert frames[t][free].min() >= 245, (label, t, d)
+    for a, b in ((0, 3), (0, 6), (3, 6)):
+        (fa, ba), (fb, bb) = clips[a], clips[b]
+        for t in range(F):
+            moved = np.abs(fa[t] - fb[t]).max(-1) > 8
+            inside = _centres_in(ba["limb"][t], h, w, -0.5) | _centres_in(bb["limb"][t], h, w, -0.5)
+            assert not (moved & ~inside).any(), (a, b, t, np.argwhere(moved & ~inside)[:3])
+    # without return_boxes: the same frames, the old two-value return
+    frames, start = render_clip(6, np.random.default_rng(5), F, (h, w), 2)
+    assert np.array_equal(frames, clips[6][0])
+
+
+def test_sidecars_are_written_beside_every_video(tmp_path):
+    """make_finegrained_set writes <video>.boxes.json for each video; read_boxes gives the frame's
+    boxes, and the decoded file shows the limb's white core inside the limb box of each frame."""
+    from artlib.data.decode import decode_clip
+    from artlib.data.synthetic import box_sidecar_path, read_boxes
+
+    syn = make_finegrained_set(
+        tmp_path, num_classes=2, train_per_class=1, val_per_class=1, num_frames=8, size=(64, 64),
+        distractors=1,
+    )  # fmt: skip
+    items, _ = read_generic_list(syn.val_list)
+    for it in items:
+        assert os.path.isfile(box_sidecar_path(it.path)), it.path
+        boxes = read_boxes(it.path)
+        assert boxes["size"] == (64, 64)
+        assert boxes["limb"].shape == (8, 4) and boxes["distractors"].shape == (1, 8, 4)
+        frames = decode_clip(it.path, lambda info: np.arange(8))[0].numpy()  # (8, H, W, 3)
+        for t in range(8):
+            core = _centres_in(boxes["limb"][t], 64, 64, shrink=2.7)
+            assert frames[t][core].mean() > 200, (it.path, t)
+    assert read_boxes(tmp_path / "no_such_video.mp4") is None

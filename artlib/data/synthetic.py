@@ -34,9 +34,11 @@ README's evidence section and docs/data.md.
 
 ``make_finegrained_set`` writes ``train/`` and ``val/`` videos plus ``train.txt``/``val.txt`` in the
 generic ``<path> <label>`` format and ``classes.txt``, under ``<root>/finegrained-<config hash>/``. A
-second call with the same configuration reuses the files; the set is written into a temporary folder
-and renamed when complete (``config.json``, written last, marks a complete set), so an interrupted
-generation is redone, not half used. Generation holds a file lock per set
+second call with the same configuration reuses the files. Beside each video, ``<name>.boxes.json``
+holds the per-frame boxes of the limb, the body and each distractor (``read_boxes``): the ground
+truth for localization metrics (``python -m artlib.evaluate --localization``). The set is written
+into a temporary folder and renamed when complete (``config.json``, written last, marks a complete
+set), so an interrupted generation is redone, not half used. Generation holds a file lock per set
 (``<root>/.finegrained-<hash>.lock``) and checks for the complete set again under it: concurrent
 runs write a set once, and a complete set is never deleted while another run reads it. Under
 ``torchrun`` only local rank 0 of each node generates; the node's other ranks (``LOCAL_RANK`` > 0)
@@ -59,7 +61,14 @@ from artlib._io import file_lock
 
 from ._write import CODECS, write_video
 
-__all__ = ["CLASS_NAMES", "SyntheticSet", "make_finegrained_set", "render_clip"]
+__all__ = [
+    "CLASS_NAMES",
+    "SyntheticSet",
+    "box_sidecar_path",
+    "make_finegrained_set",
+    "read_boxes",
+    "render_clip",
+]
 
 # name, kind, direction (dx, dy in image coordinates: y grows downwards)
 _CLASSES = [
@@ -78,7 +87,7 @@ _CLASSES = [
 ]
 CLASS_NAMES = [c[0] for c in _CLASSES]
 JITTER = 0.1  # the body's start point and path length, as a fraction of the frame
-_VERSION = 5  # bump when the rendering changes: the cache key includes it
+_VERSION = 6  # bump when the rendering or the files change: the cache key includes it (6: boxes)
 
 
 @dataclass(frozen=True)
@@ -170,8 +179,12 @@ def render_clip(
     size: tuple[int, int],
     distractors: int = 0,
     distractor_amplitude: float = 0.5,
+    return_boxes: bool = False,
 ):
-    """The frames of one video of class ``label``: uint8 (num_frames, H, W, 3), and its window start.
+    """The frames of one video of class ``label``: uint8 (num_frames, H, W, 3), and its window start;
+    with ``return_boxes`` also its boxes (the ground truth of where things are, see ``read_boxes``):
+    ``{"limb": (F, 4), "body": (F, 4), "distractors": (N, F, 4)}`` float pixel boxes
+    (x0, y0, x1, y1) of each frame, the square's outer edge (rim included), clipped to the frame.
 
     ``distractors``: free squares of the limb's look, anywhere off the body and behind it, each doing
     the motion of a random class (at ``distractor_amplitude`` times the limb's amplitude) in its own
@@ -207,6 +220,7 @@ def render_clip(
     body = p0 * (1 - a) + p1 * a  # (F, 2) centres
     limb = body + rest + _limb_path(kind, direction, start, window, amp, num_frames)
     img = bg
+    d_paths = []
     d_amp = amp * distractor_amplitude  # the default 0.5 leaves room for them in a small frame
     margin = limb_half + d_amp + 1
     for _ in range(distractors):  # behind the body and the limb: they never hide the real one
@@ -220,12 +234,58 @@ def render_clip(
                 break
         d_start = int(rng.integers(0, max(1, num_frames - window)))
         path = centre + _limb_path(d_kind, d_dir, d_start, window, d_amp, num_frames)
+        d_paths.append(path)
         img = _paint_limb(img, h, w, path, limb_half, rim)
     m_body = _disc(h, w, body[:, 0, None, None], body[:, 1, None, None], body_r)[..., None]
     img = img * (1 - m_body) + body_col * m_body  # (F, H, W, 3)
     img = _paint_limb(img, h, w, limb, limb_half, rim)
     frames = np.clip(img + 0.5, 0, 255).astype(np.uint8)
-    return frames, start
+    if not return_boxes:
+        return frames, start
+
+    def box(centres, half):  # (F, 2) -> (F, 4) x0 y0 x1 y1, clipped to the frame
+        b = np.concatenate([centres - half, centres + half], axis=1)
+        return np.clip(b, 0, [w, h, w, h])
+
+    boxes = {
+        "limb": box(limb, limb_half),
+        "body": box(body, body_r),
+        "distractors": np.array([box(p, limb_half) for p in d_paths]).reshape(-1, num_frames, 4),
+    }
+    return frames, start, boxes
+
+
+def box_sidecar_path(video_path: str | os.PathLike) -> str:
+    """Where the boxes of a synthetic video are written: ``<video without extension>.boxes.json``."""
+    return os.path.splitext(os.fspath(video_path))[0] + ".boxes.json"
+
+
+def read_boxes(video_path: str | os.PathLike) -> dict | None:
+    """The ground-truth boxes written beside a synthetic video, or None when it has none:
+    ``{"size": (H, W), "limb": (F, 4), "body": (F, 4), "distractors": (N, F, 4)}``, float32 numpy
+    pixel boxes (x0, y0, x1, y1) of every frame of the file (F = its frame count), in the
+    frame's own coordinates (x right, y down; a pixel column c spans [c, c + 1))."""
+    path = box_sidecar_path(video_path)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        raw = json.load(fh)
+    f = len(raw["limb"])
+    return {
+        "size": tuple(raw["size"]),
+        "limb": np.asarray(raw["limb"], np.float32).reshape(f, 4),
+        "body": np.asarray(raw["body"], np.float32).reshape(f, 4),
+        "distractors": np.asarray(raw["distractors"], np.float32).reshape(-1, f, 4),
+    }
+
+
+def _write_boxes(video_path: str, boxes: dict, size: tuple[int, int]) -> None:
+    def r(a):  # 2 decimals: a hundredth of a pixel, a small file
+        return np.round(np.asarray(a, np.float64), 2).tolist()
+
+    record = {"size": list(size), **{k: r(v) for k, v in boxes.items()}}
+    with open(box_sidecar_path(video_path), "w") as fh:
+        json.dump(record, fh, separators=(",", ":"))
 
 
 def _alive(pid: str) -> bool:
@@ -364,11 +424,12 @@ def _generate(
             os.makedirs(folder, exist_ok=True)
             for i in range(per_class):
                 rng = np.random.default_rng([seed, split_seed, label, i])
-                frames, _ = render_clip(
-                    label, rng, num_frames, (h, w), distractors, distractor_amplitude
+                frames, _, boxes = render_clip(
+                    label, rng, num_frames, (h, w), distractors, distractor_amplitude, True
                 )
                 rel = os.path.join(split, f"{label:02d}", f"{i:04d}{ext}")
                 write_video(os.path.join(tmp, rel), frames, fps=fps, codec=codec)
+                _write_boxes(os.path.join(tmp, rel), boxes, (h, w))
                 lines.append(f"{rel} {label}\n")
         with open(os.path.join(tmp, f"{split}.txt"), "w") as fh:
             fh.writelines(lines)
