@@ -208,7 +208,8 @@ def run(args) -> tuple[dict, Path]:
         if getattr(args, "localization", False):
             from artlib.localize import format_report, localization_report
 
-            rep = localization_report(model, info, items, dist_info.device, cfg.run.seed)
+            seed = cfg.run.seed if cfg is not None else 0  # a model folder has no run config
+            rep = localization_report(model, info, items, dist_info.device, seed)
             (out / "localization.json").write_text(json.dumps(rep, indent=1) + "\n")
             print("\n".join(format_report(rep)))
             wrote.append("localization.json")
