@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import tempfile
@@ -18,7 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["LockHeld", "atomic_save_torch", "atomic_write", "cache_root", "file_lock"]
+__all__ = [
+    "LockHeld",
+    "OneLineParser",
+    "atomic_save_torch",
+    "atomic_write",
+    "cache_root",
+    "file_lock",
+]
 
 
 def cache_root() -> Path:
@@ -115,3 +123,10 @@ def file_lock(path: str | os.PathLike, *, blocking: bool = True) -> Iterator[Pat
             yield path
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line on one line (``prog: error: ...``), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")

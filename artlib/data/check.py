@@ -34,6 +34,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 from tqdm import tqdm
 
+from artlib._io import OneLineParser
+
 from .probe import PROBLEM_KINDS, USABLE_KINDS, VideoProbe, probe_video
 
 __all__ = [
@@ -145,13 +147,6 @@ def read_list(fmt: str, list_file: str | os.PathLike, root: str | os.PathLike | 
     }[fmt]
     result = reader(list_file, root)
     return result[0] if isinstance(result, tuple) else result
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad command line on one line (``prog: error: ...``), exit 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _parser() -> argparse.ArgumentParser:
