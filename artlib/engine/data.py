@@ -36,7 +36,9 @@ def build_items(cfg: TrainConfig, info: DistInfo) -> DataItems:
         train, val, names = _synthetic_items(cfg, info)
     else:
         f = dataset_files(cfg)
-        train, val, names = read_train_val(f["kind"], f["train"], f["val"], f["root"], f["extra"])
+        train, val, names = read_train_val(
+            f["kind"], f["train"], f["val"], f["root"], f.get("extra")
+        )
     n_labels = max(it.label for it in (*train, *val)) + 1
     if cfg.data.class_names:
         names = read_class_names(cfg.data.class_names)
