@@ -17,6 +17,7 @@ from artlib.models import (
     TinyVideoBackbone,
     UniFormerV2,
     build_backbone,
+    create_uniformerv2,
     list_backbones,
 )
 from artlib.models._layers import QueryAttention, temporal_conv
@@ -260,7 +261,7 @@ def test_build_backbone_errors(tmp_path):
             )
     pytest.importorskip("open_clip")
     with pytest.raises(FileNotFoundError, match="never downloads"):
-        UniFormerV2.from_pretrained(
+        create_uniformerv2(
             "b16", "laion2b_s34b_b88k", cache_dir=str(tmp_path), width=64, layers=1, heads=2
         )
     with pytest.raises(ValueError, match="known tags"):
@@ -353,3 +354,101 @@ def test_full_size_presets_on_meta(name, C, L):
         tokens, cls = m(torch.empty(2, 3, 3, 224, 224))
     assert m.out_dim == C and m.num_tokens(224, 224) == L
     assert tokens.shape == (2, 3, L, C) and cls.shape == (2, C)
+
+
+# build_art: the model from a plain config -----------------------------------------------------
+
+
+def _tiny_config(**changes) -> dict:
+    cfg = {
+        "backbone": "tiny_cnn",
+        "backbone_kwargs": {"img_size": 32, "width": 32},
+        "num_classes": 4,
+        "num_frames": 4,
+        "dropout": 0.0,
+        "head": {"dim": 32, "heads": 2, "se_layers": 1, "act_layers": 1, "aggregation": "sequence"},
+        "bank": {"shape": [3, 4, 32], "init": "random", "seed": 3, "momentum": 0.9},
+    }
+    cfg.update(changes)
+    return cfg
+
+
+def test_build_art_records_a_json_config_that_rebuilds_it():
+    """model.config survives JSON, rebuilds the same architecture, and with the state dict gives
+    the same logits (ART and the baseline)."""
+    import json
+
+    from artlib.models import build_art
+
+    video = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for cfg in (_tiny_config(), _tiny_config(baseline=True, head={}, bank=None)):
+        torch.manual_seed(0)
+        model = build_art(cfg).eval()
+        again = build_art(json.loads(json.dumps(model.config))).eval()
+        assert again.config == model.config
+        again.load_state_dict(model.state_dict())  # strict: the same tensors and shapes
+        with torch.no_grad():
+            assert torch.equal(again(video), model(video))
+    assert model.config["bank"] is None and model.config["baseline"] is True
+    art = build_art(_tiny_config())
+    assert art.config["bank"] == {"shape": [3, 4, 32], "init": "zeros", "momentum": 0.9}
+    assert art.data_config == {
+        "mean": list(art.backbone.mean),
+        "std": list(art.backbone.std),
+        "input_size": [3, 32, 32],
+        "num_frames": 4,
+        "token_frames": 4,
+        "tokens_per_frame": 16,
+    }
+
+
+def test_build_art_bank_forms_and_errors(tmp_path):
+    """The bank from a seeded shape (unit-norm rows, the same for the same seed), zeros, a file,
+    an object; wrong keys and class counts are named."""
+    from artlib.models import build_art
+    from artlib.nn import SemanticBank
+
+    a = build_art(_tiny_config()).head.bank.S
+    b = build_art(_tiny_config()).head.bank.S
+    assert torch.equal(a, b) and torch.allclose(a.norm(dim=-1), torch.ones(3, 4))
+    zeros = build_art(_tiny_config(bank={"shape": [3, 4, 32], "init": "zeros"})).head.bank.S
+    assert not zeros.any()
+    torch.save({"bank": a * 2}, tmp_path / "bank.pt")
+    from_file = build_art(_tiny_config(bank={"file": str(tmp_path / "bank.pt")}))
+    assert torch.equal(from_file.head.bank.S, a * 2)
+    given = build_art(_tiny_config(bank=None), bank=SemanticBank(a * 3, momentum=0.5))
+    assert torch.equal(given.head.bank.S, a * 3) and given.config["bank"]["momentum"] == 0.5
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['colour'\]"):
+        build_art(_tiny_config(colour=1))
+    with pytest.raises(ValueError, match="'num_classes' is required"):
+        build_art({"backbone": "tiny"})
+    with pytest.raises(ValueError, match="bank: it has 5 classes"):
+        build_art(_tiny_config(bank={"shape": [3, 5, 32]}))
+    with pytest.raises(ValueError, match="'bank' must be a dict"):
+        build_art(_tiny_config(bank=None))
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_art(_tiny_config(backbone="resnet"))
+
+
+@pytest.mark.parametrize("baseline", [False, True])
+def test_build_art_from_the_trainer_config_equals_the_trainers_model(baseline):
+    """model_config_from_train_config + build_art build the model the trainer builds from the same
+    config, weight for weight (same seed), from the nested config dict and from the dataclass."""
+    from artlib.engine.config import MTC_TERMS as ENGINE_TERMS
+    from artlib.engine.config import config_to_dict
+    from artlib.engine.trainer import build_model
+    from artlib.models import MTC_TERMS, build_art, model_config_from_train_config
+    from tests.ckpt_fixtures import CLASSES, tiny_config
+
+    assert MTC_TERMS == ENGINE_TERMS
+    cfg = tiny_config(**{"model.baseline": baseline, "model.mtc_terms": ("spatial", "tracklet")})
+    torch.manual_seed(5)
+    ref = build_model(cfg, CLASSES)
+    for source in (config_to_dict(cfg), cfg):
+        torch.manual_seed(5)
+        ours = build_art(model_config_from_train_config(source, CLASSES))
+        assert ours.state_dict().keys() == ref.state_dict().keys()
+        for k, v in ref.state_dict().items():
+            assert torch.equal(ours.state_dict()[k], v), k
+    if not baseline:
+        assert ours.config["head"]["mtc_weights"] == [1.0, 0.0, 1.0]

@@ -13,7 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artlib.models import ART, RANDOM_WEIGHTS, UniFormerV2, build_backbone, wants_random_weights
+from artlib.models import (
+    ART,
+    RANDOM_WEIGHTS,
+    UniFormerV2,
+    build_backbone,
+    create_uniformerv2,
+    wants_random_weights,
+)
 from artlib.models.uniformerv2_weights import CLIP, MMACTION2, OFFICIAL, is_clip_key
 from tests.helpers import assert_close
 
@@ -421,11 +428,11 @@ def test_open_clip_tag_from_local_cache(tmp_path):
     pytest.importorskip("open_clip")
     vit = _clip_vit(quick=True)
     torch.save({f"visual.{k}": v for k, v in vit.state_dict().items()}, tmp_path / "ViT-B-16.pt")
-    m = UniFormerV2.from_pretrained("b16", "openai", cache_dir=str(tmp_path), heads=2, n_layers=1)
+    m = create_uniformerv2("b16", "openai", cache_dir=str(tmp_path), heads=2, n_layers=1)
     rep = m.pretrained_report
     assert rep["format"] == CLIP and rep["tag"] == "openai" and rep["config"]["quick_gelu"] is True
     with pytest.raises(FileNotFoundError, match="never downloads"):
-        UniFormerV2.from_pretrained("b16", "openai", cache_dir=str(tmp_path / "empty"))
+        create_uniformerv2("b16", "openai", cache_dir=str(tmp_path / "empty"))
 
 
 def test_trainer_normalises_with_the_checkpoints_statistics(tmp_path):

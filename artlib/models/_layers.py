@@ -12,6 +12,49 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def plain(value):
+    """``value`` as JSON types: tuples and ranges -> lists, dict keys -> str (a config to save)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, range)):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"config: {value!r} ({type(value).__name__}) is not a JSON value")
+
+
+def init_args(local_vars: dict) -> dict:
+    """A constructor's arguments (``locals()`` at its top) as a plain dict: what rebuilds it."""
+    return {k: plain(v) for k, v in local_vars.items() if k not in ("self", "__class__")}
+
+
+class VideoBackbone(nn.Module):
+    """What every backbone declares about its input (timm's ``pretrained_cfg`` habit):
+    ``mean``/``std`` (0-1 scale, what its weights expect), ``img_size`` (S), ``frames_out(T)``
+    (T -> T'), ``num_tokens(H, W)`` (L), and ``init_kwargs`` (its constructor arguments)."""
+
+    mean: tuple
+    std: tuple
+    img_size: int
+    init_kwargs: dict
+
+    def frames_out(self, T: int) -> int:
+        return T
+
+    def data_config(self, num_frames: int = 16) -> dict:
+        """The input contract: {"mean", "std", "input_size" (3, S, S), "num_frames" T,
+        "token_frames" T', "tokens_per_frame" L}, plain types."""
+        size = int(self.img_size)
+        return {
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+            "input_size": [3, size, size],
+            "num_frames": int(num_frames),
+            "token_frames": int(self.frames_out(num_frames)),
+            "tokens_per_frame": int(self.num_tokens(size, size)),
+        }
+
+
 def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
     """Stochastic depth on a residual branch: each sample along dim 0 keeps the branch with
     probability 1 − p, scaled by 1/(1 − p) (timm's ``DropPath``); the identity when not training."""

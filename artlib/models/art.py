@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from artlib.models._layers import plain
 from artlib.nn import ARTHead, SemanticBank
 
 
@@ -55,6 +56,10 @@ class ART(nn.Module):
     ``forward(video, labels=None, return_maps=False)``: logits (B, N_cls) from head_con; with labels
     ``(logits, losses)`` with ``losses["total"]`` to backpropagate (Eq. 18). Call ``ema_update()``
     after every optimizer step (S ← μS + (1−μ)Sᵃ, Eq. 12). The text encoder is never run here.
+
+    ``config``: the plain, JSON-able configuration that ``artlib.models.build_art`` rebuilds this
+    model from (the bank as its shape: its values are in the state dict); ``data_config``: the
+    input it expects (mean, std, input size, T frames in, T' token frames out).
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class ART(nn.Module):
             )
         self.backbone = backbone
         self.num_classes, self.num_frames, self.baseline = num_classes, num_frames, baseline
+        self._recorded = {"dropout": float(dropout), "head": plain(head_options)}
         width = int(backbone.out_dim)
         frames = backbone.frames_out(num_frames) if hasattr(backbone, "frames_out") else num_frames
         self.token_frames = frames
@@ -102,6 +108,37 @@ class ART(nn.Module):
                 dropout=dropout,
                 **head_options,
             )
+
+    @property
+    def config(self) -> dict:
+        """The plain configuration this model was built with (``build_art(model.config)`` makes
+        the same architecture; load its state dict for the same weights). ``backbone`` is None
+        for a backbone that ``artlib.models.build_backbone`` did not make."""
+        bb = self.backbone
+        bank = self.head.bank if self.head is not None else self.bank
+        return {
+            "backbone": getattr(bb, "backbone_name", None),
+            "backbone_kwargs": dict(getattr(bb, "init_kwargs", {})),
+            "pretrained": getattr(bb, "pretrained_source", None),
+            "num_classes": int(self.num_classes),
+            "num_frames": int(self.num_frames),
+            "baseline": bool(self.baseline),
+            "dropout": self._recorded["dropout"],
+            "head": dict(self._recorded["head"]),
+            "bank": None
+            if bank is None
+            else {"shape": list(bank.S.shape), "init": "zeros", "momentum": bank.momentum},
+            "mean": [float(v) for v in getattr(bb, "mean", ())] or None,
+            "std": [float(v) for v in getattr(bb, "std", ())] or None,
+        }
+
+    @property
+    def data_config(self) -> dict:
+        """The input contract: the backbone's ``data_config(num_frames)`` ({"mean", "std",
+        "input_size" (3, S, S), "num_frames" T, "token_frames" T', "tokens_per_frame" L})."""
+        if hasattr(self.backbone, "data_config"):
+            return self.backbone.data_config(self.num_frames)
+        raise TypeError(f"backbone: {type(self.backbone).__name__} declares no data_config")
 
     def _check(self, video: Tensor) -> None:
         if not isinstance(video, Tensor) or video.dim() != 5:

@@ -31,11 +31,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from artlib.models._layers import temporal_conv
-from artlib.models.checkpoint import load_state_dict_file
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from artlib.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from artlib.models._layers import VideoBackbone, init_args, temporal_conv
+from artlib.weights_io import load_state_dict_file
 
 
 class MotionExcitation(nn.Module):
@@ -150,7 +148,7 @@ class _Stage(nn.ModuleList):
         return x
 
 
-class TEAResNet50(nn.Module):
+class TEAResNet50(VideoBackbone):
     """ResNet-50 with TEA blocks; tokens from the last stage.
 
     Args:
@@ -175,6 +173,8 @@ class TEAResNet50(nn.Module):
         inner_scale: float = 1.0,
     ):
         super().__init__()
+        self.init_kwargs = init_args(locals())
+        self.img_size = 224  # its ImageNet weights' size (any H×W runs)
         if len(layers) != 4:
             raise ValueError(f"layers: expected 4 stage depths, got {tuple(layers)}")
         if base_width % 4:
@@ -210,9 +210,6 @@ class TEAResNet50(nn.Module):
             return n
 
         return down(H) * down(W)
-
-    def frames_out(self, T: int) -> int:
-        return T
 
     def forward(self, video: Tensor) -> tuple[Tensor, Tensor]:
         if video.dim() != 5 or video.shape[2] != 3:

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from artlib.models._layers import LayerNorm, ResidualAttentionBlock
-from artlib.models.uniformerv2 import CLIP_MEAN, CLIP_STD
+from artlib.data.dataset import CLIP_MEAN, CLIP_STD
+from artlib.models._layers import LayerNorm, ResidualAttentionBlock, VideoBackbone, init_args
 
 
 def _check_video(video: Tensor, in_chans: int, multiple: int) -> None:
@@ -39,7 +39,7 @@ def _resize_grid(pos: Tensor, h: int, w: int) -> Tensor:
     return rearrange(grid, "1 c h w -> (h w) c")
 
 
-class _FrameTokens(nn.Module):
+class _FrameTokens(VideoBackbone):
     """What both tiny backbones share: L = (H/p)·(W/p) tokens per frame, T' = T."""
 
     patch_size: int
@@ -49,9 +49,6 @@ class _FrameTokens(nn.Module):
         H = H or self.img_size
         W = W or H
         return (H // self.patch_size) * (W // self.patch_size)
-
-    def frames_out(self, T: int) -> int:
-        return T
 
 
 class TinyVideoBackbone(_FrameTokens):
@@ -79,6 +76,7 @@ class TinyVideoBackbone(_FrameTokens):
         temporal_kernel: int = 3,
     ):
         super().__init__()
+        self.init_kwargs = init_args(locals())
         if img_size % patch_size:
             raise ValueError(f"img_size: {img_size} is not a multiple of patch_size = {patch_size}")
         self.in_chans, self.patch_size, self.img_size = in_chans, patch_size, img_size
@@ -146,6 +144,7 @@ class TinyConvVideoBackbone(_FrameTokens):
         self, in_chans: int = 3, width: int = 64, img_size: int = 64, temporal_layers: int = 3
     ):
         super().__init__()
+        self.init_kwargs = init_args(locals())
         self.in_chans, self.img_size, self.out_dim = in_chans, img_size, width
         self.mean, self.std = CLIP_MEAN, CLIP_STD
         c1, c2 = max(width // 4, 8), max(width // 2, 8)

@@ -4,7 +4,8 @@ results, which start from UniFormerV2 pretrained on Kinetics.
 
 Module for module and parameter for parameter this is OpenGVLab's ``VisionTransformer``
 (UniFormerV2 repository, ``slowfast/models/uniformerv2_model.py``), so its released checkpoints load
-as they are (``artlib.models.uniformerv2_weights`` reads them, and mmaction2's and CLIP's); it is
+as they are (``artlib.models.uniformerv2_weights.create_uniformerv2`` reads them, and mmaction2's
+and CLIP's); it is
 written channels-last, with einops and SDPA, and gives the same numbers in float32.
 
 Legend: B videos, T frames in, T' token frames (T, or ⌈T/2⌉ with temporal downsampling), H×W input,
@@ -43,7 +44,6 @@ cls = 0.5·F^C.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 
 import torch
@@ -52,18 +52,19 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from artlib.data.dataset import CLIP_MEAN, CLIP_STD
 from artlib.models._layers import (
     MLP,
     Attention,
     LayerNorm,
     QueryAttention,
     QuickGELU,
+    VideoBackbone,
     drop_path,
+    init_args,
     temporal_conv,
 )
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # what the official UniFormerV2 (SlowFast and mmaction2 configs) normalise video with
 KINETICS_MEAN = (0.45, 0.45, 0.45)
 KINETICS_STD = (0.225, 0.225, 0.225)
@@ -74,6 +75,15 @@ CONFIGS = {
     "b16": dict(clip_name="ViT-B-16", width=768, layers=12, heads=12, patch_size=16),
     "l14": dict(clip_name="ViT-L-14", width=1024, layers=24, heads=16, patch_size=14),
 }
+
+
+def is_clip_key(key: str) -> bool:
+    """Parameters that come from the image ViT (what ``frozen`` freezes and a CLIP checkpoint
+    loads); every other key is a UniFormerV2 video part."""
+    if key.startswith(("conv1.", "class_embedding", "positional_embedding", "ln_pre.")):
+        return True
+    parts = key.split(".")
+    return key.startswith("transformer.resblocks.") and not parts[3].startswith("lmhra")
 
 
 class _TokenBatchNorm(nn.BatchNorm3d):
@@ -256,7 +266,7 @@ class UniTransformer(nn.Module):
             self.balance = nn.Parameter(torch.zeros(width))
 
 
-class UniFormerV2(nn.Module):
+class UniFormerV2(VideoBackbone):
     """UniFormerV2 video backbone, the official architecture (see the module docstring).
 
     Args:
@@ -315,6 +325,7 @@ class UniFormerV2(nn.Module):
         grad_checkpointing: bool | int = False,
     ):
         super().__init__()
+        self.init_kwargs = init_args(locals())
         if return_list is None:
             if not 0 <= n_layers <= layers:
                 raise ValueError(f"n_layers: expected 0..layers = {layers}, got {n_layers}")
@@ -408,15 +419,9 @@ class UniFormerV2(nn.Module):
         return cfg
 
     def clip_parameters(self):
-        """The parameters that come from the image ViT (what ``frozen`` freezes)."""
-        yield self.conv1.weight
-        yield self.class_embedding
-        yield self.positional_embedding
-        yield from self.ln_pre.parameters()
-        for blk in self.transformer.resblocks:
-            for name, p in blk.named_parameters():
-                if not name.startswith("lmhra"):
-                    yield p
+        """The parameters that come from the image ViT (what ``frozen`` freezes): those whose
+        names pass :func:`is_clip_key`."""
+        return (p for name, p in self.named_parameters() if is_clip_key(name))
 
     @property
     def classifier(self) -> nn.Module:
@@ -504,30 +509,13 @@ class UniFormerV2(nn.Module):
         residual = x[:, :, 0].mean(1)  # F^C: the frames' class tokens, averaged over T'
         return tokens, (1 - weight) * q[:, 0] + weight * residual
 
-    # Checkpoints ---------------------------------------------------------------------------------
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        variant: str = "b16",
-        pretrained: str | os.PathLike | None = None,
-        cache_dir: str | None = None,
-        **kwargs,
-    ) -> UniFormerV2:
-        """A preset ("b16" = CLIP ViT-B/16, "l14" = CLIP ViT-L/14), with weights.
-
-        pretrained: None or "none" (random weights), a checkpoint file (official UniFormerV2
-        ``.pyth``/``.pth``, flat ``backbone.``-prefixed or SlowFast ``{"model_state": ...}``;
-        mmaction2's UniFormerV2; artlib's ``backbone.pt``; a CLIP image tower as an open_clip or
-        OpenAI state dict or OpenAI's TorchScript archive), or an open_clip tag ("openai", ...)
-        found in the local cache. An official or artlib checkpoint fixes the configuration
-        (local MHRA, temporal downsampling, global blocks, classes); kwargs that contradict it
-        raise ValueError, others (img_size, heads, dropouts, grad_checkpointing, ...) apply. See
-        ``artlib.models.uniformerv2_weights.load_uniformerv2``.
-        """
-        from artlib.models.uniformerv2_weights import load_uniformerv2
-
-        return load_uniformerv2(cls, variant, pretrained, cache_dir=cache_dir, **kwargs)
+def fit_positional_embedding(sd: dict, img_size: int, patch_size: int) -> None:
+    """Resize ``sd["positional_embedding"]`` (if any) in place to an img_size/patch_size grid."""
+    grid = img_size // patch_size
+    pos = sd.get("positional_embedding")
+    if pos is not None and pos.shape[0] != grid * grid + 1:
+        sd["positional_embedding"] = resize_positional_embedding(pos, (grid, grid))
 
 
 def resize_positional_embedding(pos: Tensor, grid: tuple[int, int]) -> Tensor:

@@ -23,18 +23,19 @@ import os
 import torch
 from torch import Tensor
 
-from artlib.models.checkpoint import (
-    load_state_dict_file,
-    resolve_clip_pretrained,
-    strip_prefix,
-    wants_random_weights,
-)
 from artlib.models.uniformerv2 import (
     CONFIGS,
     KINETICS_MEAN,
     KINETICS_STD,
     UniFormerV2,
-    resize_positional_embedding,
+    fit_positional_embedding,
+    is_clip_key,
+)
+from artlib.weights_io import (
+    load_state_dict_file,
+    resolve_clip_pretrained,
+    strip_prefix,
+    weights_source,
 )
 
 OFFICIAL = "official UniFormerV2 (OpenGVLab; also artlib's backbone.pt)"
@@ -56,14 +57,6 @@ _ARCH = (
     "frozen",
 )
 _CLIP_EXTRA = ("ln_post.weight", "ln_post.bias", "proj")  # CLIP keys UniFormerV2 does not use
-
-
-def is_clip_key(key: str) -> bool:
-    """Parameters that come from the image ViT; every other key is a UniFormerV2 video part."""
-    if key.startswith(("conv1.", "class_embedding", "positional_embedding", "ln_pre.")):
-        return True
-    parts = key.split(".")
-    return key.startswith("transformer.resblocks.") and not parts[3].startswith("lmhra")
 
 
 def _count(sd: dict, prefix: str, leaf: str) -> int:
@@ -217,14 +210,31 @@ def _heads(variant: str, width: int, kwargs: dict) -> int:
     return preset["heads"] if width == preset["width"] else max(1, width // 64)
 
 
-def load_uniformerv2(
-    cls: type[UniFormerV2],
+def _assemble(variant: str, preset: dict, read: dict, kwargs: dict) -> dict:
+    """The constructor arguments: the preset, then what the checkpoint fixes (``read``), the
+    input size (kwargs' ``img_size``, else the checkpoint's) and the heads; kwargs' ``img_size``
+    is taken out of ``kwargs`` (the caller passes the rest on)."""
+    cfg = {**preset, **{k: v for k, v in read.items() if k != "img_size"}}
+    cfg["img_size"] = kwargs.pop("img_size", read["img_size"])
+    cfg["heads"] = _heads(variant, read["width"], kwargs)
+    return cfg
+
+
+def create_uniformerv2(
     variant: str = "b16",
     pretrained: str | os.PathLike | None = None,
     cache_dir: str | None = None,
     **kwargs,
 ) -> UniFormerV2:
-    """Build UniFormerV2 preset ``variant`` and load ``pretrained`` (see ``from_pretrained``).
+    """A UniFormerV2 preset ("b16" = CLIP ViT-B/16, "l14" = CLIP ViT-L/14), with weights.
+
+    pretrained: None or "none" (random weights), a checkpoint file (official UniFormerV2
+    ``.pyth``/``.pth``, flat ``backbone.``-prefixed or SlowFast ``{"model_state": ...}``;
+    mmaction2's UniFormerV2; artlib's ``backbone.pt``; a CLIP image tower as an open_clip or
+    OpenAI state dict or OpenAI's TorchScript archive), or an open_clip tag ("openai", ...) found
+    in the local cache. An official or artlib checkpoint fixes the configuration (local MHRA,
+    temporal downsampling, global blocks, classes); kwargs that contradict it raise ValueError,
+    others (img_size, heads, dropouts, grad_checkpointing, ...) apply.
 
     ``model.pretrained_report`` then says what happened: ``format``, ``path``, ``loaded`` (how
     many tensors came from the file), ``initialised`` (parameters at their official initial value:
@@ -236,8 +246,8 @@ def load_uniformerv2(
         raise ValueError(f"variant: expected one of {sorted(CONFIGS)}, got {variant!r}")
     preset = dict(CONFIGS[variant])
     clip_name = preset.pop("clip_name")
-    if pretrained is None or wants_random_weights(pretrained):
-        model = cls(**{**preset, **kwargs})
+    if weights_source(pretrained) is None:
+        model = UniFormerV2(**{**preset, **kwargs})
         model.pretrained_report = {"format": "random", "path": None}
         return model
     resolved = resolve_clip_pretrained(clip_name, pretrained, cache_dir=cache_dir)
@@ -246,24 +256,19 @@ def load_uniformerv2(
     if fmt is None:
         raise _nothing_fits(resolved.path, sd, variant, kwargs)
     if fmt == CLIP:
-        return _load_clip(cls, variant, preset, resolved, sd, body, ignored, jit, kwargs)
+        return _load_clip(variant, preset, resolved, sd, body, ignored, jit, kwargs)
 
     ckpt_cfg = read_config(body)
     _check_fixed(variant, ckpt_cfg, kwargs, "UniFormerV2")
-    cfg = {**preset, **{k: v for k, v in ckpt_cfg.items() if k != "img_size"}}
-    cfg["img_size"] = kwargs.pop("img_size", ckpt_cfg["img_size"])
-    cfg["heads"] = _heads(variant, ckpt_cfg["width"], kwargs)
+    cfg = _assemble(variant, preset, ckpt_cfg, kwargs)
     cfg.setdefault("quick_gelu", True)  # every official model runs OpenAI CLIP's QuickGELU
     initialised = []
     if "num_classes" in kwargs and kwargs["num_classes"] != ckpt_cfg.get("num_classes"):
         initialised = ["transformer.proj.2.weight", "transformer.proj.2.bias"]  # a new classifier
         for k in initialised:
             body.pop(k, None)
-    model = cls(**{**cfg, **kwargs})
-    grid = model.img_size // model.patch_size
-    pos = body.get("positional_embedding")
-    if pos is not None and pos.shape[0] != grid * grid + 1:
-        body["positional_embedding"] = resize_positional_embedding(pos, (grid, grid))
+    model = UniFormerV2(**{**cfg, **kwargs})
+    fit_positional_embedding(body, model.img_size, model.patch_size)
     allowed = set(initialised)
     if fmt == MMACTION2 and "transformer.proj.2.weight" not in body:
         allowed |= {"transformer.proj.2.weight", "transformer.proj.2.bias"}  # no cls_head saved
@@ -287,7 +292,7 @@ def load_uniformerv2(
     return model
 
 
-def _load_clip(cls, variant, preset, resolved, sd, body, ignored, jit, kwargs) -> UniFormerV2:
+def _load_clip(variant, preset, resolved, sd, body, ignored, jit, kwargs) -> UniFormerV2:
     """The official initialisation from a CLIP image tower: the ViT weights as they are, the 2D
     patch conv into the centre temporal tap of conv1 (other taps zero), the positional embedding
     resized if the grid differs, every video part at its initial value."""
@@ -295,11 +300,9 @@ def _load_clip(cls, variant, preset, resolved, sd, body, ignored, jit, kwargs) -
     _check_fixed(variant, vit, kwargs, "CLIP")
     openai_marks = any(k in sd for k in ("input_resolution", "context_length", "vocab_size"))
     quick = bool(resolved.quick_gelu) or jit or openai_marks
-    cfg = {**preset, **{k: v for k, v in vit.items() if k != "img_size"}}
-    cfg["img_size"] = kwargs.pop("img_size", vit["img_size"])
-    cfg["heads"] = _heads(variant, vit["width"], kwargs)
+    cfg = _assemble(variant, preset, vit, kwargs)
     cfg["quick_gelu"] = kwargs.pop("quick_gelu", quick)
-    model = cls(**{**cfg, **kwargs})
+    model = UniFormerV2(**{**cfg, **kwargs})
     own = model.state_dict()
     clip_keys = [k for k in own if is_clip_key(k)]
     vis = dict(body)
@@ -313,10 +316,7 @@ def _load_clip(cls, variant, preset, resolved, sd, body, ignored, jit, kwargs) -
             )
         w3[:, :, w3.shape[2] // 2] = w2  # the official inflation: the centre tap
         vis["conv1.weight"] = w3
-    grid = model.img_size // model.patch_size
-    pos = vis.get("positional_embedding")
-    if pos is not None and pos.shape[0] != grid * grid + 1:
-        vis["positional_embedding"] = resize_positional_embedding(pos, (grid, grid))
+    fit_positional_embedding(vis, model.img_size, model.patch_size)
     missing = [k for k in clip_keys if k not in vis]
     unexpected = [k for k in vis if k not in clip_keys and k not in _CLIP_EXTRA]
     bad = [k for k in clip_keys if k in vis and vis[k].shape != own[k].shape]
@@ -335,6 +335,18 @@ def _load_clip(cls, variant, preset, resolved, sd, body, ignored, jit, kwargs) -
         config={**vit, "quick_gelu": model_quick(model)},
     )
     return model
+
+
+__all__ = [
+    "CLIP",
+    "FORMATS",
+    "MMACTION2",
+    "OFFICIAL",
+    "create_uniformerv2",
+    "is_clip_key",
+    "read_config",
+    "to_official_layout",
+]
 
 
 def model_quick(model: UniFormerV2) -> bool:

@@ -10,13 +10,36 @@ agent bank ``agent`` (S^a), a parameter trained only by L_sema. After every opti
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from artlib.nn._checks import check_tensor
 
-__all__ = ["SemanticBank"]
+__all__ = ["SemanticBank", "read_bank"]
+
+
+def read_bank(path: str | os.PathLike, num_classes: int | None = None) -> Tensor:
+    """S⁰ (N_prom, N_cls, C_t) from a file written by ``build_semantic_bank``/``save_bank`` (or a
+    file holding just the tensor), validated: a finite float tensor of three dimensions, with
+    ``num_classes`` classes when given. The one reader of bank files."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path: semantics bank file not found: {path!r}")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    bank = obj.get("bank") if isinstance(obj, dict) else obj
+    if not isinstance(bank, Tensor) or bank.dim() != 3 or not bank.is_floating_point():
+        got = tuple(bank.shape) if isinstance(bank, Tensor) else type(bank).__name__
+        raise ValueError(f"path: {path!r} does not hold a float (N_prom, N_cls, C_t) bank: {got}")
+    if not torch.isfinite(bank).all():
+        raise ValueError(f"path: the bank in {path!r} holds non-finite values")
+    if num_classes is not None and bank.shape[1] != num_classes:
+        raise ValueError(
+            f"path: the bank in {path!r} has {bank.shape[1]} classes, expected {num_classes}"
+        )
+    return bank.float()
 
 
 class SemanticBank(nn.Module):
@@ -50,12 +73,12 @@ class SemanticBank(nn.Module):
         return self.S.shape[2]
 
     @classmethod
-    def from_file(cls, path, momentum: float = 0.999, map_location="cpu") -> SemanticBank:
+    def from_file(
+        cls, path, momentum: float = 0.999, map_location="cpu", num_classes: int | None = None
+    ) -> SemanticBank:
         """Load a bank saved by ``artlib.text.build_semantic_bank`` (a tensor or {"bank": tensor}),
-        read and validated by ``artlib.text.read_bank`` (the one reader of bank files)."""
-        from artlib.text.bank import read_bank
-
-        return cls(read_bank(path).to(map_location), momentum=momentum)
+        read and validated by :func:`read_bank` (the one reader of bank files)."""
+        return cls(read_bank(path, num_classes).to(map_location), momentum=momentum)
 
     @torch.no_grad()
     def ema_update(self) -> None:

@@ -20,13 +20,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from artlib._io import atomic_save_torch
-from artlib.models.checkpoint import (
+from artlib.nn.bank import SemanticBank, read_bank
+from artlib.text.templates import TEMPLATES, check_templates, fill_templates
+from artlib.weights_io import (
     file_sha256,
     load_state_dict_file,
     resolve_clip_pretrained,
     strip_prefix,
 )
-from artlib.text.templates import TEMPLATES, check_templates, fill_templates
+
+__all__ = [
+    "bank_path",
+    "build_semantic_bank",
+    "build_text_tower",
+    "default_cache_dir",
+    "encode_prompts",
+    "extract_text_state_dict",
+    "load_bank",
+    "read_bank",  # artlib.nn.bank's, the one reader of bank files
+    "save_bank",
+]
 
 BANK_FORMAT = 1
 RANDOM_SEED = 0
@@ -265,33 +278,10 @@ def save_bank(bank: Tensor, path: str | os.PathLike, **meta) -> str:
     return path
 
 
-def read_bank(path: str | os.PathLike, num_classes: int | None = None) -> Tensor:
-    """S⁰ (N_prom, N_cls, C_t) from a file written by ``build_semantic_bank``/``save_bank`` (or a
-    file holding just the tensor), validated: a finite float tensor of three dimensions, with
-    ``num_classes`` classes when given. The one reader of bank files."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"path: semantics bank file not found: {path!r}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    bank = obj.get("bank") if isinstance(obj, dict) else obj
-    if not isinstance(bank, Tensor) or bank.dim() != 3 or not bank.is_floating_point():
-        got = tuple(bank.shape) if isinstance(bank, Tensor) else type(bank).__name__
-        raise ValueError(f"path: {path!r} does not hold a float (N_prom, N_cls, C_t) bank: {got}")
-    if not torch.isfinite(bank).all():
-        raise ValueError(f"path: the bank in {path!r} holds non-finite values")
-    if num_classes is not None and bank.shape[1] != num_classes:
-        raise ValueError(
-            f"path: the bank in {path!r} has {bank.shape[1]} classes, expected {num_classes}"
-        )
-    return bank.float()
-
-
 def load_bank(path: str | os.PathLike, momentum: float = 0.999, num_classes: int | None = None):
     """A bank file → ``artlib.nn.SemanticBank`` (S and the agent Sᵃ both start at S⁰), read and
-    validated by ``read_bank``."""
-    from artlib.nn import SemanticBank
-
-    return SemanticBank(read_bank(path, num_classes), momentum=momentum)
+    validated by ``read_bank`` (``SemanticBank.from_file``)."""
+    return SemanticBank.from_file(path, momentum=momentum, num_classes=num_classes)
 
 
 def _cache_entry(

@@ -1,6 +1,15 @@
-"""Checkpoint files: resolve an open_clip pretrained tag or a local path, read a state dict.
+"""Reading weight files, safely: backbone state dicts, open_clip tags, artlib training checkpoints.
 
-Nothing here downloads. A tag is looked up in open_clip's own caches (the Hugging Face hub cache and
+- :func:`load_state_dict_file`: a backbone's (or CLIP's) weights from safetensors, a plain
+  ``torch.save`` state dict or OpenAI's TorchScript archive (``weights_only=True``).
+- :func:`resolve_clip_pretrained`: an open_clip tag or a local path -> the local file.
+- :func:`load_checkpoint`: an artlib training checkpoint (``checkpoint_epochNNNN.pt``, ``best.pt``),
+  read with ``weights_only=True`` and its format checked; :class:`UnsafeCheckpointError` when the
+  file would run code.
+- :func:`weights_source`: the one reading of a ``pretrained`` value ("none" -> random weights).
+
+It sits below ``models``, ``text`` and the engine (it imports torch and nothing of artlib but
+``artlib._io``), so that a model loads without the trainer. Nothing here downloads. A tag is looked up in open_clip's own caches (the Hugging Face hub cache and
 ``~/.cache/clip``); if the file is not there, a FileNotFoundError says where it looked and asks for a
 local path. open_clip is imported only when a tag (not a path) is given, so the models build on
 machines without it.
@@ -10,8 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -27,6 +38,12 @@ def wants_random_weights(pretrained) -> bool:
     """True for ``pretrained="none"`` (any case): random weights asked for on purpose. None (not
     given) is False here, though ``build_backbone`` also builds random weights for it."""
     return isinstance(pretrained, str) and pretrained.strip().lower() == RANDOM_WEIGHTS
+
+
+def weights_source(pretrained):
+    """A ``pretrained`` value (a path, a tag, None or "none") -> None for random weights, else the
+    value itself: the one place that reads the string "none"."""
+    return None if pretrained is None or wants_random_weights(pretrained) else pretrained
 
 
 @dataclass(frozen=True)
@@ -179,3 +196,102 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 def strip_prefix(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     """Keys under ``prefix`` with the prefix removed."""
     return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+# ------------------------------------------------------------------ artlib training checkpoints
+FORMAT = "artlib.checkpoint"
+FORMAT_VERSION = 1
+CONVERT = "python -m artlib.convert_checkpoint"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable artlib checkpoint (missing, truncated, another format, or
+    weights that do not fit the model its config describes)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint whose unpickling would need more than plain types (it could run code)."""
+
+    def __init__(self, path: str | os.PathLike, asked: list[str]):
+        self.path, self.asked = os.fspath(path), list(asked)
+        what = ", ".join(self.asked) if self.asked else "objects outside the safe types"
+        super().__init__(
+            f"{self.path}: refused: loading it would unpickle {what}, which can run code "
+            f"(artlib loads only tensors, numbers, strings, lists and dicts). If you trust where "
+            f"the file comes from, convert it once: {CONVERT} {self.path} NEW.pt --trust"
+        )
+
+
+def unsafe_globals(path: str | os.PathLike) -> list[str]:
+    """The globals (classes, functions) a torch.save file would import when unpickled beyond the
+    safe types, read from the pickle without executing it; [] for a safe file."""
+    return list(torch.serialization.get_unsafe_globals_in_checkpoint(os.fspath(path)))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", what: str = "checkpoint") -> dict:
+    """Read an artlib training checkpoint safely (``weights_only=True``) and check its format.
+
+    Raises FileNotFoundError (no file), :class:`UnsafeCheckpointError` (the file needs more than
+    plain types: nothing of it ran) or :class:`CheckpointError` (not an artlib checkpoint, or a
+    newer format). ``what`` names the argument in the messages (e.g. "--resume").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no checkpoint file at {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        try:
+            asked = unsafe_globals(path)
+        except Exception:
+            asked = []
+        if asked or "GLOBAL" in str(e):
+            raise UnsafeCheckpointError(path, asked) from None
+        raise CheckpointError(
+            f"{what}: {path} is not a torch.save file ({_first_line(e)})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(
+            f"{what}: {path} cannot be read (truncated or not a torch.save file: {_first_line(e)})"
+        ) from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        legacy = isinstance(obj, dict) and {"model", "optimizer", "epoch"} <= set(obj)
+        hint = (
+            f"it looks like an older artlib checkpoint: convert it once with {CONVERT} {path} "
+            "NEW.pt --trust"
+            if legacy
+            else "a backbone's weights go to --pretrained instead"
+        )
+        raise CheckpointError(f"{what}: {path} is not an artlib training checkpoint ({hint})")
+    version = obj.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{what}: {path} has checkpoint format_version {version!r}, written by artlib "
+            f"{obj.get('artlib_version')}; this artlib reads up to {FORMAT_VERSION}: upgrade artlib"
+        )
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+__all__ = [
+    "CONVERT",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "RANDOM_WEIGHTS",
+    "CheckpointError",
+    "ResolvedCheckpoint",
+    "UnsafeCheckpointError",
+    "file_sha256",
+    "load_checkpoint",
+    "load_state_dict_file",
+    "looks_like_path",
+    "resolve_clip_pretrained",
+    "strip_prefix",
+    "unsafe_globals",
+    "wants_random_weights",
+    "weights_source",
+]
