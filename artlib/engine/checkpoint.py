@@ -12,11 +12,12 @@ unpickling it can never run code::
      "rng": {"python": {...}, "numpy": {...}, "torch": ByteTensor, "cuda": [ByteTensor, ...]},
      "config": config_to_dict(cfg), "class_names": [str, ...],
      "preprocess": {"num_frames", "crop_size", "mean", "std", "sampling", "num_clips"},
-     "model_info": {"backbone", "baseline", "num_classes", "num_frames", "dropout", "head"}}
+     "model_info": {"backbone", "baseline", "num_classes", "num_frames", "dropout", "head"},
+     "model_config": model.config}   # the model's own config: artlib.models.build_art rebuilds it
 
 Python's and NumPy's RNG states are stored as tensors and numbers (``capture_rng``) and turned back
 into their own types on resume (``restore_rng``). Every checkpoint in artlib is read through
-:func:`load_checkpoint`; a file that needs anything more (a pickled object of some class, a NumPy
+:func:`load_checkpoint` (``artlib.weights_io``, below the engine, so a model loads without it); a file that needs anything more (a pickled object of some class, a NumPy
 array, ...) is refused with :class:`UnsafeCheckpointError`, which names the file, what it asked for
 and the command that converts a file you trust: ``python -m artlib.convert_checkpoint OLD NEW
 --trust``.
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import random
 import re
 import shutil
@@ -38,6 +38,14 @@ import torch
 from artlib._io import atomic_save_torch, atomic_write
 from artlib.engine.config import _plain, config_from_dict, config_to_dict, head_options
 from artlib.engine.model import data_config
+from artlib.weights_io import (  # the safe reader, below the engine (artlib.load_model uses it)
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointError,
+    UnsafeCheckpointError,
+    load_checkpoint,
+    unsafe_globals,
+)
 
 __all__ = [
     "FORMAT",
@@ -57,28 +65,8 @@ __all__ = [
     "unsafe_globals",
 ]
 
-FORMAT = "artlib.checkpoint"
-FORMAT_VERSION = 1
-CONVERT = "python -m artlib.convert_checkpoint"
 _NAME = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
 log = logging.getLogger("artlib.train")
-
-
-class CheckpointError(ValueError):
-    """A file that is not a usable artlib checkpoint (missing, truncated, another format)."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint whose unpickling would need more than plain types (it could run code)."""
-
-    def __init__(self, path: str | os.PathLike, asked: list[str]):
-        self.path, self.asked = os.fspath(path), list(asked)
-        what = ", ".join(self.asked) if self.asked else "objects outside the safe types"
-        super().__init__(
-            f"{self.path}: refused: loading it would unpickle {what}, which can run code "
-            f"(artlib loads only tensors, numbers, strings, lists and dicts). If you trust where "
-            f"the file comes from, convert it once: {CONVERT} {self.path} NEW.pt --trust"
-        )
 
 
 # ------------------------------------------------------------------------------ config
@@ -151,62 +139,6 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# ------------------------------------------------------------------------------- reading
-def unsafe_globals(path: str | os.PathLike) -> list[str]:
-    """The globals (classes, functions) a torch.save file would import when unpickled beyond the
-    safe types, read from the pickle without executing it; [] for a safe file."""
-    return list(torch.serialization.get_unsafe_globals_in_checkpoint(os.fspath(path)))
-
-
-def load_checkpoint(path: str | os.PathLike, map_location="cpu", what: str = "checkpoint") -> dict:
-    """Read an artlib checkpoint safely (``weights_only=True``) and check its format.
-
-    Raises FileNotFoundError (no file), :class:`UnsafeCheckpointError` (the file needs more than
-    plain types: nothing of it ran) or :class:`CheckpointError` (not an artlib checkpoint, or a
-    newer format). ``what`` names the argument in the messages (e.g. "--resume").
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: no checkpoint file at {path}")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        try:
-            asked = unsafe_globals(path)
-        except Exception:
-            asked = []
-        if asked or "GLOBAL" in str(e):
-            raise UnsafeCheckpointError(path, asked) from None
-        raise CheckpointError(
-            f"{what}: {path} is not a torch.save file ({_first_line(e)})"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(
-            f"{what}: {path} cannot be read (truncated or not a torch.save file: {_first_line(e)})"
-        ) from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        legacy = isinstance(obj, dict) and {"model", "optimizer", "epoch"} <= set(obj)
-        hint = (
-            f"it looks like an older artlib checkpoint: convert it once with {CONVERT} {path} "
-            "NEW.pt --trust"
-            if legacy
-            else "a backbone's weights go to --pretrained instead"
-        )
-        raise CheckpointError(f"{what}: {path} is not an artlib training checkpoint ({hint})")
-    version = obj.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{what}: {path} has checkpoint format_version {version!r}, written by artlib "
-            f"{obj.get('artlib_version')}; this artlib reads up to {FORMAT_VERSION}: upgrade artlib"
-        )
-    return obj
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
-
-
 # ------------------------------------------------------------------------------- writing
 # every file is written to a temporary file beside it and renamed (artlib._io): a reader, or a run
 # killed mid-write, sees the old file or the whole new one
@@ -232,6 +164,7 @@ def training_state(
         "class_names": [str(n) for n in class_names],
         "preprocess": preprocess,
         "model_info": info,
+        "model_config": _plain(model.config) if hasattr(type(model), "config") else None,
     }
 
 

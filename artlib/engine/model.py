@@ -5,65 +5,38 @@ model), its input contract for the loaders, and the wrappers the trainer puts ar
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from artlib.engine.config import MTC_TERMS, TrainConfig, head_options
+from artlib.engine.config import MTC_TERMS, TrainConfig
 
 __all__ = ["build_model", "compile_model", "data_config", "unwrap", "wrap_model"]
 
 
-def _weights(value: str | None) -> str | None:
-    return None if value in (None, "none") else value
-
-
 def build_model(cfg: TrainConfig, class_names: list[str], bank=None) -> nn.Module:
-    """Backbone + ART head (or the baseline head): the one way to build a model from a config.
-    ``bank``: a ready SemanticBank, else one from ``--bank`` or built with the text encoder over
-    the class names."""
-    from artlib.models import ART, build_backbone
-    from artlib.nn import SemanticBank
-    from artlib.text import load_bank
+    """The run's ART (or baseline) from its config: ``artlib.models.build_art`` over the model
+    configuration the training config describes (the model records it: ``model.config``).
+    ``bank``: a ready SemanticBank, else the config's: ``--bank FILE``, a seeded random bank
+    (``--text-model random``, the small recipe's) or one built with the text encoder over the
+    class names."""
+    from artlib.models import build_art, model_config_from_train_config
 
-    m = cfg.model
-    kw = {} if m.backbone.startswith("tea") else {"img_size": cfg.data.crop_size}
-    backbone = build_backbone(m.backbone, pretrained=_weights(m.pretrained), **kw)
-    common = dict(num_frames=cfg.data.num_frames, dropout=m.dropout)
-    if m.baseline:
-        return ART(backbone, len(class_names), None, baseline=True, **common)
-    if bank is None and m.bank:
-        bank = load_bank(m.bank, momentum=m.bank_momentum, num_classes=len(class_names))
-    elif bank is None and m.text_model == "random":
-        # A seeded random bank: distinct, unit-norm class embeddings. Without pretrained text
-        # weights a random CLIP text tower maps all class names to nearly one vector (pairwise cos
-        # 0.93-0.99 measured for the 8 synthetic classes), which gives the K queries nothing to
-        # tell apart; this is the small preset's bank.
-        g = torch.Generator().manual_seed(cfg.run.seed)
-        s0 = F.normalize(torch.randn(8, len(class_names), m.dim, generator=g), dim=-1)
-        bank = SemanticBank(s0, momentum=m.bank_momentum)
-    elif bank is None:
-        from artlib.text import build_semantic_bank, clean_labels
-
-        s0 = build_semantic_bank(
-            clean_labels(class_names), m.text_model, pretrained=_weights(m.text_pretrained)
-        )
-        bank = SemanticBank(s0, momentum=m.bank_momentum)
-    if bank.num_classes != len(class_names):
-        raise ValueError(f"--bank has {bank.num_classes} classes, the data set {len(class_names)}")
-    return ART(backbone, len(class_names), bank, **common, **head_options(cfg))
+    return build_art(model_config_from_train_config(cfg, class_names), bank=bank)
 
 
 def data_config(model: nn.Module) -> dict:
-    """What ``model`` expects of its input: ``{"mean", "std"}`` on the 0-1 scale, its backbone's
-    (CLIP's for CLIP towers, 0.45/0.225 after an official UniFormerV2 checkpoint, ImageNet's for
-    TEA-R50)."""
+    """What ``model`` expects of its input, ``{"mean", "std", ...}`` (mean/std on the 0-1 scale):
+    ART's ``data_config`` (its backbone's: CLIP's for CLIP towers, 0.45/0.225 after an official
+    UniFormerV2 checkpoint, ImageNet's for TEA-R50); for another module its backbone's
+    ``mean``/``std`` attributes, else CLIP's."""
     from artlib.data import CLIP_MEAN, CLIP_STD
 
-    bb = getattr(unwrap(model), "backbone", model)
-    return {
-        "mean": tuple(getattr(bb, "mean", CLIP_MEAN)),
-        "std": tuple(getattr(bb, "std", CLIP_STD)),
-    }
+    m = unwrap(model)
+    try:
+        dc = dict(m.data_config)
+    except (AttributeError, TypeError):  # not an ART, or a backbone that declares none
+        bb = getattr(m, "backbone", m)
+        dc = {"mean": getattr(bb, "mean", CLIP_MEAN), "std": getattr(bb, "std", CLIP_STD)}
+    return {**dc, "mean": tuple(dc["mean"]), "std": tuple(dc["std"])}
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -323,15 +323,17 @@ class Trainer:
             info.device,
             info.world_size,
         )
-        o, gb = cfg.optim, global_batch(cfg, info.world_size)
+        o, ranks = cfg.optim, info.world_size
         log.info(
-            "lr %.4g for a global batch of %d (%d per rank x %d ranks x %d accumulation steps; "
+            "lr %.4g for a global batch of %d (%d per rank x %d rank%s x %d accumulation step%s; "
             "--lr-scale %s, --lr %g)",
-            effective_lr(cfg, info.world_size),
-            gb,
+            effective_lr(cfg, ranks),
+            global_batch(cfg, ranks),
             o.batch_size,
-            info.world_size,
+            ranks,
+            "s" if ranks > 1 else "",
             o.accum_steps,
+            "s" if o.accum_steps > 1 else "",
             o.lr_scale,
             o.lr,
         )
