@@ -475,6 +475,50 @@ def test_accumulated_gradients_of_skipped_last_steps_are_applied(skipped):
     assert trainer.steps_done == math.ceil(len(values) / 2)
 
 
+_FLUSH_RANK = """
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {tests!r})
+from test_train import _FixedLoss, _trainer
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method="file://" + {store!r}, rank=rank, world_size=2)
+from artlib.engine.distributed import DistInfo
+values = [(rank + 1) * v for v in (1.0, 2.0, 4.0)]  # 3 steps run, the 4th is skipped on both
+model = _FixedLoss(values)
+trainer = _trainer(model, lr=1.0, accum=2)
+trainer.info = DistInfo(rank, 2, 0, torch.device("cpu"))
+trainer.net = torch.nn.parallel.DistributedDataParallel(model)
+clip = {{"video": torch.zeros(2, 1), "label": torch.zeros(2, dtype=torch.long), "index": None}}
+empty = {{"video": None, "label": torch.zeros(0, dtype=torch.long), "index": None}}
+trainer.train_loader = [clip] * 3 + [empty]
+trainer.train_epoch(0)
+print(repr(model.w.item()), trainer.steps_done)
+dist.destroy_process_group()
+"""
+
+
+def test_pending_gradients_are_averaged_over_the_ranks(tmp_path):
+    """Two gloo ranks, --accum-steps 2, the last of 4 steps skipped on both: the third
+    micro-batch ran under no_sync, and its gradients are averaged over the ranks before the
+    extra step, as DDP would have: both ranks end with the same w = 1 - mean over ranks of
+    sum(v) / 2."""
+    script = tmp_path / "rank.py"
+    script.write_text(_FLUSH_RANK.format(tests=str(REPO / "tests"), store=str(tmp_path / "store")))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(r)], env=env, stdout=subprocess.PIPE, text=True,
+            stderr=subprocess.PIPE,
+        )
+        for r in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-3000:] for _, err in outs]
+    got = [out.split() for out, _ in outs]
+    expect = 1.0 - (7.0 + 14.0) / 2 / 2  # rank 0: 1 + 2 + 4, rank 1: twice that
+    for w, steps in got:
+        assert float(w) == pytest.approx(expect) and int(steps) == 2, (got, expect)
+
+
 def test_compiled_model_unwraps_to_the_module():
     from artlib.engine.model import compile_model, unwrap
 
