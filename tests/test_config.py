@@ -101,6 +101,25 @@ def test_recipe_and_data_are_separate_choices(tmp_path):
     assert C.config_from_dict({"preset": "synthetic"}, partial=True).preset == "small"
 
 
+def test_config_files_of_earlier_versions_rerun(tmp_path):
+    """A config.yaml written before the recipe/data split (preset 'synthetic', no --lr-scale; a
+    paper run's file holding the synthetic section at its defaults) reruns as it was."""
+    (tmp_path / "t.txt").write_text("a.mp4 0\n")
+    (tmp_path / "v.txt").write_text("b.mp4 1\n")
+    own = ["--train-list", str(tmp_path / "t.txt"), "--val-list", str(tmp_path / "v.txt")]
+    paper = parse([*own, "--pretrained", "none", "--text-model", "random"])
+    small = parse(["--epochs", "2"])
+    for cfg, preset in [(paper, "paper"), (small, "synthetic")]:
+        d = C.config_to_dict(cfg)
+        del d["optim"]["lr_scale"]  # did not exist yet
+        d["preset"] = preset
+        if preset == "paper":
+            assert d["synthetic"]["train_per_class"] == 48  # the field default, as then
+        path = tmp_path / f"{preset}.yaml"
+        path.write_text(json.dumps(d))
+        assert parse(["--config", str(path)]) == cfg
+
+
 def test_one_config_reader_reads_nested_and_flat_configs():
     """config_from_dict is one function (the checkpoint module re-exports it): it reads the nested
     config and the flat one of earlier checkpoints."""

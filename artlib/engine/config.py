@@ -93,7 +93,7 @@ class DataConfig:
 @dataclass
 class SyntheticConfig:  # flags --synthetic-<name>
     classes: int = opt(8, "classes of the synthetic set", range=">= 2", only="builtin")
-    train_per_class: int = opt(32, "training videos per class", range=">= 1", only="builtin")
+    train_per_class: int = opt(48, "training videos per class", range=">= 1", only="builtin")
     val_per_class: int = opt(16, "validation videos per class", range=">= 1", only="builtin")
     size: int = opt(64, "frame size of the synthetic videos", range=">= 16", only="builtin")
     distractors: int = opt(0, "look-alike squares doing class-like motions away from the body "
@@ -210,6 +210,7 @@ PRESETS: dict[str, dict] = {
         "data.num_frames": 8, "data.crop_size": 64, "data.workers": 2,
         "data.flip": False,  # a flip turns "limb left" into "limb right": it changes the labels
         "data.crop_scale_min": 0.8,  # keep the small limb in view
+        "synthetic.train_per_class": 32,
         "optim.epochs": 20, "optim.batch_size": 16, "optim.optimizer": "adamw", "optim.lr": 2e-3,
         "optim.weight_decay": 0.05, "optim.lr_schedule": "cosine", "optim.warmup_epochs": 1,
         "model.aggregation": "sequence",  # tracklets kept in frame order
