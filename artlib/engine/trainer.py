@@ -87,7 +87,8 @@ class LossMeter:
 
     def __init__(self, epoch: int):
         self.epoch, self.sums, self.seen = epoch, {}, 0
-        self.last: dict[str, float] = {}  # the means of the last read-out
+        self.last: dict[str, float] = {}  # the epoch's means at the last read-out
+        self.interval: dict[str, float] = {}  # the means over the last interval
         self.at_last: tuple[dict[str, float], int] = ({}, 0)  # the sums and clips read before it
 
     def add(self, losses: dict, n: int) -> None:
@@ -99,7 +100,7 @@ class LossMeter:
                     self.sums[k] = self.sums[k].add_(acc) if k in self.sums else acc
 
     def read(self, step: int) -> dict[str, float]:
-        """The epoch's running means (and ``interval()``'s since the last read)."""
+        """The epoch's running means; ``interval`` gets the means since the last read."""
         sums = {k: float(v) for k, v in self.sums.items()}  # the one sync
         vals = {k: v / max(self.seen, 1) for k, v in sums.items()}
         if not all(math.isfinite(v) for v in vals.values()):
