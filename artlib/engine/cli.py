@@ -2,8 +2,8 @@
 
 Two passes: the first reads ``--preset``, ``--config``, ``--data-root`` and ``--train-list`` to
 know the recipe and the data, the second builds every flag with that preset's defaults (and the
-config file's values), so ``--help`` shows the values a run will use. A misuse exits 2 with one line, before
-torch is imported.
+config file's values), so ``--help`` shows the values a run will use. A misuse exits 2 with one
+line, before torch is imported.
 """
 
 from __future__ import annotations
