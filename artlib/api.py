@@ -1,29 +1,41 @@
-"""A trained checkpoint as a model: ``load_model``, ``load_video``, ``predict_proba``.
+"""A trained model: ``save_model``, ``load_model``, ``load_video``, ``predict_proba``.
 
 Legend: V views of a video (clips x crops), T frames, S crop size, N_cls classes.
 
-    model, info = artlib.load_model("runs/synthetic/checkpoints/best.pt")
+    artlib.save_model(model, "my_model", class_names=names)      # model.safetensors + config.json
+    model, info = artlib.load_model("my_model")                   # or a trainer's best.pt
     clips = artlib.load_video("video.mp4", info)                 # (V, T, 3, S, S)
     probs = artlib.predict_proba(model, clips)                    # (N_cls,)
     print(info["class_names"][int(probs.argmax())])
 
-The checkpoint is read with ``weights_only=True`` (artlib.engine.checkpoint): loading never runs
-code from the file.
+A model folder holds ``model.safetensors`` (the weights; no pickle) and ``config.json`` (the
+model's own configuration, ``artlib.models.build_art``'s, the class names and the preprocessing).
+A training checkpoint is read with ``weights_only=True`` (``artlib.weights_io``): loading never
+runs code from the file. Neither needs the trainer: nothing of ``artlib.engine`` is imported.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import copy
+import json
 import os
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ModelInfo", "load_model", "load_video", "predict_proba"]
+from artlib.weights_io import CheckpointError, load_checkpoint
+
+__all__ = ["ModelInfo", "load_model", "load_video", "predict_proba", "save_model"]
+
+MODEL_FORMAT = "artlib.model"
+MODEL_FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
 
 
 class ModelInfo(dict):
-    """What ``load_model`` says about a checkpoint: a dict whose keys read as attributes too
+    """What ``load_model`` says about a model: a dict whose keys read as attributes too
     (``info["class_names"]`` or ``info.class_names``)."""
 
     def __getattr__(self, name: str):
@@ -33,57 +45,122 @@ class ModelInfo(dict):
             raise AttributeError(f"ModelInfo has no {name!r}; keys: {sorted(self)}") from None
 
 
-def _without_weights(cfg):
-    """The config with its backbone weights source dropped: the checkpoint has the weights."""
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained="none"))
+def _preprocess(model: nn.Module, given: dict | None) -> dict:
+    """The input a model folder declares: the model's data config, with ``given``'s changes."""
+    data = model.data_config
+    pre = {
+        "num_frames": int(data["num_frames"]),
+        "crop_size": int(data["input_size"][-1]),
+        "mean": [float(v) for v in data["mean"]],
+        "std": [float(v) for v in data["std"]],
+        "sampling": "tsn",  # T segment centres in evaluation (artlib.data.sampling)
+        "num_clips": 1,
+    }
+    unknown = sorted(set(given or {}) - set(pre))
+    if unknown:
+        raise ValueError(f"preprocess: unknown key(s) {unknown}; known: {sorted(pre)}")
+    pre.update(given or {})
+    return json.loads(json.dumps(pre))
+
+
+def save_model(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    *,
+    class_names: list[str] | None = None,
+    preprocess: dict | None = None,
+) -> Path:
+    """Write ``model`` (an :class:`artlib.models.ART` made by ``build_art`` or ``build_backbone``)
+    as a folder that :func:`load_model`, ``python -m artlib.predict`` and ``python -m
+    artlib.evaluate`` read: ``model.safetensors`` (its state dict) and ``config.json``
+    ({"format", "format_version", "artlib_version", "model": model.config, "class_names",
+    "preprocess"}).
+
+    class_names: N_cls names in label order (default "class 0", ...). preprocess: changes to the
+    input description taken from ``model.data_config`` (keys ``num_frames``, ``crop_size``,
+    ``mean``, ``std``, ``sampling``, ``num_clips``). Returns the folder's path. Raises ValueError
+    for a model that cannot describe itself (a backbone ``build_backbone`` did not make).
+    """
+    from safetensors.torch import save
+
+    import artlib
+    from artlib._io import atomic_write
+
+    model = getattr(model, "module", model)  # DDP
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict) or not config.get("backbone"):
+        raise ValueError(
+            f"model: a {type(model).__name__} that does not record how it was built; save an "
+            "ART made by artlib.models.build_art (or on a backbone from build_backbone)"
+        )
+    n = int(config["num_classes"])
+    names = (
+        [f"class {i}" for i in range(n)] if class_names is None else [str(c) for c in class_names]
+    )
+    if len(names) != n:
+        raise ValueError(f"class_names: {len(names)} names for a model of {n} classes")
+    meta = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "artlib_version": artlib.__version__,
+        "model": config,
+        "class_names": names,
+        "preprocess": _preprocess(model, preprocess),
+    }
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_write(directory / WEIGHTS_FILE, "wb") as fh:
+        fh.write(save(weights, metadata={"format": MODEL_FORMAT}))
+    with atomic_write(directory / CONFIG_FILE, "w") as fh:
+        json.dump(meta, fh, indent=2)
+        fh.write("\n")
+    return directory
 
 
 def load_model(
     path: str | os.PathLike, map_location: str | torch.device = "cpu", ema: bool | None = None
 ) -> tuple[nn.Module, ModelInfo]:
-    """A trained ART (or baseline) model from a checkpoint written by the trainer.
+    """A trained ART (or baseline) model from a model folder (:func:`save_model`) or a training
+    checkpoint (``checkpoint_epochNNNN.pt``, ``best.pt``), rebuilt from the model's own config
+    (``artlib.models.build_art``) with a strict load of its weights.
 
-    path: ``checkpoint_epochNNNN.pt`` or ``best.pt``. map_location: the device the model is put on.
-    ema: use the ``--model-ema`` average (default: when the checkpoint has one, as the trainer
-    evaluated it) or the last step's weights (False).
+    map_location: the device the model is put on. ema (checkpoints only): use the
+    ``--model-ema`` average (default: when the checkpoint has one, as the trainer evaluated it)
+    or the last step's weights (False).
 
     Returns ``(model, info)``: the model in eval mode, ``model(video (B, T, 3, S, S)) -> logits
-    (B, N_cls)``; ``info`` a :class:`ModelInfo` (a dict, keys also as attributes) with ``class_names``, ``num_frames`` (T), ``crop_size`` (S),
-    ``mean``/``std`` (the input normalization, 0-1 scale), ``sampling``, ``num_clips``,
-    ``backbone``, ``baseline``, ``num_classes``, ``epoch``, ``best_top1``, ``ema`` (bool),
-    ``artlib_version``, ``config`` (the run's TrainConfig) and ``path``.
+    (B, N_cls)``; ``info`` a :class:`ModelInfo` (a dict, keys also as attributes) with
+    ``class_names``, ``num_frames`` (T), ``crop_size`` (S), ``mean``/``std`` (the input
+    normalization, 0-1 scale), ``sampling``, ``num_clips``, ``backbone``, ``baseline``,
+    ``num_classes``, ``model_config`` (``build_art``'s), ``epoch`` and ``best_top1`` (None for a
+    folder), ``ema`` (bool), ``artlib_version``, ``config`` (a checkpoint's training config as a
+    plain dict, None for a folder) and ``path``.
 
     Raises FileNotFoundError, ``UnsafeCheckpointError`` (the file would run code when unpickled;
-    nothing of it ran), ``CheckpointError`` (not an artlib checkpoint, a newer format, or weights
-    that do not fit the model its config describes: the message says what differs).
+    nothing of it ran), ``CheckpointError`` (not an artlib model folder or checkpoint, a newer
+    format, or weights that do not fit the model its config describes: the message says what
+    differs).
     """
-    from artlib.engine.checkpoint import CheckpointError, config_from_dict, load_checkpoint
-    from artlib.engine.trainer import build_model
-    from artlib.nn import SemanticBank
+    path = Path(path)
+    if path.is_dir():
+        model_config, weights, meta = _read_folder(path, ema)
+        info = dict(epoch=None, best_top1=None, ema=False, config=None)
+    else:
+        model_config, weights, meta, info = _read_checkpoint(path, ema)
+    from artlib.models import build_art
 
-    state = load_checkpoint(path, map_location="cpu", what="checkpoint")
     try:
-        cfg = config_from_dict(state["config"])
+        model = build_art(model_config)
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint: {path}: its config cannot be read here: {e}") from None
-    names = [str(n) for n in state["class_names"]]
-    use_ema = state.get("model_ema") is not None if ema is None else bool(ema)
-    if use_ema and state.get("model_ema") is None:
-        raise CheckpointError(f"checkpoint: {path} has no --model-ema average (ema=True)")
-    weights = state["model_ema"]["module"] if use_ema else state["model"]
-    bank = None
-    bank_key = "head.bank.S"
-    if not cfg.model.baseline:
-        if bank_key not in weights:
-            raise CheckpointError(f"checkpoint: {path}: an ART model without {bank_key!r}")
-        # a placeholder of the right shape: S and S^a come from the checkpoint, and no text
-        # encoder runs
-        bank = SemanticBank(torch.zeros(weights[bank_key].shape), momentum=cfg.model.bank_momentum)
-    model = build_model(_without_weights(cfg), names, bank=bank)
-    _load_exactly(model, weights, path, state.get("model_info", {}))
+        raise CheckpointError(
+            f"checkpoint: {path}: its model config cannot be built: {e}"
+        ) from None
+    _load_exactly(model, weights, path, model_config)
     model.eval().to(map_location)
-    pre = state["preprocess"]
-    info = ModelInfo(
+    pre, names = meta["preprocess"], [str(n) for n in meta["class_names"]]
+    return model, ModelInfo(
         class_names=names,
         num_frames=int(pre["num_frames"]),
         crop_size=int(pre["crop_size"]),
@@ -91,22 +168,93 @@ def load_model(
         std=[float(x) for x in pre["std"]],
         sampling=pre.get("sampling", "tsn"),
         num_clips=int(pre.get("num_clips", 1)),
-        backbone=cfg.model.backbone,
-        baseline=bool(cfg.model.baseline),
+        backbone=model_config["backbone"],
+        baseline=bool(model_config.get("baseline", False)),
         num_classes=len(names),
+        model_config=model.config,
+        artlib_version=meta.get("artlib_version"),
+        path=os.fspath(path),
+        **info,
+    )
+
+
+def _for_loading(config: dict, weights: dict, mean=None, std=None) -> dict:
+    """A model config to rebuild saved weights: no backbone weights file (the weights are here),
+    the bank as zeros of the saved shape, the saved normalisation."""
+    config = copy.deepcopy(config)
+    config["pretrained"] = None
+    if not config.get("baseline") and "head.bank.S" in weights:
+        momentum = (config.get("bank") or {}).get("momentum", 0.999)
+        shape = list(weights["head.bank.S"].shape)
+        config["bank"] = {"shape": shape, "init": "zeros", "momentum": momentum}
+    if mean is not None:
+        config["mean"], config["std"] = [float(v) for v in mean], [float(v) for v in std]
+    return config
+
+
+def _read_folder(path: Path, ema) -> tuple[dict, dict, dict]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if ema:
+        raise CheckpointError(f"checkpoint: {path} is a model folder: it has no EMA (ema=True)")
+    cfg_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+    for f in (cfg_file, weights_file):
+        if not f.is_file():
+            raise FileNotFoundError(
+                f"checkpoint: {path} is a folder without {f.name} (a model folder holds "
+                f"{CONFIG_FILE} and {WEIGHTS_FILE}, written by artlib.save_model)"
+            )
+    try:
+        meta = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint: {cfg_file} is not JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise CheckpointError(f"checkpoint: {cfg_file} is not an artlib model config")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint: {cfg_file} has format_version {version!r}, written by artlib "
+            f"{meta.get('artlib_version')}; this artlib reads up to {MODEL_FORMAT_VERSION}"
+        )
+    for key in ("model", "class_names", "preprocess"):
+        if key not in meta:
+            raise CheckpointError(f"checkpoint: {cfg_file} has no {key!r}")
+    try:
+        weights = load_file(weights_file, device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"checkpoint: {weights_file} cannot be read: {e}") from None
+    return _for_loading(meta["model"], weights), weights, meta
+
+
+def _read_checkpoint(path: Path, ema) -> tuple[dict, dict, dict, dict]:
+    from artlib.models import model_config_from_train_config
+
+    state = load_checkpoint(path, map_location="cpu", what="checkpoint")
+    names = [str(n) for n in state["class_names"]]
+    use_ema = state.get("model_ema") is not None if ema is None else bool(ema)
+    if use_ema and state.get("model_ema") is None:
+        raise CheckpointError(f"checkpoint: {path} has no --model-ema average (ema=True)")
+    weights = state["model_ema"]["module"] if use_ema else state["model"]
+    recorded = state.get("model_info") or {}
+    try:
+        config = model_config_from_train_config(state["config"], names, recorded.get("head"))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint: {path}: its config cannot be read here: {e}") from None
+    if not config["baseline"] and "head.bank.S" not in weights:
+        raise CheckpointError(f"checkpoint: {path}: an ART model without 'head.bank.S'")
+    pre = state["preprocess"]
+    config = _for_loading(config, weights, pre["mean"], pre["std"])
+    info = dict(
         epoch=int(state["epoch"]),
         best_top1=float(state.get("best_top1", 0.0)),
         ema=use_ema,
-        artlib_version=state.get("artlib_version"),
-        config=cfg,
-        path=os.fspath(path),
+        config=state["config"],
     )
-    return model, info
+    return config, weights, state, info
 
 
-def _load_exactly(model: nn.Module, weights: dict, path, model_info: dict) -> None:
-    from artlib.engine.checkpoint import CheckpointError
-
+def _load_exactly(model: nn.Module, weights: dict, path, config: dict) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
@@ -125,7 +273,7 @@ def _load_exactly(model: nn.Module, weights: dict, path, model_info: dict) -> No
             parts.append("shapes differ: " + "; ".join(shapes[:4]))
         raise CheckpointError(
             f"checkpoint: {path} does not fit the model its config describes "
-            f"(backbone {model_info.get('backbone')}, {model_info.get('num_classes')} classes): "
+            f"(backbone {config.get('backbone')}, {config.get('num_classes')} classes): "
             + "; ".join(parts)
         )
     model.load_state_dict(weights)

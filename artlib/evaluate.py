@@ -40,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a trained checkpoint (exact metrics on any number of processes).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by the trainer")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint written by the trainer, or a model folder (artlib.save_model)",
+    )
     p.add_argument(
         "--val-list",
         help="'<path> <label>' lines to evaluate (default: the checkpoint's validation set)",
@@ -76,8 +80,10 @@ def _default_out(ckpt: Path) -> Path:
 
 def _check_args(p: argparse.ArgumentParser, args) -> None:
     """Every misuse answered before a model or data set is built: exit 2, one line."""
-    if not Path(args.checkpoint).is_file():
-        p.error(f"--checkpoint: no file at {args.checkpoint}")
+    if not Path(args.checkpoint).exists():
+        p.error(f"--checkpoint: no file or model folder at {args.checkpoint}")
+    if Path(args.checkpoint).is_dir() and not args.val_list:
+        p.error("--val-list: needed with a model folder (it records no data set)")
     if args.val_list and not Path(args.val_list).is_file():
         p.error(f"--val-list: no file at {args.val_list}")
     if args.data_root and not Path(args.data_root).is_dir():
@@ -123,6 +129,15 @@ def _items(args, cfg, dist_info, num_classes: int):
     return items
 
 
+def _train_config(info):
+    """The checkpoint's TrainConfig; None for a model folder (it records no training run)."""
+    if info["config"] is None:
+        return None
+    from artlib.engine.checkpoint import config_from_dict
+
+    return config_from_dict(info["config"])
+
+
 def run(args) -> tuple[dict, Path]:
     """Evaluate as the command line says (every rank); -> (metrics, output folder)."""
     from artlib import load_model
@@ -133,13 +148,13 @@ def run(args) -> tuple[dict, Path]:
 
     dist_info = setup_distributed(args.device)
     model, info = load_model(args.checkpoint, map_location=dist_info.device)
-    cfg = info["config"]
+    cfg = _train_config(info)  # None for a model folder
     items = _items(args, cfg, dist_info, info["num_classes"])
     num_clips = args.num_clips or info["num_clips"]
-    dataset = eval_dataset(items, info, num_clips, args.num_crops, seed=cfg.run.seed)
+    dataset = eval_dataset(items, info, num_clips, args.num_crops, seed=cfg.run.seed if cfg else 0)
     if dist_info.is_main:
         log.info(
-            "%s (epoch %d, %s %s, %d classes): %d videos, %d clip(s) x %d crop(s), %d process(es)",
+            "%s (epoch %s, %s %s, %d classes): %d videos, %d clip(s) x %d crop(s), %d process(es)",
             args.checkpoint,
             info["epoch"],
             "baseline" if info["baseline"] else "ART",
@@ -157,7 +172,9 @@ def run(args) -> tuple[dict, Path]:
         loader,
         info["num_classes"],
         device=dist_info.device,
-        max_failure_fraction=cfg.data.max_failure_fraction if frac is None else frac,
+        max_failure_fraction=(cfg.data.max_failure_fraction if cfg else 0.1)
+        if frac is None
+        else frac,
         progress=args.progress and dist_info.is_main,
     )
     metrics = result.metrics()
@@ -194,8 +211,8 @@ def main(argv=None) -> int:
     _check_args(p, args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from artlib.data import TooManyFailures
-    from artlib.engine.checkpoint import CheckpointError
     from artlib.engine.distributed import cleanup_distributed
+    from artlib.weights_io import CheckpointError
 
     try:
         run(args)

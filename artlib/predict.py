@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from artlib.engine.cli import _Parser as OneLineParser  # errors: one line, exit 2
+from artlib.timeline_cli import add_timeline_options, check_timeline_options, run_timeline
 
 __all__ = ["main", "predict_file"]
 
@@ -31,12 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by the trainer")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint written by the trainer, or a model folder (artlib.save_model)",
+    )
     p.add_argument("--topk", type=int, default=5, help="classes shown per video")
     p.add_argument("--num-clips", type=int, help="clips per video (default: the checkpoint's)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--tracklets", metavar="OUT.png", help="draw the first video's tracklets")
     p.add_argument("--device", default="cpu", help="cpu | cuda[:N]")
+    add_timeline_options(p)
     return p
 
 
@@ -61,8 +67,8 @@ def predict_file(model, info: dict, path: str, topk: int, num_clips: int | None 
 def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    if not Path(args.checkpoint).is_file():
-        p.error(f"--checkpoint: no file at {args.checkpoint}")
+    if not Path(args.checkpoint).exists():
+        p.error(f"--checkpoint: no file or model folder at {args.checkpoint}")
     if args.topk < 1:
         p.error(f"--topk must be >= 1, got {args.topk}")
     if args.num_clips is not None and args.num_clips < 1:
@@ -78,14 +84,18 @@ def main(argv=None) -> int:
         if not os.path.isdir(folder):
             p.error(f"--tracklets: no folder {folder}")
 
+    if args.timeline or args.window is not None or args.stride is not None or args.csv or args.plot:
+        check_timeline_options(p, args)
     from artlib.api import load_model, load_video
-    from artlib.engine.checkpoint import CheckpointError
+    from artlib.weights_io import CheckpointError
 
     try:
         model, info = load_model(args.checkpoint, map_location=args.device)
-    except CheckpointError as e:
+    except (CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.timeline:
+        return run_timeline(model, info, args)
     failed = 0
     for path in args.videos:
         res = predict_file(model, info, path, args.topk, args.num_clips)

@@ -35,9 +35,8 @@ def main(argv=None) -> int:
     if not have_matplotlib():
         p.error(f"the picture is drawn with matplotlib, which is not installed: {MATPLOTLIB_HINT}")
 
-    from artlib import load_model, load_video
+    from artlib import CheckpointError, load_model, load_video
     from artlib.data import VideoDecodeError
-    from artlib.engine.checkpoint import CheckpointError
     from artlib.visualize import draw_tracklets
 
     try:

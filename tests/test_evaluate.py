@@ -106,7 +106,7 @@ def test_misuse_exits_2_with_one_line(data, tmp_path, capsys):
 
     _, ckpt, val_list = data
     for flags, message in (
-        (["--checkpoint", str(tmp_path / "none.pt")], "--checkpoint: no file at"),
+        (["--checkpoint", str(tmp_path / "none.pt")], "--checkpoint: no file or model folder at"),
         (["--checkpoint", str(ckpt), "--val-list", str(tmp_path / "x")], "--val-list: no file"),
         (["--checkpoint", str(ckpt), "--num-clips", "0"], "--num-clips must be >= 1"),
         (["--checkpoint", str(ckpt), "--num-crops", "2"], "invalid choice"),

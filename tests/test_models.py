@@ -452,3 +452,47 @@ def test_build_art_from_the_trainer_config_equals_the_trainers_model(baseline):
             assert torch.equal(ours.state_dict()[k], v), k
     if not baseline:
         assert ours.config["head"]["mtc_weights"] == [1.0, 0.0, 1.0]
+
+
+def test_backbone_names_are_declared_once_without_torch():
+    """artlib.models.names (what a command line offers before torch loads) lists the registry's
+    backbones and packaged weights; importing it (and artlib.models) loads no torch."""
+    import subprocess
+    import sys
+
+    from artlib.models import BACKBONES, BUILTIN_WEIGHTS
+    from artlib.models.names import BACKBONE_NAMES, PACKAGED_WEIGHTS
+    from tests.ckpt_fixtures import REPO, env
+
+    assert tuple(BACKBONES) == BACKBONE_NAMES and BUILTIN_WEIGHTS == PACKAGED_WEIGHTS
+    code = "import sys, artlib.models.names; assert 'torch' not in sys.modules, 'torch loaded'"
+    res = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True,
+                         cwd=REPO, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+
+
+def test_every_backbone_declares_its_input():
+    """data_config: mean/std of the weights, input size, T -> T' and L, for every registered
+    backbone (built on the meta device), equal to what the built module says."""
+    from artlib.data import CLIP_MEAN, IMAGENET_MEAN
+    from artlib.models import default_data_config, list_backbones
+
+    expected = {  # name: (mean, input size, token frames of 16, tokens per frame)
+        "tiny": (CLIP_MEAN, 64, 16, 64),
+        "tiny_cnn": (CLIP_MEAN, 64, 16, 64),
+        "tiny_cnn_t1": (CLIP_MEAN, 64, 16, 64),
+        "uniformerv2_b16": (CLIP_MEAN, 224, 16, 196),
+        "uniformerv2_l14": (CLIP_MEAN, 224, 16, 256),
+        "tea_r50": (IMAGENET_MEAN, 224, 16, 49),
+    }
+    assert sorted(expected) == sorted(list_backbones())
+    for name, (mean, size, frames, tokens) in expected.items():
+        cfg = default_data_config(name, 16)
+        got = (tuple(cfg["mean"]), cfg["input_size"], cfg["token_frames"], cfg["tokens_per_frame"])
+        assert got == (tuple(mean), [3, size, size], frames, tokens), name
+    down = default_data_config("uniformerv2_b16", 16, temporal_downsample=True, img_size=112)
+    assert (down["token_frames"], down["tokens_per_frame"], down["input_size"]) == (
+        8,
+        49,
+        [3, 112, 112],
+    )

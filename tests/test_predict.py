@@ -85,7 +85,7 @@ def test_misuse_exits_2_before_loading(files, tmp_path, capsys):
 
     video = _videos(files)[0]
     for flags, message in (
-        ([video, "--checkpoint", str(tmp_path / "no.pt")], "--checkpoint: no file at"),
+        ([video, "--checkpoint", str(tmp_path / "no.pt")], "--checkpoint: no file or model folder at"),
         ([video, "--checkpoint", str(files / "art.pt"), "--topk", "0"], "--topk must be >= 1"),
         ([video, "--checkpoint", str(files / "art.pt"), "--tracklets", "/no/such/dir/t.png"],
          "--tracklets: no folder"),

@@ -459,3 +459,24 @@ def test_trainer_normalises_with_the_checkpoints_statistics(tmp_path):
     assert torch.allclose(ds.mean.view(3), torch.full((3,), 0.45 * 255))
     with pytest.raises(ValueError, match="mean, std"):
         ds.set_normalization((0.5, 0.5), (0.2, 0.2, 0.2))
+
+
+def test_model_from_an_official_checkpoint_saves_and_loads_without_the_file(tmp_path):
+    """ART on a backbone read from an official checkpoint (its architecture and 0.45/0.225 taken
+    from the file) records that architecture: save_model -> load_model rebuilds it without the
+    checkpoint file, strictly, with the same logits and normalisation."""
+    import artlib
+
+    ref = _small("ssv2")  # temporal downsampling, two local MHRAs: not the preset
+    torch.save({f"backbone.{k}": v for k, v in ref.state_dict().items()}, tmp_path / "ssv2.pyth")
+    official = build_backbone("uniformerv2_b16", pretrained=tmp_path / "ssv2.pyth", heads=2)
+    art = ART(official, 3, torch.randn(2, 3, 8), num_frames=4, dim=16, heads=2, se_layers=1,
+              act_layers=1).eval()  # fmt: skip
+    assert art.config["backbone_kwargs"]["temporal_downsample"] is True and art.token_frames == 2
+    folder = artlib.save_model(art, tmp_path / "m", class_names=["a", "b", "c"])
+    (tmp_path / "ssv2.pyth").unlink()  # the folder alone rebuilds it
+    loaded, info = artlib.load_model(folder)
+    assert info.mean == [0.45] * 3 and loaded.backbone.mean == (0.45,) * 3
+    video = torch.randn(2, 4, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(video), art(video))

@@ -51,6 +51,7 @@ __all__ = [
     "decode_frames",
     "frame_times",
     "monotonic_times",
+    "stream_frames",
     "video_info",
 ]
 
@@ -687,3 +688,55 @@ def frame_times(path: str | os.PathLike) -> list[Fraction]:
         raise VideoDecodeError(path, f"corrupt stream ({type(e).__name__}: {e})") from None
     finally:
         container.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming: every frame of a file in one pass, RGB only where wanted (long videos)
+# ----------------------------------------------------------------------------------------------
+
+
+def stream_frames(
+    path: str | os.PathLike,
+    want=None,
+    *,
+    threads: int = 0,
+    accurate_rgb: bool = False,
+):
+    """Open ``path`` once and decode it from start to end: -> (VideoInfo, iterator).
+
+    The iterator yields ``(i, rgb)`` for every decoded frame, i its index (the definition of
+    ``decode_frames``: the i-th frame the decoder outputs), ``rgb`` the uint8 (H, W, 3) upright
+    frame when ``want(i)`` is true (every frame when ``want`` is None), else None (no colour
+    conversion is paid for it). Nothing is kept: memory does not depend on the file's length.
+    It closes the file when exhausted or closed. A stream that breaks mid-way raises
+    VideoDecodeError(kind="corrupt") with ``num_decoded`` = the frames yielded so far; opening
+    failures raise it at once (as ``video_info`` does).
+    """
+    av = _av()
+    path = os.fspath(path)
+    container = _open(path)
+    try:
+        info, consumed = _info(container, path, False)
+        if consumed:
+            container.close()
+            container = _open(path)
+        stream = _video_stream(container, threads)
+    except BaseException:
+        container.close()
+        raise
+    rgb = _rgb_converter(accurate_rgb)
+
+    def frames():
+        i = -1
+        try:
+            for frame in container.decode(stream):
+                i += 1
+                yield i, (rgb(frame) if want is None or want(i) else None)
+        except av.FFmpegError as e:
+            raise VideoDecodeError(
+                path, f"corrupt stream after frame {i} ({type(e).__name__}: {e})", i + 1
+            ) from None
+        finally:
+            container.close()
+
+    return info, frames()

@@ -13,21 +13,13 @@ from importlib import resources
 import torch
 from torch import nn
 
+from artlib.models.names import PACKAGED_WEIGHTS
 from artlib.models.tea import TEAResNet50
 from artlib.models.tiny import TinyConvVideoBackbone, TinyVideoBackbone
 from artlib.models.uniformerv2_weights import create_uniformerv2
 from artlib.weights_io import load_state_dict_file, weights_source
 
-# weights that ship inside the package (artlib/models/weights/, provenance in its README.md):
-# (backbone, tag) -> (file, the constructor arguments they fit). "synthetic": tiny_cnn trained as
-# the baseline on another synthetic set (generation seed 1), the synthetic preset's pretrained
-# backbone.
-BUILTIN_WEIGHTS = {
-    ("tiny_cnn", "synthetic"): (
-        "tiny_cnn_synthetic.pt",
-        {"width": 64, "img_size": 64, "temporal_layers": 3},
-    ),
-}
+BUILTIN_WEIGHTS = PACKAGED_WEIGHTS  # (backbone, tag) -> (file, the constructor arguments they fit)
 
 
 def _key(name: str) -> str:
@@ -139,6 +131,7 @@ BACKBONES = {
 
 
 def list_backbones() -> list[str]:
+    """The backbone names ``build_backbone`` knows."""
     return list(BACKBONES)
 
 
@@ -174,6 +167,7 @@ def default_data_config(name: str, num_frames: int = 16, **kwargs) -> dict:
 
 
 def count_parameters(model: nn.Module) -> int:
+    """The number of parameter elements of ``model``."""
     return sum(p.numel() for p in model.parameters())
 
 

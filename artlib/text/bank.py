@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from artlib._io import atomic_save_torch
+from artlib._io import atomic_save_torch, cache_root
 from artlib.nn.bank import SemanticBank, read_bank
 from artlib.text.templates import TEMPLATES, check_templates, fill_templates
 from artlib.weights_io import (
@@ -53,11 +53,8 @@ _TEXT_PREFIXES = (
 
 
 def default_cache_dir() -> str:
-    """``$ARTLIB_CACHE/banks``, else ``~/.cache/artlib/banks``."""
-    root = os.environ.get("ARTLIB_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "artlib"
-    )
-    return os.path.join(root, "banks")
+    """``banks`` in artlib's cache folder (``artlib._io.cache_root``: ``$ARTLIB_CACHE``, ...)."""
+    return os.path.join(cache_root(), "banks")
 
 
 def _open_clip():

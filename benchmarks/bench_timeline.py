@@ -1,0 +1,269 @@
+"""Timeline of a long video (``predict --timeline``) against what a user would write instead.
+
+    pytest benchmarks/bench_timeline.py --benchmark-only      # the 10-minute 480p video
+    pytest benchmarks/bench_timeline.py --smoke               # every case once, a 6-s video
+    python benchmarks/bench_timeline.py --minutes 10 --memory-minutes 10 60   # the docs' table
+
+Input: a generated 854x480 H.264 video at 25 fps (x264 veryfast, CRF 23, a keyframe every 250
+frames, B-frames): a random texture that slides and a bright square that moves across it, written
+once into ``$TMPDIR/artlib-bench-timeline/`` (``ARTLIB_BENCH_TIMELINE_MINUTES``, default 10).
+Model: the main job's (``examples/train_finegym.py``'s synthetic preset: ART on tiny_cnn, T = 8,
+64x64 crops, 8 classes), weights as built (speed does not depend on them). Windows: 2 s every
+0.5 s.
+
+Cases (group ``timeline``):
+
+- ``decode-pass``: one plain PyAV pass over the file, every frame decoded, nothing converted —
+  the floor of any method that looks at the whole video;
+- ``artlib-timeline``: ``artlib.predict_timeline`` (one pass, RGB and preprocessing only for the
+  sampled frames, windows batched by 16);
+- ``per-window``: what a user writes with the clip API: for each window, ``decode_frames`` of its
+  T frames (artlib's decoder, which seeks to the keyframe before them), the same preprocessing and
+  ``predict_proba``. Timed on every 20th window (1 in smoke) and reported per window;
+  ``extra_info["projected_s"]`` = that times the window count.
+
+Peak memory (``--memory-minutes A B``, and ``test_peak_memory`` at two lengths): the timeline
+run in a fresh subprocess per video length, peak RSS (``ru_maxrss``) of that process.
+Targets (issue 27): timeline <= 1.5x the decode pass; >= 5x faster than per-window; peak RSS of
+60 minutes within 10 % of 10 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av") if __name__ != "__main__" else __import__("av")
+
+SMOKE = os.environ.get("ARTLIB_BENCH_SMOKE", "0") not in ("", "0")
+MINUTES = float(os.environ.get("ARTLIB_BENCH_TIMELINE_MINUTES", "10"))
+H, W, FPS = (480, 854, 25) if not SMOKE else (96, 160, 25)
+SECONDS = 6.0 if SMOKE else MINUTES * 60
+WINDOW, STRIDE = 2.0, 0.5
+DATA = os.path.join(tempfile.gettempdir(), "artlib-bench-timeline" + ("-smoke" if SMOKE else ""))
+
+
+def make_video(path: str, seconds: float, h: int = H, w: int = W, fps: int = FPS) -> str:
+    """The generated test video (module docstring); reused when it exists."""
+    if os.path.exists(path):
+        return path
+    from artlib.data._write import write_video
+
+    rng = np.random.default_rng(0)
+    tex = rng.integers(0, 256, (h // 8 + 2, (w + 4 * fps * 60) // 8 + 2, 3), dtype=np.uint8)
+    tex = tex.repeat(8, 0).repeat(8, 1)
+    n = int(round(seconds * fps))
+
+    def frames():
+        for i in range(n):
+            x = (2 * i) % (tex.shape[1] - w)
+            img = tex[:h, x : x + w].copy()
+            cx = int((w - 40) * (0.5 + 0.5 * np.sin(i / 40)))
+            cy = int((h - 40) * (0.5 + 0.5 * np.cos(i / 53)))
+            img[cy : cy + 40, cx : cx + 40] = 255
+            yield img
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return write_video(path, frames(), fps=fps, codec="h264", gop=250, crf=23, preset="veryfast")
+
+
+def main_job_checkpoint(path: str) -> str:
+    """A checkpoint of the main job's model (synthetic preset), untrained head."""
+    if os.path.exists(path):
+        return path
+    import torch
+
+    from artlib._io import atomic_save_torch
+    from artlib.data.synthetic import CLASS_NAMES
+    from artlib.engine.checkpoint import training_state
+    from artlib.engine.config import resolve
+    from artlib.engine.trainer import build_model, build_optimizer
+
+    cfg = resolve({"preset": "synthetic"})  # the main job: the preset as it is
+    torch.manual_seed(0)
+    names = CLASS_NAMES[:8]
+    model = build_model(cfg, names)
+    opt, sched = build_optimizer(cfg, model)
+    state = training_state(cfg=cfg, class_names=names, model=model, ema=None, optimizer=opt,
+                           scheduler=sched, epoch=1, best_top1=0.0)  # fmt: skip
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_save_torch(state, path)
+    return path
+
+
+def decode_pass(path: str) -> int:
+    """Every frame decoded once, nothing converted -> frame count."""
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        return sum(1 for _ in c.decode(s))
+
+
+def run_timeline(model, info, path: str) -> dict:
+    from artlib.timeline import predict_timeline
+
+    return predict_timeline(model, info, path, window=WINDOW, stride=STRIDE)
+
+
+def per_window(model, info, path: str, every: int) -> tuple[int, int]:
+    """Every ``every``-th window the clip-API way -> (windows done, windows in the video)."""
+    from artlib.api import eval_dataset, predict_proba
+    from artlib.data import decode_frames, video_info
+    from artlib.data.sampling import crop_params
+    from artlib.timeline import plan_windows
+
+    vi = video_info(path)
+    plan = plan_windows(vi.num_frames, vi.fps, WINDOW, STRIDE, info["num_frames"])
+    ds = eval_dataset([], info)
+    crop = crop_params(vi.height, vi.width, train=False)
+    done = 0
+    for k in range(0, plan.count, every):
+        idx = [plan.start(k) + o for o in plan.offsets]
+        clip = ds.transform(decode_frames(path, idx), crop)
+        predict_proba(model, clip[None])
+        done += 1
+    return done, plan.count
+
+
+_CHILD = """
+import json, os, resource, sys, threading, time
+import artlib
+from artlib.timeline import predict_timeline
+page = os.sysconf("SC_PAGE_SIZE") / 2**20
+def rss():  # the current resident set, MB
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * page
+model, info = artlib.load_model(sys.argv[1])
+before, peak, done = rss(), [0.0], threading.Event()
+def sample():  # the run's own peak: ru_maxrss may date from loading the checkpoint
+    while not done.is_set():
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.02)
+threading.Thread(target=sample, daemon=True).start()
+t = time.perf_counter()
+res = predict_timeline(model, info, sys.argv[2], window=float(sys.argv[3]), stride=float(sys.argv[4]))
+seconds = time.perf_counter() - t
+done.set()
+print(json.dumps({"seconds": seconds, "windows": len(res["windows"]), "rss_before_mb": before,
+                  "run_peak_rss_mb": max(peak[0], rss()),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def peak_rss(ckpt: str, path: str) -> dict:
+    """The timeline of ``path`` in a fresh process -> {"seconds", "windows", "rss_before_mb" (the
+    model loaded), "run_peak_rss_mb" (the highest resident set sampled every 20 ms during the
+    run), "peak_rss_mb" (ru_maxrss: the whole process, loading included)}."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), *sys.path]))
+    r = subprocess.run([sys.executable, "-c", _CHILD, ckpt, path, str(WINDOW), str(STRIDE)],
+                       capture_output=True, text=True, env=env, timeout=7200, check=True)  # fmt: skip
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------- pytest
+
+
+@pytest.fixture(scope="module")
+def setup():
+    import artlib
+
+    path = make_video(os.path.join(DATA, f"long_{SECONDS:g}s_{H}p.mp4"), SECONDS)
+    ckpt = main_job_checkpoint(os.path.join(DATA, "main_job.pt"))
+    model, info = artlib.load_model(ckpt)
+    return path, ckpt, model, info
+
+
+def test_decode_pass(benchmark, setup):
+    path = setup[0]
+    benchmark.group = "timeline"
+    n = benchmark.pedantic(decode_pass, args=(path,), rounds=1, iterations=1)
+    assert n == int(round(SECONDS * FPS))
+
+
+def test_artlib_timeline(benchmark, setup):
+    path, _, model, info = setup
+    benchmark.group = "timeline"
+    res = benchmark.pedantic(run_timeline, args=(model, info, path), rounds=1, iterations=1)
+    assert res["windows"] and res["duration"] == pytest.approx(SECONDS, abs=0.05)
+    benchmark.extra_info["windows"] = len(res["windows"])
+
+
+def test_per_window(benchmark, setup):
+    path, _, model, info = setup
+    benchmark.group = "timeline"
+    every = 1 if SMOKE else 20
+    done, total = benchmark.pedantic(per_window, args=(model, info, path, every), rounds=1,
+                                     iterations=1)  # fmt: skip
+    benchmark.extra_info.update(windows_timed=done, windows=total)
+    if benchmark.stats is not None:  # timed run: the projection to every window
+        benchmark.extra_info["projected_s"] = benchmark.stats.stats.mean / done * total
+
+
+def test_peak_memory(setup):
+    """Peak RSS of the timeline at two lengths (SECONDS and a sixth of it), in fresh processes."""
+    path, ckpt, _, _ = setup
+    short = make_video(os.path.join(DATA, f"long_{SECONDS / 6:g}s_{H}p.mp4"), SECONDS / 6)
+    a, b = peak_rss(ckpt, short), peak_rss(ckpt, path)
+    print(f"\npeak RSS during the run: {SECONDS / 6:g} s video {a['run_peak_rss_mb']:.0f} MB, "
+          f"{SECONDS:g} s video {b['run_peak_rss_mb']:.0f} MB")  # fmt: skip
+    assert b["windows"] > a["windows"] > 0
+
+
+# ----------------------------------------------------------------------------------- table
+
+
+def main(argv=None) -> int:
+    import artlib
+
+    p = argparse.ArgumentParser(description="the timeline figures of docs/benchmarks.md")
+    p.add_argument("--minutes", type=float, default=10.0, help="speed: the video's length")
+    p.add_argument("--memory-minutes", type=float, nargs=2, default=[10.0, 60.0])
+    p.add_argument("--every", type=int, default=20, help="per-window: time every n-th window")
+    p.add_argument("--memory-only", action="store_true", help="only the peak-memory runs")
+    args = p.parse_args(argv)
+    os.makedirs(DATA, exist_ok=True)
+    ckpt = main_job_checkpoint(os.path.join(DATA, "main_job.pt"))
+    model, info = artlib.load_model(ckpt)
+    out = {}
+    for m in args.memory_minutes if args.memory_only else []:
+        vp = make_video(os.path.join(DATA, f"long_{m * 60:g}s_{H}p.mp4"), m * 60)
+        print(f"{m:g} min: {peak_rss(ckpt, vp)}", flush=True)
+    if args.memory_only:
+        return 0
+    t = time.perf_counter()
+    path = make_video(
+        os.path.join(DATA, f"long_{args.minutes * 60:g}s_{H}p.mp4"), args.minutes * 60
+    )
+    print(f"video {path}: written in {time.perf_counter() - t:.0f} s", flush=True)
+    t = time.perf_counter()
+    n = decode_pass(path)
+    out["decode_s"] = time.perf_counter() - t
+    print(f"decode pass: {n} frames in {out['decode_s']:.1f} s", flush=True)
+    t = time.perf_counter()
+    res = run_timeline(model, info, path)
+    out["timeline_s"] = time.perf_counter() - t
+    print(f"timeline: {len(res['windows'])} windows in {out['timeline_s']:.1f} s", flush=True)
+    t = time.perf_counter()
+    done, total = per_window(model, info, path, args.every)
+    per = (time.perf_counter() - t) / done
+    out["per_window_s"] = per * total
+    print(f"per-window: {per * 1000:.0f} ms a window ({done} timed) -> {per * total:.0f} s for "
+          f"{total}", flush=True)  # fmt: skip
+    for m in args.memory_minutes:
+        vp = make_video(os.path.join(DATA, f"long_{m * 60:g}s_{H}p.mp4"), m * 60)
+        out[f"rss_{m:g}min"] = peak_rss(ckpt, vp)
+        print(f"{m:g} min: {out[f'rss_{m:g}min']}", flush=True)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

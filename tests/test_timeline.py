@@ -1,0 +1,304 @@
+"""Timeline of long videos (artlib.timeline, predict --timeline) and the segment metric."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("av")
+
+from ckpt_fixtures import env  # noqa: E402
+from timeline_fixtures import FPS, long_video, synthetic_checkpoint  # noqa: E402
+
+from artlib.segment_metrics import (  # noqa: E402
+    average_precision,
+    evaluate_segments,
+    read_finegym_segments,
+    read_segments_csv,
+    segment_iou,
+)
+from artlib.timeline import merge_segments, plan_windows  # noqa: E402
+
+ORDER = [2, 6, 1, 7, 3, 0]  # left once, twist cw, down once, twist ccw, right once, up once
+
+
+@pytest.fixture(scope="session")
+def synth_ckpt(tmp_path_factory):
+    return synthetic_checkpoint(tmp_path_factory.mktemp("tl") / "probe.pt")
+
+
+@pytest.fixture(scope="session")
+def long_mp4(tmp_path_factory):
+    return long_video(tmp_path_factory.mktemp("tlv") / "long.mp4", ORDER)
+
+
+# ------------------------------------------------------------------------------ window plan
+
+
+@pytest.mark.parametrize(
+    "num_frames,fps,window,stride,T",
+    [(200, 16, 2.0, 0.5, 8), (97, 25, 1.3, 0.45, 4), (10, 16, 2.0, 0.5, 8), (64, 16, 2.0, 2.5, 8)],
+)
+def test_plan_windows_against_enumeration(num_frames, fps, window, stride, T):
+    """windows_of and first_needed agree with listing every window's frames."""
+    plan = plan_windows(num_frames, fps, window, stride, T)
+    frames = {k: [plan.start(k) + o for o in plan.offsets] for k in range(plan.count)}
+    assert all(0 <= f < num_frames for fs in frames.values() for f in fs), frames
+    if plan.count > 1:  # the last window ends at the last frame
+        assert plan.start(plan.count - 1) + plan.n == num_frames
+    for i in range(num_frames):
+        expect = sorted((k, t) for k, fs in frames.items() for t, f in enumerate(fs) if f == i)
+        assert sorted(plan.windows_of(i)) == expect, (i, expect)
+        later = [f for k, fs in frames.items() if fs[-1] > i for f in fs]
+        if later:
+            assert plan.first_needed(i) <= min(later), (i, min(later))
+
+
+def test_merge_segments_by_hand():
+    """Windows of 2 s every 0.5 s (centres 1.0, 1.5, ...): labels 0 0 1 1 1 -> two segments, the
+    boundary halfway between centres 1.5 and 2.0; a low window is 'no action' and left out."""
+    p = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9], [0.45, 0.55]])
+    times = [(0.5 * k, 0.5 * k + 2) for k in range(5)]
+    segs = merge_segments(p, times, ["a", "b"], smooth=1, duration=4.0)
+    assert [(s["start"], s["end"], s["name"]) for s in segs] == [(0.0, 1.75, "a"), (1.75, 4.0, "b")]
+    assert segs[0]["score"] == pytest.approx(0.85)
+    segs = merge_segments(p, times, ["a", "b"], smooth=1, min_score=0.6, duration=4.0)
+    assert [(s["start"], s["end"], s["label"]) for s in segs] == [(0.0, 1.75, 0), (1.75, 2.75, 1)]
+
+
+def test_short_runs_and_smoothing_by_hand():
+    """A one-window flicker (b) inside a: kept with min_run=1, absorbed with min_run=2; the
+    moving average over 3 windows: the mean of each window and its neighbours (2 at the ends)."""
+    from artlib.timeline import smooth_probs
+
+    p = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.7, 0.3], [0.9, 0.1]])
+    times = [(0.5 * k, 0.5 * k + 2) for k in range(5)]
+    segs = merge_segments(p, times, ["a", "b"], smooth=1, min_run=1, duration=4.0)
+    assert [(s["start"], s["end"], s["name"]) for s in segs] == [
+        (0.0, 1.75, "a"), (1.75, 2.25, "b"), (2.25, 4.0, "a")]  # fmt: skip
+    segs = merge_segments(p, times, ["a", "b"], smooth=1, min_run=2, duration=4.0)
+    assert [(s["start"], s["end"], s["name"]) for s in segs] == [(0.0, 4.0, "a")]
+    assert segs[0]["score"] == pytest.approx((0.9 + 0.8 + 0.4 + 0.7 + 0.9) / 5)
+    expect = torch.stack([(p[0] + p[1]) / 2, (p[0] + p[1] + p[2]) / 3, (p[1] + p[2] + p[3]) / 3,
+                          (p[2] + p[3] + p[4]) / 3, (p[3] + p[4]) / 2])  # fmt: skip
+    torch.testing.assert_close(smooth_probs(p, 3), expect)
+
+
+def test_stream_windows_equal_load_video_frames(tmp_path):
+    """Each streamed window is the evaluation pipeline on decode_frames of its frames."""
+    from artlib.api import eval_dataset
+    from artlib.data import decode_frames
+    from artlib.data.sampling import crop_params
+    from artlib.timeline import stream_windows
+
+    path = long_video(tmp_path / "v.mp4", [0, 1])  # 64 frames of 64x64: 10 windows + a tail
+    info = {"num_frames": 4, "crop_size": 32, "mean": [0.4] * 3, "std": [0.25] * 3}
+    plan, windows = stream_windows(path, info, window=1.0, stride=0.3)
+    got = dict(windows)
+    assert sorted(got) == list(range(plan.count)) and plan.count == 11, (sorted(got), plan.count)
+    ds = eval_dataset([], info)
+    for k, clip in got.items():
+        idx = [plan.start(k) + o for o in plan.offsets]
+        ref = ds.transform(decode_frames(path, idx), crop_params(64, 64, train=False))
+        torch.testing.assert_close(clip, ref, rtol=0, atol=0, msg=f"window {k} frames {idx}")
+
+
+def test_stream_frames_equal_decode_frames(tmp_path):
+    """Every index once, in order; RGB only where wanted, equal to decode_frames' frames."""
+    from artlib.data import VideoDecodeError, decode_frames
+    from artlib.data.decode import stream_frames
+
+    path = long_video(tmp_path / "s.mp4", [3, 5])  # 64 frames
+    info, frames = stream_frames(path, lambda i: i % 5 == 0)
+    got = list(frames)
+    assert info.num_frames == 64 and [i for i, _ in got] == list(range(64))
+    assert all((rgb is None) == (i % 5 != 0) for i, rgb in got)
+    want = [i for i, rgb in got if rgb is not None]
+    ref = decode_frames(path, want).numpy()
+    for j, i in enumerate(want):
+        np.testing.assert_array_equal(got[i][1], ref[j], err_msg=f"frame {i}")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 300)
+    with pytest.raises(VideoDecodeError, match="bad.mp4"):
+        stream_frames(bad)
+
+
+def test_one_pass_and_a_buffer_that_does_not_grow(tmp_path, monkeypatch):
+    """Each video is opened and decoded once; the shared buffer's peak is the same for a video
+    3x longer and stays within the frames two overlapping windows sample."""
+    import artlib.data.decode as decode
+    from artlib.timeline import stream_windows
+
+    calls = []
+    real = decode.stream_frames
+    monkeypatch.setattr(decode, "stream_frames", lambda *a, **k: calls.append(a) or real(*a, **k))
+    info = {"num_frames": 8, "crop_size": 32, "mean": [0.4] * 3, "std": [0.25] * 3}
+    peaks = []
+    for labels in ([0, 1], [0, 1, 2, 3, 0, 1]):  # 4 s and 12 s
+        path = long_video(tmp_path / f"v{len(labels)}.mp4", labels)
+        plan, windows = stream_windows(path, info, window=2.0, stride=0.5)
+        assert len(list(windows)) == plan.count
+        peaks.append(plan.peak_buffer)
+    assert len(calls) == 2, calls
+    assert peaks[0] == peaks[1] <= 2 * 8, peaks
+
+
+# ------------------------------------------------------------------------------ long video
+
+
+@pytest.mark.slow  # with the checkpoint fixture: ~25 s on 2 idle cores
+def test_timeline_recovers_concatenated_clips(synth_ckpt, long_mp4):
+    """Six 2-s clips of known classes in one file: the segments name them in order, and every
+    boundary is within one stride of the true one (2, 4, 6, 8, 10 s)."""
+    import artlib
+
+    model, info = artlib.load_model(synth_ckpt)
+    res = artlib.predict_timeline(model, info, long_mp4, window=2.0, stride=0.5)
+    segs = res["segments"]
+    got = [(s["start"], s["end"], s["name"]) for s in segs]
+    assert res["duration"] == pytest.approx(len(ORDER) * 2.0) and res["fps"] == FPS
+    assert [s["label"] for s in segs] == ORDER, got
+    for s, true in zip(segs[1:], range(2, 2 * len(ORDER), 2)):
+        assert abs(s["start"] - true) <= res["stride"], (true, got)
+    assert segs[0]["start"] == 0.0 and segs[-1]["end"] == res["duration"]
+
+
+@pytest.mark.slow  # with the checkpoint fixture: ~25 s on 2 idle cores
+def test_predict_timeline_cli(synth_ckpt, long_mp4, tmp_path):
+    """--json/--csv/--plot; a broken file -> an error line, the others done, exit 1."""
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00not a video" * 100)
+    out_csv, out_png = tmp_path / "s.csv", tmp_path / "t.png"
+    cmd = [sys.executable, "-m", "artlib.predict", str(long_mp4), str(bad), "--checkpoint",
+           str(synth_ckpt), "--timeline", "--json", "--stride", "0.5", "--csv", str(out_csv),
+           "--plot", str(out_png)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=300)
+    assert r.returncode == 1, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert lines[1] == {"video": str(bad), "error": lines[1]["error"]} and lines[1]["error"]
+    assert [s["label"] for s in lines[0]["segments"]] == ORDER, lines[0]["segments"]
+    assert len(lines[0]["windows"]) == 21 and len(lines[0]["windows"][0]["probs"]) == 8
+    rows = out_csv.read_text().splitlines()
+    assert rows[0] == "video,start,end,label,name,score" and len(rows) == 1 + len(ORDER), rows
+    assert (tmp_path / "t_0.png").stat().st_size > 5000  # one picture per readable video
+
+
+def test_predict_timeline_bad_flags_exit_2(synth_ckpt):
+    for extra, word in [(["--window", "0"], "--window"), (["--stride", "1"], "--timeline"),
+                        (["--timeline", "--min-score", "2"], "--min-score")]:  # fmt: skip
+        cmd = [sys.executable, "-m", "artlib.predict", "x.mp4", "--checkpoint", str(synth_ckpt)]
+        r = subprocess.run(cmd + extra, capture_output=True, text=True, env=env(), timeout=120)
+        assert r.returncode == 2 and word in r.stderr, (extra, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+# ------------------------------------------------------------------------------ metrics
+
+
+def test_segment_iou_by_hand():
+    np.testing.assert_allclose(segment_iou((0, 5), [[0, 10], [20, 30], [4, 6]]), [0.5, 0, 1 / 6])
+    np.testing.assert_allclose(segment_iou((21, 31), [[20, 30]]), [9 / 11])
+
+
+def test_average_precision_by_hand():
+    """GT [0,10], [20,30] in video a.
+    Scores 0.95 (0,5) tIoU .5; 0.9 (0,10) tIoU 1; 0.8 (21,31) tIoU 9/11.
+    @0.3 and @0.5: TP, FP (its GT taken), TP: precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1
+      -> monotone 1, 2/3, 2/3 -> AP = 1/2 * 1 + 1/2 * 2/3 = 5/6.
+    @0.7: FP, TP, TP: precision 0, 1/2, 2/3 at recall 0, 1/2, 1 -> AP = 2/3."""
+    gt = {"a": [(0, 10), (20, 30)]}
+    pred = [("a", 0, 5, 0.95), ("a", 0, 10, 0.9), ("a", 21, 31, 0.8)]
+    np.testing.assert_allclose(average_precision(gt, pred, (0.3, 0.5, 0.7)), [5 / 6, 5 / 6, 2 / 3])
+    # the same three in a better order: AP 1 at every threshold; an extra low-scored false
+    # positive (another video) does not lower it (it comes after full recall)
+    pred = [("a", 0, 10, 0.9), ("a", 21, 31, 0.8), ("a", 0, 5, 0.7), ("b", 0, 1, 0.1)]
+    np.testing.assert_allclose(average_precision(gt, pred, (0.3, 0.5, 0.7)), [1, 1, 1])
+    # a false positive first: precision 0, 1/2, 2/3 -> 2/3
+    pred = [("b", 0, 1, 0.99), ("a", 0, 10, 0.9), ("a", 21, 31, 0.8)]
+    np.testing.assert_allclose(average_precision(gt, pred, (0.5,)), [2 / 3])
+
+
+def test_evaluate_segments_mean_over_gt_classes():
+    """Class 0: AP 1; class 1: one of two found, first -> AP 1/2; class 2: no prediction -> 0;
+    class 3 has predictions only: not counted. mAP = (1 + 1/2 + 0) / 3."""
+    gt = [("v", 0, 10, 0), ("v", 10, 20, 1), ("w", 0, 5, 1), ("w", 5, 9, 2)]
+    pred = [("v", 0, 10, 0, 0.9), ("v", 10, 20, 1, 0.8), ("w", 6, 8, 3, 0.7)]
+    res = evaluate_segments(gt, pred, (0.5,))
+    assert res["classes"] == 3 and res["videos"] == 2
+    assert [c["ap"]["0.5"] for c in res["per_class"].values()] == [1.0, 0.5, 0.0]
+    assert res["mAP"]["0.5"] == pytest.approx(0.5)
+
+
+def test_readers(tmp_path):
+    gt = tmp_path / "gt.csv"
+    gt.write_text("video,start,end,label\nv.mp4,0,2.5,3\nv.mp4,2.5,4,limb up once\n")
+    assert read_segments_csv(gt, ["limb up once"]) == [("v.mp4", 0, 2.5, 3), ("v.mp4", 2.5, 4, 0)]
+    gym = {"abcdefghijk": {"E_000010_000020": {
+        "event": 4, "timestamps": [[10.0, 20.0]],
+        "segments": {"A_0000_0001": {"stages": 1, "timestamps": [[1.0, 2.5]]},
+                     "A_0001_0002": {"stages": 3, "timestamps": [[3, 4], [4, 5], [5, 6.5]]}}}}}  # fmt: skip
+    (tmp_path / "gym.json").write_text(json.dumps(gym))
+    (tmp_path / "el.txt").write_text(
+        "abcdefghijk_E_000010_000020_A_0000_0001 7\nabcdefghijk_E_000010_000020_A_0001_0002 9\n"
+    )
+    assert read_finegym_segments(tmp_path / "gym.json", tmp_path / "el.txt") == [
+        ("abcdefghijk", 11.0, 12.5, 7), ("abcdefghijk", 13.0, 16.5, 9)]  # fmt: skip
+    assert read_finegym_segments(tmp_path / "gym.json") == [("abcdefghijk", 10.0, 20.0, 4)]
+
+
+@pytest.mark.slow  # with the checkpoint fixture: ~25 s on 2 idle cores
+def test_segment_metrics_cli_on_timeline(synth_ckpt, long_mp4, tmp_path):
+    """The timeline of the concatenated video against its true segments: every class found at
+    tIoU 0.5 (the boundaries are within a quarter of a 2-s segment)."""
+    pred = tmp_path / "pred.jsonl"
+    r = subprocess.run([sys.executable, "-m", "artlib.predict", str(long_mp4), "--checkpoint",
+                        str(synth_ckpt), "--timeline", "--json"], capture_output=True, text=True,
+                       env=env(), timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    pred.write_text(r.stdout)
+    gt = tmp_path / "gt.csv"
+    gt.write_text("video,start,end,label\n" + "".join(
+        f"long,{2 * i},{2 * i + 2},{c}\n" for i, c in enumerate(ORDER)))  # fmt: skip
+    out = tmp_path / "m.json"
+    r = subprocess.run([sys.executable, "-m", "artlib.segment_metrics", "--gt", str(gt), "--pred",
+                        str(pred), "--out", str(out)], capture_output=True, text=True, env=env(),
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["mAP"]["0.5"] == 1.0 and res["classes"] == len(ORDER), r.stdout
+    assert r.stdout.strip().splitlines()[-1].startswith("mAP@0.3 "), r.stdout
+
+
+@pytest.mark.slow
+def test_timeline_of_a_file_that_breaks_part_way(synth_ckpt, long_mp4, monkeypatch):
+    """The decoder fails after frame 99: the windows before it are kept, the damage noted."""
+    import artlib
+    import artlib.data.decode as decode
+    from artlib.data import VideoDecodeError
+
+    real = decode.stream_frames
+
+    def breaking(path, want=None, **kw):
+        info, frames = real(path, want, **kw)
+
+        def gen():
+            for i, rgb in frames:
+                if i == 100:
+                    raise VideoDecodeError(str(path), "corrupt stream after frame 99", 100)
+                yield i, rgb
+
+        return info, gen()
+
+    monkeypatch.setattr(decode, "stream_frames", breaking)
+    model, info = artlib.load_model(synth_ckpt)
+    res = artlib.predict_timeline(model, info, long_mp4, window=2.0, stride=0.5)
+    assert res["damage"]["frame"] == 100 and "corrupt" in res["damage"]["reason"], res["damage"]
+    assert res["duration"] == pytest.approx(100 / FPS)
+    assert max(w["end"] for w in res["windows"]) <= 100 / FPS + 2.0, res["windows"]
+    labels = [s["label"] for s in res["segments"]]
+    assert labels == ORDER[: len(labels)] and len(labels) >= 3, res["segments"]
