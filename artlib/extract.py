@@ -39,8 +39,7 @@ import os
 import sys
 from pathlib import Path
 
-from artlib._cli import DefaultsOnce
-from artlib.engine.cli import _Parser as OneLineParser  # errors: one line, exit 2
+from artlib._cli import DefaultsOnce, OneLineParser
 
 __all__ = ["extract_features", "feature_file", "main"]
 

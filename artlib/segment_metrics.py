@@ -280,10 +280,9 @@ def _match_videos(gt: list[tuple], pred: list[tuple]) -> tuple[list, list]:
 
 
 def main(argv=None) -> int:
-    from artlib._cli import DefaultsOnce
-    from artlib.engine.cli import _Parser
+    from artlib._cli import DefaultsOnce, OneLineParser
 
-    p = _Parser(prog="python -m artlib.segment_metrics", formatter_class=DefaultsOnce,
+    p = OneLineParser(prog="python -m artlib.segment_metrics", formatter_class=DefaultsOnce,
                 description="mAP at temporal IoU thresholds of timelines against ground truth.")  # fmt: skip
     p.add_argument("--gt", required=True, help="video,start,end,label CSV or FineGym JSON")
     p.add_argument("--pred", required=True, help="predict --timeline --json output, or its --csv")

@@ -1,8 +1,13 @@
 """Train ART on Diving48 (V2 annotations), on your own videos, or — with no data set named — on the built-in
-synthetic fine-grained set with the small tiny_cnn backbone on CPU (a few minutes on 2 cores).
+synthetic fine-grained set with the small recipe (tiny_cnn, AdamW) on CPU (a few minutes on 2 cores).
+``artlib-train`` with Diving48 as the data set under --data-root; examples/train_finegym.py shows
+the same trainer assembled from its parts.
 
-    # CPU, no data: --preset synthetic (the README's "run the main job" command)
+    # CPU, no data: the small recipe on the built-in set
     python examples/train_diving48.py
+
+    # the small recipe on your own '<path> <label>' lists (learns on CPU, docs/training.md)
+    python examples/train_diving48.py --preset small --train-list train.txt --val-list val.txt
 
     # the paper's recipe (--preset paper, implied by --data-root) on one GPU; the weights are
     # required, see docs/models.md "Pretrained weights" ('none' asks for random weights)

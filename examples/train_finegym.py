@@ -1,8 +1,13 @@
 """Train ART on FineGym (gym99 / gym288), on your own videos, or — with no data set named — on the built-in
-synthetic fine-grained set with the small tiny_cnn backbone on CPU (a few minutes on 2 cores).
+synthetic fine-grained set with the small recipe (tiny_cnn, AdamW) on CPU (a few minutes on 2 cores).
+The trainer assembled from artlib's public parts: config, data, model, Trainer; ``artlib-train``
+runs the same assembly (``artlib.engine.trainer.train``).
 
-    # CPU, no data: --preset synthetic (the README's "run the main job" command)
+    # CPU, no data: the small recipe on the built-in set (the README's "run the main job" command)
     python examples/train_finegym.py
+
+    # the small recipe on your own '<path> <label>' lists (learns on CPU, docs/training.md)
+    python examples/train_finegym.py --preset small --train-list train.txt --val-list val.txt
 
     # the paper's recipe (--preset paper, implied by --data-root) on one GPU; the weights are
     # required, see docs/models.md "Pretrained weights" ('none' asks for random weights)
@@ -29,7 +34,43 @@ default of the chosen preset (`--preset paper --help` for the paper's). Same as 
 
 import sys
 
-from artlib.engine.cli import main
+from artlib.engine.cli import parse
+
+
+def main(argv=None) -> int:
+    # the flags, checked before torch loads: a bad one exits 2 with one line
+    cfg = parse(argv, dataset="finegym", prog="train_finegym.py")
+
+    import torch
+
+    from artlib.engine.checkpoint import CheckpointError
+    from artlib.engine.data import build_items, build_loaders
+    from artlib.engine.distributed import cleanup_distributed, setup_distributed
+    from artlib.engine.logs import setup_logging
+    from artlib.engine.model import build_model, data_config
+    from artlib.engine.trainer import Trainer, announce, seed_everything
+
+    info = setup_distributed(cfg.run.device)  # torchrun's ranks, or one process
+    setup_logging(info)
+    try:
+        announce(cfg, info)  # the first log line; output dir and its config.yaml
+        seed_everything(cfg.run.seed, cfg.run.deterministic)
+        # the data: FineGym's layout under --data-root, your lists, or the built-in set
+        items = build_items(cfg, info)
+        # the model, the same on every rank; the loaders feed it what it expects (mean, std)
+        torch.manual_seed(cfg.run.seed)
+        model = build_model(cfg, items.class_names).to(info.device)
+        train_loader, val_loader = build_loaders(cfg, info, items, data_config(model))
+        # optimizer, schedule, EMA, checkpoints and logs come from the config
+        trainer = Trainer(cfg, model, train_loader, val_loader, items.class_names, info)
+        trainer.fit()  # --resume, the epochs, validation, best.pt, the FINAL line
+    except CheckpointError as e:  # a --resume file that is not a safe artlib checkpoint
+        print(f"train_finegym.py: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        cleanup_distributed()
+    return 0
+
 
 if __name__ == "__main__":
-    sys.exit(main("finegym", prog="train_finegym.py"))
+    sys.exit(main())

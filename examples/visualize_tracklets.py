@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 
-from artlib.engine.cli import _Parser as OneLineParser  # errors: one line, exit 2
+from artlib._cli import OneLineParser  # errors: one line, exit 2
 
 
 def main(argv=None) -> int:

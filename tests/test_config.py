@@ -52,12 +52,14 @@ def _entries(text: str) -> dict[str, str]:
     return entries
 
 
-@pytest.mark.parametrize("preset", ["synthetic", "paper"])
-def test_help_shows_the_preset_default_of_every_option(preset):
-    entries = _entries(_help("--preset", preset))
-    shown = [o for o in C.options() if o.meta.get("only", preset) == preset]
+@pytest.mark.parametrize("own", [False, True], ids=["builtin", "own-lists"])
+@pytest.mark.parametrize("preset", ["small", "paper"])
+def test_help_shows_the_preset_default_of_every_option(preset, own):
+    data = ["--train-list", "t.txt", "--val-list", "v.txt"] if own else []
+    entries = _entries(_help("--preset", preset, *data))
+    shown = [o for o in C.options() if C.applies(o, builtin=not own)]
     assert {o.flag for o in shown} <= set(entries)
-    defaults = C.preset_defaults(preset)
+    defaults = C.preset_defaults(preset, builtin=not own)
     for o in shown:
         entry = re.sub(r"\s+", " ", entries[o.flag])
         m = re.search(r"\(default: ([^)]*(?:\([^)]*\)[^)]*)*)\)$", entry)
@@ -67,12 +69,67 @@ def test_help_shows_the_preset_default_of_every_option(preset):
             value = ",".join(value)
         if value is not None:
             assert m.group(1) == str(value), (o.flag, m.group(1), value)
-    # options of the other preset are hidden, and the two presets differ where they should
-    other = "paper" if preset == "synthetic" else "synthetic"
-    hidden = [o.flag for o in C.options() if o.meta.get("only") == other]
+    # options that do not apply to the data are hidden; the two recipes differ where they should
+    hidden = [o.flag for o in C.options() if not C.applies(o, builtin=not own)]
     assert hidden and not set(hidden) & set(entries)
+    assert ("--synthetic-classes" in entries) != own and ("--class-names" in entries) == own
     epochs = re.sub(r"\s+", " ", entries["--epochs"])
     assert epochs.endswith(f"(default: {50 if preset == 'paper' else 20})")
+
+
+def test_recipe_and_data_are_separate_choices(tmp_path):
+    """--preset small on your own lists is the main job's recipe (AdamW, tiny_cnn from its
+    packaged weights, a seeded random bank: no class names or text weights needed); --preset
+    paper on the built-in set is the paper's; 'synthetic' is the small recipe's earlier name, in
+    flags and in config files."""
+    lists = []
+    for name in ("train.txt", "val.txt"):
+        (tmp_path / name).write_text("a.mp4 0\nb.mp4 1\n")
+        lists.append(str(tmp_path / name))
+    own = ["--train-list", lists[0], "--val-list", lists[1]]
+    small, builtin = parse(["--preset", "small", *own]), parse([])
+    assert small.preset == builtin.preset == "small"
+    assert small.model == builtin.model and small.optim == builtin.optim
+    assert (small.model.pretrained, small.model.text_model) == ("synthetic", "random")
+    assert small.run.output_dir == "runs/art" and builtin.run.output_dir == "runs/synthetic"
+    assert parse(["--preset", "synthetic", *own]) == small
+    paper = parse(["--preset", "paper", "--pretrained", "none", "--text-model", "random"])
+    assert C.builtin_data(paper) and paper.optim.optimizer == "sgd" and paper.optim.epochs == 50
+    old = tmp_path / "old.yaml"
+    old.write_text("preset: synthetic\noptim:\n  epochs: 3\n")
+    assert parse(["--config", str(old)]).preset == "small"
+    assert C.config_from_dict({"preset": "synthetic"}, partial=True).preset == "small"
+
+
+def test_config_files_of_earlier_versions_rerun(tmp_path):
+    """A config.yaml written before the recipe/data split (preset 'synthetic', no --lr-scale; a
+    paper run's file holding the synthetic section at its defaults) reruns as it was."""
+    (tmp_path / "t.txt").write_text("a.mp4 0\n")
+    (tmp_path / "v.txt").write_text("b.mp4 1\n")
+    own = ["--train-list", str(tmp_path / "t.txt"), "--val-list", str(tmp_path / "v.txt")]
+    paper = parse([*own, "--pretrained", "none", "--text-model", "random"])
+    small = parse(["--epochs", "2"])
+    for cfg, preset in [(paper, "paper"), (small, "synthetic")]:
+        d = C.config_to_dict(cfg)
+        del d["optim"]["lr_scale"]  # did not exist yet
+        d["preset"] = preset
+        if preset == "paper":
+            assert d["synthetic"]["train_per_class"] == 48  # the field default, as then
+        path = tmp_path / f"{preset}.yaml"
+        path.write_text(json.dumps(d))
+        assert parse(["--config", str(path)]) == cfg
+
+
+def test_one_config_reader_reads_nested_and_flat_configs():
+    """config_from_dict is one function (the checkpoint module re-exports it): it reads the nested
+    config and the flat one of earlier checkpoints."""
+    from artlib.engine import checkpoint
+
+    assert checkpoint.config_from_dict is C.config_from_dict
+    flat = {"preset": "synthetic", "num_frames": 4, "synthetic_classes": 3, "pretrained": None}
+    cfg = C.config_from_dict(flat)
+    assert (cfg.preset, cfg.data.num_frames, cfg.synthetic.classes) == ("small", 4, 3)
+    assert cfg.model.pretrained == "none"
 
 
 def test_help_shows_the_config_file_values(tmp_path):
@@ -114,8 +171,8 @@ def test_config_file_and_flag_precedence(tmp_path):
     j.write_text(json.dumps({"optim": {"epochs": 7}}))
     cfg = parse(["--config", str(y), "--lr", "0.25"])
     assert (cfg.optim.epochs, cfg.optim.lr) == (7, 0.25)  # the file over the preset, the flag wins
-    assert cfg.model.mtc_terms == ("spatial", "tracklet") and cfg.preset == "synthetic"
-    assert cfg.optim.batch_size == 16  # the synthetic preset's, untouched by the file
+    assert cfg.model.mtc_terms == ("spatial", "tracklet") and cfg.preset == "small"
+    assert cfg.optim.batch_size == 16  # the small preset's, untouched by the file
     assert parse(["--config", str(j)]).optim.epochs == 7
 
 
@@ -126,12 +183,14 @@ MISUSES = [
     (["--model-ema", "1.5"], "--model-ema must be in (0, 1), got 1.5"),
     (["--dim", "30", "--heads", "4"], "divisible"),
     (["--mtc-terms", "spatial,color"], "unknown term(s) ['color']"),
-    (["--split", "gym288"], "--split does not apply to --preset synthetic"),
+    (["--split", "gym288"], "--split needs a data set: --data-root or --train-list"),
     (["--split", "gym100"], "--split: 'gym100' is not one of gym99, gym288"),
-    (["--preset", "paper", "--synthetic-classes", "3"], "--synthetic-classes does not apply to"),
-    (["--class-names", "x.txt"], "--class-names does not apply to --preset synthetic"),
+    (["--data-root", "/d", "--synthetic-classes", "3"], "--synthetic-classes applies to the bui"),
+    (["--class-names", "x.txt"], "--class-names needs a data set"),
+    (["--preset", "paper"], "--pretrained is required with --preset paper"),
+    (["--lr-scale", "sqrt"], "--lr-scale: 'sqrt' is not one of none, linear"),
     (["--backbone", "resnet9000"], "--backbone: 'resnet9000' is not one of"),
-    (["--preset", "fast"], "--preset: 'fast' is not one of paper, synthetic"),
+    (["--preset", "fast"], "--preset: 'fast' is not one of paper, small"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--config", "/no/such.yaml"], "--config: file not found"),
     (["--pretrained", "/no/such/weights.pt"], "--pretrained: checkpoint file not found"),
@@ -141,7 +200,7 @@ MISUSES = [
     (["--train-list", "a.txt"], "--train-list and --val-list must be given together"),
     (["--data-root", "/no/data"], "--pretrained is required with --preset paper"),
     (["--data-root", "/no/data", "--pretrained", "none"], "--text-pretrained is required"),
-    (["--data-root", "/no/data", "--pretrained", "auto"], "--pretrained auto is for --preset syn"),
+    (["--data-root", "/no/data", "--pretrained", "auto"], "--pretrained auto is for --preset sma"),
     (["--data-root", "/no/data", "--pretrained", "none", "--baseline"], "--data-root: folder not"),
 ]
 
@@ -319,7 +378,8 @@ def test_check_write_good_list_trains(tmp_path, monkeypatch):
 def test_official_layouts_are_found_and_read(tmp_path, dataset):
     """The FineGym and Diving48 layouts under --data-root: found up front, read by the trainer
     with their class names; --class-names replaces them."""
-    from artlib.engine.trainer import _read_items
+    from artlib.engine.data import build_items
+    from artlib.engine.distributed import DistInfo
 
     root = tmp_path / dataset
     weights = ["--pretrained", "none", "--text-pretrained", "none"]
@@ -344,7 +404,7 @@ def test_official_layouts_are_found_and_read(tmp_path, dataset):
         )
         expect = ["Back 15som", "Inward 25som"]
     cfg = parse(["--dataset", dataset, "--data-root", str(root), *weights])
-    train, val, names = _read_items(cfg)
+    train, val, names = build_items(cfg, DistInfo())
     assert (len(train), len(val), names) == (2, 1, expect)
     assert all(Path(it.path).parent.name in ("clips", "rgb") for it in train)
     (tmp_path / "names.txt").write_text("a\nb\n")

@@ -3,6 +3,7 @@ resume, kill-and-resume equals an uninterrupted run (deterministic mode), bad fl
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -112,6 +113,10 @@ def test_torchrun_two_cpu_ranks_checkpoint_and_resume(env, tmp_path):
     run_args = [SCRIPT, *TINY, "--bank", bank, "--max-failure-fraction", "0.25"]
     res = _torchrun([*run_args, "--epochs", "2", "--output-dir", str(out)], e, tmp_path / "l1", own)
     assert "FINAL ART" in res.stdout, res.stdout[-2000:] + _worker_logs(tmp_path / "l1")
+    # the lr of the global batch, stated at start: 4 per rank x 2 ranks
+    assert "INFO lr 0.002 for a global batch of 8 (4 per rank x 2 ranks" in res.stderr, res.stderr[
+        -3000:
+    ]
     assert _ckpts(out) == ["checkpoint_epoch0001.pt", "checkpoint_epoch0002.pt"]
     assert (out / "metrics.csv").read_text().count("\n") == 3  # header + 2 epochs
     assert (out / "confusion.png").stat().st_size > 0
@@ -151,9 +156,13 @@ def test_kill_and_resume_matches_uninterrupted_run(env, tmp_path):
     e, bank = env
     base = [sys.executable, SCRIPT, *TINY, "--bank", bank, "--epochs", "2", "--deterministic"]
     base += ["--model-ema", "0.9"]  # the weight average is restored too
-    res = _run(base + ["--output-dir", str(tmp_path / "straight")], e)
+    # a fresh matplotlib config folder: matplotlib logs "generated new fontManager" (INFO) when it
+    # builds its font cache, which must not reach the run's output
+    mpl = {"MPLCONFIGDIR": str(tmp_path / "mpl")}
+    res = _run(base + ["--output-dir", str(tmp_path / "straight"), "--progress"], e, mpl)
     first_log = next(line for line in res.stderr.splitlines() if " INFO " in line)
-    assert "INFO preset synthetic: the built-in synthetic set" in first_log, first_log
+    assert "INFO preset small: the small recipe on the built-in synthetic set" in first_log
+    _check_logs_of_a_run_without_terminal(res, tmp_path / "straight")
     # SIGKILL as soon as epoch 1's checkpoint is there, like an out-of-memory kill or a
     # pre-empted node (the checkpoint is written to a temporary name, then renamed)
     first = tmp_path / "killed" / "checkpoints" / "checkpoint_epoch0001.pt"
@@ -185,6 +194,27 @@ def test_kill_and_resume_matches_uninterrupted_run(env, tmp_path):
     backbone = torch.load(tmp_path / "killed" / "backbone.pt", weights_only=True)
     assert all(torch.equal(v, ema_a["module"][f"backbone.{k}"]) for k, v in backbone.items())
     assert not all(torch.equal(v, a["model"][f"backbone.{k}"]) for k, v in backbone.items())
+
+
+def _check_logs_of_a_run_without_terminal(res, out: Path):
+    """Output to a pipe: no progress bar, one plain line per log interval (4 steps, --log-every
+    5: the epoch's last step), nothing from other libraries' loggers, the FINAL line last; the
+    per-interval TensorBoard scalars."""
+    assert "\r" not in res.stderr and "it/s" not in res.stderr, res.stderr[-2000:]
+    lines = [ln for ln in res.stderr.splitlines() if "INFO epoch 1/2 step" in ln]
+    assert len(lines) == 1 and "step 4/4 " in lines[0], res.stderr[-3000:]
+    for key in ("total=", "con=", "lr=", "clips_per_s=", "data_s=", "step_s="):
+        assert key in lines[0], lines[0]
+    assert "fontManager" not in res.stderr + res.stdout
+    assert res.stdout.strip().splitlines()[-1].startswith("FINAL ART")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    want = {"step/total", "step/con", "step/lr", "step/clips_per_s", "step/data_s", "step/step_s"}
+    assert want <= tags, sorted(tags)
+    assert [ev.step for ev in events.Scalars("step/lr")] == [4, 8]  # optimizer steps
 
 
 def test_model_ema_matches_the_formula():
@@ -223,7 +253,7 @@ def test_backbone_lr_mult_groups():
     """--backbone-lr-mult: the backbone's parameters (decayed or not) run at lr x M, the head's at
     lr; biases and norms are not decayed; the schedule scales every group alike."""
     from artlib.engine.config import OptimConfig, TrainConfig
-    from artlib.engine.trainer import build_optimizer
+    from artlib.engine.optim import build_optimizer
 
     model = torch.nn.Module()
     model.backbone = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
@@ -253,7 +283,7 @@ def test_backbone_lr_mult_groups():
 
 def test_lr_schedules():
     from artlib.engine.config import OptimConfig, TrainConfig
-    from artlib.engine.trainer import lr_factor
+    from artlib.engine.optim import lr_factor
 
     paper = TrainConfig()  # x0.1 every 20 epochs, no warm-up
     assert [lr_factor(paper, e) for e in (0, 19, 20, 39, 40)] == pytest.approx(
@@ -263,6 +293,25 @@ def test_lr_schedules():
     f = [lr_factor(cos, e) for e in range(12)]
     assert f[:3] == pytest.approx([0.1, 0.55, 1.0])
     assert f[7] == pytest.approx(0.5) and all(a > b for a, b in zip(f[2:], f[3:]))
+
+
+def test_lr_scales_with_the_global_batch():
+    """--lr-scale linear: --lr is the lr of a global batch of 24 (the paper's), scaled by
+    batch-size x ranks x accum-steps / 24; none: --lr as given. The optimizer starts from it."""
+    from artlib.engine.cli import parse
+    from artlib.engine.optim import build_optimizer, effective_lr, global_batch
+
+    cfg = parse(["--lr", "0.01", "--batch-size", "6", "--accum-steps", "2", "--lr-scale", "linear"])
+    assert global_batch(cfg, world_size=4) == 48
+    assert effective_lr(cfg, world_size=4) == pytest.approx(0.02)
+    assert effective_lr(cfg, world_size=1) == pytest.approx(0.005)
+    cfg.optim.warmup_epochs = 0
+    model = torch.nn.Module()
+    model.backbone, model.head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+    opt, _ = build_optimizer(cfg, model, world_size=2)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.01] * len(opt.param_groups))
+    plain = parse(["--lr", "0.01", "--batch-size", "6"])
+    assert plain.optim.lr_scale == "none" and effective_lr(plain, world_size=8) == 0.01
 
 
 def test_synthetic_evidence_table(env, tmp_path):
@@ -334,8 +383,7 @@ def test_synthetic_preset_starts_from_the_packaged_backbone(tmp_path):
 def test_aggregation_flags(tmp_path):
     """--no-ta (Table IV) is --aggregation mean; the synthetic preset keeps tracklets in order,
     the paper's aggregates them by saliency (Eq. 9)."""
-    from artlib.engine.config import resolve
-    from artlib.engine.trainer import head_options
+    from artlib.engine.config import head_options, resolve
 
     def agg(**given):
         return head_options(resolve(given))["aggregation"]
@@ -395,42 +443,112 @@ class _FixedLoss(torch.nn.Module):
         pass
 
 
+def _trainer(model, cfg=None, lr=0.0, accum=1):
+    """A Trainer over a stand-in model, plain SGD, one CPU rank, no files written."""
+    from artlib.engine.config import TrainConfig
+    from artlib.engine.distributed import DistInfo
+    from artlib.engine.trainer import Trainer
+
+    cfg = cfg or TrainConfig()
+    cfg.optim.epochs, cfg.optim.accum_steps, cfg.run.progress, cfg.run.log_every = (
+        1,
+        accum,
+        False,
+        2,
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    info = DistInfo(0, 1, 0, torch.device("cpu"))
+    return Trainer(cfg, model, None, None, ["a", "b", "c"], info, optimizer=opt)
+
+
 def test_losses_accumulate_on_the_device_and_are_read_per_interval():
     """The epoch's means are the clip-weighted means of the step losses; a non-finite loss stops
     the epoch at the next read-out, naming the step."""
-    from artlib.engine.config import TrainConfig
-    from artlib.engine.distributed import DistInfo
-    from artlib.engine.trainer import train_one_epoch
-
-    cfg = TrainConfig()
-    cfg.optim.epochs, cfg.run.progress, cfg.run.log_every = 1, False, 2
     batches = [(torch.zeros(n, 1), torch.zeros(n, dtype=torch.long)) for n in (4, 4, 2)]
-    info = DistInfo(0, 1, 0, torch.device("cpu"))
-    model = _FixedLoss([1.0, 2.0, 4.0])
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    row = train_one_epoch(model, batches, opt, cfg, info, 0, contextlib_null, None, 3)
+    trainer = _trainer(_FixedLoss([1.0, 2.0, 4.0]))
+    trainer.train_loader = batches
+    row = trainer.train_epoch(0)
     assert row["train_total"] == pytest.approx((4 * 1 + 4 * 2 + 2 * 4) / 10)
     assert row["train_v"] == pytest.approx(2 * row["train_total"])
-    model = _FixedLoss([1.0, float("nan"), 1.0])
+    trainer = _trainer(_FixedLoss([1.0, float("nan"), 1.0]))
+    trainer.train_loader = batches
     with pytest.raises(FloatingPointError, match="step 2"):
-        train_one_epoch(model, batches, opt, cfg, info, 0, contextlib_null, None, 3)
-    bad = [(torch.zeros(2, 1), torch.tensor([0, 3]))]  # label 3 of 3 classes, seen on the CPU
+        trainer.train_epoch(0)
+    trainer = _trainer(_FixedLoss([1.0]))
+    trainer.train_loader = [(torch.zeros(2, 1), torch.tensor([0, 3]))]  # label 3 of 3 classes
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got range \[0, 3\]"):
-        train_one_epoch(_FixedLoss([1.0]), bad, opt, cfg, info, 0, contextlib_null, None, 3)
+        trainer.train_epoch(0)
 
 
-def contextlib_null():
-    import contextlib
+@pytest.mark.parametrize("skipped", [1, 3])
+def test_accumulated_gradients_of_skipped_last_steps_are_applied(skipped):
+    """--accum-steps 2 over 6 steps whose last ``skipped`` have no usable video on any rank (the
+    loader's batch holds none): the micro-batch pending before them still makes a step.
+    With lr 1 and loss w * v per micro-batch (scaled by 1/2), w ends at 1 - sum(v) / 2 over the
+    steps that ran: every micro-batch's gradient reaches the weights."""
+    values = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0][: 6 - skipped]
+    model = _FixedLoss(values)
+    trainer = _trainer(model, lr=1.0, accum=2)
+    clip = {"video": torch.zeros(2, 1), "label": torch.zeros(2, dtype=torch.long), "index": None}
+    empty = {"video": None, "label": torch.zeros(0, dtype=torch.long), "index": None}
+    trainer.train_loader = [clip] * len(values) + [empty] * skipped
+    trainer.train_epoch(0)
+    assert model.calls == len(values)
+    expect = 1.0 - sum(values) / 2
+    assert model.w.item() == pytest.approx(expect), (model.w.item(), expect, trainer.steps_done)
+    assert trainer.steps_done == math.ceil(len(values) / 2)
 
-    return contextlib.nullcontext()
+
+_FLUSH_RANK = """
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {tests!r})
+from test_train import _FixedLoss, _trainer
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method="file://" + {store!r}, rank=rank, world_size=2)
+from artlib.engine.distributed import DistInfo
+values = [(rank + 1) * v for v in (1.0, 2.0, 4.0)]  # 3 steps run, the 4th is skipped on both
+model = _FixedLoss(values)
+trainer = _trainer(model, lr=1.0, accum=2)
+trainer.info = DistInfo(rank, 2, 0, torch.device("cpu"))
+trainer.net = torch.nn.parallel.DistributedDataParallel(model)
+clip = {{"video": torch.zeros(2, 1), "label": torch.zeros(2, dtype=torch.long), "index": None}}
+empty = {{"video": None, "label": torch.zeros(0, dtype=torch.long), "index": None}}
+trainer.train_loader = [clip] * 3 + [empty]
+trainer.train_epoch(0)
+print(repr(model.w.item()), trainer.steps_done)
+dist.destroy_process_group()
+"""
+
+
+def test_pending_gradients_are_averaged_over_the_ranks(tmp_path):
+    """Two gloo ranks, --accum-steps 2, the last of 4 steps skipped on both: the third
+    micro-batch ran under no_sync, and its gradients are averaged over the ranks before the
+    extra step, as DDP would have: both ranks end with the same w = 1 - mean over ranks of
+    sum(v) / 2."""
+    script = tmp_path / "rank.py"
+    script.write_text(_FLUSH_RANK.format(tests=str(REPO / "tests"), store=str(tmp_path / "store")))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(r)], env=env, stdout=subprocess.PIPE, text=True,
+            stderr=subprocess.PIPE,
+        )
+        for r in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-3000:] for _, err in outs]
+    got = [out.split() for out, _ in outs]
+    expect = 1.0 - (7.0 + 14.0) / 2 / 2  # rank 0: 1 + 2 + 4, rank 1: twice that
+    for w, steps in got:
+        assert float(w) == pytest.approx(expect) and int(steps) == 2, (got, expect)
 
 
 def test_compiled_model_unwraps_to_the_module():
-    from artlib.engine.trainer import _unwrap, compile_model
+    from artlib.engine.model import compile_model, unwrap
 
     net = torch.nn.Linear(2, 2)
     compiled = compile_model(net, "default")  # compiles on the first call only
-    assert compiled is not net and _unwrap(compiled) is net
+    assert compiled is not net and unwrap(compiled) is net
 
 
 @pytest.mark.gpu
@@ -440,7 +558,8 @@ def test_training_step_makes_no_host_sync():
     .item(), no isfinite check, no loss read but the one of the log interval."""
     from artlib.engine.config import TrainConfig
     from artlib.engine.distributed import DistInfo
-    from artlib.engine.trainer import build_model, build_optimizer, train_one_epoch
+    from artlib.engine.model import build_model
+    from artlib.engine.trainer import Trainer
 
     cfg = TrainConfig()
     cfg.model.backbone, cfg.model.pretrained, cfg.model.text_model = "tiny", "none", "random"
@@ -454,7 +573,6 @@ def test_training_step_makes_no_host_sync():
     )
     names = ["a", "b", "c"]
     model = build_model(cfg, names).cuda()
-    opt, _ = build_optimizer(cfg, model)
     gen = torch.Generator().manual_seed(0)
     batches = [
         (
@@ -477,9 +595,11 @@ def test_training_step_makes_no_host_sync():
             torch.cuda.set_sync_debug_mode("default")
 
     info = DistInfo(0, 1, 0, torch.device("cuda", 0))
-    train_one_epoch(model, batches, opt, cfg, info, 0, contextlib_null, None, 3)  # warm-up
+    trainer = Trainer(cfg, model, batches, None, names, info)
+    trainer.train_epoch(0)  # warm-up
+    trainer.train_loader = Strict()
     try:
-        row = train_one_epoch(model, Strict(), opt, cfg, info, 0, contextlib_null, None, 3)
+        row = trainer.train_epoch(0)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert set(row) >= {"train_total", "train_v", "train_con"}

@@ -12,11 +12,12 @@ unpickling it can never run code::
      "rng": {"python": {...}, "numpy": {...}, "torch": ByteTensor, "cuda": [ByteTensor, ...]},
      "config": config_to_dict(cfg), "class_names": [str, ...],
      "preprocess": {"num_frames", "crop_size", "mean", "std", "sampling", "num_clips"},
-     "model_info": {"backbone", "baseline", "num_classes", "num_frames", "dropout", "head"}}
+     "model_info": {"backbone", "baseline", "num_classes", "num_frames", "dropout", "head"},
+     "model_config": model.config}   # the model's own config: artlib.models.build_art rebuilds it
 
 Python's and NumPy's RNG states are stored as tensors and numbers (``capture_rng``) and turned back
 into their own types on resume (``restore_rng``). Every checkpoint in artlib is read through
-:func:`load_checkpoint`; a file that needs anything more (a pickled object of some class, a NumPy
+:func:`load_checkpoint` (``artlib.weights_io``, below the engine, so a model loads without it); a file that needs anything more (a pickled object of some class, a NumPy
 array, ...) is refused with :class:`UnsafeCheckpointError`, which names the file, what it asked for
 and the command that converts a file you trust: ``python -m artlib.convert_checkpoint OLD NEW
 --trust``.
@@ -24,8 +25,8 @@ and the command that converts a file you trust: ``python -m artlib.convert_check
 
 from __future__ import annotations
 
+import logging
 import os
-import pickle
 import random
 import re
 import shutil
@@ -35,12 +36,23 @@ import numpy as np
 import torch
 
 from artlib._io import atomic_save_torch, atomic_write
+from artlib.engine.config import _plain, config_from_dict, config_to_dict, head_options
+from artlib.engine.model import data_config
+from artlib.weights_io import (  # the safe reader, below the engine (artlib.load_model uses it)
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointError,
+    UnsafeCheckpointError,
+    load_checkpoint,
+    unsafe_globals,
+)
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "CheckpointError",
     "CheckpointManager",
+    "Checkpointer",
     "UnsafeCheckpointError",
     "backbone_normalization",
     "capture_rng",
@@ -49,91 +61,28 @@ __all__ = [
     "describe_model",
     "load_checkpoint",
     "restore_rng",
+    "training_state",
     "unsafe_globals",
 ]
 
-FORMAT = "artlib.checkpoint"
-FORMAT_VERSION = 1
-CONVERT = "python -m artlib.convert_checkpoint"
 _NAME = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
-
-
-class CheckpointError(ValueError):
-    """A file that is not a usable artlib checkpoint (missing, truncated, another format)."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint whose unpickling would need more than plain types (it could run code)."""
-
-    def __init__(self, path: str | os.PathLike, asked: list[str]):
-        self.path, self.asked = os.fspath(path), list(asked)
-        what = ", ".join(self.asked) if self.asked else "objects outside the safe types"
-        super().__init__(
-            f"{self.path}: refused: loading it would unpickle {what}, which can run code "
-            f"(artlib loads only tensors, numbers, strings, lists and dicts). If you trust where "
-            f"the file comes from, convert it once: {CONVERT} {self.path} NEW.pt --trust"
-        )
+log = logging.getLogger("artlib.train")
 
 
 # ------------------------------------------------------------------------------ config
-def config_to_dict(cfg) -> dict:
-    """TrainConfig -> a nested dict of str/int/float/bool/None/list/dict only."""
-    from artlib.engine.config import config_to_dict as to_dict
-
-    return to_dict(cfg)
-
-
-def config_from_dict(d: dict):
-    """The inverse of :func:`config_to_dict`; a ValueError names unknown or missing keys. Also
-    reads the flat config of earlier checkpoints (``synthetic_classes``, ``num_frames``, ...): keys
-    that no longer exist are dropped, options that did not exist yet keep their defaults."""
-    from artlib.engine.config import SECTIONS, options
-    from artlib.engine.config import config_from_dict as from_dict
-
-    if any(isinstance(d.get(section), dict) for section in SECTIONS):
-        return from_dict(d)
-    nested: dict = {}
-    for o in options():
-        section, _, name = o.key.rpartition(".")
-        flat = f"synthetic_{name}" if section == "synthetic" else name
-        if flat in d:
-            value = d[flat]
-            if name == "pretrained" and value is None:
-                value = "none"  # the flat config's None meant random weights
-            (nested.setdefault(section, {}) if section else nested)[name] = value
-    return from_dict(_plain_config(nested), partial=True)
-
-
-def _plain_config(value):
-    if isinstance(value, dict):
-        return {str(k): _plain_config(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain_config(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)  # e.g. a Path
-
-
 def backbone_normalization(model) -> tuple[tuple, tuple]:
-    """(mean, std) on the 0-1 scale that ``model``'s backbone expects: its ``mean``/``std``
-    attributes (CLIP's for CLIP towers, 0.45/0.225 after an official UniFormerV2 checkpoint,
-    ImageNet's for TEA-R50)."""
-    from artlib.data import CLIP_MEAN, CLIP_STD
-
-    model = getattr(model, "module", model)  # DDP
-    bb = getattr(model, "backbone", model)
-    return tuple(getattr(bb, "mean", CLIP_MEAN)), tuple(getattr(bb, "std", CLIP_STD))
+    """(mean, std) on the 0-1 scale that ``model``'s backbone expects (``data_config``)."""
+    dc = data_config(model)
+    return dc["mean"], dc["std"]
 
 
 def describe_model(cfg, class_names: list[str], normalization=None) -> tuple[dict, dict]:
     """-> (preprocess, model_info) of a run's config: what a user of the checkpoint needs to feed
-    the model and what it is. ``normalization``: the (mean, std) the run fed its backbone (the
-    backbone's own, see the trainer); CLIP's when not given (what earlier runs used)."""
+    the model and what it is. ``normalization``: the (mean, std) the run fed its backbone (its
+    ``data_config``); CLIP's when not given (what earlier runs used)."""
     from artlib.data import CLIP_MEAN, CLIP_STD
-    from artlib.engine.trainer import head_options
 
     mean, std = normalization if normalization is not None else (CLIP_MEAN, CLIP_STD)
-
     d, m = cfg.data, cfg.model
     preprocess = {
         "num_frames": int(d.num_frames),
@@ -149,7 +98,7 @@ def describe_model(cfg, class_names: list[str], normalization=None) -> tuple[dic
         "num_classes": len(class_names),
         "num_frames": int(d.num_frames),
         "dropout": float(m.dropout),
-        "head": None if m.baseline else _plain_config(head_options(cfg)),
+        "head": None if m.baseline else _plain(head_options(cfg)),
     }
     return preprocess, info
 
@@ -190,62 +139,6 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# ------------------------------------------------------------------------------- reading
-def unsafe_globals(path: str | os.PathLike) -> list[str]:
-    """The globals (classes, functions) a torch.save file would import when unpickled beyond the
-    safe types, read from the pickle without executing it; [] for a safe file."""
-    return list(torch.serialization.get_unsafe_globals_in_checkpoint(os.fspath(path)))
-
-
-def load_checkpoint(path: str | os.PathLike, map_location="cpu", what: str = "checkpoint") -> dict:
-    """Read an artlib checkpoint safely (``weights_only=True``) and check its format.
-
-    Raises FileNotFoundError (no file), :class:`UnsafeCheckpointError` (the file needs more than
-    plain types: nothing of it ran) or :class:`CheckpointError` (not an artlib checkpoint, or a
-    newer format). ``what`` names the argument in the messages (e.g. "--resume").
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: no checkpoint file at {path}")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        try:
-            asked = unsafe_globals(path)
-        except Exception:
-            asked = []
-        if asked or "GLOBAL" in str(e):
-            raise UnsafeCheckpointError(path, asked) from None
-        raise CheckpointError(
-            f"{what}: {path} is not a torch.save file ({_first_line(e)})"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(
-            f"{what}: {path} cannot be read (truncated or not a torch.save file: {_first_line(e)})"
-        ) from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        legacy = isinstance(obj, dict) and {"model", "optimizer", "epoch"} <= set(obj)
-        hint = (
-            f"it looks like an older artlib checkpoint: convert it once with {CONVERT} {path} "
-            "NEW.pt --trust"
-            if legacy
-            else "a backbone's weights go to --pretrained instead"
-        )
-        raise CheckpointError(f"{what}: {path} is not an artlib training checkpoint ({hint})")
-    version = obj.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{what}: {path} has checkpoint format_version {version!r}, written by artlib "
-            f"{obj.get('artlib_version')}; this artlib reads up to {FORMAT_VERSION}: upgrade artlib"
-        )
-    return obj
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
-
-
 # ------------------------------------------------------------------------------- writing
 # every file is written to a temporary file beside it and renamed (artlib._io): a reader, or a run
 # killed mid-write, sees the old file or the whole new one
@@ -271,6 +164,7 @@ def training_state(
         "class_names": [str(n) for n in class_names],
         "preprocess": preprocess,
         "model_info": info,
+        "model_config": _plain(model.config) if hasattr(type(model), "config") else None,
     }
 
 
@@ -324,3 +218,71 @@ class CheckpointManager:
             if path is None:
                 return None
         return load_checkpoint(path, map_location=map_location, what="--resume")
+
+
+class Checkpointer:
+    """A run's stateful parts, saved and resumed together: the model (unwrapped), the optimizer,
+    the scheduler, the weight EMA (or None), the epoch, the best validation Top-1 and the RNGs.
+
+        ckpt = Checkpointer(out / "checkpoints", cfg=cfg, class_names=names, model=model,
+                            optimizer=opt, scheduler=sched, ema=ema, keep=3)
+        start_epoch, best = ckpt.resume("auto")     # (0, 0.0) when there is nothing to resume
+        ckpt.save(epoch, best_top1, best=is_best)
+    """
+
+    def __init__(
+        self, directory, *, cfg, class_names, model, optimizer, scheduler, ema=None, keep: int = 3
+    ):
+        self.files = CheckpointManager(directory, keep=keep)
+        self.cfg, self.class_names = cfg, list(class_names)
+        self.model, self.optimizer, self.scheduler, self.ema = model, optimizer, scheduler, ema
+
+    @property
+    def best_path(self) -> Path:
+        return self.files.best_path
+
+    def save(self, epoch: int, best_top1: float, best: bool = False) -> Path:
+        """Write the parts after ``epoch`` epochs (and ``best.pt`` when ``best``)."""
+        state = training_state(
+            cfg=self.cfg,
+            class_names=self.class_names,
+            model=self.model,
+            ema=self.ema,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            epoch=epoch,
+            best_top1=best_top1,
+        )
+        return self.files.save(state, epoch, best=best)
+
+    def resume(self, path: str | os.PathLike | None) -> tuple[int, float]:
+        """Load every part from ``path`` ("auto": the latest here; None: nothing) -> (the epoch to
+        start from, the best Top-1 so far); (0, 0.0) when there is nothing to resume."""
+        if path is None:
+            return 0, 0.0
+        state = self.files.load(path, map_location="cpu")  # weights_only: never runs code
+        if state is None:
+            log.info("--resume auto: no checkpoint in %s, starting fresh", self.files.directory)
+            return 0, 0.0
+        if state["class_names"] != self.class_names:
+            raise ValueError(
+                f"--resume: the checkpoint's {len(state['class_names'])} classes differ from "
+                f"the data set's {len(self.class_names)}"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"])
+        if self.ema is not None:
+            self._resume_ema(state.get("model_ema"))
+        log.info("resumed from epoch %d (%s)", state["epoch"], path)
+        return state["epoch"], state.get("best_top1", 0.0)
+
+    def _resume_ema(self, saved: dict | None) -> None:
+        if saved is not None:
+            self.ema.load_state_dict(saved)
+            return
+        # a checkpoint from a run without --model-ema: the average starts from the resumed weights
+        log.warning("--model-ema: the checkpoint has no average; starting it from here")
+        self.ema.module.load_state_dict(self.model.state_dict())
+        self.ema.updates = 0

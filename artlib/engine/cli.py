@@ -1,9 +1,9 @@
 """The trainer's command line, generated from the declarations in ``artlib.engine.config``.
 
 Two passes: the first reads ``--preset``, ``--config``, ``--data-root`` and ``--train-list`` to
-know the preset, the second builds every flag with that preset's defaults (and the config file's
-values), so ``--help`` shows the values a run will use. A misuse exits 2 with one line, before
-torch is imported.
+know the recipe and the data, the second builds every flag with that preset's defaults (and the
+config file's values), so ``--help`` shows the values a run will use. A misuse exits 2 with one
+line, before torch is imported.
 """
 
 from __future__ import annotations
@@ -11,14 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from artlib._cli import OneLineParser
 from artlib.engine import config as C
 
 __all__ = ["main", "parse"]
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit status 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _show(key: str, value, preset: str) -> str:
@@ -29,14 +25,15 @@ def _show(key: str, value, preset: str) -> str:
     return "not set" if value is None else str(value)
 
 
-def _parser(prog: str, preset: str, defaults: dict) -> _Parser:
-    other = "synthetic" if preset == "paper" else "paper"
-    p = _Parser(
+def _parser(prog: str, preset: str, defaults: dict, builtin: bool) -> OneLineParser:
+    other = "small" if preset == "paper" else "paper"
+    data = "the built-in set" if builtin else "your data"
+    p = OneLineParser(
         prog=prog,
         description="Train ART on a FineGym or Diving48 root, your own '<path> <label>' lists, "
-        "or the built-in synthetic set.",
-        epilog=f"Defaults shown are --preset {preset}'s; '--preset {other} --help' shows the "
-        f"other's. Options of the other preset are hidden here.",
+        "or the built-in synthetic set, with the paper's recipe or the small one.",
+        epilog=f"Defaults shown are --preset {preset}'s on {data}; '--preset {other} --help' shows "
+        f"the other's. Options that do not apply to {data} are hidden here.",
         allow_abbrev=False,
         argument_default=argparse.SUPPRESS,
     )
@@ -49,7 +46,7 @@ def _parser(prog: str, preset: str, defaults: dict) -> _Parser:
         section = o.key.split(".")[0] if "." in o.key else None
         g = groups.setdefault(section, p.add_argument_group(section) if section else p)
         text = f"{o.meta['help']} (default: {_show(o.key, defaults[o.key], preset)})"
-        hidden = o.meta.get("only", preset) != preset
+        hidden = not C.applies(o, builtin)
         kw = dict(dest=o.key, help=argparse.SUPPRESS if hidden else text.replace("%", "%%"))
         if o.type is bool:
             g.add_argument(o.flag, action=argparse.BooleanOptionalAction, **kw)
@@ -67,7 +64,7 @@ def _parser(prog: str, preset: str, defaults: dict) -> _Parser:
 def parse(argv=None, dataset: str = "finegym", prog: str = "artlib-train") -> C.TrainConfig:
     """argv -> the resolved, checked TrainConfig; a misuse exits 2 with one line."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    first = _Parser(
+    first = OneLineParser(
         prog=prog, add_help=False, allow_abbrev=False, argument_default=argparse.SUPPRESS
     )
     for flag, dest in [
@@ -83,8 +80,9 @@ def parse(argv=None, dataset: str = "finegym", prog: str = "artlib-train") -> C.
             C.load_config_file(known.pop("config")) if "config" in known else {}
         )
         preset = C.pick_preset(known, file_values)
-        defaults = {**C.preset_defaults(preset, dataset), **file_values}
-        args = vars(_parser(prog, preset, defaults).parse_args(argv))
+        builtin = C.builtin_data({**file_values, **known})
+        defaults = {**C.preset_defaults(preset, dataset, builtin), **file_values}
+        args = vars(_parser(prog, preset, defaults, builtin).parse_args(argv))
         args.pop("config", None)
         show = args.pop("print_config", False)
         cfg = C.resolve(args, file_values, dataset=dataset)

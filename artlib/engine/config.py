@@ -2,14 +2,21 @@
 text, choices and value range. The command line (``artlib.engine.cli``), the validation, the
 config files and each run's saved ``config.yaml`` all derive from these declarations.
 
-Two presets change the defaults (``PRESETS``):
+Two choices make a run: the **data** and the **recipe**.
 
-* ``paper`` (the default when ``--data-root`` or ``--train-list`` is given): the paper's recipe
-  (Sec. IV-A): SGD momentum 0.9, lr 0.01 x0.1 every 20 epochs, 50 epochs, dropout 0.5, T = 16,
-  224^2, K = 2, d = 256, g1 = g2 = 5, lam = 0.6, UniFormerV2-B/16.
-* ``synthetic`` (otherwise): the built-in fine-grained synthetic set with the small ``tiny_cnn``
-  backbone on CPU, a few minutes on 2 cores. Its loss weights, dropout and tracklet aggregation
-  ("sequence": frames kept in order, not Eq. 9) are small-set choices, not the paper's.
+* The data: ``--data-root`` (a FineGym or Diving48 layout) or ``--train-list/--val-list`` (your own
+  videos); without them the built-in synthetic fine-grained set (``--synthetic-*`` options).
+* The recipe, a preset (``PRESETS``) that changes the defaults and applies to any data:
+
+  * ``paper`` (the default when a data set is named): the paper's recipe (Sec. IV-A): SGD
+    momentum 0.9, lr 0.01 x0.1 every 20 epochs, 50 epochs, dropout 0.5, T = 16, 224^2, K = 2,
+    d = 256, g1 = g2 = 5, lam = 0.6, UniFormerV2-B/16.
+  * ``small`` (the default otherwise; ``synthetic`` is its earlier name): the small ``tiny_cnn``
+    backbone from its packaged weights, AdamW with a cosine schedule, a seeded random semantics
+    bank, 8 frames of 64^2, a small head. It learns on small data on CPU: the main job trains the
+    built-in set with it in a few minutes on 2 cores. Its loss weights, dropout and tracklet
+    aggregation ("sequence": frames kept in order, not Eq. 9) are small-set choices, not the
+    paper's.
 
 Precedence: field default < preset < ``--config FILE`` < flags. This module imports no torch.
 """
@@ -31,6 +38,7 @@ __all__ = [
     "TrainConfig", "DataConfig", "SyntheticConfig", "ModelConfig", "OptimConfig", "RunConfig",
     "PRESETS", "MTC_TERMS", "BACKBONES", "ConfigError", "config_to_dict", "config_from_dict",
     "resolve", "options", "check_paths", "dataset_files", "read_class_names", "save_config",
+    "head_options", "builtin_data", "PRESET_ALIASES", "REFERENCE_BATCH",
 ]  # fmt: skip
 
 MTC_TERMS = ("spatial", "temporal", "tracklet")
@@ -38,6 +46,9 @@ MTC_TERMS = ("spatial", "temporal", "tracklet")
 BACKBONES = ("tiny", "tiny_cnn", "tiny_cnn_t1", "uniformerv2_b16", "uniformerv2_l14", "tea_r50")
 # the packaged backbone weights (artlib.models.registry.BUILTIN_WEIGHTS) -> the input size they fit
 PACKAGED = {("tiny_cnn", "synthetic"): 64}
+# the batch the paper's lr 0.01 was set for: 24 videos (4 GPUs x 6); --lr-scale linear scales to it
+REFERENCE_BATCH = 24
+PRESET_ALIASES = {"synthetic": "small"}  # the earlier name of the small recipe
 WEIGHTS_DOC = "see docs/models.md, 'Pretrained weights'"
 
 
@@ -47,7 +58,8 @@ class ConfigError(ValueError):
 
 def opt(default, help: str, **meta):
     """A field and its declaration. meta: ``choices``; ``range`` (">= 1", "(0, 1]", ...);
-    ``only`` (the preset it applies to); ``flag`` (its command-line name when not the field's);
+    ``only`` (the data it applies to: "builtin", the synthetic set, or "named", a data set under
+    --data-root or in lists); ``flag`` (its command-line name when not the field's);
     ``path`` ("file" | "dir" | "weights": checked before training); ``head`` (an ARTHead option)."""
     return field(default=default, metadata={"help": help, **meta})
 
@@ -56,17 +68,16 @@ def opt(default, help: str, **meta):
 @dataclass
 class DataConfig:
     dataset: str = opt("finegym", "the data set whose layout --data-root holds",
-                       choices=("finegym", "diving48"), only="paper")
+                       choices=("finegym", "diving48"), only="named")
     data_root: str | None = opt(None, "data set root (the FineGym or Diving48 layout); with lists, "
-                                "the base of their relative paths", only="paper", path="dir")
-    split: str = opt("gym99", "FineGym split", choices=("gym99", "gym288"), only="paper")
+                                "the base of their relative paths", path="dir")
+    split: str = opt("gym99", "FineGym split", choices=("gym99", "gym288"), only="named")
     train_list: str | None = opt(None, "your own training list of '<path> <label>' lines; relative "
                                  "paths resolve against --data-root, else the list's folder",
-                                 only="paper", path="file")
-    val_list: str | None = opt(None, "your own validation list, as --train-list", only="paper",
-                               path="file")
+                                 path="file")
+    val_list: str | None = opt(None, "your own validation list, as --train-list", path="file")
     class_names: str | None = opt(None, "file of class names, one per line in label order (text "
-                                  "bank, metrics, confusion matrix)", only="paper", path="file")
+                                  "bank, metrics, confusion matrix)", only="named", path="file")
     loader: str = opt("auto", "auto: DALI on GPU, PyAV on CPU", choices=("auto", "pyav", "dali"))
     workers: int = opt(4, "DataLoader workers per rank", range=">= 0")
     num_frames: int = opt(16, "T, frames sampled per video (paper: 16)", range=">= 1")
@@ -81,16 +92,16 @@ class DataConfig:
 
 @dataclass
 class SyntheticConfig:  # flags --synthetic-<name>
-    classes: int = opt(8, "classes of the synthetic set", range=">= 2", only="synthetic")
-    train_per_class: int = opt(48, "training videos per class", range=">= 1", only="synthetic")
-    val_per_class: int = opt(16, "validation videos per class", range=">= 1", only="synthetic")
-    size: int = opt(64, "frame size of the synthetic videos", range=">= 16", only="synthetic")
+    classes: int = opt(8, "classes of the synthetic set", range=">= 2", only="builtin")
+    train_per_class: int = opt(48, "training videos per class", range=">= 1", only="builtin")
+    val_per_class: int = opt(16, "validation videos per class", range=">= 1", only="builtin")
+    size: int = opt(64, "frame size of the synthetic videos", range=">= 16", only="builtin")
     distractors: int = opt(0, "look-alike squares doing class-like motions away from the body "
-                           "(the harder set)", range=">= 0", only="synthetic")
+                           "(the harder set)", range=">= 0", only="builtin")
     distractor_amplitude: float = opt(0.5, "the distractors' motion amplitude as a fraction of the "
                                       "limb's (at 1 only the attachment to the body tells the limb "
-                                      "apart)", range="[0, 1]", only="synthetic")
-    seed: int = opt(0, "generation seed of the videos (not the training seed)", only="synthetic")
+                                      "apart)", range="[0, 1]", only="builtin")
+    seed: int = opt(0, "generation seed of the videos (not the training seed)", only="builtin")
 
 
 @dataclass
@@ -134,7 +145,11 @@ class OptimConfig:
     epochs: int = opt(50, "training epochs", range=">= 1")
     batch_size: int = opt(6, "videos per rank and step (paper: 24 over 4 GPUs)", range=">= 1")
     accum_steps: int = opt(1, "gradient accumulation steps", range=">= 1")
-    lr: float = opt(0.01, "learning rate", range="> 0")
+    lr: float = opt(0.01, "learning rate of the global batch (with --lr-scale none) or of a global "
+                    f"batch of {REFERENCE_BATCH} (with --lr-scale linear)", range="> 0")
+    lr_scale: str = opt("none", "none: --lr as given; linear: --lr x global batch / "
+                        f"{REFERENCE_BATCH} (the paper's batch), global batch = --batch-size x "
+                        "ranks x --accum-steps", choices=("none", "linear"))
     backbone_lr_mult: float = opt(1.0, "the backbone's lr is --lr x this (e.g. 0.1 to keep more of "
                                   "its pretraining)", range=">= 0")
     momentum: float = opt(0.9, "SGD momentum", range="[0, 1)")
@@ -172,9 +187,9 @@ class RunConfig:
 
 @dataclass
 class TrainConfig:
-    preset: str = opt("paper", "paper: the paper's recipe on a data set; synthetic: the built-in "
-                      "set on CPU (without --data-root/--train-list)",
-                      choices=("paper", "synthetic"))
+    preset: str = opt("paper", "the recipe, on any data: paper (the paper's, Sec. IV-A); small "
+                      "(tiny_cnn from its packaged weights, AdamW, CPU-sized; 'synthetic' is its "
+                      "earlier name)", choices=("paper", "small"))
     data: DataConfig = field(default_factory=DataConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -188,7 +203,7 @@ SECTIONS = {"data": DataConfig, "synthetic": SyntheticConfig, "model": ModelConf
 # each preset's changes to the field defaults
 PRESETS: dict[str, dict] = {
     "paper": {},
-    "synthetic": {
+    "small": {
         "model.backbone": "tiny_cnn",  # the ViT ("tiny") does not learn this set from scratch
         "model.pretrained": "auto",
         "model.text_model": "random",  # a random CLIP text tower gives every class one vector
@@ -202,9 +217,11 @@ PRESETS: dict[str, dict] = {
         "model.dim": 64, "model.heads": 4, "model.se_layers": 1, "model.act_layers": 2,
         "model.dropout": 0.0, "model.gamma_mtc": 0.5, "model.gamma_sema": 0.5,
         "model.bank_momentum": 0.99,
-        "run.output_dir": "runs/synthetic", "run.log_every": 5,
+        "run.log_every": 5,
     },
 }
+# the output folder by data: the built-in set's main job writes to runs/synthetic
+OUTPUT_DIRS = {"builtin": "runs/synthetic", "named": "runs/art"}
 # fmt: on
 
 
@@ -259,6 +276,8 @@ def coerce(o: Option, value):
         if o.optional:
             return None
         raise ConfigError(f"{o.flag} cannot be empty")
+    if o.key == "preset" and isinstance(value, str):
+        value = PRESET_ALIASES.get(value, value)
     if o.type is tuple:  # the MTC terms
         if isinstance(value, str):
             value = [t for t in value.replace(" ", "").lower().split(",") if t not in ("", "none")]
@@ -319,7 +338,11 @@ def flatten(d: dict) -> dict:
 
 def config_from_dict(d: dict, partial: bool = False) -> TrainConfig:
     """The inverse of ``config_to_dict``: ValueError naming unknown keys, and missing ones unless
-    ``partial`` (they keep the field defaults). Values are type-checked and range-checked."""
+    ``partial`` (they keep the field defaults). Values are type-checked and range-checked. Also
+    reads the flat config of earlier checkpoints (``synthetic_classes``, ``num_frames``, ...):
+    keys that no longer exist are dropped, options that did not exist yet keep their defaults."""
+    if _is_flat(d):
+        d, partial = _from_flat(d), True
     flat, cfg = flatten(d), TrainConfig()
     missing = sorted({o.key for o in options()} - set(flat))
     if missing and not partial:
@@ -329,6 +352,57 @@ def config_from_dict(d: dict, partial: bool = False) -> TrainConfig:
         _set(cfg, key, coerce(by_key[key], value))
     validate(cfg, paper_rules=False)
     return cfg
+
+
+def _is_flat(d) -> bool:
+    """The flat config of earlier checkpoints: no section mapping, and keys beyond ``preset``."""
+    return (
+        isinstance(d, dict)
+        and not any(isinstance(d.get(section), dict) for section in SECTIONS)
+        and bool(set(d) - {"preset"})
+    )
+
+
+def _from_flat(d: dict) -> dict:
+    nested: dict = {}
+    for o in options():
+        section, _, name = o.key.rpartition(".")
+        flat = f"synthetic_{name}" if section == "synthetic" else name
+        if flat in d:
+            value = d[flat]
+            if name == "pretrained" and value is None:
+                value = "none"  # the flat config's None meant random weights
+            (nested.setdefault(section, {}) if section else nested)[name] = _plain(value)
+    return nested
+
+
+def _plain(value):
+    """A value of an earlier config -> str/int/float/bool/None/list/dict (e.g. a Path -> str)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def head_options(cfg: TrainConfig) -> dict:
+    """ARTHead's keyword arguments: the model options declared ``head=True``, and the MTC terms as
+    weights (plain JSON-able values)."""
+    m = cfg.model
+    opts = {f.name: getattr(m, f.name) for f in dataclasses.fields(m) if f.metadata.get("head")}
+    opts["mtc_weights"] = tuple(1.0 if t in m.mtc_terms else 0.0 for t in MTC_TERMS)
+    return opts
+
+
+def builtin_data(cfg_or_values) -> bool:
+    """True when the run trains the built-in synthetic set: no --data-root, no --train-list."""
+    if isinstance(cfg_or_values, dict):
+        v = cfg_or_values
+        return not (v.get("data.data_root") or v.get("data.train_list"))
+    d = cfg_or_values.data
+    return not (d.data_root or d.train_list)
 
 
 def load_config_file(path: str) -> dict:
@@ -363,15 +437,17 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
 
 # ------------------------------------------------------------------------------- resolving
 def pick_preset(given: dict, file_values: dict) -> str:
-    """``--preset``, else the config file's, else paper when a data set is named, else synthetic."""
+    """``--preset``, else the config file's, else paper when a data set is named, else small."""
     both = {**file_values, **given}
     if "preset" in both:
-        return both["preset"]
-    return "paper" if both.get("data.data_root") or both.get("data.train_list") else "synthetic"
+        return PRESET_ALIASES.get(both["preset"], both["preset"])
+    return "small" if builtin_data(both) else "paper"
 
 
-def preset_defaults(preset: str, dataset: str = "finegym") -> dict:
-    """``{key: default}`` of ``preset``: the field defaults with the preset's changes."""
+def preset_defaults(preset: str, dataset: str = "finegym", builtin: bool = True) -> dict:
+    """``{key: default}`` of ``preset`` (on the built-in set or on named data): the field
+    defaults with the preset's changes."""
+    preset = PRESET_ALIASES.get(preset, preset)
     if preset not in PRESETS:
         raise ConfigError(f"--preset: {preset!r} is not one of {', '.join(PRESETS)}")
     return {
@@ -379,29 +455,40 @@ def preset_defaults(preset: str, dataset: str = "finegym") -> dict:
         **PRESETS[preset],
         "preset": preset,
         "data.dataset": dataset,
+        "run.output_dir": OUTPUT_DIRS["builtin" if builtin else "named"],
     }
+
+
+def applies(o: Option, builtin: bool) -> bool:
+    """Whether option ``o`` applies to the data of the run (the built-in set or named data)."""
+    return o.meta.get("only") in (None, "builtin" if builtin else "named")
+
+
+def not_applying(o: Option, builtin: bool) -> str:
+    if o.meta["only"] == "builtin":
+        return f"{o.flag} applies to the built-in set only, not with --data-root or --train-list"
+    return f"{o.flag} needs a data set: --data-root or --train-list/--val-list"
 
 
 def resolve(given: dict, file_values: dict | None = None, dataset: str = "finegym") -> TrainConfig:
     """The run's config from the flags given (``{key: value}``) over a config file's (nested) values
     over the preset's defaults; checked: types, choices, ranges, and options that do not apply to
-    the preset (given as a flag, or set to another value than the default in the file)."""
+    the run's data (given as a flag, or set to another value than the default in the file)."""
     file_values = flatten(file_values or {})
     by_key = {o.key: o for o in options()}
     preset = coerce(by_key["preset"], pick_preset(given, file_values))
-    defaults = preset_defaults(preset, file_values.get("data.dataset", dataset))  # the file's set
+    builtin = builtin_data({**file_values, **given})
+    defaults = preset_defaults(preset, file_values.get("data.dataset", dataset), builtin)
     values = {**defaults, **{k: coerce(by_key[k], v) for k, v in {**file_values, **given}.items()}}
     for key, o in by_key.items():
         set_here = key in given or (key in file_values and values[key] != defaults[key])
-        if o.meta.get("only", preset) != preset and set_here:
-            raise ConfigError(
-                f"{o.flag} does not apply to --preset {preset} (only to --preset {o.meta['only']})"
-            )
+        if not applies(o, builtin) and set_here:
+            raise ConfigError(not_applying(o, builtin))
     if "data.split" in given and values["data.dataset"] != "finegym":
         raise ConfigError(f"--split applies to FineGym only, not to {values['data.dataset']}")
     if values["model.pretrained"] == "auto" and preset == "paper":
         raise ConfigError(
-            f"--pretrained auto is for --preset synthetic: name the weights, or "
+            f"--pretrained auto is for --preset small: name the weights, or "
             f"'none' for random ones ({WEIGHTS_DOC})"
         )
     if values["model.pretrained"] == "auto":  # the packaged weights where they fit, else random
@@ -436,11 +523,14 @@ def validate(cfg: TrainConfig, paper_rules: bool = True) -> None:
             "--pretrained synthetic: the packaged weights fit tiny_cnn at "
             f"--crop-size 64 only, not {m.backbone} at {d.crop_size}"
         )
+    text = not m.baseline and m.bank is None and m.text_model != "random"
+    if paper_rules and text and d.train_list and d.class_names is None:
+        raise ConfigError(
+            "--class-names FILE is needed with --train-list: the semantics bank "
+            "is built from the class names (or give --bank FILE, or --text-model random)"
+        )
     if cfg.preset != "paper" or not paper_rules:
         return
-    if not (d.data_root or d.train_list):
-        raise ConfigError("--preset paper needs --data-root or --train-list/--val-list")
-    text = not m.baseline and m.bank is None and m.text_model != "random"
     for flag, value, needed in [
         ("--pretrained", m.pretrained, True),
         ("--text-pretrained", m.text_pretrained, text),
@@ -450,11 +540,6 @@ def validate(cfg: TrainConfig, paper_rules: bool = True) -> None:
                 f"{flag} is required with --preset paper: a checkpoint path, an "
                 f"open_clip tag, or 'none' for random weights ({WEIGHTS_DOC})"
             )
-    if text and d.train_list and d.class_names is None:
-        raise ConfigError(
-            "--class-names FILE is needed with --train-list: the semantics bank "
-            "is built from the class names (or give --bank FILE)"
-        )
 
 
 # ------------------------------------------------------------------------------- files on disk
@@ -544,7 +629,7 @@ def check_paths(cfg: TrainConfig) -> None:
     parent = next(p for p in [out.absolute(), *out.absolute().parents] if p.exists())
     if not os.access(parent, os.W_OK):
         raise ConfigError(f"--output-dir: cannot write under {str(parent)!r}")
-    if cfg.preset != "paper":
+    if builtin_data(cfg):
         return
     files = dataset_files(cfg)
     if files["kind"] == "list":

@@ -1,11 +1,20 @@
-"""The training run: data, model, optimizer, resume, the epoch loop, evaluation, checkpoints, logs.
+"""The trainer: a model, two loaders and a config in; the epoch loop, validation, checkpoints and
+the final outputs out. It is handed its parts (``artlib.engine.data`` builds the loaders,
+``artlib.engine.model`` the model) and builds the rest from the config: the optimizer and its
+schedule (``optim``), the weight EMA (``ema``), the checkpointer (``checkpoint``), the logs
+(``logs``).
+
+    trainer = Trainer(cfg, model, train_loader, val_loader, class_names, info)
+    metrics = trainer.fit()      # resume, epochs, validation, checkpoints, FINAL line
+
+``train(cfg)`` assembles all of it (``artlib-train``); examples/train_finegym.py does the same
+step by step.
 
 Legend: B videos per rank and step, T frames, N_cls classes.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -13,40 +22,38 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import fields
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from artlib._io import atomic_save_torch, cache_root
-from artlib.engine.checkpoint import (
-    CheckpointManager,
-    backbone_normalization,
-    restore_rng,
-    training_state,
+from artlib._io import atomic_save_torch
+from artlib.engine.checkpoint import Checkpointer
+from artlib.engine.config import TrainConfig, builtin_data, head_options, save_config
+from artlib.engine.data import build_items, build_loaders
+from artlib.engine.distributed import (
+    DistInfo,
+    barrier,
+    cleanup_distributed,
+    setup_distributed,
 )
-from artlib.engine.config import (
-    MTC_TERMS,
-    TrainConfig,
-    dataset_files,
-    read_class_names,
-    save_config,
-)
-from artlib.engine.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
 from artlib.engine.ema import ModelEma
 from artlib.engine.evaluation import EvalResult, agreed_batches, evaluate, exact_loader
+from artlib.engine.logs import Logs, interval_line, progress, setup_logging
 from artlib.engine.metrics import save_confusion_png, save_per_class_csv
+from artlib.engine.model import build_model, compile_model, data_config, unwrap, wrap_model
+from artlib.engine.optim import build_optimizer, effective_lr, global_batch, lr_factor
 from artlib.nn import set_check_inputs
 from artlib.nn._checks import check_labels
 
-__all__ = ["train", "build_model", "build_data"]
+__all__ = ["Trainer", "train", "seed_everything"]
+# the names other modules imported from here before the engine was split into parts
+__all__ += ["build_items", "build_model", "build_optimizer", "compile_model", "head_options"]
+__all__ += ["lr_factor"]
 
 log = logging.getLogger("artlib.train")
+_unwrap = unwrap
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -59,111 +66,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-# ------------------------------------------------------------------------------------------ data
-def _read_items(cfg: TrainConfig):
-    """-> (train items, val items, class names or None) of the data set the config names."""
-    from artlib.data import read_diving48, read_finegym, read_generic_list
-
-    files = dataset_files(cfg)
-    if files["kind"] == "list":  # relative paths: against --data-root, else the list's folder
-        tr, names = read_generic_list(files["train"], files["root"])
-        va, _ = read_generic_list(files["val"], files["root"])
-    elif files["kind"] == "finegym":
-        tr, names = read_finegym(files["train"], files["root"], files["extra"])
-        va, _ = read_finegym(files["val"], files["root"], files["extra"])
-    else:
-        tr, names = read_diving48(files["train"], files["root"], files["extra"])
-        va, _ = read_diving48(files["val"], files["root"], files["extra"])
-    return tr, va, names
-
-
-def build_items(cfg: TrainConfig, info: DistInfo):
-    """-> (train items, val items, class names) of the configured data set (the synthetic set is
-    written once by rank 0 into the cache)."""
-    from artlib.data import read_generic_list
-
-    d = cfg.data
-    if cfg.preset == "synthetic":  # the built-in fine-grained set
-        from artlib.data.synthetic import make_finegrained_set
-
-        root = cache_root() / "synthetic"
-        s = cfg.synthetic
-        spec = dict(
-            num_classes=s.classes,
-            train_per_class=s.train_per_class,
-            val_per_class=s.val_per_class,
-            size=(s.size, s.size),
-            distractors=s.distractors,
-            distractor_amplitude=s.distractor_amplitude,
-            seed=s.seed,
-        )
-        if info.is_main:  # rank 0 writes the videos once; the others then reuse the cached files
-            make_finegrained_set(root, **spec)
-        barrier()
-        syn = make_finegrained_set(root, **spec)
-        train_items, _ = read_generic_list(syn.train_list)
-        val_items, _ = read_generic_list(syn.val_list)
-        names = list(syn.class_names)
-    else:
-        train_items, val_items, names = _read_items(cfg)
-    n_labels = max(it.label for it in (*train_items, *val_items)) + 1
-    if d.class_names:
-        names = read_class_names(d.class_names)
-        if len(names) < n_labels:
-            raise ValueError(f"--class-names: {len(names)} names, but label {n_labels - 1} occurs")
-    if names is None:
-        names = [f"class {i}" for i in range(n_labels)]
-    return train_items, val_items, names
-
-
-def build_data(cfg: TrainConfig, info: DistInfo):
-    """-> (train_loader, val_loader, class_names)."""
-    from artlib.data import VideoDataset, make_loader
-
-    d = cfg.data
-    train_items, val_items, names = build_items(cfg, info)
-    use_dali = d.loader == "dali" or (d.loader == "auto" and info.device.type == "cuda")
-    if use_dali:
-        try:
-            from artlib.data.dali import make_dali_loader, require_dali
-
-            require_dali()  # DALI itself is imported lazily: fail here, where PyAV can take over
-        except ImportError as exc:
-            if d.loader == "dali":
-                raise
-            log.warning("DALI unavailable (%s): using the PyAV loader", exc)
-            use_dali = False
-    common = dict(num_frames=d.num_frames, crop_size=d.crop_size, seed=cfg.run.seed)
-    bs = cfg.optim.batch_size
-    if use_dali:
-        dali = dict(
-            batch_size=bs,
-            device_id=info.local_rank,
-            shard_id=info.rank,
-            num_shards=info.world_size,
-            num_threads=max(d.workers, 1),
-            **common,
-        )
-        train_loader = make_dali_loader(train_items, train=True, flip=d.flip, **dali)
-        val_loader = make_dali_loader(val_items, train=False, flip=False, **dali)
-        return train_loader, val_loader, names
-
-    train_ds = VideoDataset(
-        train_items, train=True, flip=d.flip, scale=(d.crop_scale_min, 1.0), **common
-    )
-    val_ds = VideoDataset(val_items, train=False, flip=False, num_clips=d.eval_clips, **common)
-    kw = dict(
-        num_workers=d.workers,
-        distributed=info.distributed,
-        seed=cfg.run.seed,
-        max_failure_fraction=d.max_failure_fraction,
-    )
-    train_loader = make_loader(train_ds, bs, train=True, **kw)
-    val_loader = make_loader(val_ds, bs, train=False, **kw)
-    return train_loader, val_loader, names
-
-
-def _unpack(batch, device, num_classes: int | None = None, check_inputs: bool = False):
+def to_device(batch, device, num_classes: int | None = None, check_inputs: bool = False):
     """A batch from either loader -> (video (B, T, 3, H, W), labels (B,)) on ``device``. The label
     range is checked while the batch is still on the CPU (no host sync); the finite check of the
     video only with ``--check-inputs``."""
@@ -178,378 +81,267 @@ def _unpack(batch, device, num_classes: int | None = None, check_inputs: bool = 
     return video.to(device, non_blocking=True), labels.to(device, non_blocking=True).long()
 
 
-# ----------------------------------------------------------------------------------------- model
-def head_options(cfg: TrainConfig) -> dict:
-    """ARTHead's keyword arguments: the model options declared ``head=True``, and the MTC terms as
-    weights."""
-    m = cfg.model
-    opts = {f.name: getattr(m, f.name) for f in fields(m) if f.metadata.get("head")}
-    opts["mtc_weights"] = tuple(1.0 if t in m.mtc_terms else 0.0 for t in MTC_TERMS)
-    return opts
+class LossMeter:
+    """The epoch's loss terms, summed on the device (clip-weighted) and read at the log interval:
+    ``read`` is the step's one host sync; a non-finite mean stops the run there."""
 
+    def __init__(self, epoch: int):
+        self.epoch, self.sums, self.seen = epoch, {}, 0
+        self.last: dict[str, float] = {}  # the epoch's means at the last read-out
+        self.interval: dict[str, float] = {}  # the means over the last interval
+        self.at_last: tuple[dict[str, float], int] = ({}, 0)  # the sums and clips read before it
 
-def _weights(value: str | None) -> str | None:
-    return None if value in (None, "none") else value
-
-
-def build_model(cfg: TrainConfig, class_names: list[str], bank=None) -> nn.Module:
-    """Backbone + ART head (or the baseline head): the one way to build a model from a config.
-    ``bank``: a ready SemanticBank, else one from ``--bank`` or built with the text encoder over
-    the class names."""
-    from artlib.models import ART, build_backbone
-    from artlib.nn import SemanticBank
-    from artlib.text import load_bank
-
-    m = cfg.model
-    kw = {} if m.backbone.startswith("tea") else {"img_size": cfg.data.crop_size}
-    backbone = build_backbone(m.backbone, pretrained=_weights(m.pretrained), **kw)
-    common = dict(num_frames=cfg.data.num_frames, dropout=m.dropout)
-    if m.baseline:
-        return ART(backbone, len(class_names), None, baseline=True, **common)
-    if bank is None and m.bank:
-        bank = load_bank(m.bank, momentum=m.bank_momentum, num_classes=len(class_names))
-    elif bank is None and m.text_model == "random":
-        # A seeded random bank: distinct, unit-norm class embeddings. Without pretrained text
-        # weights a random CLIP text tower maps all class names to nearly one vector (pairwise cos
-        # 0.93-0.99 measured for the 8 synthetic classes), which gives the K queries nothing to
-        # tell apart; this is the synthetic preset's bank.
-        g = torch.Generator().manual_seed(cfg.run.seed)
-        s0 = F.normalize(torch.randn(8, len(class_names), m.dim, generator=g), dim=-1)
-        bank = SemanticBank(s0, momentum=m.bank_momentum)
-    elif bank is None:
-        from artlib.text import build_semantic_bank, clean_labels
-
-        s0 = build_semantic_bank(
-            clean_labels(class_names), m.text_model, pretrained=_weights(m.text_pretrained)
-        )
-        bank = SemanticBank(s0, momentum=m.bank_momentum)
-    if bank.num_classes != len(class_names):
-        raise ValueError(f"--bank has {bank.num_classes} classes, the data set {len(class_names)}")
-    return ART(backbone, len(class_names), bank, **common, **head_options(cfg))
-
-
-def build_optimizer(cfg: TrainConfig, model: nn.Module):
-    """SGD or AdamW over four groups: (backbone | head) x (decayed | not: biases, norms, the bank's
-    agent). The backbone's groups run at ``lr * backbone_lr_mult``; the schedule scales all."""
-    o = cfg.optim
-    from artlib.models.art import param_groups
-
-    groups = param_groups(_unwrap(model), o.lr, o.backbone_lr_mult, o.weight_decay)
-    if o.optimizer == "sgd":
-        opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
-    else:
-        opt = torch.optim.AdamW(groups, lr=o.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, cfg))
-    return opt, sched
-
-
-def lr_factor(cfg: TrainConfig, epoch: int) -> float:
-    """The lr multiplier for ``epoch`` (0-based; the scheduler steps once per epoch)."""
-    o = cfg.optim
-    if epoch < o.warmup_epochs:
-        return 0.1 + 0.9 * epoch / o.warmup_epochs
-    if o.lr_schedule == "cosine":
-        span = max(1, o.epochs - o.warmup_epochs)
-        return 0.5 * (1 + math.cos(math.pi * (epoch - o.warmup_epochs) / span))
-    return o.lr_gamma ** (epoch // o.lr_step)
-
-
-def compile_model(model: nn.Module, mode: str) -> nn.Module:
-    """``torch.compile`` over the model's forward, losses included (``--compile MODE``); the first
-    call compiles, and its time is logged by the caller."""
-    return torch.compile(model, mode=None if mode == "default" else mode)
-
-
-# ------------------------------------------------------------------------------------------ loop
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
-    model = model.module if hasattr(model, "module") else model
-    return getattr(model, "_orig_mod", model)
-
-
-def train_one_epoch(
-    model,
-    loader,
-    optimizer,
-    cfg,
-    info,
-    epoch,
-    autocast,
-    ema: ModelEma | None = None,
-    num_classes: int | None = None,
-    compile_log: str | None = None,
-) -> dict:
-    """One pass over ``loader``. The loss terms accumulate on the device and are read (one host
-    sync) every ``--log-every`` steps and at the end; a non-finite loss stops the run there."""
-    model.train()
-    o, r = cfg.optim, cfg.run
-    sums: dict[str, torch.Tensor] = {}
-    seen = 0
-    steps = len(loader)
-    # which steps run (and when too many videos failed) is decided over all ranks
-    batches = agreed_batches(loader, cfg.data.max_failure_fraction)
-    bar = tqdm(
-        batches,
-        desc=f"epoch {epoch + 1}/{o.epochs}",
-        total=steps,
-        disable=not (info.is_main and r.progress),
-        dynamic_ncols=True,
-    )
-    optimizer.zero_grad(set_to_none=True)
-    t_start, vals, read_at, i = time.time(), {}, 0, -1
-
-    def read_out(step: int) -> dict[str, float]:
-        vals = {k: float(v) / max(seen, 1) for k, v in sums.items()}  # the one sync
-        if not all(math.isfinite(v) for v in vals.values()):
-            raise FloatingPointError(
-                f"loss is not finite by epoch {epoch + 1}, step {step}; running means: "
-                + ", ".join(f"{k}={v:.4g}" for k, v in vals.items())
-            )
-        return vals
-
-    for i, batch in enumerate(bar):
-        video, labels = _unpack(batch, info.device, num_classes, r.check_inputs)
-        last_micro = (i + 1) % o.accum_steps == 0 or i + 1 == steps
-        sync = nullcontext() if last_micro or not info.distributed else model.no_sync()
-        with sync:
-            with autocast():
-                _, losses = model(video, labels)
-            (losses["total"] / o.accum_steps).backward()
-        if compile_log and i == 0:
-            log.info(
-                "torch.compile mode=%s: first step (compile) took %.1f s",
-                compile_log,
-                time.time() - t_start,
-            )
-        if last_micro:
-            if o.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            _unwrap(model).ema_update()  # Eq. 12: S <- mu S + (1 - mu) S^a after each step
-            if ema is not None:  # --model-ema: after the bank's update, so it averages that too
-                ema.update(_unwrap(model))
-        n = labels.numel()
-        seen += n
+    def add(self, losses: dict, n: int) -> None:
+        self.seen += n
         with torch.no_grad():
             for k, v in losses.items():
                 if v.dim() == 0:
                     acc = v.detach().float() * n  # stays on the device
-                    sums[k] = sums[k].add_(acc) if k in sums else acc
-        if (i + 1) % r.log_every == 0 or i + 1 == steps:
-            vals, read_at = read_out(i + 1), i + 1
-            if not bar.disable:
-                bar.set_postfix(loss=f"{vals['total']:.3f}")
-    if sums and read_at != i + 1:  # steps skipped on every rank: the last one came before `steps`
-        vals = read_out(i + 1)
-    return {f"train_{k}": v for k, v in vals.items()}  # read at the last step
+                    self.sums[k] = self.sums[k].add_(acc) if k in self.sums else acc
+
+    def read(self, step: int) -> dict[str, float]:
+        """The epoch's running means; ``interval`` gets the means since the last read."""
+        sums = {k: float(v) for k, v in self.sums.items()}  # the one sync
+        vals = {k: v / max(self.seen, 1) for k, v in sums.items()}
+        if not all(math.isfinite(v) for v in vals.values()):
+            raise FloatingPointError(
+                f"loss is not finite by epoch {self.epoch + 1}, step {step}; running means: "
+                + ", ".join(f"{k}={v:.4g}" for k, v in vals.items())
+            )
+        before, n_before = self.at_last
+        n = max(self.seen - n_before, 1)
+        self.interval = {k: (v - before.get(k, 0.0)) / n for k, v in sums.items()}
+        self.at_last, self.last = (sums, self.seen), vals
+        return vals
 
 
-def _validate(model, loader, num_classes, info, cfg, autocast) -> EvalResult:
-    """Exact validation (artlib.engine.evaluation): every clip once, on any number of ranks."""
-    return evaluate(
-        model,
-        loader,
-        num_classes,
-        device=info.device,
-        autocast=autocast,
-        max_failure_fraction=cfg.data.max_failure_fraction,
-        progress=info.is_main and cfg.run.progress,
-    )
+class Trainer:
+    """Trains ``model`` (unwrapped, on ``info.device``) on ``train_loader``, validates on every
+    clip of ``val_loader``'s set, checkpoints, logs and writes the final outputs to
+    ``cfg.run.output_dir``. ``optimizer``/``scheduler``: built from ``cfg`` when not given.
+    ``model(video, labels)`` -> (logits, {"total": loss, other scalar terms}) and
+    ``model.ema_update()`` after each optimizer step (ART's bank, Eq. 12)."""
 
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: nn.Module,
+        train_loader,
+        val_loader,
+        class_names: list[str],
+        info: DistInfo | None = None,
+        optimizer=None,
+        scheduler=None,
+    ):
+        self.cfg, self.info = cfg, info or DistInfo()
+        self.model, self.class_names = model, list(class_names)
+        set_check_inputs(model, cfg.run.check_inputs)  # value checks that sync the host: debugging
+        self.train_loader = train_loader
+        self.val_loader = None if val_loader is None else exact_loader(val_loader)
+        if optimizer is None:
+            optimizer, scheduler = build_optimizer(cfg, model, self.info.world_size)
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.ema = ModelEma(model, cfg.optim.model_ema) if cfg.optim.model_ema else None
+        self.out = Path(cfg.run.output_dir)
+        self.checkpointer = Checkpointer(
+            self.out / "checkpoints",
+            cfg=cfg,
+            class_names=self.class_names,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            ema=self.ema,
+            keep=cfg.run.keep_checkpoints,
+        )
+        self.net = None  # the model as the steps run it (DDP, compiled), set by fit()
+        self.logs = None
+        self.best, self.steps_done, self.start_epoch = 0.0, 0, 0
 
-class _Logs:
-    """Per-epoch metrics to CSV and (when installed) TensorBoard, rank 0 only."""
+    @property
+    def scored(self) -> nn.Module:
+        """What is evaluated and exported: the EMA with --model-ema, else the model."""
+        return self.model if self.ema is None else self.ema.module
 
-    def __init__(self, out: Path, enabled: bool):
-        self.enabled = enabled
-        self.csv_path = out / "metrics.csv"
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out / "tensorboard"))
-            except ImportError:
-                log.info("tensorboard not installed: metrics go to %s only", self.csv_path)
-
-    def write(self, epoch: int, row: dict) -> None:
-        if not self.enabled:
-            return
-        row = {"epoch": epoch, **row}
-        new = not self.csv_path.exists()
-        with open(self.csv_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "epoch" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, epoch)
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-# ------------------------------------------------------------------------------------------ main
-def train(cfg: TrainConfig) -> dict:
-    """Run the whole training; returns the final metrics (on every rank)."""
-    info = setup_distributed(cfg.run.device)
-    logging.basicConfig(
-        level=logging.INFO if info.is_main else logging.WARNING,
-        format=f"[rank {info.rank}] %(asctime)s %(levelname)s %(message)s",
-    )
-    try:
-        return _train(cfg, info)
-    finally:
-        cleanup_distributed()
-
-
-_PRESET_LINE = {
-    "synthetic": "preset synthetic: the built-in synthetic set on %s (pass --data-root or "
-    "--train-list for your own data; --help lists every option)",
-    "paper": "preset paper: the paper's recipe on %s",
-}
-
-
-def _train(cfg: TrainConfig, info: DistInfo) -> dict:
-    d, m, o, r = cfg.data, cfg.model, cfg.optim, cfg.run
-    where = d.train_list or d.data_root if cfg.preset == "paper" else info.device
-    log.info(_PRESET_LINE[cfg.preset], where)
-    out = Path(r.output_dir)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")  # --config on it reproduces the run
-    seed_everything(r.seed, r.deterministic)
-    t0 = time.time()
-    train_loader, val_loader, names = build_data(cfg, info)
-    torch.manual_seed(r.seed)  # identical initial weights on every rank
-    model = build_model(cfg, names).to(info.device)
-    mean, std = backbone_normalization(model)  # e.g. 0.45/0.225 after an official UniFormerV2
-    for loader in (train_loader, val_loader):
-        loader.dataset.set_normalization(mean, std)
-    set_check_inputs(model, r.check_inputs)  # value checks that sync the host: debugging only
-    optimizer, scheduler = build_optimizer(cfg, model)
-    use_amp = o.amp and info.device.type == "cuda"
-
-    def autocast():  # bfloat16 needs no loss scaling
-        if use_amp:
+    def autocast(self):  # bfloat16 on CUDA needs no loss scaling
+        if self.cfg.optim.amp and self.info.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
-    ckpt = CheckpointManager(out / "checkpoints", keep=r.keep_checkpoints)
-    start_epoch, best, state = 0, 0.0, None
-    if r.resume:
-        state = ckpt.load(r.resume, map_location="cpu")  # weights_only: never runs code
-        if state is None:
-            log.info("--resume auto: no checkpoint in %s, starting fresh", ckpt.directory)
-        else:
-            if state["class_names"] != list(names):
-                raise ValueError(
-                    f"--resume: the checkpoint's {len(state['class_names'])} classes differ from "
-                    f"the data set's {len(names)}"
-                )
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            restore_rng(state["rng"])
-            start_epoch, best = state["epoch"], state.get("best_top1", 0.0)
-            log.info("resumed from epoch %d (%s)", start_epoch, r.resume)
-    ema = ModelEma(model, o.model_ema) if o.model_ema else None  # from the (resumed) weights
-    if ema is not None and state is not None:
-        if state.get("model_ema") is not None:
-            ema.load_state_dict(state["model_ema"])
-        else:  # a checkpoint from a run without --model-ema
-            log.warning("--model-ema: the checkpoint has no average; starting it from here")
-    del state  # the checkpoint's tensors (optimizer moments included) need not outlive the resume
+    # -------------------------------------------------------------------------------- a step
+    def train_step(self, video, labels, step_now: bool) -> dict:
+        """Forward and backward of one micro-batch; the optimizer steps when ``step_now`` (the
+        last micro-batch of --accum-steps; the gradients are all-reduced then, not before)."""
+        net = self.net or self.model
+        no_sync = nullcontext() if step_now or not self.info.distributed else net.no_sync()
+        with no_sync:
+            with self.autocast():
+                _, losses = net(video, labels)
+            (losses["total"] / self.cfg.optim.accum_steps).backward()
+        if step_now:
+            self.optimizer_step()
+        return losses
 
-    if info.distributed:
-        ddp_kw = {"device_ids": [info.device.index]} if info.device.type == "cuda" else {}
-        model = nn.parallel.DistributedDataParallel(
-            model, find_unused_parameters=_has_unused(cfg), **ddp_kw
-        )
-    if r.compile:
-        model = compile_model(model, r.compile)
-    logs = _Logs(out, info.is_main)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info(
-        "%s | %s%s | T=%d -> %d token frames | %d classes | %d train / %d val batches per rank | "
-        "%.2fM params | %s x%d",
-        "baseline" if m.baseline else "ART",
-        m.backbone,
-        f" (weights: {m.pretrained})" if _weights(m.pretrained) else " (random init)",
-        d.num_frames,
-        _unwrap(model).token_frames,
-        len(names),
-        len(train_loader),
-        len(val_loader),
-        n_params / 1e6,
-        info.device,
-        info.world_size,
-    )
+    def optimizer_step(self) -> None:
+        o = self.cfg.optim
+        if o.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.ema_update()  # Eq. 12: S <- mu S + (1 - mu) S^a after each step
+        if self.ema is not None:  # --model-ema: after the bank's update, so it averages that too
+            self.ema.update(self.model)
+        self.steps_done += 1
 
-    metrics: dict = {}
-    result = None
-    scored = model if ema is None else ema.module  # what is evaluated and exported
-    val_exact = exact_loader(val_loader)  # every validation clip once, no padded repeats
-    for epoch in range(start_epoch, o.epochs):
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        te = time.time()
-        row = train_one_epoch(
-            model,
-            train_loader,
-            optimizer,
-            cfg,
-            info,
-            epoch,
-            autocast,
-            ema,
-            len(names),
-            compile_log=r.compile if epoch == start_epoch else None,
+    def flush_gradients(self) -> None:
+        """An optimizer step on micro-batch gradients still pending at the end of an epoch (its
+        last steps were skipped on every rank). They were accumulated under ``no_sync``, so they
+        are averaged over the ranks here, as DDP would have."""
+        if self.info.distributed:
+            import torch.distributed as dist
+
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad.div_(self.info.world_size)
+        self.optimizer_step()
+
+    # ------------------------------------------------------------------------------ an epoch
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the training loader -> ``{"train_<term>": epoch mean}``. Which steps run
+        is decided over all ranks (``agreed_batches``); the losses are read at the log interval."""
+        o, r = self.cfg.optim, self.cfg.run
+        (self.net or self.model).train()
+        steps, meter = len(self.train_loader), LossMeter(epoch)
+        batches = agreed_batches(self.train_loader, self.cfg.data.max_failure_fraction)
+        show = self.info.is_main and r.progress
+        bar = progress(batches, total=steps, desc=f"epoch {epoch + 1}/{o.epochs}", enabled=show)
+        self.optimizer.zero_grad(set_to_none=True)
+        clock, pending, i = _Clock(), 0, -1
+        for i, batch in enumerate(bar):
+            clock.data_ready()
+            video, labels = to_device(
+                batch, self.info.device, len(self.class_names), r.check_inputs
+            )
+            pending += 1
+            step_now = pending == o.accum_steps or i + 1 == steps
+            losses = self.train_step(video, labels, step_now)
+            pending = 0 if step_now else pending
+            meter.add(losses, labels.numel())
+            clock.step_done(labels.numel())
+            if i == 0 and r.compile and epoch == self.start_epoch:
+                log.info("torch.compile mode=%s: first step took %.1f s", r.compile, clock.first)
+            if (i + 1) % r.log_every == 0 or i + 1 == steps:
+                self.log_interval(epoch, i + 1, meter.read(i + 1), meter.interval, clock, bar)
+        if pending:  # the epoch's last steps were skipped on every rank
+            self.flush_gradients()
+        if meter.sums and meter.at_last[1] != meter.seen:
+            meter.read(i + 1)
+        return {f"train_{k}": v for k, v in meter.last.items()}
+
+    def log_interval(self, epoch, step, means, interval, clock, bar) -> None:
+        """The interval's scalars: to TensorBoard, and to the bar or one plain line."""
+        scalars = {**interval, "lr": self.optimizer.param_groups[0]["lr"], **clock.read()}
+        if self.logs is not None:
+            self.logs.step(self.steps_done, scalars)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{means['total']:.3f}")
+        elif self.info.is_main and self.cfg.run.progress:
+            steps, epochs = len(self.train_loader), self.cfg.optim.epochs
+            log.info(interval_line(epoch + 1, epochs, step, steps, scalars))
+
+    def validate(self) -> EvalResult:
+        """Exact validation (artlib.engine.evaluation): every clip once, on any number of ranks."""
+        return evaluate(
+            self.scored,
+            self.val_loader,
+            len(self.class_names),
+            device=self.info.device,
+            autocast=self.autocast,
+            max_failure_fraction=self.cfg.data.max_failure_fraction,
+            progress=self.info.is_main and self.cfg.run.progress and _tty(),
         )
-        row["lr"] = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        is_best = False
+
+    def run_epoch(self, epoch: int) -> EvalResult | None:
+        """Train one epoch, validate when due, log the row, checkpoint; -> the validation."""
+        o, r = self.cfg.optim, self.cfg.run
+        if hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(epoch)
+        started = time.time()
+        row = self.train_epoch(epoch)
+        row["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        result, is_best = None, False
         if (epoch + 1) % r.eval_every == 0 or epoch + 1 == o.epochs:
-            result = _validate(scored, val_exact, len(names), info, cfg, autocast)
-            metrics = {f"val_{k}": v for k, v in result.metrics().items()}
-            row.update(metrics)
-            is_best = metrics["val_top1"] > best or not ckpt.best_path.exists()
-            best = max(best, metrics["val_top1"])
-        row["epoch_time_s"] = round(time.time() - te, 2)
-        row.update(_failures(train_loader, val_exact))
-        logs.write(epoch + 1, row)
-        if info.is_main:
-            log.info(
-                "epoch %d: %s",
-                epoch + 1,
-                " ".join(
-                    f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                ),
-            )
-            state = training_state(
-                cfg=cfg,
-                class_names=names,
-                model=_unwrap(model),
-                ema=ema,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                epoch=epoch + 1,
-                best_top1=best,
-            )
-            ckpt.save(state, epoch + 1, best=is_best)  # best.pt: the best val Top-1 so far
-            del state
+            result = self.validate()
+            row.update({f"val_{k}": v for k, v in result.metrics().items()})
+            is_best = row["val_top1"] > self.best or not self.checkpointer.best_path.exists()
+            self.best = max(self.best, row["val_top1"])
+        row["epoch_time_s"] = round(time.time() - started, 2)
+        row["skipped_videos"] = _failures(self.train_loader, self.val_loader)
+        self.logs.epoch(epoch + 1, row)
+        if self.info.is_main:
+            log.info("epoch %d: %s", epoch + 1, " ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
+            self.checkpointer.save(epoch + 1, self.best, best=is_best)  # best.pt: the best Top-1
         barrier()
+        return result
 
-    logs.close()
-    if result is None:  # resumed after the last epoch: evaluate once more
-        result = _validate(scored, val_exact, len(names), info, cfg, autocast)
+    # ------------------------------------------------------------------------------- the run
+    def fit(self) -> dict:
+        """Resume (--resume), train the remaining epochs, write the final outputs; -> the final
+        validation metrics (on every rank)."""
+        t0 = time.time()
+        self.start_epoch, self.best = self.checkpointer.resume(self.cfg.run.resume)
+        self.net = wrap_model(self.model, self.cfg, self.info.device, self.info.distributed)
+        self.logs = Logs(self.out, self.info.is_main)
+        self.log_start()
+        result = None
+        for epoch in range(self.start_epoch, self.cfg.optim.epochs):
+            result = self.run_epoch(epoch) or result
+        self.logs.close()
+        if result is None:  # resumed after the last epoch: evaluate once more
+            result = self.validate()
         metrics = {f"val_{k}": v for k, v in result.metrics().items()}
-    if info.is_main:
+        if self.info.is_main:
+            self.write_outputs(result, metrics, minutes=(time.time() - t0) / 60)
+        return metrics
+
+    def log_start(self) -> None:
+        cfg, m, info = self.cfg, self.cfg.model, self.info
+        log.info(
+            "%s | %s%s | T=%d -> %d token frames | %d classes | %d train / %d val batches per "
+            "rank | %.2fM params | %s x%d",
+            "baseline" if m.baseline else "ART",
+            m.backbone,
+            f" (weights: {m.pretrained})"
+            if m.pretrained not in (None, "none")
+            else " (random init)",
+            cfg.data.num_frames,
+            self.model.token_frames,
+            len(self.class_names),
+            len(self.train_loader),
+            len(self.val_loader),
+            sum(p.numel() for p in self.model.parameters()) / 1e6,
+            info.device,
+            info.world_size,
+        )
+        o, ranks = cfg.optim, info.world_size
+        log.info(
+            "lr %.4g for a global batch of %d (%d per rank x %d rank%s x %d accumulation step%s; "
+            "--lr-scale %s, --lr %g)",
+            effective_lr(cfg, ranks),
+            global_batch(cfg, ranks),
+            o.batch_size,
+            ranks,
+            "s" if ranks > 1 else "",
+            o.accum_steps,
+            "s" if o.accum_steps > 1 else "",
+            o.lr_scale,
+            o.lr,
+        )
+
+    def write_outputs(self, result: EvalResult, metrics: dict, minutes: float) -> None:
+        """per_class.csv, confusion.png, summary.json, backbone.pt and the FINAL line."""
+        names, out, m = self.class_names, self.out, self.cfg.model
         save_per_class_csv(result.matrix, out / "per_class.csv", names)
         save_confusion_png(result.matrix, out / "confusion.png", names)  # warns without matplotlib
         summary = {
@@ -559,33 +351,98 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             "mean_class_acc": round(metrics["val_mean_class_acc"], 4),
             "count": metrics["val_count"],
             "skipped": metrics["val_skipped"],
-            "best_top1": round(best, 4),
-            "epochs": o.epochs,
-            "minutes": round((time.time() - t0) / 60, 2),
+            "best_top1": round(self.best, 4),
+            "epochs": self.cfg.optim.epochs,
+            "minutes": round(minutes, 2),
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         # the trained backbone alone, for --pretrained of a later run (e.g. ART on a harder set)
-        atomic_save_torch(_unwrap(scored).backbone.state_dict(), out / "backbone.pt")
+        atomic_save_torch(self.scored.backbone.state_dict(), out / "backbone.pt")
         print(
             f"FINAL {summary['model']} top1={summary['top1']:.4f} top5={summary['top5']:.4f} "
             f"mean_class_acc={summary['mean_class_acc']:.4f} best_top1={summary['best_top1']:.4f} "
-            f"epochs={o.epochs} time={summary['minutes']:.1f}min output={out}",
+            f"epochs={self.cfg.optim.epochs} time={minutes:.1f}min output={out}",
             flush=True,
         )
-    return metrics
 
 
-def _has_unused(cfg: TrainConfig) -> bool:
-    m = cfg.model
-    return (
-        m.baseline
-        or not m.sema_video
-        or not m.sema_prot
-        or m.gamma_sema == 0
-        or len(m.mtc_terms) < len(MTC_TERMS)
-    )
+class _Clock:
+    """Host time waiting for data vs running steps, and clips, since the last ``read``."""
+
+    def __init__(self):
+        self.mark = time.perf_counter()
+        self.data = self.step = 0.0
+        self.clips = self.steps = 0
+        self.first = None
+
+    def data_ready(self) -> None:
+        now = time.perf_counter()
+        self.data, self.mark = self.data + now - self.mark, now
+
+    def step_done(self, clips: int) -> None:
+        now = time.perf_counter()
+        self.step, self.mark = self.step + now - self.mark, now
+        self.clips, self.steps = self.clips + clips, self.steps + 1
+        self.first = self.step if self.first is None else self.first
+
+    def read(self) -> dict:
+        """``clips_per_s``, ``data_s`` and ``step_s`` (means per step) since the last read."""
+        n, total = max(self.steps, 1), self.data + self.step
+        out = {
+            "clips_per_s": self.clips / total if total > 0 else 0.0,
+            "data_s": self.data / n,
+            "step_s": self.step / n,
+        }
+        self.data = self.step = 0.0
+        self.clips = self.steps = 0
+        return out
 
 
-def _failures(*loaders) -> dict:
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else f"{v}"
+
+
+def _tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()
+
+
+def _failures(*loaders) -> int:
     """Distinct videos skipped so far on this rank (the loaders log each with its path)."""
-    return {"skipped_videos": len(set().union(*(getattr(ld, "failures", {}) for ld in loaders)))}
+    return len(set().union(*(getattr(ld, "failures", {}) for ld in loaders)))
+
+
+# ---------------------------------------------------------------------------------- assembly
+def train(cfg: TrainConfig) -> dict:
+    """The whole run from a config: the parts assembled, then ``Trainer.fit``; returns the final
+    metrics (on every rank)."""
+    info = setup_distributed(cfg.run.device)
+    setup_logging(info)
+    try:
+        announce(cfg, info)
+        seed_everything(cfg.run.seed, cfg.run.deterministic)
+        items = build_items(cfg, info)
+        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+        model = build_model(cfg, items.class_names).to(info.device)
+        loaders = build_loaders(cfg, info, items, data_config(model))
+        return Trainer(cfg, model, *loaders, items.class_names, info).fit()
+    finally:
+        cleanup_distributed()
+
+
+def announce(cfg: TrainConfig, info: DistInfo) -> None:
+    """The first log line (the recipe and the data) and the run's config.yaml (rank 0)."""
+    d = cfg.data
+    data = "the built-in synthetic set" if builtin_data(cfg) else (d.train_list or d.data_root)
+    log.info(
+        "preset %s: %s on %s (--preset small|paper picks the recipe, --data-root or --train-list "
+        "the data; --help lists every option)",
+        cfg.preset,
+        "the small recipe" if cfg.preset == "small" else "the paper's recipe",
+        f"{data}, {info.device}",
+    )
+    if info.is_main:
+        out = Path(cfg.run.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")  # --config on it reproduces the run
