@@ -151,9 +151,18 @@ def test_slurm_script_requeues_on_the_time_limit_signal(tmp_path):
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while not (launched.exists() and launched.read_text()) and time.monotonic() < deadline:
+        while (
+            not (launched.exists() and launched.read_text())
+            and job.poll() is None
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.1)
-        assert launched.exists(), job.communicate(timeout=10)[0] if job.poll() is not None else ""
+        if not launched.exists():  # the script's own output says where it stopped
+            if job.poll() is None:
+                job.kill()
+            raise AssertionError(
+                f"srun was never called (exit {job.wait()}):\n{job.communicate()[0]}"
+            )
         job.send_signal(signal.SIGUSR1)
         out, _ = job.communicate(timeout=60)
     finally:
