@@ -42,8 +42,14 @@ def long_mp4(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "num_frames,fps,window,stride,T",
-    [(200, 16, 2.0, 0.5, 8), (97, 25, 1.3, 0.45, 4), (10, 16, 2.0, 0.5, 8), (64, 16, 2.0, 2.5, 8),
-     (300, 25, 2.0, 0.5, 8), (300, 29.97, 2.0, 0.3, 8)],
+    [
+        (200, 16, 2.0, 0.5, 8),
+        (97, 25, 1.3, 0.45, 4),
+        (10, 16, 2.0, 0.5, 8),
+        (64, 16, 2.0, 2.5, 8),
+        (300, 25, 2.0, 0.5, 8),
+        (300, 29.97, 2.0, 0.3, 8),
+    ],
 )
 def test_plan_windows_against_enumeration(num_frames, fps, window, stride, T):
     """windows_of and first_needed agree with listing every window's frames."""
