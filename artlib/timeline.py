@@ -10,14 +10,16 @@ a window spans, s frames between window starts.
 
 The window/stride rule (docs/long_videos.md):
 
-- a window spans ``n = round(window * fps)`` frames (``window`` in seconds; default
-  :data:`DEFAULT_WINDOW` when the checkpoint records no clip length); a new window starts every
-  ``s = round(stride * fps)`` frames (default a quarter window), and a last window ends at the
-  video's last frame when the regular ones stop short of it. A video shorter than a window gets
-  one window over all its frames;
+- windows sample frames on one grid: a window's T frames are ``g = max(1, round(window * fps /
+  T))`` frames apart, a window spans ``n = g * T`` frames (``window`` in seconds, rounded so;
+  default :data:`DEFAULT_WINDOW` when the checkpoint records no clip length), and a new window
+  starts every ``s = g * max(1, round(stride * fps / g))`` frames (``stride`` rounded to whole
+  sample spacings; default a quarter window), so that overlapping windows sample the same frames.
+  A last window ends at the video's last frame when the regular ones stop short of it; a video
+  shorter than a window gets one window over all its frames;
 - inside a window, the T frames are taken as the model was evaluated on trimmed clips: TSN
-  segment centres over the window's n frames, the centre square resized to S and normalised
-  (``artlib.api.load_video``'s pipeline, frame for frame);
+  segment centres over the window's n frames (frames ``g * t + g // 2``), the centre square
+  resized to S and normalised (``artlib.api.load_video``'s pipeline, frame for frame);
 - times are frame index / the stream's average frame rate (nominal times for variable-rate files).
 
 The file is decoded once, front to back (``artlib.data.decode.stream_frames``). Only the frames
@@ -26,6 +28,14 @@ overlapping windows share; a frame leaves the buffer as soon as no window still 
 it, so the buffer holds at most about one window's sampled frames, whatever the video's length.
 Finished windows go through the model in batches of ``batch_size``; decoding runs in a
 background thread at most two batches ahead, so that it overlaps the model.
+
+Shared frame features: when the model is an ``artlib.models.ART`` in eval mode whose backbone
+declares a frame-wise part (methods ``frame_features(frames (N,3,S,S)) -> (N, ...)`` and
+``from_frame_features(feats (B,T, ...)) -> (tokens, cls)``, with ``forward(video)`` their
+composition; the tiny backbones do), that part runs once per sampled frame, and each window only
+runs the rest (the backbone's temporal part and the head) on the features of its T frames: with
+the default quarter-window stride a frame is shared by 4 windows. The probabilities equal the
+model's forward on each window's frames up to float rounding. Other models run whole per window.
 
 Segments: each window's probabilities (the softmax of the logits) are smoothed by a centred
 moving average over ``smooth`` windows (default 3: the window and its two neighbours); a window
@@ -78,8 +88,9 @@ class WindowPlan:
             raise ValueError(f"num_frames: expected >= 1, got {num_frames}")
         self.fps = float(fps)
         self.num_frames = int(num_frames)
-        self.n = max(1, min(self.num_frames, round(window * self.fps)))
-        self.s = max(1, round(stride * self.fps))
+        self.g = max(1, round(window * self.fps / T))  # frames between two samples
+        self.n = min(self.num_frames, self.g * T)
+        self.s = self.g * max(1, round(stride * self.fps / self.g))
         self.offsets = [int(o) for o in sample_indices(self.n, T, train=False)[0]]
         self.regular = (self.num_frames - self.n) // self.s + 1  # windows k * s, k < regular
         last = (self.regular - 1) * self.s
@@ -237,6 +248,7 @@ def predict_timeline(
     min_run: int = 2,
     progress: bool = False,
     threads: int = 0,
+    share_frames: bool = True,
 ) -> dict:
     """The timeline of one video: ``{"video", "duration", "fps", "window", "stride", "windows":
     [{"start", "end", "label", "score", "probs"}], "segments": [{"start", "end", "label", "name",
@@ -247,6 +259,8 @@ def predict_timeline(
     model, info: ``artlib.load_model``'s. window, stride: seconds (defaults: the module
     docstring). min_score: below it a window is "no action". smooth: windows in the moving average.
     min_run: shorter runs of windows are absorbed by a neighbour (module docstring).
+    share_frames: compute a frame-wise backbone's per-frame part once per frame (module
+    docstring); False: the whole model per window.
     """
     from artlib.data import VideoDecodeError
 
@@ -262,11 +276,35 @@ def predict_timeline(
     plan, clips = stream_windows(path, info, window, stride, threads=threads, progress=progress)
     probs: dict[int, torch.Tensor] = {}
     batch: list[tuple[int, torch.Tensor]] = []
+    split = _frame_wise(model) if share_frames else None
+    cache: dict[int, torch.Tensor] = {}  # frame index -> its frame features, shared by windows
+    plan.peak_features = 0  # the most frame features held at once
+
+    def logits(batch) -> torch.Tensor:
+        if split is None:
+            return model(torch.stack([c for _, c in batch]).to(device))
+        frame_features, rest = split
+        new: dict[int, torch.Tensor] = {}  # frames no earlier batch computed
+        for k, clip in batch:
+            for o, px in zip(plan.offsets, clip):
+                if plan.start(k) + o not in cache:
+                    new.setdefault(plan.start(k) + o, px)
+        if new:
+            cache.update(zip(new, frame_features(torch.stack(list(new.values())).to(device))))
+        x = torch.stack([
+            torch.stack([cache[plan.start(k) + o] for o in plan.offsets]) for k, _ in batch
+        ])  # fmt: skip
+        out = rest(x)
+        plan.peak_features = max(plan.peak_features, len(cache))
+        k_next = batch[-1][0] + 1  # windows complete in order: none to come needs earlier frames
+        keep = plan.start(k_next) + plan.offsets[0] if k_next < plan.count else plan.num_frames
+        for j in [j for j in cache if j < keep]:
+            del cache[j]
+        return out
 
     def flush():
         if batch:
-            x = torch.stack([c for _, c in batch]).to(device)
-            p = model(x).float().softmax(-1).cpu()
+            p = logits(batch).float().softmax(-1).cpu()
             for (k, _), row in zip(batch, p):
                 probs[k] = row
             batch.clear()
@@ -312,6 +350,28 @@ def predict_timeline(
     if damage is not None:
         out["damage"] = damage
     return out
+
+
+def _frame_wise(model: nn.Module):
+    """(frame_features, rest) when ``model`` is an ART in eval mode whose backbone declares a
+    frame-wise part (module docstring), else None: ``rest(feats (B,T, ...))`` -> logits (B,N_cls)
+    as ``ART.forward`` computes them from the backbone's output."""
+    from artlib.models.art import ART
+
+    bb = getattr(model, "backbone", None)
+    if not isinstance(model, ART) or model.training:
+        return None
+    if not (callable(getattr(bb, "frame_features", None))
+            and callable(getattr(bb, "from_frame_features", None))):  # fmt: skip
+        return None
+
+    def rest(feats: torch.Tensor) -> torch.Tensor:
+        tokens, cls = bb.from_frame_features(feats)
+        if model.head is not None:
+            return model.head(tokens, cls)
+        return model.fc(model.dropout(cls))
+
+    return bb.frame_features, rest
 
 
 def _ahead(items, depth: int):

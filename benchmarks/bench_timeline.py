@@ -9,14 +9,15 @@ frames, B-frames): a random texture that slides and a bright square that moves a
 once into ``$TMPDIR/artlib-bench-timeline/`` (``ARTLIB_BENCH_TIMELINE_MINUTES``, default 10).
 Model: the main job's (``examples/train_finegym.py``'s synthetic preset: ART on tiny_cnn, T = 8,
 64x64 crops, 8 classes), weights as built (speed does not depend on them). Windows: 2 s every
-0.5 s.
+0.5 s (on the frame grid of ``artlib.timeline``: 48 frames every 12 at 25 fps).
 
 Cases (group ``timeline``):
 
 - ``decode-pass``: one plain PyAV pass over the file, every frame decoded, nothing converted —
   the floor of any method that looks at the whole video;
 - ``artlib-timeline``: ``artlib.predict_timeline`` (one pass, RGB and preprocessing only for the
-  sampled frames, windows batched by 16);
+  sampled frames, the backbone's per-frame part once per sampled frame and shared by the 4
+  windows that sample it, windows batched by 16);
 - ``per-window``: what a user writes with the clip API: for each window, ``decode_frames`` of its
   T frames (artlib's decoder, which seeks to the keyframe before them), the same preprocessing and
   ``predict_proba``. Timed on every 20th window (1 in smoke) and reported per window;

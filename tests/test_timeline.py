@@ -42,7 +42,14 @@ def long_mp4(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "num_frames,fps,window,stride,T",
-    [(200, 16, 2.0, 0.5, 8), (97, 25, 1.3, 0.45, 4), (10, 16, 2.0, 0.5, 8), (64, 16, 2.0, 2.5, 8)],
+    [
+        (200, 16, 2.0, 0.5, 8),
+        (97, 25, 1.3, 0.45, 4),
+        (10, 16, 2.0, 0.5, 8),
+        (64, 16, 2.0, 2.5, 8),
+        (300, 25, 2.0, 0.5, 8),
+        (300, 29.97, 2.0, 0.3, 8),
+    ],
 )
 def test_plan_windows_against_enumeration(num_frames, fps, window, stride, T):
     """windows_of and first_needed agree with listing every window's frames."""
@@ -57,6 +64,24 @@ def test_plan_windows_against_enumeration(num_frames, fps, window, stride, T):
         later = [f for k, fs in frames.items() if fs[-1] > i for f in fs]
         if later:
             assert plan.first_needed(i) <= min(later), (i, min(later))
+
+
+@pytest.mark.parametrize(
+    "fps,window,stride,T,g,n,s",
+    [(25, 2.0, 0.5, 8, 6, 48, 12), (16, 2.0, 0.5, 8, 4, 32, 8), (29.97, 2.0, 0.3, 8, 7, 56, 7),
+     (25, 1.3, 0.45, 4, 8, 32, 8), (25, 0.1, 0.1, 8, 1, 8, 2)],
+)  # fmt: skip
+def test_windows_sample_one_frame_grid(fps, window, stride, T, g, n, s):
+    """The documented rule: samples g = round(window * fps / T) frames apart, windows of g * T
+    frames, strides of whole spacings; so every regular window samples frames g * j + g // 2 and
+    a frame is sampled by n / s windows."""
+    plan = plan_windows(3000, fps, window, stride, T)
+    assert (plan.g, plan.n, plan.s) == (g, n, s)
+    assert plan.offsets == [g * t + g // 2 for t in range(T)], plan.offsets
+    frames = [plan.start(k) + o for k in range(plan.regular) for o in plan.offsets]
+    assert all((f - g // 2) % g == 0 for f in frames)
+    shared = [len(plan.windows_of(i)) for i in range(n, 2 * n) if (i - g // 2) % g == 0]
+    assert shared == [n // s] * len(shared), shared
 
 
 def test_merge_segments_by_hand():
@@ -96,11 +121,13 @@ def test_stream_windows_equal_load_video_frames(tmp_path):
     from artlib.data.sampling import crop_params
     from artlib.timeline import stream_windows
 
-    path = long_video(tmp_path / "v.mp4", [0, 1])  # 64 frames of 64x64: 10 windows + a tail
+    path = long_video(tmp_path / "v.mp4", [0, 1])  # 64 frames of 64x64
     info = {"num_frames": 4, "crop_size": 32, "mean": [0.4] * 3, "std": [0.25] * 3}
-    plan, windows = stream_windows(path, info, window=1.0, stride=0.3)
+    # 1.5 s at 16 fps: 4 frames 6 apart (24 frames); 0.3 s -> one spacing: 7 windows + a tail
+    plan, windows = stream_windows(path, info, window=1.5, stride=0.3)
     got = dict(windows)
-    assert sorted(got) == list(range(plan.count)) and plan.count == 11, (sorted(got), plan.count)
+    assert (plan.n, plan.s) == (24, 6), (plan.n, plan.s)
+    assert sorted(got) == list(range(plan.count)) and plan.count == 8, (sorted(got), plan.count)
     ds = eval_dataset([], info)
     for k, clip in got.items():
         idx = [plan.start(k) + o for o in plan.offsets]
@@ -146,6 +173,80 @@ def test_one_pass_and_a_buffer_that_does_not_grow(tmp_path, monkeypatch):
         peaks.append(plan.peak_buffer)
     assert len(calls) == 2, calls
     assert peaks[0] == peaks[1] <= 2 * 8, peaks
+
+
+# ------------------------------------------------------------------------------ shared frame features
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "tiny_cnn_t1", "tiny"])
+def test_frame_wise_backbone_is_its_forward(name):
+    """forward(video) = from_frame_features(frame_features(its frames)), for frames given in
+    another grouping (one batch of the distinct frames, as the timeline does)."""
+    from artlib.models import build_backbone
+
+    torch.manual_seed(0)
+    bb = build_backbone(name, pretrained=None).eval()
+    video = torch.randn(3, 8, 3, 64, 64)
+    with torch.no_grad():
+        tokens, cls = bb(video)
+        feats = bb.frame_features(video.flatten(0, 1).flip(0)).flip(0)  # another batch order
+        t2, c2 = bb.from_frame_features(feats.unflatten(0, (3, 8)))
+    torch.testing.assert_close(t2, tokens, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(c2, cls, rtol=1e-5, atol=1e-5)
+
+
+def _main_job_model():
+    """The main job's model (synthetic preset: ART on tiny_cnn, T = 8, 64x64), random head and
+    bank so that its probabilities differ between windows and classes."""
+    from artlib.data.synthetic import CLASS_NAMES
+    from artlib.engine.config import resolve
+    from artlib.engine.trainer import build_model
+
+    cfg = resolve({"preset": "synthetic"})
+    torch.manual_seed(0)
+    names = CLASS_NAMES[:8]
+    model = build_model(cfg, names).eval()
+    with torch.no_grad():
+        model.head.bank.S.normal_()
+    dc = model.data_config
+    info = {"num_frames": dc["num_frames"], "crop_size": dc["input_size"][-1], "mean": dc["mean"],
+            "std": dc["std"], "num_clips": 1, "class_names": names}  # fmt: skip
+    return model, info
+
+
+def test_shared_frame_features_equal_the_model_on_each_window(tmp_path):
+    """The main job's model: the timeline's window probabilities (each sampled frame's backbone
+    features computed once) equal softmax(model(frames of the window)) with the clip API, and
+    equal the per-window path; each sampled frame went through frame_features exactly once."""
+    import artlib
+    from artlib.api import eval_dataset
+    from artlib.data import decode_frames
+    from artlib.data.sampling import crop_params
+
+    model, info = _main_job_model()
+    assert info["num_frames"] == 8 and model.config["backbone"] == "tiny_cnn"
+    path = long_video(tmp_path / "v.mp4", [0, 1, 2])  # 96 frames at 16 fps
+    bb, seen = model.backbone, []
+    real = bb.frame_features
+    bb.frame_features = lambda x: seen.append(x.shape[0]) or real(x)
+    res = artlib.predict_timeline(model, info, path, window=2.0, stride=0.5, batch_size=4)
+    del bb.frame_features
+    per = artlib.predict_timeline(model, info, path, window=2.0, stride=0.5, batch_size=4,
+                                  share_frames=False)  # fmt: skip
+    got = torch.tensor([w["probs"] for w in res["windows"]])
+    assert len(res["windows"]) == 9 and got.std(-1).min() > 1e-3, got  # windows 0, 0.5, ... 4 s
+    ds = eval_dataset([], info)
+    starts = [round(w["start"] * FPS) for w in res["windows"]]
+    with torch.no_grad():
+        ref = torch.cat([
+            model(ds.transform(decode_frames(path, [st + 2 + 4 * t for t in range(8)]),
+                               crop_params(64, 64, train=False))[None]).softmax(-1)
+            for st in starts
+        ])  # fmt: skip
+    torch.testing.assert_close(got, ref, rtol=0, atol=2e-4)  # probs are rounded to 4 decimals
+    torch.testing.assert_close(got, torch.tensor([w["probs"] for w in per["windows"]]), rtol=0,
+                               atol=2e-4)  # fmt: skip
+    assert sum(seen) == len({st + 2 + 4 * t for st in starts for t in range(8)}), (seen, starts)
 
 
 # ------------------------------------------------------------------------------ long video

@@ -108,14 +108,27 @@ class TinyVideoBackbone(_FrameTokens):
     def forward(self, video: Tensor) -> tuple[Tensor, Tensor]:
         _check_video(video, self.in_chans, self.patch_size)
         B, T = video.shape[:2]
-        x = self.conv1(rearrange(video, "b t c h w -> (b t) c h w"))
+        x = self.frame_features(rearrange(video, "b t c h w -> (b t) c h w"))
+        return self.from_frame_features(rearrange(x, "(b t) l c -> b t l c", b=B, t=T))
+
+    def frame_features(self, frames: Tensor) -> Tensor:
+        """The part of ``forward`` that sees one frame at a time: frames (N,in_chans,H,W) ->
+        (N,1+L,C) (patch embedding, class token, positional embedding, LayerNorm).
+        ``forward(video)`` = ``from_frame_features(frame_features(frames of video) as (B,T,1+L,C))``."""
+        _check_video(frames[:, None], self.in_chans, self.patch_size)
+        x = self.conv1(frames)
         h, w = x.shape[-2:]
         x = rearrange(x, "n c h w -> n (h w) c")
         cls_tok = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = self.ln_pre(torch.cat([cls_tok, x], dim=1) + self._pos_embed(h, w).to(x.dtype))
+        return self.ln_pre(torch.cat([cls_tok, x], dim=1) + self._pos_embed(h, w).to(x.dtype))
+
+    def from_frame_features(self, feats: Tensor) -> tuple[Tensor, Tensor]:
+        """The rest of ``forward``: (B,T,1+L,C) -> (tokens (B,T,L,C), cls (B,C))."""
+        B, T = feats.shape[:2]
+        x = rearrange(feats, "b t l c -> (b t) l c")
         for blk in self.blocks:
             x = blk(x, T)
-        x = self.ln_post(x).view(B, T, h * w + 1, -1)
+        x = rearrange(self.ln_post(x), "(b t) l c -> b t l c", b=B, t=T)
         return x[:, :, 1:], x[:, :, 0].mean(1)
 
 
@@ -168,8 +181,19 @@ class TinyConvVideoBackbone(_FrameTokens):
     def forward(self, video: Tensor) -> tuple[Tensor, Tensor]:
         _check_video(video, self.in_chans, self.patch_size)
         B, T = video.shape[:2]
-        x = self.frame(rearrange(video, "b t c h w -> (b t) c h w"))
-        x = rearrange(x, "(b t) c h w -> b c t h w", b=B)
+        x = self.frame_features(rearrange(video, "b t c h w -> (b t) c h w"))
+        return self.from_frame_features(rearrange(x, "(b t) c h w -> b t c h w", b=B, t=T))
+
+    def frame_features(self, frames: Tensor) -> Tensor:
+        """The part of ``forward`` that sees one frame at a time (in eval mode: BatchNorm then
+        uses its running statistics): frames (N,in_chans,H,W) -> (N,C,H/8,W/8).
+        ``forward(video)`` = ``from_frame_features(frame_features(frames of video) as (B,T,C,h,w))``."""
+        _check_video(frames[:, None], self.in_chans, self.patch_size)
+        return self.frame(frames)
+
+    def from_frame_features(self, feats: Tensor) -> tuple[Tensor, Tensor]:
+        """The rest of ``forward``: (B,T,C,h,w) -> (tokens (B,T,L,C), cls (B,C))."""
+        x = rearrange(feats, "b t c h w -> b c t h w")
         for blk in self.temporal:
             x = x + blk(x)
         cls = x.mean(dim=(2, 3, 4))
