@@ -261,6 +261,67 @@ void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const T* l
   });
 }
 
+// The whole op's backward core, with the per-head projections on either side of it done per frame
+// in the kernel: da_h = dc_h W_v,h is formed in the thread's [q; da] block, and dq never leaves the
+// thread: d_qs_h = dq_h W_k,h^T is written out (N K x d, qs's layout) and d W_k,h += qs_h^T dq_h is
+// summed per chunk of frames. The stock route materializes da and dq heads-major (2 x N M d: 96 MB
+// at N = 384, K = 16), each through a depth-32 batched GEMM; here both stay in L1/L2 (a few KB per
+// frame). The chunk count depends on N only, so the result does not depend on the thread count.
+template <typename T>
+void op_core_bwd_kernel(const T* dc, const T* wv, const T* wk, const T* qs, const T* q, const T* x,
+                        const T* a, const T* lse, T* d_qs, T* dx, T* d_wk, int64_t N, int64_t K,
+                        int64_t H, int64_t L, int64_t D, bool exact_lse) {
+  using Vec = at::vec::Vectorized<T>;
+  const int64_t M = H * K, dh = D / H;
+  const Gemms<T> mm(M);
+  const Rows rows{N, K, D};
+  const int64_t nch = std::max<int64_t>(1, std::min<int64_t>(N, 16)), per = (N + nch - 1) / nch;
+  std::vector<T> part(static_cast<size_t>(nch * D * D));  // d W_k partial sums, one per chunk
+  at::parallel_for(0, nch, 1, [&](int64_t cb, int64_t ce) {
+    std::vector<T> w(static_cast<size_t>(2 * M * D));  // [q; da]   (2M x d)
+    std::vector<T> y(static_cast<size_t>(2 * M * L));  // [S; dP] -> [dS; P]   (2M x L)
+    std::vector<T> ab(static_cast<size_t>(M * D)), dqb(ab.size()), tmp(static_cast<size_t>(dh * D));
+    std::vector<T> scratch(exact_lse ? static_cast<size_t>(L) : 0);
+    for (int64_t c = cb; c < ce; ++c) {
+      T* pc = part.data() + c * D * D;
+      std::fill(pc, pc + D * D, T(0));
+      for (int64_t n = c * per; n < std::min(N, (c + 1) * per); ++n) {
+        const T* xn = x + n * L * D;
+        T* dan = w.data() + M * D;
+        rows.gather(q, n, M, w.data());
+        rows.gather(a, n, M, ab.data());
+        for (int64_t h = 0; h < H; ++h)  // da_h = dc_h W_v,h   (K x dh) (dh x d)
+          kern::gemm_nn<T>(K, D, dh, dc + n * K * D + h * dh, D, wv + h * dh * D, D,
+                           dan + h * K * D, D);
+        mm.nt(2 * M, L, D, w.data(), D, xn, D, y.data(), L);  // [S; dP] = [q; da] x^T
+        for (int64_t m = 0; m < M; ++m) {
+          T* top = y.data() + m * L;
+          T* bottom = y.data() + (M + m) * L;
+          const T row_lse = exact_lse ? row_logsumexp(top, L, scratch.data()) : lse[n * M + m];
+          softmax_bwd_rows(top, bottom, L, row_lse, dot(dan + m * D, ab.data() + m * D, D));
+        }
+        mm.nn(M, D, L, y.data(), L, xn, D, dqb.data(), D);                // dq = dS x
+        mm.tn(L, D, 2 * M, y.data(), L, w.data(), D, dx + n * L * D, D);  // dx = [dS; P]^T [q; da]
+        for (int64_t h = 0; h < H; ++h) {
+          const T* dqh = dqb.data() + h * K * D;
+          const T* qsh = qs + n * K * D + h * dh;
+          // d_qs_h = dq_h W_k,h^T   (K x d) (d x dh)
+          kern::gemm_nt<T>(K, dh, D, dqh, D, wk + h * dh * D, D, d_qs + n * K * D + h * dh, D);
+          // d W_k,h += qs_h^T dq_h   (dh x K) (K x d)
+          kern::gemm_tn<T>(dh, D, K, qsh, D, dqh, D, tmp.data(), D);
+          T* ph = pc + h * dh * D;
+          at::vec::map2([](Vec u, Vec v) { return u + v; }, ph, ph, tmp.data(), dh * D);
+        }
+      }
+    }
+  });
+  std::fill(d_wk, d_wk + D * D, T(0));
+  for (int64_t c = 0; c < nch; ++c) {
+    const T* pc = part.data() + c * D * D;
+    at::vec::map2([](Vec u, Vec v) { return u + v; }, d_wk, d_wk, pc, D * D);
+  }
+}
+
 void check_core_inputs(const Tensor& q, const Tensor& x) {
   check_cpu_float(q, "q");
   check_cpu_float(x, "x");
@@ -409,14 +470,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_bwd(
   Tensor d_c_hm = d_context.view({NK, heads, dh}).transpose(0, 1);  // (h, NK, dh)
   Tensor d_w_v = d_w_in.narrow(0, 2 * D, D).view({heads, dh, D});
   at::bmm_out(d_w_v, d_c_hm.transpose(1, 2), a_hm);
-  Tensor d_a_hm = at::bmm(d_c_hm, w_v);  // (h, NK, d)
-  // the core
-  auto core = core_bwd_impl(d_a_hm, q_hm, x, a_hm, lse, K);
-  const Tensor& dq_hm = std::get<0>(core);
-  // q~_h = qs_h W_k,h with qs = (query W_q^T + b_q) / sqrt(d_h)
-  Tensor d_w_k = d_w_in.narrow(0, D, D).view({heads, dh, D});
-  at::bmm_out(d_w_k, qs.view({NK, heads, dh}).transpose(0, 1).transpose(1, 2), dq_hm);
-  Tensor d_qp = at::bmm(dq_hm, w_k.transpose(1, 2)).transpose(0, 1).reshape({NK, D}).mul_(scale);
+  // the core, with da = dc W_v before it and d_qs = dq W_k^T, d W_k = qs^T dq after it
+  const auto ct = compute_type(query.scalar_type());
+  const Tensor dcc = as_compute(d_context, ct), wvc = as_compute(w_v, ct),
+               wkc = as_compute(w_k, ct), qsc = as_compute(qs, ct), qc = as_compute(q_hm, ct),
+               xc = as_compute(x, ct), ac = as_compute(a_hm, ct), lsec = as_compute(lse, ct);
+  const bool exact_lse = ct == at::kDouble && lse.scalar_type() != at::kDouble;
+  Tensor d_qs = at::empty({NK, D}, qc.options());
+  Tensor dx = at::empty({N, x.size(1), D}, qc.options());
+  Tensor d_wk = at::empty({D, D}, qc.options());
+  AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_op_bwd", [&] {
+    op_core_bwd_kernel<scalar_t>(
+        dcc.const_data_ptr<scalar_t>(), wvc.const_data_ptr<scalar_t>(),
+        wkc.const_data_ptr<scalar_t>(), qsc.const_data_ptr<scalar_t>(),
+        qc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+        ac.const_data_ptr<scalar_t>(), lsec.const_data_ptr<scalar_t>(),
+        d_qs.mutable_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+        d_wk.mutable_data_ptr<scalar_t>(), N, K, heads, x.size(1), D, exact_lse);
+  });
+  d_w_in.narrow(0, D, D).copy_(d_wk);
+  Tensor d_qp = d_qs.mul_(scale).to(query.scalar_type());
   Tensor d_w_q = d_w_in.narrow(0, 0, D);
   at::mm_out(d_w_q, d_qp.t(), query.reshape({NK, D}));
   Tensor d_query = d_qp.mm(w_q).view({N, K, D});
@@ -426,7 +499,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_bwd(
   at::sum_out(d_b_q, d_qp, {0});
   d_b_in.narrow(0, D, D).zero_();
   at::sum_out(d_b_v, d_context, {0});
-  return {d_query, std::get<1>(core), d_w_in, d_b_in, d_w_out, d_b_out};
+  return {d_query, dx.to(x.scalar_type()), d_w_in, d_b_in, d_w_out, d_b_out};
 }
 
 }  // namespace
