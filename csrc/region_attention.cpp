@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -261,6 +262,37 @@ void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const T* l
   });
 }
 
+// The whole op's forward core, with the per-head projections on either side of it done per frame
+// in the kernel: q~_h = qs_h W_k,h is formed in the thread's block (and scattered to q_hm, a
+// residual of the backward), and the context c_h = A_h W_v,h^T is written straight into its
+// (N K, d) layout (bias not added). The stock route runs both as depth-32 / width-32 batched GEMMs
+// over heads-major tensors.
+template <typename T>
+void op_core_fwd_kernel(const T* qs, const T* wk, const T* wv, const T* x, T* q, T* a, T* lse,
+                        T* ctx, int64_t N, int64_t K, int64_t H, int64_t L, int64_t D) {
+  const int64_t M = H * K, dh = D / H;
+  const Gemms<T> mm(M);
+  const Rows rows{N, K, D};
+  at::parallel_for(0, N, frame_grain(M, L, D), [&](int64_t begin, int64_t end) {
+    std::vector<T> s(static_cast<size_t>(M * L));  // this thread's M x L block of S, then P
+    std::vector<T> qb(static_cast<size_t>(M * D)), ab(qb.size());
+    for (int64_t n = begin; n < end; ++n) {
+      const T* xn = x + n * L * D;
+      for (int64_t h = 0; h < H; ++h)  // q~_h = qs_h W_k,h   (K x dh) (dh x d)
+        kern::gemm_nn<T>(K, D, dh, qs + n * K * D + h * dh, D, wk + h * dh * D, D,
+                         qb.data() + h * K * D, D);
+      rows.scatter(qb.data(), n, M, q);
+      mm.nt(M, L, D, qb.data(), D, xn, D, s.data(), L);  // S = q x^T
+      for (int64_t m = 0; m < M; ++m) lse[n * M + m] = softmax_row(s.data() + m * L, L);
+      mm.nn(M, D, L, s.data(), L, xn, D, ab.data(), D);  // a = P x
+      rows.scatter(ab.data(), n, M, a);
+      for (int64_t h = 0; h < H; ++h)  // c_h = A_h W_v,h^T   (K x d) (d x dh)
+        kern::gemm_nt<T>(K, dh, D, ab.data() + h * K * D, D, wv + h * dh * D, D,
+                         ctx + n * K * D + h * dh, D);
+    }
+  });
+}
+
 // The whole op's backward core, with the per-head projections on either side of it done per frame
 // in the kernel: da_h = dc_h W_v,h is formed in the thread's [q; da] block, and dq never leaves the
 // thread: d_qs_h = dq_h W_k,h^T is written out (N K x d, qs's layout) and d W_k,h += qs_h^T dq_h is
@@ -269,30 +301,37 @@ void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const T* l
 // frame). The chunk count depends on N only, so the result does not depend on the thread count.
 template <typename T>
 void op_core_bwd_kernel(const T* dc, const T* wv, const T* wk, const T* qs, const T* q, const T* x,
-                        const T* a, const T* lse, T* d_qs, T* dx, T* d_wk, int64_t N, int64_t K,
-                        int64_t H, int64_t L, int64_t D, bool exact_lse) {
+                        const T* a, const T* lse, T* d_qs, T* dx, T* d_wk, T* d_wv, int64_t N,
+                        int64_t K, int64_t H, int64_t L, int64_t D, bool exact_lse) {
   using Vec = at::vec::Vectorized<T>;
   const int64_t M = H * K, dh = D / H;
   const Gemms<T> mm(M);
   const Rows rows{N, K, D};
   const int64_t nch = std::max<int64_t>(1, std::min<int64_t>(N, 16)), per = (N + nch - 1) / nch;
-  std::vector<T> part(static_cast<size_t>(nch * D * D));  // d W_k partial sums, one per chunk
+  // d W_k and d W_v partial sums, one pair per chunk of frames
+  std::unique_ptr<T[]> part(new T[2 * nch * D * D]);  // each chunk zeroes its own
   at::parallel_for(0, nch, 1, [&](int64_t cb, int64_t ce) {
     std::vector<T> w(static_cast<size_t>(2 * M * D));  // [q; da]   (2M x d)
     std::vector<T> y(static_cast<size_t>(2 * M * L));  // [S; dP] -> [dS; P]   (2M x L)
     std::vector<T> ab(static_cast<size_t>(M * D)), dqb(ab.size()), tmp(static_cast<size_t>(dh * D));
     std::vector<T> scratch(exact_lse ? static_cast<size_t>(L) : 0);
     for (int64_t c = cb; c < ce; ++c) {
-      T* pc = part.data() + c * D * D;
-      std::fill(pc, pc + D * D, T(0));
+      T* pc = part.get() + 2 * c * D * D;  // d W_k, then d W_v
+      std::fill(pc, pc + 2 * D * D, T(0));
       for (int64_t n = c * per; n < std::min(N, (c + 1) * per); ++n) {
         const T* xn = x + n * L * D;
         T* dan = w.data() + M * D;
         rows.gather(q, n, M, w.data());
         rows.gather(a, n, M, ab.data());
-        for (int64_t h = 0; h < H; ++h)  // da_h = dc_h W_v,h   (K x dh) (dh x d)
-          kern::gemm_nn<T>(K, D, dh, dc + n * K * D + h * dh, D, wv + h * dh * D, D,
-                           dan + h * K * D, D);
+        for (int64_t h = 0; h < H; ++h) {
+          const T* dch = dc + n * K * D + h * dh;
+          // da_h = dc_h W_v,h   (K x dh) (dh x d)
+          kern::gemm_nn<T>(K, D, dh, dch, D, wv + h * dh * D, D, dan + h * K * D, D);
+          // d W_v,h += dc_h^T A_h   (dh x K) (K x d)
+          kern::gemm_tn<T>(dh, D, K, dch, D, ab.data() + h * K * D, D, tmp.data(), D);
+          T* ph = pc + D * D + h * dh * D;
+          at::vec::map2([](Vec u, Vec v) { return u + v; }, ph, ph, tmp.data(), dh * D);
+        }
         mm.nt(2 * M, L, D, w.data(), D, xn, D, y.data(), L);  // [S; dP] = [q; da] x^T
         for (int64_t m = 0; m < M; ++m) {
           T* top = y.data() + m * L;
@@ -316,9 +355,11 @@ void op_core_bwd_kernel(const T* dc, const T* wv, const T* wk, const T* qs, cons
     }
   });
   std::fill(d_wk, d_wk + D * D, T(0));
+  std::fill(d_wv, d_wv + D * D, T(0));
   for (int64_t c = 0; c < nch; ++c) {
-    const T* pc = part.data() + c * D * D;
+    const T* pc = part.get() + 2 * c * D * D;
     at::vec::map2([](Vec u, Vec v) { return u + v; }, d_wk, d_wk, pc, D * D);
+    at::vec::map2([](Vec u, Vec v) { return u + v; }, d_wv, d_wv, pc + D * D, D * D);
   }
 }
 
@@ -434,20 +475,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_fwd(
   // qs = (query W_q^T + b_q) / sqrt(d_h);  q~_h = qs_h W_k,h  (the key bias cancels)
   Tensor qs = b_in.has_value() ? at::addmm(b_in->narrow(0, 0, D), q2, w_q.t(), scale, scale)
                                : at::mm(q2, w_q.t()).mul_(scale);
-  Tensor q_hm = at::bmm(qs.view({NK, heads, dh}).transpose(0, 1), w_k.view({heads, dh, D}));
-  auto core = core_fwd_impl(q_hm, x, K);
-  const Tensor& a_hm = std::get<0>(core);
-  // context_h = A_h W_v,h^T + b_v,h, concatenated over heads; out = context W_o^T + b_o
-  Tensor c_hm = at::bmm(a_hm, w_v.view({heads, dh, D}).transpose(1, 2));  // (h, NK, dh)
-  Tensor context = at::empty({NK, heads, dh}, query.options());
-  if (b_in.has_value()) {
-    at::add_out(context, c_hm.transpose(0, 1), b_in->narrow(0, 2 * D, D).view({heads, dh}));
-  } else {
-    context.copy_(c_hm.transpose(0, 1));
-  }
-  context = context.view({NK, D});
+  const auto ct = compute_type(query.scalar_type());
+  const Tensor qsc = as_compute(qs, ct), wkc = as_compute(w_k, ct), wvc = as_compute(w_v, ct),
+               xc = as_compute(x, ct);
+  Tensor q_hm = at::empty({heads, NK, D}, qsc.options());
+  Tensor a_hm = at::empty({heads, NK, D}, qsc.options());
+  Tensor lse = at::empty({N, heads * K}, qsc.options());
+  Tensor context = at::empty({NK, D}, qsc.options());
+  AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_op_fwd", [&] {
+    op_core_fwd_kernel<scalar_t>(
+        qsc.const_data_ptr<scalar_t>(), wkc.const_data_ptr<scalar_t>(),
+        wvc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+        q_hm.mutable_data_ptr<scalar_t>(), a_hm.mutable_data_ptr<scalar_t>(),
+        lse.mutable_data_ptr<scalar_t>(), context.mutable_data_ptr<scalar_t>(), N, K, heads,
+        x.size(1), D);
+  });
+  // context = [c_h + b_v,h over heads];  out = context W_o^T + b_o
+  if (b_in.has_value()) context.add_(b_in->narrow(0, 2 * D, D));
+  const auto dt = query.scalar_type();
+  q_hm = q_hm.to(dt);
+  a_hm = a_hm.to(dt);
+  context = context.to(dt);
   Tensor out = at::linear(context, w_out, b_out).view({N, K, D});
-  return {out, q_hm, a_hm, std::get<1>(core), qs, context};
+  return {out, q_hm, a_hm, lse, qs, context};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_bwd(
@@ -467,10 +517,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_bwd(
   Tensor d_w_out = g.t().mm(context);
   Tensor d_b_out = g.sum(0);
   Tensor d_context = g.mm(w_out);
-  Tensor d_c_hm = d_context.view({NK, heads, dh}).transpose(0, 1);  // (h, NK, dh)
-  Tensor d_w_v = d_w_in.narrow(0, 2 * D, D).view({heads, dh, D});
-  at::bmm_out(d_w_v, d_c_hm.transpose(1, 2), a_hm);
-  // the core, with da = dc W_v before it and d_qs = dq W_k^T, d W_k = qs^T dq after it
+  // the core, with da = dc W_v and d W_v = dc^T A before it, d_qs = dq W_k^T and d W_k = qs^T dq
+  // after it
   const auto ct = compute_type(query.scalar_type());
   const Tensor dcc = as_compute(d_context, ct), wvc = as_compute(w_v, ct),
                wkc = as_compute(w_k, ct), qsc = as_compute(qs, ct), qc = as_compute(q_hm, ct),
@@ -478,7 +526,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_bwd(
   const bool exact_lse = ct == at::kDouble && lse.scalar_type() != at::kDouble;
   Tensor d_qs = at::empty({NK, D}, qc.options());
   Tensor dx = at::empty({N, x.size(1), D}, qc.options());
-  Tensor d_wk = at::empty({D, D}, qc.options());
+  Tensor d_wk = at::empty({2, D, D}, qc.options());  // d W_k, d W_v
   AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_op_bwd", [&] {
     op_core_bwd_kernel<scalar_t>(
         dcc.const_data_ptr<scalar_t>(), wvc.const_data_ptr<scalar_t>(),
@@ -486,9 +534,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_bwd(
         qc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
         ac.const_data_ptr<scalar_t>(), lsec.const_data_ptr<scalar_t>(),
         d_qs.mutable_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-        d_wk.mutable_data_ptr<scalar_t>(), N, K, heads, x.size(1), D, exact_lse);
+        d_wk.mutable_data_ptr<scalar_t>(), d_wk.mutable_data_ptr<scalar_t>() + D * D, N, K,
+        heads, x.size(1), D, exact_lse);
   });
-  d_w_in.narrow(0, D, D).copy_(d_wk);
+  d_w_in.narrow(0, D, 2 * D).copy_(d_wk.view({2 * D, D}));
   Tensor d_qp = d_qs.mul_(scale).to(query.scalar_type());
   Tensor d_w_q = d_w_in.narrow(0, 0, D);
   at::mm_out(d_w_q, d_qp.t(), query.reshape({NK, D}));
