@@ -262,94 +262,108 @@ void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const T* l
   });
 }
 
-// The whole op's forward core, with the per-head projections on either side of it done per frame
-// in the kernel: q~_h = qs_h W_k,h is formed in the thread's block (and scattered to q_hm, a
-// residual of the backward), and the context c_h = A_h W_v,h^T is written straight into its
-// (N K, d) layout (bias not added). The stock route runs both as depth-32 / width-32 batched GEMMs
-// over heads-major tensors.
+// ---- the whole op's core, with the per-head projections on either side of it -------------------
+//
+// The stock route runs q~_h = qs_h W_k,h, c_h = A_h W_v,h^T and, in the backward, da_h = dc_h W_v,h,
+// d_qs_h = dq_h W_k,h^T, d W_k,h = qs_h^T dq_h, d W_v,h = dc_h^T A_h as depth-32 or width-32
+// batched GEMMs over heads-major (heads, N K, d) tensors: at N = 384, K = 16 each such tensor is
+// 48 MB written and read back once. Here they run inside the core's parallel loop on blocks of G
+// frames (G K >= 64 rows, so that W_k,h and W_v,h are reused from cache at small K): da and dq
+// never leave the thread, and each block's q~, A, context and d_qs are written once. The weight
+// gradients are summed per chunk of blocks (at most 16 chunks, fixed by N and K only) and the
+// chunks reduced in order, so the result does not depend on the thread count.
+
+inline int64_t block_frames(int64_t K) { return std::max<int64_t>(1, (64 + K - 1) / K); }
+
 template <typename T>
 void op_core_fwd_kernel(const T* qs, const T* wk, const T* wv, const T* x, T* q, T* a, T* lse,
                         T* ctx, int64_t N, int64_t K, int64_t H, int64_t L, int64_t D) {
-  const int64_t M = H * K, dh = D / H;
+  const int64_t M = H * K, dh = D / H, NK = N * K;
   const Gemms<T> mm(M);
   const Rows rows{N, K, D};
-  at::parallel_for(0, N, frame_grain(M, L, D), [&](int64_t begin, int64_t end) {
+  const int64_t G = block_frames(K), nb = (N + G - 1) / G;
+  at::parallel_for(0, nb, 1, [&](int64_t bb, int64_t be) {
     std::vector<T> s(static_cast<size_t>(M * L));  // this thread's M x L block of S, then P
     std::vector<T> qb(static_cast<size_t>(M * D)), ab(qb.size());
-    for (int64_t n = begin; n < end; ++n) {
-      const T* xn = x + n * L * D;
-      for (int64_t h = 0; h < H; ++h)  // q~_h = qs_h W_k,h   (K x dh) (dh x d)
-        kern::gemm_nn<T>(K, D, dh, qs + n * K * D + h * dh, D, wk + h * dh * D, D,
-                         qb.data() + h * K * D, D);
-      rows.scatter(qb.data(), n, M, q);
-      mm.nt(M, L, D, qb.data(), D, xn, D, s.data(), L);  // S = q x^T
-      for (int64_t m = 0; m < M; ++m) lse[n * M + m] = softmax_row(s.data() + m * L, L);
-      mm.nn(M, D, L, s.data(), L, xn, D, ab.data(), D);  // a = P x
-      rows.scatter(ab.data(), n, M, a);
-      for (int64_t h = 0; h < H; ++h)  // c_h = A_h W_v,h^T   (K x d) (d x dh)
-        kern::gemm_nt<T>(K, dh, D, ab.data() + h * K * D, D, wv + h * dh * D, D,
-                         ctx + n * K * D + h * dh, D);
+    for (int64_t b = bb; b < be; ++b) {
+      const int64_t n0 = b * G, n1 = std::min(N, n0 + G), R = (n1 - n0) * K;
+      for (int64_t h = 0; h < H; ++h)  // q~_h = qs_h W_k,h   (R x dh) (dh x d)
+        kern::gemm_nn<T>(R, D, dh, qs + n0 * K * D + h * dh, D, wk + h * dh * D, D,
+                         q + h * NK * D + n0 * K * D, D);
+      for (int64_t n = n0; n < n1; ++n) {
+        const T* xn = x + n * L * D;
+        rows.gather(q, n, M, qb.data());
+        mm.nt(M, L, D, qb.data(), D, xn, D, s.data(), L);  // S = q x^T
+        for (int64_t m = 0; m < M; ++m) lse[n * M + m] = softmax_row(s.data() + m * L, L);
+        mm.nn(M, D, L, s.data(), L, xn, D, ab.data(), D);  // a = P x
+        rows.scatter(ab.data(), n, M, a);
+      }
+      for (int64_t h = 0; h < H; ++h)  // c_h = A_h W_v,h^T   (R x d) (d x dh)
+        kern::gemm_nt<T>(R, dh, D, a + h * NK * D + n0 * K * D, D, wv + h * dh * D, D,
+                         ctx + n0 * K * D + h * dh, D);
     }
   });
 }
 
-// The whole op's backward core, with the per-head projections on either side of it done per frame
-// in the kernel: da_h = dc_h W_v,h is formed in the thread's [q; da] block, and dq never leaves the
-// thread: d_qs_h = dq_h W_k,h^T is written out (N K x d, qs's layout) and d W_k,h += qs_h^T dq_h is
-// summed per chunk of frames. The stock route materializes da and dq heads-major (2 x N M d: 96 MB
-// at N = 384, K = 16), each through a depth-32 batched GEMM; here both stay in L1/L2 (a few KB per
-// frame). The chunk count depends on N only, so the result does not depend on the thread count.
 template <typename T>
 void op_core_bwd_kernel(const T* dc, const T* wv, const T* wk, const T* qs, const T* q, const T* x,
                         const T* a, const T* lse, T* d_qs, T* dx, T* d_wk, T* d_wv, int64_t N,
                         int64_t K, int64_t H, int64_t L, int64_t D, bool exact_lse) {
   using Vec = at::vec::Vectorized<T>;
-  const int64_t M = H * K, dh = D / H;
+  const int64_t M = H * K, dh = D / H, NK = N * K;
   const Gemms<T> mm(M);
   const Rows rows{N, K, D};
-  const int64_t nch = std::max<int64_t>(1, std::min<int64_t>(N, 16)), per = (N + nch - 1) / nch;
-  // d W_k and d W_v partial sums, one pair per chunk of frames
-  std::unique_ptr<T[]> part(new T[2 * nch * D * D]);  // each chunk zeroes its own
+  const int64_t G = block_frames(K), nb = (N + G - 1) / G;
+  const int64_t nch = std::min<int64_t>(nb, 16), per = (nb + nch - 1) / nch;  // blocks per chunk
+  std::unique_ptr<T[]> part(new T[2 * nch * D * D]);  // d W_k, d W_v per chunk; each zeroes its own
   at::parallel_for(0, nch, 1, [&](int64_t cb, int64_t ce) {
     std::vector<T> w(static_cast<size_t>(2 * M * D));  // [q; da]   (2M x d)
     std::vector<T> y(static_cast<size_t>(2 * M * L));  // [S; dP] -> [dS; P]   (2M x L)
-    std::vector<T> ab(static_cast<size_t>(M * D)), dqb(ab.size()), tmp(static_cast<size_t>(dh * D));
+    std::vector<T> dab(static_cast<size_t>(G * M * D)), dqb(dab.size());  // (H, G K, d) per block
+    std::vector<T> dqf(static_cast<size_t>(M * D)), tmp(static_cast<size_t>(dh * D));
     std::vector<T> scratch(exact_lse ? static_cast<size_t>(L) : 0);
+    const Rows brows{G, K, D};  // the block buffers' layout
+    auto acc = [&](T* dst) {
+      at::vec::map2([](Vec u, Vec v) { return u + v; }, dst, dst, tmp.data(), dh * D);
+    };
     for (int64_t c = cb; c < ce; ++c) {
-      T* pc = part.get() + 2 * c * D * D;  // d W_k, then d W_v
-      std::fill(pc, pc + 2 * D * D, T(0));
-      for (int64_t n = c * per; n < std::min(N, (c + 1) * per); ++n) {
-        const T* xn = x + n * L * D;
-        T* dan = w.data() + M * D;
-        rows.gather(q, n, M, w.data());
-        rows.gather(a, n, M, ab.data());
+      T* pk = part.get() + 2 * c * D * D;
+      T* pv = pk + D * D;
+      std::fill(pk, pk + 2 * D * D, T(0));
+      for (int64_t b = c * per; b < std::min(nb, (c + 1) * per); ++b) {
+        const int64_t n0 = b * G, n1 = std::min(N, n0 + G), R = (n1 - n0) * K;
         for (int64_t h = 0; h < H; ++h) {
-          const T* dch = dc + n * K * D + h * dh;
-          // da_h = dc_h W_v,h   (K x dh) (dh x d)
-          kern::gemm_nn<T>(K, D, dh, dch, D, wv + h * dh * D, D, dan + h * K * D, D);
-          // d W_v,h += dc_h^T A_h   (dh x K) (K x d)
-          kern::gemm_tn<T>(dh, D, K, dch, D, ab.data() + h * K * D, D, tmp.data(), D);
-          T* ph = pc + D * D + h * dh * D;
-          at::vec::map2([](Vec u, Vec v) { return u + v; }, ph, ph, tmp.data(), dh * D);
+          const T* dch = dc + n0 * K * D + h * dh;
+          // da_h = dc_h W_v,h   (R x dh) (dh x d);   d W_v,h += dc_h^T A_h   (dh x R) (R x d)
+          kern::gemm_nn<T>(R, D, dh, dch, D, wv + h * dh * D, D, dab.data() + h * G * K * D, D);
+          kern::gemm_tn<T>(dh, D, R, dch, D, a + h * NK * D + n0 * K * D, D, tmp.data(), D);
+          acc(pv + h * dh * D);
         }
-        mm.nt(2 * M, L, D, w.data(), D, xn, D, y.data(), L);  // [S; dP] = [q; da] x^T
-        for (int64_t m = 0; m < M; ++m) {
-          T* top = y.data() + m * L;
-          T* bottom = y.data() + (M + m) * L;
-          const T row_lse = exact_lse ? row_logsumexp(top, L, scratch.data()) : lse[n * M + m];
-          softmax_bwd_rows(top, bottom, L, row_lse, dot(dan + m * D, ab.data() + m * D, D));
+        for (int64_t n = n0; n < n1; ++n) {
+          const T* xn = x + n * L * D;
+          T* dan = w.data() + M * D;
+          rows.gather(q, n, M, w.data());
+          brows.gather(dab.data(), n - n0, M, dan);
+          mm.nt(2 * M, L, D, w.data(), D, xn, D, y.data(), L);  // [S; dP] = [q; da] x^T
+          for (int64_t m = 0; m < M; ++m) {
+            T* top = y.data() + m * L;
+            T* bottom = y.data() + (M + m) * L;
+            const T* am = a + (m / K) * NK * D + (n * K + m % K) * D;
+            const T row_lse = exact_lse ? row_logsumexp(top, L, scratch.data()) : lse[n * M + m];
+            softmax_bwd_rows(top, bottom, L, row_lse, dot(dan + m * D, am, D));
+          }
+          // dq = dS x, into the block buffer;  dx = [dS; P]^T [q; da]
+          mm.nn(M, D, L, y.data(), L, xn, D, dqf.data(), D);
+          brows.scatter(dqf.data(), n - n0, M, dqb.data());
+          mm.tn(L, D, 2 * M, y.data(), L, w.data(), D, dx + n * L * D, D);
         }
-        mm.nn(M, D, L, y.data(), L, xn, D, dqb.data(), D);                // dq = dS x
-        mm.tn(L, D, 2 * M, y.data(), L, w.data(), D, dx + n * L * D, D);  // dx = [dS; P]^T [q; da]
         for (int64_t h = 0; h < H; ++h) {
-          const T* dqh = dqb.data() + h * K * D;
-          const T* qsh = qs + n * K * D + h * dh;
-          // d_qs_h = dq_h W_k,h^T   (K x d) (d x dh)
-          kern::gemm_nt<T>(K, dh, D, dqh, D, wk + h * dh * D, D, d_qs + n * K * D + h * dh, D);
-          // d W_k,h += qs_h^T dq_h   (dh x K) (K x d)
-          kern::gemm_tn<T>(dh, D, K, qsh, D, dqh, D, tmp.data(), D);
-          T* ph = pc + h * dh * D;
-          at::vec::map2([](Vec u, Vec v) { return u + v; }, ph, ph, tmp.data(), dh * D);
+          const T* dqh = dqb.data() + h * G * K * D;
+          const T* qsh = qs + n0 * K * D + h * dh;
+          // d_qs_h = dq_h W_k,h^T   (R x d) (d x dh);   d W_k,h += qs_h^T dq_h   (dh x R) (R x d)
+          kern::gemm_nt<T>(R, dh, D, dqh, D, wk + h * dh * D, D, d_qs + n0 * K * D + h * dh, D);
+          kern::gemm_tn<T>(dh, D, R, qsh, D, dqh, D, tmp.data(), D);
+          acc(pk + h * dh * D);
         }
       }
     }
@@ -357,9 +371,9 @@ void op_core_bwd_kernel(const T* dc, const T* wv, const T* wk, const T* qs, cons
   std::fill(d_wk, d_wk + D * D, T(0));
   std::fill(d_wv, d_wv + D * D, T(0));
   for (int64_t c = 0; c < nch; ++c) {
-    const T* pc = part.get() + 2 * c * D * D;
-    at::vec::map2([](Vec u, Vec v) { return u + v; }, d_wk, d_wk, pc, D * D);
-    at::vec::map2([](Vec u, Vec v) { return u + v; }, d_wv, d_wv, pc + D * D, D * D);
+    const T* pk = part.get() + 2 * c * D * D;
+    at::vec::map2([](Vec u, Vec v) { return u + v; }, d_wk, d_wk, pk, D * D);
+    at::vec::map2([](Vec u, Vec v) { return u + v; }, d_wv, d_wv, pk + D * D, D * D);
   }
 }
 
