@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -261,6 +262,121 @@ void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const T* l
   });
 }
 
+// ---- the whole op's core, with the per-head projections on either side of it -------------------
+//
+// The stock route runs q~_h = qs_h W_k,h, c_h = A_h W_v,h^T and, in the backward, da_h = dc_h W_v,h,
+// d_qs_h = dq_h W_k,h^T, d W_k,h = qs_h^T dq_h, d W_v,h = dc_h^T A_h as depth-32 or width-32
+// batched GEMMs over heads-major (heads, N K, d) tensors: at N = 384, K = 16 each such tensor is
+// 48 MB written and read back once. Here they run inside the core's parallel loop on blocks of G
+// frames (G K >= 64 rows, so that W_k,h and W_v,h are reused from cache at small K): da and dq
+// never leave the thread, and each block's q~, A, context and d_qs are written once. The weight
+// gradients are summed per chunk of blocks (at most 16 chunks, fixed by N and K only) and the
+// chunks reduced in order, so the result does not depend on the thread count.
+
+inline int64_t block_frames(int64_t K) { return std::max<int64_t>(1, (64 + K - 1) / K); }
+
+template <typename T>
+void op_core_fwd_kernel(const T* qs, const T* wk, const T* wv, const T* x, T* q, T* a, T* lse,
+                        T* ctx, int64_t N, int64_t K, int64_t H, int64_t L, int64_t D) {
+  const int64_t M = H * K, dh = D / H, NK = N * K;
+  const Gemms<T> mm(M);
+  const Rows rows{N, K, D};
+  const int64_t G = block_frames(K), nb = (N + G - 1) / G;
+  at::parallel_for(0, nb, 1, [&](int64_t bb, int64_t be) {
+    std::vector<T> s(static_cast<size_t>(M * L));  // this thread's M x L block of S, then P
+    std::vector<T> qb(static_cast<size_t>(M * D)), ab(qb.size());
+    for (int64_t b = bb; b < be; ++b) {
+      const int64_t n0 = b * G, n1 = std::min(N, n0 + G), R = (n1 - n0) * K;
+      for (int64_t h = 0; h < H; ++h)  // q~_h = qs_h W_k,h   (R x dh) (dh x d)
+        kern::gemm_nn<T>(R, D, dh, qs + n0 * K * D + h * dh, D, wk + h * dh * D, D,
+                         q + h * NK * D + n0 * K * D, D);
+      for (int64_t n = n0; n < n1; ++n) {
+        const T* xn = x + n * L * D;
+        rows.gather(q, n, M, qb.data());
+        mm.nt(M, L, D, qb.data(), D, xn, D, s.data(), L);  // S = q x^T
+        for (int64_t m = 0; m < M; ++m) lse[n * M + m] = softmax_row(s.data() + m * L, L);
+        mm.nn(M, D, L, s.data(), L, xn, D, ab.data(), D);  // a = P x
+        rows.scatter(ab.data(), n, M, a);
+      }
+      for (int64_t h = 0; h < H; ++h)  // c_h = A_h W_v,h^T   (R x d) (d x dh)
+        kern::gemm_nt<T>(R, dh, D, a + h * NK * D + n0 * K * D, D, wv + h * dh * D, D,
+                         ctx + n0 * K * D + h * dh, D);
+    }
+  });
+}
+
+template <typename T>
+void op_core_bwd_kernel(const T* dc, const T* wv, const T* wk, const T* qs, const T* q, const T* x,
+                        const T* a, const T* lse, T* d_qs, T* dx, T* d_wk, T* d_wv, int64_t N,
+                        int64_t K, int64_t H, int64_t L, int64_t D, bool exact_lse) {
+  using Vec = at::vec::Vectorized<T>;
+  const int64_t M = H * K, dh = D / H, NK = N * K;
+  const Gemms<T> mm(M);
+  const Rows rows{N, K, D};
+  const int64_t G = block_frames(K), nb = (N + G - 1) / G;
+  const int64_t nch = std::min<int64_t>(nb, 16), per = (nb + nch - 1) / nch;  // blocks per chunk
+  std::unique_ptr<T[]> part(new T[2 * nch * D * D]);  // d W_k, d W_v per chunk; each zeroes its own
+  at::parallel_for(0, nch, 1, [&](int64_t cb, int64_t ce) {
+    std::vector<T> w(static_cast<size_t>(2 * M * D));  // [q; da]   (2M x d)
+    std::vector<T> y(static_cast<size_t>(2 * M * L));  // [S; dP] -> [dS; P]   (2M x L)
+    std::vector<T> dab(static_cast<size_t>(G * M * D)), dqb(dab.size());  // (H, G K, d) per block
+    std::vector<T> dqf(static_cast<size_t>(M * D)), tmp(static_cast<size_t>(dh * D));
+    std::vector<T> scratch(exact_lse ? static_cast<size_t>(L) : 0);
+    const Rows brows{G, K, D};  // the block buffers' layout
+    auto acc = [&](T* dst) {
+      at::vec::map2([](Vec u, Vec v) { return u + v; }, dst, dst, tmp.data(), dh * D);
+    };
+    for (int64_t c = cb; c < ce; ++c) {
+      T* pk = part.get() + 2 * c * D * D;
+      T* pv = pk + D * D;
+      std::fill(pk, pk + 2 * D * D, T(0));
+      for (int64_t b = c * per; b < std::min(nb, (c + 1) * per); ++b) {
+        const int64_t n0 = b * G, n1 = std::min(N, n0 + G), R = (n1 - n0) * K;
+        for (int64_t h = 0; h < H; ++h) {
+          const T* dch = dc + n0 * K * D + h * dh;
+          // da_h = dc_h W_v,h   (R x dh) (dh x d);   d W_v,h += dc_h^T A_h   (dh x R) (R x d)
+          kern::gemm_nn<T>(R, D, dh, dch, D, wv + h * dh * D, D, dab.data() + h * G * K * D, D);
+          kern::gemm_tn<T>(dh, D, R, dch, D, a + h * NK * D + n0 * K * D, D, tmp.data(), D);
+          acc(pv + h * dh * D);
+        }
+        for (int64_t n = n0; n < n1; ++n) {
+          const T* xn = x + n * L * D;
+          T* dan = w.data() + M * D;
+          rows.gather(q, n, M, w.data());
+          brows.gather(dab.data(), n - n0, M, dan);
+          mm.nt(2 * M, L, D, w.data(), D, xn, D, y.data(), L);  // [S; dP] = [q; da] x^T
+          for (int64_t m = 0; m < M; ++m) {
+            T* top = y.data() + m * L;
+            T* bottom = y.data() + (M + m) * L;
+            const T* am = a + (m / K) * NK * D + (n * K + m % K) * D;
+            const T row_lse = exact_lse ? row_logsumexp(top, L, scratch.data()) : lse[n * M + m];
+            softmax_bwd_rows(top, bottom, L, row_lse, dot(dan + m * D, am, D));
+          }
+          // dq = dS x, into the block buffer;  dx = [dS; P]^T [q; da]
+          mm.nn(M, D, L, y.data(), L, xn, D, dqf.data(), D);
+          brows.scatter(dqf.data(), n - n0, M, dqb.data());
+          mm.tn(L, D, 2 * M, y.data(), L, w.data(), D, dx + n * L * D, D);
+        }
+        for (int64_t h = 0; h < H; ++h) {
+          const T* dqh = dqb.data() + h * G * K * D;
+          const T* qsh = qs + n0 * K * D + h * dh;
+          // d_qs_h = dq_h W_k,h^T   (R x d) (d x dh);   d W_k,h += qs_h^T dq_h   (dh x R) (R x d)
+          kern::gemm_nt<T>(R, dh, D, dqh, D, wk + h * dh * D, D, d_qs + n0 * K * D + h * dh, D);
+          kern::gemm_tn<T>(dh, D, R, qsh, D, dqh, D, tmp.data(), D);
+          acc(pk + h * dh * D);
+        }
+      }
+    }
+  });
+  std::fill(d_wk, d_wk + D * D, T(0));
+  std::fill(d_wv, d_wv + D * D, T(0));
+  for (int64_t c = 0; c < nch; ++c) {
+    const T* pk = part.get() + 2 * c * D * D;
+    at::vec::map2([](Vec u, Vec v) { return u + v; }, d_wk, d_wk, pk, D * D);
+    at::vec::map2([](Vec u, Vec v) { return u + v; }, d_wv, d_wv, pk + D * D, D * D);
+  }
+}
+
 void check_core_inputs(const Tensor& q, const Tensor& x) {
   check_cpu_float(q, "q");
   check_cpu_float(x, "x");
@@ -373,20 +489,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_fwd(
   // qs = (query W_q^T + b_q) / sqrt(d_h);  q~_h = qs_h W_k,h  (the key bias cancels)
   Tensor qs = b_in.has_value() ? at::addmm(b_in->narrow(0, 0, D), q2, w_q.t(), scale, scale)
                                : at::mm(q2, w_q.t()).mul_(scale);
-  Tensor q_hm = at::bmm(qs.view({NK, heads, dh}).transpose(0, 1), w_k.view({heads, dh, D}));
-  auto core = core_fwd_impl(q_hm, x, K);
-  const Tensor& a_hm = std::get<0>(core);
-  // context_h = A_h W_v,h^T + b_v,h, concatenated over heads; out = context W_o^T + b_o
-  Tensor c_hm = at::bmm(a_hm, w_v.view({heads, dh, D}).transpose(1, 2));  // (h, NK, dh)
-  Tensor context = at::empty({NK, heads, dh}, query.options());
-  if (b_in.has_value()) {
-    at::add_out(context, c_hm.transpose(0, 1), b_in->narrow(0, 2 * D, D).view({heads, dh}));
-  } else {
-    context.copy_(c_hm.transpose(0, 1));
-  }
-  context = context.view({NK, D});
+  const auto ct = compute_type(query.scalar_type());
+  const Tensor qsc = as_compute(qs, ct), wkc = as_compute(w_k, ct), wvc = as_compute(w_v, ct),
+               xc = as_compute(x, ct);
+  Tensor q_hm = at::empty({heads, NK, D}, qsc.options());
+  Tensor a_hm = at::empty({heads, NK, D}, qsc.options());
+  Tensor lse = at::empty({N, heads * K}, qsc.options());
+  Tensor context = at::empty({NK, D}, qsc.options());
+  AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_op_fwd", [&] {
+    op_core_fwd_kernel<scalar_t>(
+        qsc.const_data_ptr<scalar_t>(), wkc.const_data_ptr<scalar_t>(),
+        wvc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+        q_hm.mutable_data_ptr<scalar_t>(), a_hm.mutable_data_ptr<scalar_t>(),
+        lse.mutable_data_ptr<scalar_t>(), context.mutable_data_ptr<scalar_t>(), N, K, heads,
+        x.size(1), D);
+  });
+  // context = [c_h + b_v,h over heads];  out = context W_o^T + b_o
+  if (b_in.has_value()) context.add_(b_in->narrow(0, 2 * D, D));
+  const auto dt = query.scalar_type();
+  q_hm = q_hm.to(dt);
+  a_hm = a_hm.to(dt);
+  context = context.to(dt);
   Tensor out = at::linear(context, w_out, b_out).view({N, K, D});
-  return {out, q_hm, a_hm, std::get<1>(core), qs, context};
+  return {out, q_hm, a_hm, lse, qs, context};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_bwd(
@@ -406,17 +531,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_bwd(
   Tensor d_w_out = g.t().mm(context);
   Tensor d_b_out = g.sum(0);
   Tensor d_context = g.mm(w_out);
-  Tensor d_c_hm = d_context.view({NK, heads, dh}).transpose(0, 1);  // (h, NK, dh)
-  Tensor d_w_v = d_w_in.narrow(0, 2 * D, D).view({heads, dh, D});
-  at::bmm_out(d_w_v, d_c_hm.transpose(1, 2), a_hm);
-  Tensor d_a_hm = at::bmm(d_c_hm, w_v);  // (h, NK, d)
-  // the core
-  auto core = core_bwd_impl(d_a_hm, q_hm, x, a_hm, lse, K);
-  const Tensor& dq_hm = std::get<0>(core);
-  // q~_h = qs_h W_k,h with qs = (query W_q^T + b_q) / sqrt(d_h)
-  Tensor d_w_k = d_w_in.narrow(0, D, D).view({heads, dh, D});
-  at::bmm_out(d_w_k, qs.view({NK, heads, dh}).transpose(0, 1).transpose(1, 2), dq_hm);
-  Tensor d_qp = at::bmm(dq_hm, w_k.transpose(1, 2)).transpose(0, 1).reshape({NK, D}).mul_(scale);
+  // the core, with da = dc W_v and d W_v = dc^T A before it, d_qs = dq W_k^T and d W_k = qs^T dq
+  // after it
+  const auto ct = compute_type(query.scalar_type());
+  const Tensor dcc = as_compute(d_context, ct), wvc = as_compute(w_v, ct),
+               wkc = as_compute(w_k, ct), qsc = as_compute(qs, ct), qc = as_compute(q_hm, ct),
+               xc = as_compute(x, ct), ac = as_compute(a_hm, ct), lsec = as_compute(lse, ct);
+  const bool exact_lse = ct == at::kDouble && lse.scalar_type() != at::kDouble;
+  Tensor d_qs = at::empty({NK, D}, qc.options());
+  Tensor dx = at::empty({N, x.size(1), D}, qc.options());
+  Tensor d_wk = at::empty({2, D, D}, qc.options());  // d W_k, d W_v
+  AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_op_bwd", [&] {
+    op_core_bwd_kernel<scalar_t>(
+        dcc.const_data_ptr<scalar_t>(), wvc.const_data_ptr<scalar_t>(),
+        wkc.const_data_ptr<scalar_t>(), qsc.const_data_ptr<scalar_t>(),
+        qc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+        ac.const_data_ptr<scalar_t>(), lsec.const_data_ptr<scalar_t>(),
+        d_qs.mutable_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+        d_wk.mutable_data_ptr<scalar_t>(), d_wk.mutable_data_ptr<scalar_t>() + D * D, N, K,
+        heads, x.size(1), D, exact_lse);
+  });
+  d_w_in.narrow(0, D, 2 * D).copy_(d_wk.view({2 * D, D}));
+  Tensor d_qp = d_qs.mul_(scale).to(query.scalar_type());
   Tensor d_w_q = d_w_in.narrow(0, 0, D);
   at::mm_out(d_w_q, d_qp.t(), query.reshape({NK, D}));
   Tensor d_query = d_qp.mm(w_q).view({N, K, D});
@@ -426,7 +562,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_bwd(
   at::sum_out(d_b_q, d_qp, {0});
   d_b_in.narrow(0, D, D).zero_();
   at::sum_out(d_b_v, d_context, {0});
-  return {d_query, std::get<1>(core), d_w_in, d_b_in, d_w_out, d_b_out};
+  return {d_query, dx.to(x.scalar_type()), d_w_in, d_b_in, d_w_out, d_b_out};
 }
 
 }  // namespace
