@@ -21,7 +21,7 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +44,17 @@ from artlib.engine.logs import Logs, interval_line, progress, setup_logging
 from artlib.engine.metrics import save_confusion_png, save_per_class_csv
 from artlib.engine.model import build_model, compile_model, data_config, unwrap, wrap_model
 from artlib.engine.optim import build_optimizer, effective_lr, global_batch, lr_factor
+from artlib.engine.rundir import (
+    RunFolderError,
+    RunFolderLock,
+    check_fresh,
+    remove_stale_parts,
+    set_parent_death_signal,
+)
 from artlib.nn import set_check_inputs
 from artlib.nn._checks import check_labels
 
-__all__ = ["Trainer", "train", "seed_everything"]
+__all__ = ["Trainer", "claim_output_dir", "run_session", "seed_everything", "train"]
 # the names other modules imported from here before the engine was split into parts
 __all__ += ["build_items", "build_model", "build_optimizer", "compile_model", "head_options"]
 __all__ += ["lr_factor"]
@@ -105,8 +112,10 @@ class LossMeter:
         vals = {k: v / max(self.seen, 1) for k, v in sums.items()}
         if not all(math.isfinite(v) for v in vals.values()):
             raise FloatingPointError(
-                f"loss is not finite by epoch {self.epoch + 1}, step {step}; running means: "
+                f"loss is not finite by epoch {self.epoch + 1}, step {step} (running means: "
                 + ", ".join(f"{k}={v:.4g}" for k, v in vals.items())
+                + "); try a lower --lr or --grad-clip, or --check-inputs to find a bad batch; "
+                "--resume auto continues from the last checkpoint"
             )
         before, n_before = self.at_last
         n = max(self.seen - n_before, 1)
@@ -278,10 +287,12 @@ class Trainer:
             self.best = max(self.best, row["val_top1"])
         row["epoch_time_s"] = round(time.time() - started, 2)
         row["skipped_videos"] = _failures(self.train_loader, self.val_loader)
-        self.logs.epoch(epoch + 1, row)
         if self.info.is_main:
             log.info("epoch %d: %s", epoch + 1, " ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
+            # the checkpoint first, then the row: a kill in between loses the row (a resume
+            # trains the epoch after the checkpoint), never writes an epoch twice
             self.checkpointer.save(epoch + 1, self.best, best=is_best)  # best.pt: the best Top-1
+        self.logs.epoch(epoch + 1, row)
         barrier()
         return result
 
@@ -291,8 +302,16 @@ class Trainer:
         validation metrics (on every rank)."""
         t0 = time.time()
         self.start_epoch, self.best = self.checkpointer.resume(self.cfg.run.resume)
+        # optimizer steps so far (ceil(batches / --accum-steps) per epoch): the x axis of the
+        # interval scalars continues where the checkpoint left it
+        self.steps_done = self.start_epoch * -(
+            -len(self.train_loader) // self.cfg.optim.accum_steps
+        )
+        if self.info.is_main:  # what the run actually uses, resumed options included
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out / "config.yaml")  # --config on it reproduces the run
         self.net = wrap_model(self.model, self.cfg, self.info.device, self.info.distributed)
-        self.logs = Logs(self.out, self.info.is_main)
+        self.logs = Logs(self.out, self.info.is_main, epoch=self.start_epoch, step=self.steps_done)
         self.log_start()
         result = None
         for epoch in range(self.start_epoch, self.cfg.optim.epochs):
@@ -417,9 +436,7 @@ def _failures(*loaders) -> int:
 def train(cfg: TrainConfig) -> dict:
     """The whole run from a config: the parts assembled, then ``Trainer.fit``; returns the final
     metrics (on every rank)."""
-    info = setup_distributed(cfg.run.device)
-    setup_logging(info)
-    try:
+    with run_session(cfg) as info:
         announce(cfg, info)
         seed_everything(cfg.run.seed, cfg.run.deterministic)
         items = build_items(cfg, info)
@@ -427,12 +444,72 @@ def train(cfg: TrainConfig) -> dict:
         model = build_model(cfg, items.class_names).to(info.device)
         loaders = build_loaders(cfg, info, items, data_config(model))
         return Trainer(cfg, model, *loaders, items.class_names, info).fit()
+
+
+@contextmanager
+def run_session(cfg: TrainConfig):
+    """The run's processes and its output folder, around the training: a worker under torchrun
+    dies with its agent (parent-death signal), the ranks join their process group, the logs are
+    set up, and rank 0 owns ``--output-dir`` (``claim_output_dir``) until the block ends.
+
+        with run_session(cfg) as info:    # DistInfo
+            ...                           # build the parts, Trainer(...).fit()
+    """
+    if "LOCAL_RANK" in os.environ:  # under torchrun: die with the agent, never as an orphan
+        set_parent_death_signal()
+    info = setup_distributed(cfg.run.device)
+    setup_logging(info)
+    lock = None
+    try:
+        lock = claim_output_dir(cfg, info)
+        yield info
     finally:
+        if lock is not None:
+            lock.release()
         cleanup_distributed()
 
 
+def claim_output_dir(cfg: TrainConfig, info: DistInfo) -> RunFolderLock | None:
+    """Rank 0 takes the output folder's lock, refuses a new run into a folder that holds one
+    (``--overwrite`` removes it instead) and removes the ``.part`` files a killed run left. Its
+    refusal reaches every rank, so each stops with the same one line (:class:`RunFolderError`)
+    instead of waiting for rank 0. -> the lock (rank 0), or None."""
+    out, r = Path(cfg.run.output_dir), cfg.run
+    lock, error = None, None
+    if info.is_main:
+        try:
+            lock = RunFolderLock(out).acquire()
+            removed = check_fresh(out, r.resume, overwrite=r.overwrite)
+            if removed:
+                log.warning("--overwrite: removed the earlier run's %s", ", ".join(removed))
+            parts = remove_stale_parts(out)
+            if parts:
+                log.info(
+                    "removed %d unfinished write(s) of a killed run: %s",
+                    len(parts),
+                    ", ".join(str(p.relative_to(out)) for p in parts),
+                )
+        except RunFolderError as e:
+            error = str(e)
+            if lock is not None:
+                lock.release()
+                lock = None
+        except OSError as e:  # e.g. a folder that cannot be created
+            error = f"--output-dir: {out}: {e.strerror or e}"
+    if info.distributed:
+        import torch.distributed as dist
+
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise RunFolderError(error)
+    return lock
+
+
 def announce(cfg: TrainConfig, info: DistInfo) -> None:
-    """The first log line (the recipe and the data) and the run's config.yaml (rank 0)."""
+    """The first log line: the recipe and the data (config.yaml is written after the resume,
+    ``Trainer.fit``)."""
     d = cfg.data
     data = "the built-in synthetic set" if builtin_data(cfg) else (d.train_list or d.data_root)
     log.info(
@@ -442,7 +519,3 @@ def announce(cfg: TrainConfig, info: DistInfo) -> None:
         "the small recipe" if cfg.preset == "small" else "the paper's recipe",
         f"{data}, {info.device}",
     )
-    if info.is_main:
-        out = Path(cfg.run.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")  # --config on it reproduces the run
