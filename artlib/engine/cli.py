@@ -21,7 +21,7 @@ def _show(key: str, value, preset: str) -> str:
     if value is None and key.endswith("pretrained") and preset == "paper":
         return "required" + (" unless --bank/--baseline" if key == "model.text_pretrained" else "")
     if isinstance(value, (tuple, list)):
-        return ",".join(value) or "none"
+        return ",".join(map(str, value)) or "none"
     return "not set" if value is None else str(value)
 
 
