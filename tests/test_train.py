@@ -603,3 +603,38 @@ def test_training_step_makes_no_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert set(row) >= {"train_total", "train_v", "train_con"}
+
+
+def test_training_steps_log_the_tracklet_health_with_unchanged_losses():
+    """ART's step asks for the maps (return_maps) to log train_health_*: the loss terms are the
+    same as without, and the health figures are those of health_scalars on the same maps."""
+    from artlib.engine.config import TrainConfig
+    from artlib.engine.model import build_model
+    from artlib.nn.localization import health_scalars
+
+    cfg = TrainConfig()
+    cfg.model.backbone, cfg.model.text_model, cfg.model.dim, cfg.model.heads = (
+        "tiny_cnn", "random", 32, 2,
+    )  # fmt: skip
+    cfg.data.num_frames, cfg.data.crop_size, cfg.model.dropout = 4, 32, 0.0
+    torch.manual_seed(0)
+    model = build_model(cfg, ["a", "b", "c"]).eval()
+    video, labels = torch.rand(2, 4, 3, 32, 32), torch.tensor([0, 2])
+    torch.manual_seed(1)
+    _, plain = model(video, labels)
+    torch.manual_seed(1)
+    _, with_maps = model(video, labels, return_maps=True)
+    maps = with_maps.pop("maps")
+    assert plain.keys() == with_maps.keys()
+    for k in plain:
+        assert torch.equal(plain[k], with_maps[k]), k
+    trainer = _trainer(model, cfg)
+    assert trainer.health
+    torch.manual_seed(1)
+    losses = trainer.train_step(video, labels, step_now=False)
+    want = health_scalars(maps)
+    assert {k for k in losses if k.startswith("health_")} == set(want)
+    for k, v in want.items():
+        assert v.dim() == 0 and torch.allclose(losses[k], v), (k, losses[k], v)
+    cfg.model.baseline = True
+    assert not _trainer(_FixedLoss([1.0]), cfg).health

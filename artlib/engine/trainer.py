@@ -53,6 +53,7 @@ from artlib.engine.rundir import (
 )
 from artlib.nn import set_check_inputs
 from artlib.nn._checks import check_labels
+from artlib.nn.localization import health_scalars
 
 __all__ = ["Trainer", "claim_output_dir", "run_session", "seed_everything", "train"]
 # the names other modules imported from here before the engine was split into parts
@@ -162,6 +163,9 @@ class Trainer:
             ema=self.ema,
             keep=cfg.run.keep_checkpoints,
         )
+        # ART's steps also log the tracklet health (train_health_*): its maps come with the
+        # losses (return_maps); the baseline has none
+        self.health = not cfg.model.baseline and "return_maps" in _parameters(model.forward)
         self.net = None  # the model as the steps run it (DDP, compiled), set by fit()
         self.logs = None
         self.best, self.steps_done, self.start_epoch = 0.0, 0, 0
@@ -184,7 +188,11 @@ class Trainer:
         no_sync = nullcontext() if step_now or not self.info.distributed else net.no_sync()
         with no_sync:
             with self.autocast():
-                _, losses = net(video, labels)
+                if self.health:  # the last decoder layer's maps -> the tracklet health figures
+                    _, losses = net(video, labels, return_maps=True)
+                    losses.update(health_scalars(losses.pop("maps")))  # 0-dim, on the device
+                else:
+                    _, losses = net(video, labels)
             (losses["total"] / self.cfg.optim.accum_steps).backward()
         if step_now:
             self.optimizer_step()
@@ -310,6 +318,7 @@ class Trainer:
         if self.info.is_main:  # what the run actually uses, resumed options included
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.out / "config.yaml")  # --config on it reproduces the run
+        self.prepare_native()
         self.net = wrap_model(self.model, self.cfg, self.info.device, self.info.distributed)
         self.logs = Logs(self.out, self.info.is_main, epoch=self.start_epoch, step=self.steps_done)
         self.log_start()
@@ -323,6 +332,17 @@ class Trainer:
         if self.info.is_main:
             self.write_outputs(result, metrics, minutes=(time.time() - t0) / 60)
         return metrics
+
+    def prepare_native(self) -> None:
+        """On CPU, load the native kernels ART's ops will use before the first epoch, so that a
+        first build (1-4 min, announced by one log line, then cached) is not timed as the first
+        step. Nothing for the baseline, on a GPU, or where another backend is chosen."""
+        if self.info.device.type != "cpu" or self.cfg.model.baseline:
+            return
+        from artlib.ops import _backend, _native
+
+        if any(_backend.planned(op, "cpu") == "native" for op in _native.OPS):
+            _native.load()  # warns and falls back to the reference when it cannot build
 
     def log_start(self) -> None:
         cfg, m, info = self.cfg, self.cfg.model, self.info
@@ -363,10 +383,11 @@ class Trainer:
         names, out, m = self.class_names, self.out, self.cfg.model
         save_per_class_csv(result.matrix, out / "per_class.csv", names)
         save_confusion_png(result.matrix, out / "confusion.png", names)  # warns without matplotlib
+        k = min(5, len(names))  # a 3-class model's best 5 are all its classes: a Top-3
         summary = {
             "model": "baseline" if m.baseline else "ART",
             "top1": round(metrics["val_top1"], 4),
-            "top5": round(metrics["val_top5"], 4),
+            f"top{k}": round(metrics["val_top5"], 4),
             "mean_class_acc": round(metrics["val_mean_class_acc"], 4),
             "count": metrics["val_count"],
             "skipped": metrics["val_skipped"],
@@ -378,7 +399,7 @@ class Trainer:
         # the trained backbone alone, for --pretrained of a later run (e.g. ART on a harder set)
         atomic_save_torch(self.scored.backbone.state_dict(), out / "backbone.pt")
         print(
-            f"FINAL {summary['model']} top1={summary['top1']:.4f} top5={summary['top5']:.4f} "
+            f"FINAL {summary['model']} top1={summary['top1']:.4f} top{k}={summary[f'top{k}']:.4f} "
             f"mean_class_acc={summary['mean_class_acc']:.4f} best_top1={summary['best_top1']:.4f} "
             f"epochs={self.cfg.optim.epochs} time={minutes:.1f}min output={out}",
             flush=True,
@@ -415,6 +436,15 @@ class _Clock:
         self.data = self.step = 0.0
         self.clips = self.steps = 0
         return out
+
+
+def _parameters(fn) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
 def _fmt(v) -> str:
