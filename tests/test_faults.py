@@ -547,6 +547,25 @@ def test_sigkill_of_the_torchrun_agent_leaves_no_orphan_worker(tmp_path, bank):
 
 
 @pytest.mark.slow
+def test_a_refusal_under_torchrun_reaches_every_rank(tmp_path, bank):
+    """Rank 0 refuses the folder; rank 1 does not wait for it: each rank says the one line and
+    exits 2 (torchrun's own report of the failed workers follows)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("epoch\n1\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += [SCRIPT, *TINY, "--bank", bank, "--epochs", "1", "--output-dir", str(out)]
+    res = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in res.stderr.splitlines() if "error: --output-dir" in ln]
+    assert res.returncode != 0 and len(lines) == 2, res.stderr[-4000:]
+    assert {ln.split(":")[0] for ln in lines} == {
+        "train_finegym.py [rank 0]",
+        "train_finegym.py [rank 1]",
+    }, lines
+    assert all("already holds a run" in ln for ln in lines), lines
+
+
+@pytest.mark.slow
 def test_ctrl_c_stops_with_one_line_and_a_resumable_folder(tmp_path, bank):
     out = tmp_path / "run"
     cmd = [sys.executable, SCRIPT, *TINY, "--bank", bank, "--epochs", "50", "--output-dir"]
