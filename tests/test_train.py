@@ -638,3 +638,33 @@ def test_training_steps_log_the_tracklet_health_with_unchanged_losses():
         assert v.dim() == 0 and torch.allclose(losses[k], v), (k, losses[k], v)
     cfg.model.baseline = True
     assert not _trainer(_FixedLoss([1.0]), cfg).health
+
+
+def test_eval_result_final_line_names_the_top_k_it_measures():
+    """k = min(5, classes): with 3 classes the "top5" hits are a Top-3 (artlib.evaluate's rule)."""
+    from artlib.engine.evaluation import EvalResult
+
+    r = EvalResult(matrix=torch.tensor([[1, 0, 0], [0, 1, 0], [1, 0, 0]]), top5_hits=3, count=3,
+                   total=3)  # fmt: skip
+    assert r.final_line() == (
+        "FINAL eval top1=0.6667 top3=1.0000 mean_class_acc=0.6667 count=3 skipped=0"
+    )
+    r = EvalResult(matrix=torch.eye(6, dtype=torch.long), top5_hits=6, count=6, total=6)
+    assert " top5=1.0000 " in r.final_line("FINAL val")
+
+
+def test_native_kernels_load_before_the_first_epoch_on_cpu_only_for_art(monkeypatch):
+    from artlib.engine.config import TrainConfig
+    from artlib.ops import _backend, _native
+
+    calls = []
+    monkeypatch.setattr(_native, "load", lambda: calls.append(1) or True)
+    monkeypatch.setattr(_backend, "planned", lambda op, device_type: "native")
+    _trainer(_FixedLoss([1.0])).prepare_native()
+    assert calls == [1]
+    cfg = TrainConfig()
+    cfg.model.baseline = True
+    _trainer(_FixedLoss([1.0]), cfg).prepare_native()
+    monkeypatch.setattr(_backend, "planned", lambda op, device_type: "reference")
+    _trainer(_FixedLoss([1.0])).prepare_native()
+    assert calls == [1]  # not for the baseline, nor when another backend runs
