@@ -441,6 +441,7 @@ def _epochs_in_metrics(out: Path) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(fh)]
 
 
+@pytest.mark.slow
 def test_trainer_refuses_a_busy_folder_and_an_old_run_with_one_line(tmp_path, bank):
     out = tmp_path / "run"
     holder = _spawn(HOLD_LOCK, out)
@@ -455,6 +456,11 @@ def test_trainer_refuses_a_busy_folder_and_an_old_run_with_one_line(tmp_path, ba
     line = _one_error_line(_train(out, bank, "--epochs", "1", check=False), 2)
     assert "already holds a run (metrics.csv)" in line and "--resume auto" in line, line
     assert (out / "metrics.csv").read_text() == "epoch,train_total\n1,2.0\n"  # left alone
+    # --overwrite replaces the old run's outputs and keeps files artlib did not write
+    (out / "notes.txt").write_text("mine")
+    res = _train(out, bank, "--epochs", "1", "--overwrite")
+    assert "--overwrite: removed the earlier run's metrics.csv" in res.stderr, res.stderr[-3000:]
+    assert _epochs_in_metrics(out) == [1] and (out / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.slow
