@@ -637,3 +637,29 @@ def test_a_list_where_the_config_expects_one_value_is_one_line(tmp_path):
     )  # fmt: skip
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "expected one" in res.stderr and "[" in res.stderr, res.stderr
+
+
+def test_a_resume_onto_other_class_names_is_one_line_naming_both(tmp_path):
+    from artlib.engine.checkpoint import Checkpointer
+    from artlib.engine.config import TrainConfig
+    from artlib.engine.model import build_model
+    from artlib.engine.optim import build_optimizer
+
+    cfg = TrainConfig()
+    cfg.model.backbone, cfg.model.text_model, cfg.model.dim, cfg.model.heads = (
+        "tiny_cnn", "random", 32, 2,
+    )  # fmt: skip
+    cfg.data.num_frames, cfg.data.crop_size = 4, 32
+
+    def checkpointer(names):
+        model = build_model(cfg, names)
+        opt, sched = build_optimizer(cfg, model)
+        return Checkpointer(tmp_path, cfg=cfg, class_names=names, model=model, optimizer=opt,
+                            scheduler=sched)  # fmt: skip
+
+    checkpointer(["jump", "turn", "flip"]).save(1, 0.5)
+    with pytest.raises(RunFolderError) as e:
+        checkpointer(["jump", "turn", "split"]).resume("auto")
+    msg = str(e.value)
+    assert "\n" not in msg and "3 classes (jump, turn, flip)" in msg, msg
+    assert "has 3 (jump, turn, split)" in msg, msg
