@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from artlib._io import torch_load_reason
+
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".pyth", ".bin", ".safetensors", ".ckpt", ".pkl")
 
 # ``pretrained="none"`` asks for random weights on purpose (a run can then tell it from a
@@ -248,11 +250,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", what: str = "ch
         if asked or "GLOBAL" in str(e):
             raise UnsafeCheckpointError(path, asked) from None
         raise CheckpointError(
-            f"{what}: {path} is not a torch.save file ({_first_line(e)})"
+            f"{what}: {path} is not a torch.save file ({torch_load_reason(e)})"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - random bytes fail torch's reader in many ways
         raise CheckpointError(
-            f"{what}: {path} cannot be read (truncated or not a torch.save file: {_first_line(e)})"
+            f"{what}: {path} cannot be read (truncated or not a torch.save file: "
+            f"{torch_load_reason(e)})"
         ) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         legacy = isinstance(obj, dict) and {"model", "optimizer", "epoch"} <= set(obj)
@@ -270,11 +273,6 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", what: str = "ch
             f"{obj.get('artlib_version')}; this artlib reads up to {FORMAT_VERSION}: upgrade artlib"
         )
     return obj
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
 
 
 __all__ = [

@@ -58,6 +58,8 @@ def run(
             "--no-progress",
             "--output-dir",
             str(target),
+            "--resume",  # an interrupted earlier try continues (a fresh folder starts anew)
+            "auto",
             *flags,
             *extra,
         ]

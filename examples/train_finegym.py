@@ -34,26 +34,27 @@ default of the chosen preset (`--preset paper --help` for the paper's). Same as 
 
 import sys
 
-from artlib.engine.cli import parse
+from artlib.engine.cli import parse, run_guarded
 
 
 def main(argv=None) -> int:
     # the flags, checked before torch loads: a bad one exits 2 with one line
     cfg = parse(argv, dataset="finegym", prog="train_finegym.py")
+    # a refused folder or resume, a non-finite loss, a full disk, Ctrl-C: one line, an exit status
+    return run_guarded(cfg, lambda: train(cfg), prog="train_finegym.py")
 
+
+def train(cfg) -> dict:
     import torch
 
-    from artlib.engine.checkpoint import CheckpointError
     from artlib.engine.data import build_items, build_loaders
-    from artlib.engine.distributed import cleanup_distributed, setup_distributed
-    from artlib.engine.logs import setup_logging
     from artlib.engine.model import build_model, data_config
-    from artlib.engine.trainer import Trainer, announce, seed_everything
+    from artlib.engine.trainer import Trainer, announce, run_session, seed_everything
 
-    info = setup_distributed(cfg.run.device)  # torchrun's ranks, or one process
-    setup_logging(info)
-    try:
-        announce(cfg, info)  # the first log line; output dir and its config.yaml
+    # torchrun's ranks (each dies with its agent), or one process; rank 0 owns --output-dir:
+    # a busy folder, or one holding a run without --resume/--overwrite, is refused here
+    with run_session(cfg) as info:
+        announce(cfg, info)  # the first log line
         seed_everything(cfg.run.seed, cfg.run.deterministic)
         # the data: FineGym's layout under --data-root, your lists, or the built-in set
         items = build_items(cfg, info)
@@ -63,13 +64,7 @@ def main(argv=None) -> int:
         train_loader, val_loader = build_loaders(cfg, info, items, data_config(model))
         # optimizer, schedule, EMA, checkpoints and logs come from the config
         trainer = Trainer(cfg, model, train_loader, val_loader, items.class_names, info)
-        trainer.fit()  # --resume, the epochs, validation, best.pt, the FINAL line
-    except CheckpointError as e:  # a --resume file that is not a safe artlib checkpoint
-        print(f"train_finegym.py: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        cleanup_distributed()
-    return 0
+        return trainer.fit()  # --resume, the epochs, validation, best.pt, the FINAL line
 
 
 if __name__ == "__main__":

@@ -399,3 +399,277 @@ def test_resume_fixed_keys_are_options_of_the_trainer():
     new = config_to_dict(TrainConfig())
     new["optim"]["lr"], new["run"]["resume"] = 1e6, "auto"
     assert resume_diff(saved, new, RESUME_FIXED, flag=flags) == {"optim.lr": (0.01, 1e6)}
+
+
+# --------------------------------------------------------------- the trainer, end to end
+SCRIPT = str(REPO / "examples" / "train_finegym.py")
+TINY = [
+    *("--synthetic-classes", "4", "--synthetic-train-per-class", "4"),
+    *("--synthetic-val-per-class", "2", "--synthetic-size", "32", "--num-frames", "4"),
+    *("--crop-size", "32", "--batch-size", "4", "--workers", "0", "--dim", "32", "--heads", "2"),
+    *("--no-progress", "--seed", "1"),
+]
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bank") / "bank.pt"
+    torch.save({"bank": torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(0))}, path)
+    return str(path)
+
+
+def _train(out: Path, bank: str, *args, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, SCRIPT, *TINY, "--bank", bank, "--output-dir", str(out), *args]
+    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600, cwd=REPO)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{cmd} exited {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr}")
+    return res
+
+
+def _one_error_line(res: subprocess.CompletedProcess, code: int) -> str:
+    """The run exited ``code`` with one error line on stderr and no traceback; -> that line."""
+    errors = [ln for ln in res.stderr.splitlines() if ": error: " in ln or "interrupted" in ln]
+    assert res.returncode == code and len(errors) == 1, (res.returncode, res.stderr[-4000:])
+    assert "Traceback" not in res.stderr, res.stderr[-4000:]
+    return errors[0]
+
+
+def _epochs_in_metrics(out: Path) -> list[int]:
+    import csv
+
+    with open(out / "metrics.csv", newline="") as fh:
+        return [int(row["epoch"]) for row in csv.DictReader(fh)]
+
+
+@pytest.mark.slow
+def test_trainer_refuses_a_busy_folder_and_an_old_run_with_one_line(tmp_path, bank):
+    out = tmp_path / "run"
+    holder = _spawn(HOLD_LOCK, out)
+    try:
+        assert _ready(holder) == "held"
+        line = _one_error_line(_train(out, bank, "--epochs", "1", check=False), 2)
+        assert f"in use by another run (pid {holder.pid} on host" in line, line
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+    (out / "metrics.csv").write_text("epoch,train_total\n1,2.0\n")
+    line = _one_error_line(_train(out, bank, "--epochs", "1", check=False), 2)
+    assert "already holds a run (metrics.csv)" in line and "--resume auto" in line, line
+    assert (out / "metrics.csv").read_text() == "epoch,train_total\n1,2.0\n"  # left alone
+    # --overwrite replaces the old run's outputs and keeps files artlib did not write
+    (out / "notes.txt").write_text("mine")
+    res = _train(out, bank, "--epochs", "1", "--overwrite")
+    assert "--overwrite: removed the earlier run's metrics.csv" in res.stderr, res.stderr[-3000:]
+    assert _epochs_in_metrics(out) == [1] and (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_resume_auto_after_a_kill_mid_write_falls_back_applies_lr_and_refuses_dim(tmp_path, bank):
+    """A 2-epoch run, then the state a kill during epoch 2's checkpoint leaves at its worst: the
+    newest checkpoint cut short, a .part file, epoch 2's row and a half-written row in
+    metrics.csv. ``--resume auto --lr 0.01`` skips the cut checkpoint with a warning naming it,
+    resumes from epoch 1, removes the .part file, writes each epoch once, trains at the new lr
+    and records it; a changed --dim is refused with one line."""
+    out = tmp_path / "run"
+    _train(out, bank, "--epochs", "2")
+    assert _epochs_in_metrics(out) == [1, 2]
+    ckpt = out / "checkpoints"
+    newest = ckpt / "checkpoint_epoch0002.pt"
+    newest.write_bytes(newest.read_bytes()[:4000])
+    part = ckpt / ".checkpoint_epoch0003.pt.k1ll3d.part"
+    part.write_bytes(b"\0" * 100)
+    with open(out / "metrics.csv", "a") as fh:
+        fh.write("3,1.0")  # a row cut short by the kill
+    res = _train(out, bank, "--epochs", "2", "--resume", "auto", "--lr", "0.01")
+    warn = [ln for ln in res.stderr.splitlines() if "WARNING" in ln and "skipping" in ln]
+    assert len(warn) == 1 and str(newest) in warn[0], res.stderr[-4000:]
+    assert "resumed from epoch 1" in res.stderr and "--lr 0.002 -> 0.01" in res.stderr, res.stderr
+    assert not part.exists() and ".part" in res.stderr
+    assert _epochs_in_metrics(out) == [1, 2]  # no epoch twice, no cut row
+    state = torch.load(newest, weights_only=True)  # rewritten whole
+    assert state["epoch"] == 2 and state["config"]["optim"]["lr"] == 0.01
+    groups = state["optimizer"]["param_groups"]
+    assert [g["initial_lr"] for g in groups] == [0.01] * len(groups), groups
+    assert state["scheduler"]["base_lrs"] == [0.01] * len(groups)
+    # the lr of epoch 2 (0-based 1, the cosine's end of 2 epochs with 1 warm-up: 0.01 * 1.0)
+    rows = (out / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert float(rows[2].split(",")[header.index("lr")]) == pytest.approx(0.01), rows
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["lr"] == 0.01
+    # options that define the model or the data refuse, naming the option and both values
+    line = _one_error_line(_train(out, bank, "--resume", "auto", "--dim", "64", check=False), 2)
+    assert "--dim: the checkpoint was trained with 32, this run asks for 64" in line, line
+
+
+def _children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (/proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_sigkill_of_the_torchrun_agent_leaves_no_orphan_worker(tmp_path, bank):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += [SCRIPT, *TINY, "--bank", bank, "--epochs", "50", "--output-dir", str(out)]
+    agent = subprocess.Popen(
+        cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    workers: list[int] = []
+    try:
+        # both ranks are past the process group's start (rank 0 then takes the lock): each has
+        # set its parent-death signal by then
+        deadline = time.monotonic() + 300
+        lock = out / LOCK_NAME
+        while time.monotonic() < deadline and agent.poll() is None:
+            if lock.is_file() and lock.read_text().strip():
+                break
+            time.sleep(0.1)
+        workers[:] = _children(agent.pid)
+        assert agent.poll() is None and len(workers) == 2, (workers, agent.poll())
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(30)
+        left = [pid for pid in workers if not _wait_gone(pid, 10)]
+        assert not left, f"workers {left} still run 10 s after their agent was killed"
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        agent.wait(30)
+        for pid in workers:  # orphans of a failed check: not left running
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+    # no one holds the folder any more (a dying process's leader shows as a zombie while its
+    # other threads still exit; the lock goes with the last of them: a moment's wait)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            RunFolderLock(out).acquire().release()
+            break
+        except RunFolderBusy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_refusal_under_torchrun_reaches_every_rank(tmp_path, bank):
+    """Rank 0 refuses the folder; rank 1 does not wait for it: each rank says the one line and
+    exits 2 (torchrun's own report of the failed workers follows)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("epoch\n1\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += [SCRIPT, *TINY, "--bank", bank, "--epochs", "1", "--output-dir", str(out)]
+    res = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in res.stderr.splitlines() if "error: --output-dir" in ln]
+    assert res.returncode != 0 and len(lines) == 2, res.stderr[-4000:]
+    assert {ln.split(":")[0] for ln in lines} == {
+        "train_finegym.py [rank 0]",
+        "train_finegym.py [rank 1]",
+    }, lines
+    assert all("already holds a run" in ln for ln in lines), lines
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_with_one_line_and_a_resumable_folder(tmp_path, bank):
+    out = tmp_path / "run"
+    cmd = [sys.executable, SCRIPT, *TINY, "--bank", bank, "--epochs", "50", "--output-dir"]
+    proc = subprocess.Popen(
+        [*cmd, str(out)], env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    first = out / "checkpoints" / "checkpoint_epoch0001.pt"
+    deadline = time.monotonic() + 300
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    line = _one_error_line(res, 130)
+    assert "--resume auto" in line and str(out) in line, line
+    RunFolderLock(out).acquire().release()
+    path, state = newest_intact_checkpoint(out / "checkpoints")
+    assert state["epoch"] >= 1
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from artlib.engine import checkpoint as ck
+
+    files = ck.CheckpointManager(tmp_path / "checkpoints")
+    files.save({"epoch": 1}, 1)
+
+    def full(*args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck.shutil, "copyfileobj", full)  # best.pt's copy
+    with pytest.raises(ck.CheckpointWriteError) as e:
+        files.save({"epoch": 2}, 2, best=True)
+    msg = str(e.value)
+    assert "\n" not in msg and "best.pt (No space left on device)" in msg, msg
+    assert "--resume auto" in msg
+    monkeypatch.setattr(ck, "atomic_save_torch", full)  # the epoch's checkpoint itself
+    with pytest.raises(ck.CheckpointWriteError, match=r"checkpoint_epoch0003\.pt \(No space"):
+        files.save({"epoch": 3}, 3)
+    assert torch.load(files.path(1), weights_only=True) == {"epoch": 1}  # intact
+
+
+def test_a_non_finite_loss_is_one_line_naming_the_step_and_the_flags():
+    from artlib.engine.trainer import LossMeter
+
+    meter = LossMeter(epoch=2)
+    meter.add({"total": torch.tensor(float("nan")), "con": torch.tensor(1.0)}, 4)
+    with pytest.raises(FloatingPointError) as e:
+        meter.read(7)
+    msg = str(e.value)
+    assert "\n" not in msg and "epoch 3, step 7" in msg and "total=nan" in msg, msg
+    assert "--lr" in msg and "--grad-clip" in msg and "--check-inputs" in msg, msg
+
+
+def test_a_list_where_the_config_expects_one_value_is_one_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim:\n  lr: [0.1, 0.2]\nrun:\n  output_dir: [a]\n")
+    res = subprocess.run(
+        [sys.executable, SCRIPT, "--config", str(cfg), "--print-config"],
+        env=ENV, capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "expected one" in res.stderr and "[" in res.stderr, res.stderr
+
+
+def test_a_resume_onto_other_class_names_is_one_line_naming_both(tmp_path):
+    from artlib.engine.checkpoint import Checkpointer
+    from artlib.engine.config import TrainConfig
+    from artlib.engine.model import build_model
+    from artlib.engine.optim import build_optimizer
+
+    cfg = TrainConfig()
+    cfg.model.backbone, cfg.model.text_model, cfg.model.dim, cfg.model.heads = (
+        "tiny_cnn", "random", 32, 2,
+    )  # fmt: skip
+    cfg.data.num_frames, cfg.data.crop_size = 4, 32
+
+    def checkpointer(names):
+        model = build_model(cfg, names)
+        opt, sched = build_optimizer(cfg, model)
+        return Checkpointer(tmp_path, cfg=cfg, class_names=names, model=model, optimizer=opt,
+                            scheduler=sched)  # fmt: skip
+
+    checkpointer(["jump", "turn", "flip"]).save(1, 0.5)
+    with pytest.raises(RunFolderError) as e:
+        checkpointer(["jump", "turn", "split"]).resume("auto")
+    msg = str(e.value)
+    assert "\n" not in msg and "3 classes (jump, turn, flip)" in msg, msg
+    assert "has 3 (jump, turn, split)" in msg, msg

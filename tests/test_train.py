@@ -603,3 +603,68 @@ def test_training_step_makes_no_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert set(row) >= {"train_total", "train_v", "train_con"}
+
+
+def test_training_steps_log_the_tracklet_health_with_unchanged_losses():
+    """ART's step asks for the maps (return_maps) to log train_health_*: the loss terms are the
+    same as without, and the health figures are those of health_scalars on the same maps."""
+    from artlib.engine.config import TrainConfig
+    from artlib.engine.model import build_model
+    from artlib.nn.localization import health_scalars
+
+    cfg = TrainConfig()
+    cfg.model.backbone, cfg.model.text_model, cfg.model.dim, cfg.model.heads = (
+        "tiny_cnn", "random", 32, 2,
+    )  # fmt: skip
+    cfg.data.num_frames, cfg.data.crop_size, cfg.model.dropout = 4, 32, 0.0
+    torch.manual_seed(0)
+    model = build_model(cfg, ["a", "b", "c"]).eval()
+    video, labels = torch.rand(2, 4, 3, 32, 32), torch.tensor([0, 2])
+    torch.manual_seed(1)
+    _, plain = model(video, labels)
+    torch.manual_seed(1)
+    _, with_maps = model(video, labels, return_maps=True)
+    maps = with_maps.pop("maps")
+    assert plain.keys() == with_maps.keys()
+    for k in plain:
+        assert torch.equal(plain[k], with_maps[k]), k
+    trainer = _trainer(model, cfg)
+    assert trainer.health
+    torch.manual_seed(1)
+    losses = trainer.train_step(video, labels, step_now=False)
+    want = health_scalars(maps)
+    assert {k for k in losses if k.startswith("health_")} == set(want)
+    for k, v in want.items():
+        assert v.dim() == 0 and torch.allclose(losses[k], v), (k, losses[k], v)
+    cfg.model.baseline = True
+    assert not _trainer(_FixedLoss([1.0]), cfg).health
+
+
+def test_eval_result_final_line_names_the_top_k_it_measures():
+    """k = min(5, classes): with 3 classes the "top5" hits are a Top-3 (artlib.evaluate's rule)."""
+    from artlib.engine.evaluation import EvalResult
+
+    r = EvalResult(matrix=torch.tensor([[1, 0, 0], [0, 1, 0], [1, 0, 0]]), top5_hits=3, count=3,
+                   total=3)  # fmt: skip
+    assert r.final_line() == (
+        "FINAL eval top1=0.6667 top3=1.0000 mean_class_acc=0.6667 count=3 skipped=0"
+    )
+    r = EvalResult(matrix=torch.eye(6, dtype=torch.long), top5_hits=6, count=6, total=6)
+    assert " top5=1.0000 " in r.final_line("FINAL val")
+
+
+def test_native_kernels_load_before_the_first_epoch_on_cpu_only_for_art(monkeypatch):
+    from artlib.engine.config import TrainConfig
+    from artlib.ops import _backend, _native
+
+    calls = []
+    monkeypatch.setattr(_native, "load", lambda: calls.append(1) or True)
+    monkeypatch.setattr(_backend, "planned", lambda op, device_type: "native")
+    _trainer(_FixedLoss([1.0])).prepare_native()
+    assert calls == [1]
+    cfg = TrainConfig()
+    cfg.model.baseline = True
+    _trainer(_FixedLoss([1.0]), cfg).prepare_native()
+    monkeypatch.setattr(_backend, "planned", lambda op, device_type: "reference")
+    _trainer(_FixedLoss([1.0])).prepare_native()
+    assert calls == [1]  # not for the baseline, nor when another backend runs

@@ -52,6 +52,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "CheckpointManager",
+    "CheckpointWriteError",
     "Checkpointer",
     "UnsafeCheckpointError",
     "backbone_normalization",
@@ -168,6 +169,13 @@ def training_state(
     }
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint (or ``best.pt``) could not be written; the message is one line."""
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else "checkpoint write failed"
+
+
 class CheckpointManager:
     """``checkpoint_epoch{N}.pt`` files in ``directory`` (the newest ``keep`` kept) and
     ``best.pt``."""
@@ -200,12 +208,23 @@ class CheckpointManager:
         return found[-1][1] if found else None
 
     def save(self, state: dict, epoch: int, best: bool = False) -> Path:
-        """Write epoch ``epoch``'s checkpoint (and, when ``best``, the same as ``best.pt``)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        final = atomic_save_torch(state, self.path(epoch))
-        if best:  # the same bytes: copy the file instead of serialising the state again
-            with open(final, "rb") as src, atomic_write(self.best_path, "wb") as dst:
-                shutil.copyfileobj(src, dst, 16 << 20)
+        """Write epoch ``epoch``'s checkpoint (and, when ``best``, the same as ``best.pt``).
+        :class:`CheckpointWriteError` (one line) when the disk is full or not writable: the
+        earlier files are intact (every write goes to a temporary file, then is renamed)."""
+        target = self.path(epoch)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            final = atomic_save_torch(state, target)
+            if best:  # the same bytes: copy the file instead of serialising the state again
+                target = self.best_path
+                with open(final, "rb") as src, atomic_write(self.best_path, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 16 << 20)
+        except OSError as e:
+            why = e.strerror or str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointWriteError(
+                f"cannot write {target} ({why}); the earlier checkpoints are intact: free space "
+                "or pick another --output-dir, then --resume auto"
+            ) from None
         for _, old in self.list()[: -self.keep]:
             old.unlink(missing_ok=True)
         return final
@@ -256,27 +275,93 @@ class Checkpointer:
         return self.files.save(state, epoch, best=best)
 
     def resume(self, path: str | os.PathLike | None) -> tuple[int, float]:
-        """Load every part from ``path`` ("auto": the latest here; None: nothing) -> (the epoch to
-        start from, the best Top-1 so far); (0, 0.0) when there is nothing to resume."""
+        """Load every part from ``path`` ("auto": the newest readable checkpoint here, skipping
+        an unreadable newer one with a warning; None: nothing) -> (the epoch to start from, the
+        best Top-1 so far); (0, 0.0) when there is nothing to resume.
+
+        The checkpoint's config is compared with this run's (``rundir.resume_diff``): an option
+        that defines the model or the data refuses with one line (:class:`RunFolderError`);
+        the others (lr, epochs, weight decay, ...) are applied: the optimizer's groups take this
+        run's lr and weight decay and the schedule its base lrs, at the resumed epoch's factor.
+        ``self.changes``: ``{dotted key: (saved, new)}`` of what changed."""
+        from artlib.engine.rundir import (
+            RESUME_FIXED,
+            RunFolderError,
+            newest_intact_checkpoint,
+            resume_diff,
+        )
+
+        self.changes: dict = {}
         if path is None:
             return 0, 0.0
-        state = self.files.load(path, map_location="cpu")  # weights_only: never runs code
-        if state is None:
-            log.info("--resume auto: no checkpoint in %s, starting fresh", self.files.directory)
-            return 0, 0.0
-        if state["class_names"] != self.class_names:
-            raise ValueError(
-                f"--resume: the checkpoint's {len(state['class_names'])} classes differ from "
-                f"the data set's {len(self.class_names)}"
+        if path == "auto":
+            found = newest_intact_checkpoint(
+                self.files.directory,
+                lambda p: load_checkpoint(p, map_location="cpu", what="--resume auto"),
+                warn=log.warning,
             )
+            if found is None:
+                log.info("--resume auto: no checkpoint in %s, starting fresh", self.files.directory)
+                return 0, 0.0
+            path, state = found
+        else:  # weights_only: never runs code
+            state = self.files.load(path, map_location="cpu")
+        self.changes = resume_diff(
+            state.get("config") or {},
+            config_to_dict(self.cfg),
+            RESUME_FIXED,
+            flag=_flags(),
+            ignore=("run.resume", "run.overwrite"),
+        )
+        if state["class_names"] != self.class_names:
+            raise RunFolderError(
+                f"--resume: the checkpoint was trained on {len(state['class_names'])} classes "
+                f"({_names(state['class_names'])}), this run's data has {len(self.class_names)} "
+                f"({_names(self.class_names)}); a resumed run keeps the classes: start a new "
+                "--output-dir"
+            )
+        fresh = [dict(g) for g in self.optimizer.param_groups]  # built from this run's config
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if any(k.startswith("optim.") for k in self.changes):
+            self._apply_optim(fresh)
         restore_rng(state["rng"])
         if self.ema is not None:
             self._resume_ema(state.get("model_ema"))
         log.info("resumed from epoch %d (%s)", state["epoch"], path)
+        if self.changes:
+            flags = _flags()
+            log.info(
+                "resume: applied %s",
+                ", ".join(
+                    f"{flags.get(k, k)} {a!r} -> {b!r}" for k, (a, b) in self.changes.items()
+                ),
+            )
         return state["epoch"], state.get("best_top1", 0.0)
+
+    def _apply_optim(self, fresh: list[dict]) -> None:
+        """This run's lr, weight decay and momentum into the loaded optimizer and schedule: each
+        group's ``initial_lr`` and the schedule's ``base_lrs`` from the groups built from this
+        run's config, its ``lr`` at the schedule's factor for the resumed epoch."""
+        sched = self.scheduler
+        lambdas = getattr(sched, "lr_lambdas", None)
+        for i, (g, f) in enumerate(zip(self.optimizer.param_groups, fresh)):
+            base = f.get("initial_lr", f["lr"])
+            if lambdas is not None:
+                g["lr"] = base * lambdas[min(i, len(lambdas) - 1)](sched.last_epoch)
+            elif g.get("initial_lr"):
+                g["lr"] = base * g["lr"] / g["initial_lr"]
+            else:
+                g["lr"] = base
+            g["initial_lr"] = base
+            for key in ("weight_decay", "momentum"):
+                if key in f and key in g:
+                    g[key] = f[key]
+        if hasattr(sched, "base_lrs"):
+            sched.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        if hasattr(sched, "_last_lr"):
+            sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def _resume_ema(self, saved: dict | None) -> None:
         if saved is not None:
@@ -286,3 +371,15 @@ class Checkpointer:
         log.warning("--model-ema: the checkpoint has no average; starting it from here")
         self.ema.module.load_state_dict(self.model.state_dict())
         self.ema.updates = 0
+
+
+def _flags() -> dict[str, str]:
+    """{dotted key: command-line flag} of every trainer option."""
+    from artlib.engine.config import options
+
+    return {o.key: o.flag for o in options()}
+
+
+def _names(names: list[str], shown: int = 4) -> str:
+    head = ", ".join(map(str, names[:shown]))
+    return head + (f", ... {len(names) - shown} more" if len(names) > shown else "")

@@ -14,14 +14,14 @@ import sys
 from artlib._cli import OneLineParser
 from artlib.engine import config as C
 
-__all__ = ["main", "parse"]
+__all__ = ["main", "parse", "run_guarded"]
 
 
 def _show(key: str, value, preset: str) -> str:
     if value is None and key.endswith("pretrained") and preset == "paper":
         return "required" + (" unless --bank/--baseline" if key == "model.text_pretrained" else "")
     if isinstance(value, (tuple, list)):
-        return ",".join(value) or "none"
+        return ",".join(map(str, value)) or "none"
     return "not set" if value is None else str(value)
 
 
@@ -101,15 +101,45 @@ def parse(argv=None, dataset: str = "finegym", prog: str = "artlib-train") -> C.
 def main(dataset: str = "finegym", argv=None, prog: str = "artlib-train") -> int:
     """``artlib-train`` and the example trainers: flags -> config -> ``train``."""
     cfg = parse(argv, dataset=dataset, prog=prog)
-    from artlib.engine.checkpoint import CheckpointError
     from artlib.engine.trainer import train
 
+    return run_guarded(cfg, lambda: train(cfg), prog)
+
+
+def run_guarded(cfg: C.TrainConfig, fn, prog: str) -> int:
+    """``fn()`` (a training run) -> the exit status, with every error a run is promised to
+    report as one line (per process under torchrun): a refused output folder or resume and a
+    --resume file that is not a safe checkpoint (2), a non-finite loss or a checkpoint that
+    cannot be written (1), Ctrl-C (130; the folder resumes with --resume auto)."""
+    import os
+    import signal
+
+    from artlib.engine.checkpoint import CheckpointError, CheckpointWriteError
+    from artlib.engine.rundir import RunFolderError
+
+    who = f"{prog} [rank {os.environ.get('RANK', '0')}]" if "LOCAL_RANK" in os.environ else prog
+    if "LOCAL_RANK" in os.environ:  # torchrun passes Ctrl-C on to its workers as SIGTERM
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
-        train(cfg)
-    except CheckpointError as e:  # a --resume file that is not a safe artlib checkpoint
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        fn()
+    except (CheckpointError, RunFolderError) as e:  # refused before training
+        print(f"{who}: error: {e}", file=sys.stderr)
         return 2
+    except (FloatingPointError, CheckpointWriteError) as e:  # the run stopped
+        print(f"{who}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            f"{who}: interrupted; {cfg.run.output_dir} keeps the last epoch's checkpoint: "
+            "continue with --resume auto",
+            file=sys.stderr,
+        )
+        return 130
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":  # python -m artlib.engine.cli, e.g. under torchrun

@@ -169,7 +169,10 @@ class OptimConfig:
 @dataclass
 class RunConfig:
     output_dir: str = opt("runs/art", "folder of the config, checkpoints, metrics, final model")
-    resume: str | None = opt(None, "a checkpoint path, or 'auto': the latest in --output-dir")
+    resume: str | None = opt(None, "a checkpoint path, or 'auto': the newest readable one in "
+                             "--output-dir")
+    overwrite: bool = opt(False, "start a new run in an --output-dir that holds one: its "
+                          "checkpoints, metrics, logs and outputs are removed first")
     seed: int = opt(0, "training seed (weights, sampling, augmentation)")
     deterministic: bool = opt(False, "deterministic algorithms (slower)")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
@@ -285,6 +288,8 @@ def coerce(o: Option, value):
         if bad:
             raise ConfigError(f"{o.flag}: unknown term(s) {bad}; choose from {MTC_TERMS} or none")
         return tuple(value)
+    if isinstance(value, (list, tuple, dict, set)):  # e.g. `lr: [0.1]` in a config file
+        raise ConfigError(f"{o.flag}: expected one {o.type.__name__}, got {value!r}")
     if o.type is bool and isinstance(value, str):
         value = {"true": True, "false": False, "yes": True, "no": False}.get(value.lower(), value)
     if o.type is bool and not isinstance(value, bool):

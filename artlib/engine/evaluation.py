@@ -141,11 +141,11 @@ class EvalResult:
         }
 
     def final_line(self, prefix: str = "FINAL eval") -> str:
-        m = self.metrics()
-        return (
-            f"{prefix} top1={m['top1']:.4f} top5={m['top5']:.4f} "
-            f"mean_class_acc={m['mean_class_acc']:.4f} count={m['count']} skipped={m['skipped']}"
-        )
+        """``FINAL eval top1=... topK=... mean_class_acc=... count=N skipped=S``, K = min(5,
+        the number of classes) (``artlib.evaluate.final_line``)."""
+        from artlib.evaluate import final_line, topk_named
+
+        return final_line(topk_named(self.metrics(), self.matrix.shape[0]), prefix)
 
 
 def clip_scores(model: nn.Module, video: Tensor) -> Tensor:

@@ -5,8 +5,8 @@
 * **Progress**: tqdm bars on a terminal; when the output is a file or a pipe (nohup, a batch job)
   one plain line per log interval instead: ``epoch 1/20 step 10/16 total=1.93 ... lr=0.0002
   clips/s=41.0 data=0.012s step=0.35s``.
-* **Metrics**: per epoch a ``metrics.csv`` row and TensorBoard scalars; per log interval
-  TensorBoard scalars under ``step/``: each loss term's interval mean, the lr, clips/s, and the
+* **Metrics**: per epoch a ``metrics.csv`` row and TensorBoard scalars (``tensorboard/epochs``);
+  per log interval TensorBoard scalars under ``step/`` (``tensorboard/``): each loss term's interval mean, the lr, clips/s, and the
   mean data wait and step time. They use the values already read at the interval (no extra sync).
 """
 
@@ -60,15 +60,32 @@ class Logs:
     """Per-epoch rows to ``metrics.csv`` and TensorBoard, per-interval scalars to TensorBoard
     (when installed), on rank 0 only."""
 
-    def __init__(self, out: Path, enabled: bool):
+    def __init__(self, out: Path, enabled: bool, *, epoch: int = 0, step: int = 0):
+        """``epoch``/``step``: where a resumed run starts (0 for a new one): ``metrics.csv`` is
+        cut back to that epoch and TensorBoard discards what a killed run logged after it
+        (``purge_step``: the epoch rows in ``tensorboard/epochs`` from epoch + 1, the interval
+        scalars in ``tensorboard/`` from optimizer step + 1)."""
         self.enabled = enabled
         self.csv_path = Path(out) / "metrics.csv"
-        self.tb = None
+        self.tb = self.tb_epochs = None
+        if enabled and epoch:
+            from artlib.engine.rundir import truncate_metrics
+
+            dropped = truncate_metrics(self.csv_path, epoch)
+            if dropped:
+                log.info(
+                    "metrics.csv: dropped %d row(s) after the resumed epoch %d", dropped, epoch
+                )
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(Path(out) / "tensorboard"))
+                tb = Path(out) / "tensorboard"
+                resumed = bool(epoch or step)
+                self.tb = SummaryWriter(str(tb), purge_step=step + 1 if resumed else None)
+                self.tb_epochs = SummaryWriter(
+                    str(tb / "epochs"), purge_step=epoch + 1 if resumed else None
+                )
             except ImportError:
                 log.info("tensorboard not installed: metrics go to %s only", self.csv_path)
 
@@ -88,12 +105,14 @@ class Logs:
             if new:
                 w.writeheader()
             w.writerow(row)
-        if self.tb is not None:
+        if self.tb_epochs is not None:
             for k, v in row.items():
                 if k != "epoch" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, epoch)
+                    self.tb_epochs.add_scalar(k, v, epoch)
+            self.tb_epochs.flush()
             self.tb.flush()
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        for tb in (self.tb, self.tb_epochs):
+            if tb is not None:
+                tb.close()

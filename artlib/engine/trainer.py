@@ -21,7 +21,7 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +44,18 @@ from artlib.engine.logs import Logs, interval_line, progress, setup_logging
 from artlib.engine.metrics import save_confusion_png, save_per_class_csv
 from artlib.engine.model import build_model, compile_model, data_config, unwrap, wrap_model
 from artlib.engine.optim import build_optimizer, effective_lr, global_batch, lr_factor
+from artlib.engine.rundir import (
+    RunFolderError,
+    RunFolderLock,
+    check_fresh,
+    remove_stale_parts,
+    set_parent_death_signal,
+)
 from artlib.nn import set_check_inputs
 from artlib.nn._checks import check_labels
+from artlib.nn.localization import health_scalars
 
-__all__ = ["Trainer", "train", "seed_everything"]
+__all__ = ["Trainer", "claim_output_dir", "run_session", "seed_everything", "train"]
 # the names other modules imported from here before the engine was split into parts
 __all__ += ["build_items", "build_model", "build_optimizer", "compile_model", "head_options"]
 __all__ += ["lr_factor"]
@@ -105,8 +113,10 @@ class LossMeter:
         vals = {k: v / max(self.seen, 1) for k, v in sums.items()}
         if not all(math.isfinite(v) for v in vals.values()):
             raise FloatingPointError(
-                f"loss is not finite by epoch {self.epoch + 1}, step {step}; running means: "
+                f"loss is not finite by epoch {self.epoch + 1}, step {step} (running means: "
                 + ", ".join(f"{k}={v:.4g}" for k, v in vals.items())
+                + "); try a lower --lr or --grad-clip, or --check-inputs to find a bad batch; "
+                "--resume auto continues from the last checkpoint"
             )
         before, n_before = self.at_last
         n = max(self.seen - n_before, 1)
@@ -153,6 +163,9 @@ class Trainer:
             ema=self.ema,
             keep=cfg.run.keep_checkpoints,
         )
+        # ART's steps also log the tracklet health (train_health_*): its maps come with the
+        # losses (return_maps); the baseline has none
+        self.health = not cfg.model.baseline and "return_maps" in _parameters(model.forward)
         self.net = None  # the model as the steps run it (DDP, compiled), set by fit()
         self.logs = None
         self.best, self.steps_done, self.start_epoch = 0.0, 0, 0
@@ -175,7 +188,11 @@ class Trainer:
         no_sync = nullcontext() if step_now or not self.info.distributed else net.no_sync()
         with no_sync:
             with self.autocast():
-                _, losses = net(video, labels)
+                if self.health:  # the last decoder layer's maps -> the tracklet health figures
+                    _, losses = net(video, labels, return_maps=True)
+                    losses.update(health_scalars(losses.pop("maps")))  # 0-dim, on the device
+                else:
+                    _, losses = net(video, labels)
             (losses["total"] / self.cfg.optim.accum_steps).backward()
         if step_now:
             self.optimizer_step()
@@ -278,10 +295,12 @@ class Trainer:
             self.best = max(self.best, row["val_top1"])
         row["epoch_time_s"] = round(time.time() - started, 2)
         row["skipped_videos"] = _failures(self.train_loader, self.val_loader)
-        self.logs.epoch(epoch + 1, row)
         if self.info.is_main:
             log.info("epoch %d: %s", epoch + 1, " ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
+            # the checkpoint first, then the row: a kill in between loses the row (a resume
+            # trains the epoch after the checkpoint), never writes an epoch twice
             self.checkpointer.save(epoch + 1, self.best, best=is_best)  # best.pt: the best Top-1
+        self.logs.epoch(epoch + 1, row)
         barrier()
         return result
 
@@ -291,8 +310,17 @@ class Trainer:
         validation metrics (on every rank)."""
         t0 = time.time()
         self.start_epoch, self.best = self.checkpointer.resume(self.cfg.run.resume)
+        # optimizer steps so far (ceil(batches / --accum-steps) per epoch): the x axis of the
+        # interval scalars continues where the checkpoint left it
+        self.steps_done = self.start_epoch * -(
+            -len(self.train_loader) // self.cfg.optim.accum_steps
+        )
+        if self.info.is_main:  # what the run actually uses, resumed options included
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out / "config.yaml")  # --config on it reproduces the run
+        self.prepare_native()
         self.net = wrap_model(self.model, self.cfg, self.info.device, self.info.distributed)
-        self.logs = Logs(self.out, self.info.is_main)
+        self.logs = Logs(self.out, self.info.is_main, epoch=self.start_epoch, step=self.steps_done)
         self.log_start()
         result = None
         for epoch in range(self.start_epoch, self.cfg.optim.epochs):
@@ -304,6 +332,17 @@ class Trainer:
         if self.info.is_main:
             self.write_outputs(result, metrics, minutes=(time.time() - t0) / 60)
         return metrics
+
+    def prepare_native(self) -> None:
+        """On CPU, load the native kernels ART's ops will use before the first epoch, so that a
+        first build (1-4 min, announced by one log line, then cached) is not timed as the first
+        step. Nothing for the baseline, on a GPU, or where another backend is chosen."""
+        if self.info.device.type != "cpu" or self.cfg.model.baseline:
+            return
+        from artlib.ops import _backend, _native
+
+        if any(_backend.planned(op, "cpu") == "native" for op in _native.OPS):
+            _native.load()  # warns and falls back to the reference when it cannot build
 
     def log_start(self) -> None:
         cfg, m, info = self.cfg, self.cfg.model, self.info
@@ -344,10 +383,11 @@ class Trainer:
         names, out, m = self.class_names, self.out, self.cfg.model
         save_per_class_csv(result.matrix, out / "per_class.csv", names)
         save_confusion_png(result.matrix, out / "confusion.png", names)  # warns without matplotlib
+        k = min(5, len(names))  # a 3-class model's best 5 are all its classes: a Top-3
         summary = {
             "model": "baseline" if m.baseline else "ART",
             "top1": round(metrics["val_top1"], 4),
-            "top5": round(metrics["val_top5"], 4),
+            f"top{k}": round(metrics["val_top5"], 4),
             "mean_class_acc": round(metrics["val_mean_class_acc"], 4),
             "count": metrics["val_count"],
             "skipped": metrics["val_skipped"],
@@ -359,7 +399,7 @@ class Trainer:
         # the trained backbone alone, for --pretrained of a later run (e.g. ART on a harder set)
         atomic_save_torch(self.scored.backbone.state_dict(), out / "backbone.pt")
         print(
-            f"FINAL {summary['model']} top1={summary['top1']:.4f} top5={summary['top5']:.4f} "
+            f"FINAL {summary['model']} top1={summary['top1']:.4f} top{k}={summary[f'top{k}']:.4f} "
             f"mean_class_acc={summary['mean_class_acc']:.4f} best_top1={summary['best_top1']:.4f} "
             f"epochs={self.cfg.optim.epochs} time={minutes:.1f}min output={out}",
             flush=True,
@@ -398,6 +438,15 @@ class _Clock:
         return out
 
 
+def _parameters(fn) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
 def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else f"{v}"
 
@@ -417,9 +466,7 @@ def _failures(*loaders) -> int:
 def train(cfg: TrainConfig) -> dict:
     """The whole run from a config: the parts assembled, then ``Trainer.fit``; returns the final
     metrics (on every rank)."""
-    info = setup_distributed(cfg.run.device)
-    setup_logging(info)
-    try:
+    with run_session(cfg) as info:
         announce(cfg, info)
         seed_everything(cfg.run.seed, cfg.run.deterministic)
         items = build_items(cfg, info)
@@ -427,12 +474,72 @@ def train(cfg: TrainConfig) -> dict:
         model = build_model(cfg, items.class_names).to(info.device)
         loaders = build_loaders(cfg, info, items, data_config(model))
         return Trainer(cfg, model, *loaders, items.class_names, info).fit()
+
+
+@contextmanager
+def run_session(cfg: TrainConfig):
+    """The run's processes and its output folder, around the training: a worker under torchrun
+    dies with its agent (parent-death signal), the ranks join their process group, the logs are
+    set up, and rank 0 owns ``--output-dir`` (``claim_output_dir``) until the block ends.
+
+        with run_session(cfg) as info:    # DistInfo
+            ...                           # build the parts, Trainer(...).fit()
+    """
+    if "LOCAL_RANK" in os.environ:  # under torchrun: die with the agent, never as an orphan
+        set_parent_death_signal()
+    info = setup_distributed(cfg.run.device)
+    setup_logging(info)
+    lock = None
+    try:
+        lock = claim_output_dir(cfg, info)
+        yield info
     finally:
+        if lock is not None:
+            lock.release()
         cleanup_distributed()
 
 
+def claim_output_dir(cfg: TrainConfig, info: DistInfo) -> RunFolderLock | None:
+    """Rank 0 takes the output folder's lock, refuses a new run into a folder that holds one
+    (``--overwrite`` removes it instead) and removes the ``.part`` files a killed run left. Its
+    refusal reaches every rank, so each stops with the same one line (:class:`RunFolderError`)
+    instead of waiting for rank 0. -> the lock (rank 0), or None."""
+    out, r = Path(cfg.run.output_dir), cfg.run
+    lock, error = None, None
+    if info.is_main:
+        try:
+            lock = RunFolderLock(out).acquire()
+            removed = check_fresh(out, r.resume, overwrite=r.overwrite)
+            if removed:
+                log.warning("--overwrite: removed the earlier run's %s", ", ".join(removed))
+            parts = remove_stale_parts(out)
+            if parts:
+                log.info(
+                    "removed %d unfinished write(s) of a killed run: %s",
+                    len(parts),
+                    ", ".join(str(p.relative_to(out)) for p in parts),
+                )
+        except RunFolderError as e:
+            error = str(e)
+            if lock is not None:
+                lock.release()
+                lock = None
+        except OSError as e:  # e.g. a folder that cannot be created
+            error = f"--output-dir: {out}: {e.strerror or e}"
+    if info.distributed:
+        import torch.distributed as dist
+
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise RunFolderError(error)
+    return lock
+
+
 def announce(cfg: TrainConfig, info: DistInfo) -> None:
-    """The first log line (the recipe and the data) and the run's config.yaml (rank 0)."""
+    """The first log line: the recipe and the data (config.yaml is written after the resume,
+    ``Trainer.fit``)."""
     d = cfg.data
     data = "the built-in synthetic set" if builtin_data(cfg) else (d.train_list or d.data_root)
     log.info(
@@ -442,7 +549,3 @@ def announce(cfg: TrainConfig, info: DistInfo) -> None:
         "the small recipe" if cfg.preset == "small" else "the paper's recipe",
         f"{data}, {info.device}",
     )
-    if info.is_main:
-        out = Path(cfg.run.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")  # --config on it reproduces the run
