@@ -314,13 +314,20 @@ def load_video(
     return video if video.dim() == 5 else video.unsqueeze(0)
 
 
+def clip_scores(model: nn.Module, video: Tensor) -> Tensor:
+    """(B, T, 3, H, W) -> logits (B, N_cls); (B, V, T, 3, H, W) -> the mean over the V views of
+    the softmax (B, N_cls), the multi-clip / multi-crop rule of the paper's testing."""
+    if video.dim() == 6:
+        b, v = video.shape[:2]
+        return model(video.flatten(0, 1)).float().softmax(-1).view(b, v, -1).mean(1)
+    return model(video).float()
+
+
 @torch.no_grad()
 def predict_proba(model: nn.Module, clips: Tensor) -> Tensor:
     """The class probabilities of one video: the softmax of the model's logits for each of the V
     views (V, T, 3, S, S), averaged over the views -> (N_cls,)."""
     if clips.dim() != 5:
         raise ValueError(f"clips: expected (V, T, 3, S, S), got {tuple(clips.shape)}")
-    from artlib.engine.evaluation import clip_scores
-
     device = next(model.parameters()).device
     return clip_scores(model, clips.to(device)[None])[0].cpu()  # evaluate's multi-view rule

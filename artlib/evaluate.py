@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from artlib._cli import DefaultsOnce, OneLineParser, prog_name
+from artlib.engine.metrics import final_line, topk_named
 
 __all__ = ["final_line", "main", "run", "topk_named"]
 
@@ -216,23 +217,6 @@ def run(args) -> tuple[dict, Path]:
         print(f"wrote {', '.join(wrote)} in {out}")
         print(final_line(metrics), flush=True)
     return metrics, out
-
-
-def topk_named(metrics: dict, num_classes: int) -> dict:
-    """``metrics`` with its "top5" named for the k it measures: k = min(5, num_classes) (a 3-class
-    model's best 5 are all its classes, so its "top5" is a Top-3)."""
-    k = min(5, num_classes)
-    return {(f"top{k}" if key == "top5" else key): v for key, v in metrics.items()}
-
-
-def final_line(metrics: dict, prefix: str = "FINAL eval") -> str:
-    """``FINAL eval top1=... topK=... mean_class_acc=... count=N skipped=S`` (K = 5, or fewer)."""
-    (k,) = [key for key in metrics if key.startswith("top") and key != "top1"]
-    return (
-        f"{prefix} top1={metrics['top1']:.4f} {k}={metrics[k]:.4f} "
-        f"mean_class_acc={metrics['mean_class_acc']:.4f} count={metrics['count']} "
-        f"skipped={metrics['skipped']}"
-    )
 
 
 def _say(message: str) -> None:

@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from artlib.api import clip_scores  # the multi-view rule, shared with predict_proba
+
 __all__ = [
     "EvalResult",
     "ExactShardSampler",
@@ -142,19 +144,10 @@ class EvalResult:
 
     def final_line(self, prefix: str = "FINAL eval") -> str:
         """``FINAL eval top1=... topK=... mean_class_acc=... count=N skipped=S``, K = min(5,
-        the number of classes) (``artlib.evaluate.final_line``)."""
-        from artlib.evaluate import final_line, topk_named
+        the number of classes) (``artlib.engine.metrics.final_line``)."""
+        from artlib.engine.metrics import final_line, topk_named
 
         return final_line(topk_named(self.metrics(), self.matrix.shape[0]), prefix)
-
-
-def clip_scores(model: nn.Module, video: Tensor) -> Tensor:
-    """(B, T, 3, H, W) -> logits (B, N_cls); (B, V, T, 3, H, W) -> the mean over the V views of
-    the softmax (B, N_cls), the multi-clip / multi-crop rule of the paper's testing."""
-    if video.dim() == 6:
-        b, v = video.shape[:2]
-        return model(video.flatten(0, 1)).float().softmax(-1).view(b, v, -1).mean(1)
-    return model(video).float()
 
 
 def _failure_message(skipped: dict[str, str], total: int, fraction: float, what: str) -> str:

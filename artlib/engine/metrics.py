@@ -16,9 +16,11 @@ from artlib.visualize import MATPLOTLIB_HINT, have_matplotlib
 
 __all__ = [
     "MATPLOTLIB_HINT",
+    "final_line",
     "have_matplotlib",
     "save_confusion_png",
     "save_per_class_csv",
+    "topk_named",
 ]
 
 log = logging.getLogger("artlib.metrics")
@@ -71,3 +73,20 @@ def save_confusion_png(matrix: Tensor, path, class_names: list[str] | None = Non
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def topk_named(metrics: dict, num_classes: int) -> dict:
+    """``metrics`` with its "top5" named for the k it measures: k = min(5, num_classes) (a 3-class
+    model's best 5 are all its classes, so its "top5" is a Top-3)."""
+    k = min(5, num_classes)
+    return {(f"top{k}" if key == "top5" else key): v for key, v in metrics.items()}
+
+
+def final_line(metrics: dict, prefix: str = "FINAL eval") -> str:
+    """``FINAL eval top1=... topK=... mean_class_acc=... count=N skipped=S`` (K = 5, or fewer)."""
+    (k,) = [key for key in metrics if key.startswith("top") and key != "top1"]
+    return (
+        f"{prefix} top1={metrics['top1']:.4f} {k}={metrics[k]:.4f} "
+        f"mean_class_acc={metrics['mean_class_acc']:.4f} count={metrics['count']} "
+        f"skipped={metrics['skipped']}"
+    )

@@ -418,11 +418,11 @@ def newest_intact_checkpoint(
 ) -> tuple[Path, dict] | None:
     """The newest ``checkpoint_epoch<N>.pt`` in ``directory`` that loads, with its state: each
     newer one that does not load (truncated, not a checkpoint) is skipped with a warning naming it
-    and why. ``load``: the reader (default ``artlib.engine.checkpoint.load_checkpoint``, which
+    and why. ``load``: the reader (default ``artlib.weights_io.load_checkpoint``, which
     raises ``CheckpointError``/``OSError``/``ValueError`` on a bad file). None when the folder holds
     no checkpoint; :class:`RunFolderError` when it holds some but none is readable."""
     if load is None:
-        from artlib.engine.checkpoint import load_checkpoint
+        from artlib.weights_io import load_checkpoint
 
         def load(p):
             return load_checkpoint(p, what="--resume")
