@@ -27,7 +27,7 @@ def blocks(page) -> list[tuple[int, str]]:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """What the snippets name, made small: a trained checkpoint at best.pt and
-    runs/synthetic/checkpoints/best.pt, a video.mp4, and a bank file at bank.pt."""
+    runs/synthetic/checkpoints/best.pt, a video.mp4 (and routine.mp4), and a bank file at bank.pt."""
     import torch
 
     from tests.ckpt_fixtures import make_checkpoint, write_clips
@@ -39,6 +39,7 @@ def files(tmp_path_factory):
     )
     clip = write_clips(tmp_path / "clips", [2]).parent / "clip0.mp4"
     (tmp_path / "video.mp4").write_bytes(clip.read_bytes())
+    (tmp_path / "routine.mp4").write_bytes(clip.read_bytes())  # docs/long_videos.md's long video
     torch.save({"bank": torch.randn(8, 99, 64)}, tmp_path / "bank.pt")
     return tmp_path
 
