@@ -611,6 +611,7 @@ def test_training_steps_log_the_tracklet_health_with_unchanged_losses():
     from artlib.engine.config import TrainConfig
     from artlib.engine.model import build_model
     from artlib.nn.localization import health_scalars
+    from tests.helpers import assert_close
 
     cfg = TrainConfig()
     cfg.model.backbone, cfg.model.text_model, cfg.model.dim, cfg.model.heads = (
@@ -626,8 +627,8 @@ def test_training_steps_log_the_tracklet_health_with_unchanged_losses():
     _, with_maps = model(video, labels, return_maps=True)
     maps = with_maps.pop("maps")
     assert plain.keys() == with_maps.keys()
-    for k in plain:
-        assert torch.equal(plain[k], with_maps[k]), k
+    for k in plain:  # the maps may come from another implementation (native vs reference)
+        assert_close(with_maps[k].detach(), plain[k].detach(), name=k)
     trainer = _trainer(model, cfg)
     assert trainer.health
     torch.manual_seed(1)
@@ -635,7 +636,8 @@ def test_training_steps_log_the_tracklet_health_with_unchanged_losses():
     want = health_scalars(maps)
     assert {k for k in losses if k.startswith("health_")} == set(want)
     for k, v in want.items():
-        assert v.dim() == 0 and torch.allclose(losses[k], v), (k, losses[k], v)
+        assert v.dim() == 0, (k, v.shape)
+        assert_close(losses[k].detach(), v.detach(), name=k)
     cfg.model.baseline = True
     assert not _trainer(_FixedLoss([1.0]), cfg).health
 
