@@ -46,6 +46,20 @@ def tiny_config(**changes):
     return config_from_dict(nested, partial=True)
 
 
+def tiny_model_config(bank_seed: int = 1, **changes) -> dict:
+    """A small build_art config (tiny_cnn at 32x32, T = 4, 4 classes), with ``changes`` on top."""
+    cfg = {
+        "backbone": "tiny_cnn",
+        "backbone_kwargs": {"img_size": 32, "width": 32},
+        "num_classes": 4,
+        "num_frames": 4,
+        "dropout": 0.0,
+        "head": {"dim": 32, "heads": 2, "se_layers": 1, "act_layers": 1, "aggregation": "sequence"},
+        "bank": {"shape": [3, 4, 32], "init": "random", "seed": bank_seed, "momentum": 0.9},
+    }
+    return {**cfg, **changes}
+
+
 def make_checkpoint(path, *, ema: float | None = None, steps: int = 1, baseline: bool = False):
     """Build the tiny model, take ``steps`` optimizer steps on random clips (so the EMA and the
     optimizer state are not trivial), write a checkpoint at ``path``. -> (model, ema or None)."""

@@ -12,23 +12,14 @@ import sys
 import pytest
 import torch
 
-from tests.ckpt_fixtures import CLASSES, REPO, env, make_checkpoint, write_clips
+from tests.ckpt_fixtures import CLASSES, REPO, env, make_checkpoint, tiny_model_config, write_clips
 from tests.helpers import assert_close
 
 VIDEO = torch.randn(3, 4, 3, 32, 32, generator=torch.Generator().manual_seed(9))
 
 
 def _config(**changes) -> dict:
-    cfg = {
-        "backbone": "tiny_cnn",
-        "backbone_kwargs": {"img_size": 32, "width": 32},
-        "num_classes": 4,
-        "num_frames": 4,
-        "dropout": 0.0,
-        "head": {"dim": 32, "heads": 2, "se_layers": 1, "act_layers": 1, "aggregation": "sequence"},
-        "bank": {"shape": [3, 4, 32], "init": "random", "seed": 1, "momentum": 0.9},
-    }
-    return {**cfg, **changes}
+    return tiny_model_config(bank_seed=1, **changes)
 
 
 def _trained(cfg: dict):

@@ -360,17 +360,9 @@ def test_full_size_presets_on_meta(name, C, L):
 
 
 def _tiny_config(**changes) -> dict:
-    cfg = {
-        "backbone": "tiny_cnn",
-        "backbone_kwargs": {"img_size": 32, "width": 32},
-        "num_classes": 4,
-        "num_frames": 4,
-        "dropout": 0.0,
-        "head": {"dim": 32, "heads": 2, "se_layers": 1, "act_layers": 1, "aggregation": "sequence"},
-        "bank": {"shape": [3, 4, 32], "init": "random", "seed": 3, "momentum": 0.9},
-    }
-    cfg.update(changes)
-    return cfg
+    from tests.ckpt_fixtures import tiny_model_config
+
+    return tiny_model_config(bank_seed=3, **changes)
 
 
 def test_build_art_records_a_json_config_that_rebuilds_it():
