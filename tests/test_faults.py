@@ -385,8 +385,7 @@ def test_torch_load_reason_keeps_the_reason_and_drops_the_advice(tmp_path):
 
 
 def test_resume_fixed_keys_are_options_of_the_trainer():
-    from artlib.engine.config import TrainConfig, config_to_dict, options
-    from artlib.engine.rundir import RESUME_FIXED
+    from artlib.engine.config import RESUME_FIXED, TrainConfig, config_to_dict, options
 
     keys = {o.key for o in options()}
     assert RESUME_FIXED <= keys, sorted(RESUME_FIXED - keys)
