@@ -412,6 +412,7 @@ def test_console_scripts_point_at_mains():
         "artlib-check",
         "artlib-evaluate",
         "artlib-predict",
+        "artlib-torchrun",
     }
     assert scripts["artlib-train"] == "artlib.engine.cli:main"
     for name, target in scripts.items():
