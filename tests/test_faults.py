@@ -580,18 +580,24 @@ def test_a_refusal_under_torchrun_reaches_every_rank(tmp_path, bank):
     assert all("already holds a run" in ln for ln in lines), lines
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_with_one_line_and_a_resumable_folder(tmp_path, bank):
-    out = tmp_path / "run"
-    cmd = [sys.executable, SCRIPT, *TINY, "--bank", bank, "--epochs", "50", "--output-dir"]
+def _start_until_first_checkpoint(cmd: list[str], out: Path, **popen) -> subprocess.Popen:
+    """Start a training command; return it, still running, once epoch 1's checkpoint exists."""
     proc = subprocess.Popen(
-        [*cmd, str(out)], env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+        cmd, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
+    )
     first = out / "checkpoints" / "checkpoint_epoch0001.pt"
     deadline = time.monotonic() + 300
     while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert proc.poll() is None and first.exists(), (proc.poll(), proc.communicate()[1][-4000:])
+    return proc
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_with_one_line_and_a_resumable_folder(tmp_path, bank):
+    out = tmp_path / "run"
+    cmd = [sys.executable, SCRIPT, *TINY, "--bank", bank, "--epochs", "50", "--output-dir"]
+    proc = _start_until_first_checkpoint([*cmd, str(out)], out)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     res = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
@@ -610,15 +616,7 @@ def test_ctrl_c_under_artlib_torchrun_is_one_line_per_process(tmp_path, bank):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "artlib.launch", "--standalone", "--nproc_per_node=2"]
     cmd += [SCRIPT, *TINY, "--bank", bank, "--epochs", "50", "--output-dir", str(out)]
-    agent = subprocess.Popen(
-        cmd, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    first = out / "checkpoints" / "checkpoint_epoch0001.pt"
-    deadline = time.monotonic() + 300
-    while not first.exists() and agent.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert agent.poll() is None, agent.communicate()[1][-4000:]
+    agent = _start_until_first_checkpoint(cmd, out, start_new_session=True)
     os.killpg(agent.pid, signal.SIGINT)
     try:
         stdout, stderr = agent.communicate(timeout=120)
