@@ -172,9 +172,8 @@ def _stream(path, want, **kw):
 
 
 def _assert_same_frames(got, ref):
-    assert [i for i, _ in got] == [i for i, _ in ref] == list(range(len(ref))), (
-        [i for i, _ in got][:40]
-    )
+    idx = [i for i, _ in got]
+    assert idx == [i for i, _ in ref] == list(range(len(ref))), idx[:40]
     for (i, a), (_, b) in zip(got, ref):
         assert (a is None) == (b is None), f"frame {i}: rgb {a is not None} vs {b is not None}"
         if a is not None:
