@@ -334,6 +334,29 @@ def test_shared_frame_features_equal_the_model_on_each_window(tmp_path):
     assert sum(seen) == len({st + 2 + 4 * t for st in starts for t in range(8)}), (seen, starts)
 
 
+def test_timeline_skipping_nonref_frames_changes_nothing(tmp_path, monkeypatch):
+    """The timeline leaves the unsampled non-reference frames undecoded: its windows are exactly
+    those of the pass that decodes every frame."""
+    import artlib
+    import artlib.data.decode as decode
+
+    model, info = _main_job_model()
+    path = _bframe_video(tmp_path / "b.mp4", n=150)
+    judged = []
+    real = decode._ref_checker
+
+    def checker(stream):
+        f = real(stream)
+        return lambda pkt: judged.append(f(pkt)) or judged[-1]
+
+    monkeypatch.setattr(decode, "_ref_checker", checker)
+    fast = artlib.predict_timeline(model, info, path, window=2.0, stride=0.5, batch_size=4)
+    assert judged.count(False) > 0, "no frame was left undecoded"
+    exact = artlib.predict_timeline(model, info, path, window=2.0, stride=0.5, batch_size=4,
+                                    skip_nonref=False)  # fmt: skip
+    assert len(fast["windows"]) == 10 and fast == exact, (fast["windows"][:2], exact["windows"][:2])
+
+
 # ------------------------------------------------------------------------------ long video
 
 
