@@ -375,6 +375,9 @@ def _frame_wise(model: nn.Module):
         return None
 
     def rest(feats: torch.Tensor) -> torch.Tensor:
+        if feats.dim() == 5:  # (B,T,C,h,w) feature maps: channels innermost in memory (the same
+            # values), on which CPU 3-D convolutions run ~10-20 % faster (oneDNN's blocked layout)
+            feats = feats.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
         tokens, cls = bb.from_frame_features(feats)
         if model.head is not None:
             return model.head(tokens, cls)

@@ -151,10 +151,19 @@ def decode_pass(path: str) -> int:
         return sum(1 for _ in c.decode(s))
 
 
-def run_timeline(model, info, path: str) -> dict:
+def run_timeline(model, info, path: str, **kw) -> dict:
     from artlib.timeline import predict_timeline
 
-    return predict_timeline(model, info, path, window=WINDOW, stride=STRIDE)
+    return predict_timeline(model, info, path, window=WINDOW, stride=STRIDE, **kw)
+
+
+def stream_only(info, path: str) -> int:
+    """The timeline's input side alone: its decoding pass, RGB and preprocessing of the sampled
+    frames, the windows stacked; no model -> window count."""
+    from artlib.timeline import stream_windows
+
+    _, windows = stream_windows(path, info, WINDOW, STRIDE)
+    return sum(1 for _ in windows)
 
 
 def per_window(model, info, path: str, every: int) -> tuple[int, int]:
@@ -303,20 +312,33 @@ def main(argv=None) -> int:
         os.path.join(DATA, f"long_{args.minutes * 60:g}s_{H}p.mp4"), args.minutes * 60
     )
     print(f"video {path}: written in {time.perf_counter() - t:.0f} s", flush=True)
-    t = time.perf_counter()
-    n = decode_pass(path)
-    out["decode_s"] = time.perf_counter() - t
-    print(f"decode pass: {n} frames in {out['decode_s']:.1f} s", flush=True)
-    t = time.perf_counter()
-    res = run_timeline(model, info, path)
-    out["timeline_s"] = time.perf_counter() - t
-    print(f"timeline: {len(res['windows'])} windows in {out['timeline_s']:.1f} s", flush=True)
-    t = time.perf_counter()
-    done, total = per_window(model, info, path, args.every)
-    per = (time.perf_counter() - t) / done
+    print(f"load average before: {os.getloadavg()}", flush=True)
+
+    def timed(name, fn, *a, **kw):  # wall and CPU time (all the process's threads)
+        t, c = time.perf_counter(), time.process_time()
+        r = fn(*a, **kw)
+        out[name + "_s"] = time.perf_counter() - t
+        out[name + "_cpu_s"] = time.process_time() - c
+        print(
+            f"{name}: {out[name + '_s']:.1f} s wall, {out[name + '_cpu_s']:.1f} s CPU", flush=True
+        )
+        return r
+
+    n = timed("decode", decode_pass, path)
+    print(f"  {n} frames", flush=True)
+    res = timed("timeline", run_timeline, model, info, path)
+    print(f"  {len(res['windows'])} windows", flush=True)
+    timed("timeline_every_frame", run_timeline, model, info, path, skip_nonref=False)
+    timed("timeline_input_only", stream_only, info, path)
+    done, total = timed("per_window_sampled", per_window, model, info, path, args.every)
+    per = out["per_window_sampled_s"] / done
     out["per_window_s"] = per * total
     print(f"per-window: {per * 1000:.0f} ms a window ({done} timed) -> {per * total:.0f} s for "
           f"{total}", flush=True)  # fmt: skip
+    print(f"load average after: {os.getloadavg()}", flush=True)
+    print(f"timeline / decode pass: {out['timeline_s'] / out['decode_s']:.2f}x wall, "
+          f"{out['timeline_cpu_s'] / out['decode_cpu_s']:.2f}x CPU; per window / timeline: "
+          f"{out['per_window_s'] / out['timeline_s']:.1f}x", flush=True)  # fmt: skip
     for m in args.memory_minutes:
         vp = long_video(m, args.minutes)
         out[f"rss_{m:g}min"] = peak_rss(ckpt, vp)
