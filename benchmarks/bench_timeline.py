@@ -297,6 +297,7 @@ def main(argv=None) -> int:
     p.add_argument("--memory-minutes", type=float, nargs=2, default=[10.0, 60.0])
     p.add_argument("--every", type=int, default=20, help="per-window: time every n-th window")
     p.add_argument("--memory-only", action="store_true", help="only the peak-memory runs")
+    p.add_argument("--speed-only", action="store_true", help="no peak-memory runs")
     args = p.parse_args(argv)
     os.makedirs(DATA, exist_ok=True)
     ckpt = main_job_checkpoint(os.path.join(DATA, "main_job.pt"))
@@ -339,7 +340,7 @@ def main(argv=None) -> int:
     print(f"timeline / decode pass: {out['timeline_s'] / out['decode_s']:.2f}x wall, "
           f"{out['timeline_cpu_s'] / out['decode_cpu_s']:.2f}x CPU; per window / timeline: "
           f"{out['per_window_s'] / out['timeline_s']:.1f}x", flush=True)  # fmt: skip
-    for m in args.memory_minutes:
+    for m in [] if args.speed_only else args.memory_minutes:
         vp = long_video(m, args.minutes)
         out[f"rss_{m:g}min"] = peak_rss(ckpt, vp)
         print(f"{m:g} min: {out[f'rss_{m:g}min']}", flush=True)
