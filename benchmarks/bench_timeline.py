@@ -24,7 +24,9 @@ Cases (group ``timeline``):
   ``extra_info["projected_s"]`` = that times the window count.
 
 Peak memory (``--memory-minutes A B``, and ``test_peak_memory`` at two lengths): the timeline
-run in a fresh subprocess per video length, peak RSS (``ru_maxrss``) of that process.
+run in a fresh subprocess per video length, its peak resident set. Videos longer than the
+generated one (10 minutes; ``--minutes``) that are whole multiples of it, such as 60 minutes, are
+its packets copied that many times into one file (``repeat_video``: a remux, no re-encoding).
 Targets (issue 27): timeline <= 1.5x the decode pass; >= 5x faster than per-window; peak RSS of
 60 minutes within 10 % of 10 minutes.
 """
@@ -76,6 +78,47 @@ def make_video(path: str, seconds: float, h: int = H, w: int = W, fps: int = FPS
     return write_video(path, frames(), fps=fps, codec="h264", gop=250, crf=23, preset="veryfast")
 
 
+def repeat_video(src: str, dst: str, times: int) -> str:
+    """``src`` played ``times`` times in a row, in one file, by copying its packets (no
+    re-encoding: seconds instead of the ~40 minutes of encoding a 60-minute 480p video here): the
+    k-th copy's timestamps are offset by k times the source's length. Reused when it exists."""
+    if os.path.exists(dst):
+        return dst
+    with av.open(src) as c:
+        s = c.streams.video[0]
+        span = 0  # the source's length in stream ticks: the end of its last-shown frame
+        for pkt in c.demux(s):
+            if pkt.pts is not None:
+                span = max(span, pkt.pts + (pkt.duration or 0))
+    tmp = dst + ".part"
+    with av.open(src) as c, av.open(tmp, "w", format="mp4") as out:
+        s = c.streams.video[0]
+        o = out.add_stream_from_template(s)
+        for k in range(times):
+            c.seek(0, stream=s)
+            for pkt in c.demux(s):
+                if pkt.size == 0:
+                    continue
+                pkt.pts = None if pkt.pts is None else pkt.pts + k * span
+                pkt.dts = None if pkt.dts is None else pkt.dts + k * span
+                pkt.stream = o
+                out.mux(pkt)
+    os.replace(tmp, dst)
+    return dst
+
+
+def long_video(minutes: float, base_minutes: float = 10.0) -> str:
+    """The benchmark video of ``minutes``: generated (``make_video``) up to ``base_minutes``,
+    longer ones as ``repeat_video`` copies of the ``base_minutes`` one when a whole multiple."""
+    times = minutes / base_minutes
+    if minutes <= base_minutes or abs(times - round(times)) > 1e-9:
+        return make_video(os.path.join(DATA, f"long_{minutes * 60:g}s_{H}p.mp4"), minutes * 60)
+    base = make_video(os.path.join(DATA, f"long_{base_minutes * 60:g}s_{H}p.mp4"),
+                      base_minutes * 60)  # fmt: skip
+    return repeat_video(base, os.path.join(DATA, f"long_{minutes * 60:g}s_{H}p_x{round(times)}.mp4"),
+                        round(times))  # fmt: skip
+
+
 def main_job_checkpoint(path: str) -> str:
     """A checkpoint of the main job's model (synthetic preset), untrained head."""
     if os.path.exists(path):
@@ -108,10 +151,19 @@ def decode_pass(path: str) -> int:
         return sum(1 for _ in c.decode(s))
 
 
-def run_timeline(model, info, path: str) -> dict:
+def run_timeline(model, info, path: str, **kw) -> dict:
     from artlib.timeline import predict_timeline
 
-    return predict_timeline(model, info, path, window=WINDOW, stride=STRIDE)
+    return predict_timeline(model, info, path, window=WINDOW, stride=STRIDE, **kw)
+
+
+def stream_only(info, path: str) -> int:
+    """The timeline's input side alone: its decoding pass, RGB and preprocessing of the sampled
+    frames, the windows stacked; no model -> window count."""
+    from artlib.timeline import stream_windows
+
+    _, windows = stream_windows(path, info, WINDOW, STRIDE)
+    return sum(1 for _ in windows)
 
 
 def per_window(model, info, path: str, every: int) -> tuple[int, int]:
@@ -208,14 +260,30 @@ def test_per_window(benchmark, setup):
         benchmark.extra_info["projected_s"] = benchmark.stats.stats.mean / done * total
 
 
+def test_repeat_video(setup):
+    """The remuxed copies: 3x the frames, frame k*n + i equal to frame i, one decodable file."""
+    from artlib.data import decode_frames, video_info
+
+    path = setup[0]
+    n = int(round(SECONDS * FPS))
+    rep = repeat_video(path, os.path.join(DATA, f"long_{SECONDS:g}s_{H}p_x3.mp4"), 3)
+    assert video_info(rep, exact=True).num_frames == 3 * n
+    idx = [0, 7, n - 1]
+    a = decode_frames(path, idx).numpy()
+    b = decode_frames(rep, [2 * n + i for i in idx] + [n + 7]).numpy()
+    np.testing.assert_array_equal(b[:3], a)
+    np.testing.assert_array_equal(b[3], a[1])
+
+
 def test_peak_memory(setup):
-    """Peak RSS of the timeline at two lengths (SECONDS and a sixth of it), in fresh processes."""
+    """Peak RSS of the timeline for SECONDS and for 6x as long (the same file's packets copied 6
+    times: ``repeat_video``), each in a fresh process."""
     path, ckpt, _, _ = setup
-    short = make_video(os.path.join(DATA, f"long_{SECONDS / 6:g}s_{H}p.mp4"), SECONDS / 6)
-    a, b = peak_rss(ckpt, short), peak_rss(ckpt, path)
-    print(f"\npeak RSS during the run: {SECONDS / 6:g} s video {a['run_peak_rss_mb']:.0f} MB, "
-          f"{SECONDS:g} s video {b['run_peak_rss_mb']:.0f} MB")  # fmt: skip
-    assert b["windows"] > a["windows"] > 0
+    longer = repeat_video(path, os.path.join(DATA, f"long_{SECONDS:g}s_{H}p_x6.mp4"), 6)
+    a, b = peak_rss(ckpt, path), peak_rss(ckpt, longer)
+    print(f"\npeak RSS during the run: {SECONDS:g} s video {a['run_peak_rss_mb']:.0f} MB, "
+          f"{6 * SECONDS:g} s video {b['run_peak_rss_mb']:.0f} MB")  # fmt: skip
+    assert b["windows"] > 5 * a["windows"] > 0
 
 
 # ----------------------------------------------------------------------------------- table
@@ -229,13 +297,14 @@ def main(argv=None) -> int:
     p.add_argument("--memory-minutes", type=float, nargs=2, default=[10.0, 60.0])
     p.add_argument("--every", type=int, default=20, help="per-window: time every n-th window")
     p.add_argument("--memory-only", action="store_true", help="only the peak-memory runs")
+    p.add_argument("--speed-only", action="store_true", help="no peak-memory runs")
     args = p.parse_args(argv)
     os.makedirs(DATA, exist_ok=True)
     ckpt = main_job_checkpoint(os.path.join(DATA, "main_job.pt"))
     model, info = artlib.load_model(ckpt)
     out = {}
     for m in args.memory_minutes if args.memory_only else []:
-        vp = make_video(os.path.join(DATA, f"long_{m * 60:g}s_{H}p.mp4"), m * 60)
+        vp = long_video(m, args.minutes)
         print(f"{m:g} min: {peak_rss(ckpt, vp)}", flush=True)
     if args.memory_only:
         return 0
@@ -244,22 +313,35 @@ def main(argv=None) -> int:
         os.path.join(DATA, f"long_{args.minutes * 60:g}s_{H}p.mp4"), args.minutes * 60
     )
     print(f"video {path}: written in {time.perf_counter() - t:.0f} s", flush=True)
-    t = time.perf_counter()
-    n = decode_pass(path)
-    out["decode_s"] = time.perf_counter() - t
-    print(f"decode pass: {n} frames in {out['decode_s']:.1f} s", flush=True)
-    t = time.perf_counter()
-    res = run_timeline(model, info, path)
-    out["timeline_s"] = time.perf_counter() - t
-    print(f"timeline: {len(res['windows'])} windows in {out['timeline_s']:.1f} s", flush=True)
-    t = time.perf_counter()
-    done, total = per_window(model, info, path, args.every)
-    per = (time.perf_counter() - t) / done
+    print(f"load average before: {os.getloadavg()}", flush=True)
+
+    def timed(name, fn, *a, **kw):  # wall and CPU time (all the process's threads)
+        t, c = time.perf_counter(), time.process_time()
+        r = fn(*a, **kw)
+        out[name + "_s"] = time.perf_counter() - t
+        out[name + "_cpu_s"] = time.process_time() - c
+        print(
+            f"{name}: {out[name + '_s']:.1f} s wall, {out[name + '_cpu_s']:.1f} s CPU", flush=True
+        )
+        return r
+
+    n = timed("decode", decode_pass, path)
+    print(f"  {n} frames", flush=True)
+    res = timed("timeline", run_timeline, model, info, path)
+    print(f"  {len(res['windows'])} windows", flush=True)
+    timed("timeline_every_frame", run_timeline, model, info, path, skip_nonref=False)
+    timed("timeline_input_only", stream_only, info, path)
+    done, total = timed("per_window_sampled", per_window, model, info, path, args.every)
+    per = out["per_window_sampled_s"] / done
     out["per_window_s"] = per * total
     print(f"per-window: {per * 1000:.0f} ms a window ({done} timed) -> {per * total:.0f} s for "
           f"{total}", flush=True)  # fmt: skip
-    for m in args.memory_minutes:
-        vp = make_video(os.path.join(DATA, f"long_{m * 60:g}s_{H}p.mp4"), m * 60)
+    print(f"load average after: {os.getloadavg()}", flush=True)
+    print(f"timeline / decode pass: {out['timeline_s'] / out['decode_s']:.2f}x wall, "
+          f"{out['timeline_cpu_s'] / out['decode_cpu_s']:.2f}x CPU; per window / timeline: "
+          f"{out['per_window_s'] / out['timeline_s']:.1f}x", flush=True)  # fmt: skip
+    for m in [] if args.speed_only else args.memory_minutes:
+        vp = long_video(m, args.minutes)
         out[f"rss_{m:g}min"] = peak_rss(ckpt, vp)
         print(f"{m:g} min: {out[f'rss_{m:g}min']}", flush=True)
     print(json.dumps(out))

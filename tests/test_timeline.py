@@ -155,6 +155,91 @@ def test_stream_frames_equal_decode_frames(tmp_path):
         stream_frames(bad)
 
 
+def _bframe_video(path, n=120, gop=48):
+    """A 96x64 H.264 file with B-frames (x264's non-reference B-frames) of moving noise."""
+    from artlib.data._write import write_video
+
+    rng = np.random.default_rng(5)
+    tex = rng.integers(0, 256, (64, 96 + 3 * n, 3), dtype=np.uint8)
+    frames = [tex[:, 3 * i : 3 * i + 96].copy() for i in range(n)]
+    return write_video(str(path), frames, fps=25, gop=gop, crf=20, bframes=3)
+
+
+def _stream(path, want, **kw):
+    from artlib.data.decode import stream_frames
+
+    return list(stream_frames(path, want, **kw)[1])
+
+
+def _assert_same_frames(got, ref):
+    idx = [i for i, _ in got]
+    assert idx == [i for i, _ in ref] == list(range(len(ref))), idx[:40]
+    for (i, a), (_, b) in zip(got, ref):
+        assert (a is None) == (b is None), f"frame {i}: rgb {a is not None} vs {b is not None}"
+        if a is not None:
+            np.testing.assert_array_equal(a, b, err_msg=f"frame {i}")
+
+
+@pytest.mark.parametrize("every", [6, 5, 1])
+def test_stream_frames_skipping_nonref_is_exact(tmp_path, monkeypatch, every):
+    """Unwanted non-reference frames are not decoded, and the wanted frames are bit-identical to
+    a pass that decodes every frame; every index is still yielded once, in order."""
+    import artlib.data.decode as decode
+
+    path = _bframe_video(tmp_path / "b.mp4")
+    judged = []  # (packet pts, is a reference frame)
+    real = decode._ref_checker
+
+    def checker(stream):
+        f = real(stream)
+        return lambda pkt: judged.append(f(pkt)) or judged[-1]
+
+    monkeypatch.setattr(decode, "_ref_checker", checker)
+    restarts = []
+    real_skipping = decode._stream_skipping
+
+    def skipping(*a):
+        for item in real_skipping(*a):
+            if item is decode._RESTART:
+                restarts.append(1)
+            yield item
+
+    monkeypatch.setattr(decode, "_stream_skipping", skipping)
+
+    def want(i):
+        return i % every == 3 % every
+
+    got = _stream(path, want)
+    ref = _stream(path, want, skip_nonref=False)
+    _assert_same_frames(got, ref)
+    assert not restarts, "the skipping pass gave up on a plain H.264 file"
+    if every > 1:  # frames were skipped: some packets were judged non-reference and not wanted
+        assert judged.count(False) > 0, judged
+    assert sum(rgb is not None for _, rgb in got) == len(range(3 % every, 120, every))
+
+
+def test_stream_frames_skipping_falls_back_on_a_surprise(tmp_path, monkeypatch):
+    """A display rank finalised too early (margin 0: B-frames arrive after a later frame was
+    ranked) is noticed; the plain pass then gives the same frames, each index once."""
+    import artlib.data.decode as decode
+
+    path = _bframe_video(tmp_path / "b.mp4")
+    want = lambda i: i % 4 == 1  # noqa: E731
+    ref = _stream(path, want, skip_nonref=False)
+    monkeypatch.setattr(decode, "_REORDER_MARGIN", 0)
+    restarts = []
+    real_skipping = decode._stream_skipping
+
+    def skipping(*a):
+        for item in real_skipping(*a):
+            restarts.append(item is decode._RESTART)
+            yield item
+
+    monkeypatch.setattr(decode, "_stream_skipping", skipping)
+    _assert_same_frames(_stream(path, want), ref)
+    assert restarts and restarts[-1], "margin 0 should have been caught"
+
+
 def test_one_pass_and_a_buffer_that_does_not_grow(tmp_path, monkeypatch):
     """Each video is opened and decoded once; the shared buffer's peak is the same for a video
     3x longer and stays within the frames two overlapping windows sample."""
@@ -247,6 +332,29 @@ def test_shared_frame_features_equal_the_model_on_each_window(tmp_path):
     torch.testing.assert_close(got, torch.tensor([w["probs"] for w in per["windows"]]), rtol=0,
                                atol=2e-4)  # fmt: skip
     assert sum(seen) == len({st + 2 + 4 * t for st in starts for t in range(8)}), (seen, starts)
+
+
+def test_timeline_skipping_nonref_frames_changes_nothing(tmp_path, monkeypatch):
+    """The timeline leaves the unsampled non-reference frames undecoded: its windows are exactly
+    those of the pass that decodes every frame."""
+    import artlib
+    import artlib.data.decode as decode
+
+    model, info = _main_job_model()
+    path = _bframe_video(tmp_path / "b.mp4", n=150)
+    judged = []
+    real = decode._ref_checker
+
+    def checker(stream):
+        f = real(stream)
+        return lambda pkt: judged.append(f(pkt)) or judged[-1]
+
+    monkeypatch.setattr(decode, "_ref_checker", checker)
+    fast = artlib.predict_timeline(model, info, path, window=2.0, stride=0.5, batch_size=4)
+    assert judged.count(False) > 0, "no frame was left undecoded"
+    exact = artlib.predict_timeline(model, info, path, window=2.0, stride=0.5, batch_size=4,
+                                    skip_nonref=False)  # fmt: skip
+    assert len(fast["windows"]) == 10 and fast == exact, (fast["windows"][:2], exact["windows"][:2])
 
 
 # ------------------------------------------------------------------------------ long video

@@ -701,16 +701,26 @@ def stream_frames(
     *,
     threads: int = 0,
     accurate_rgb: bool = False,
+    skip_nonref: bool = True,
 ):
     """Open ``path`` once and decode it from start to end: -> (VideoInfo, iterator).
 
-    The iterator yields ``(i, rgb)`` for every decoded frame, i its index (the definition of
+    The iterator yields ``(i, rgb)`` for every frame, i its index (the definition of
     ``decode_frames``: the i-th frame the decoder outputs), ``rgb`` the uint8 (H, W, 3) upright
     frame when ``want(i)`` is true (every frame when ``want`` is None), else None (no colour
     conversion is paid for it). Nothing is kept: memory does not depend on the file's length.
     It closes the file when exhausted or closed. A stream that breaks mid-way raises
     VideoDecodeError(kind="corrupt") with ``num_decoded`` = the frames yielded so far; opening
     failures raise it at once (as ``video_info`` does).
+
+    ``skip_nonref`` (with ``want``; H.264/HEVC): an unwanted non-reference frame is not decoded at
+    all (it is still yielded, as ``(i, None)``): no other frame depends on it, so the wanted
+    frames are the same as with every frame decoded (``decode_frames``' rule, step 2b of the module
+    docstring, applied as the packets stream past: a packet's display index is the rank of its
+    timestamp, final once ``_REORDER_MARGIN`` later packets have been read). Nothing is skipped
+    before the decoder has returned its first frame as index 0; on any surprise (missing or
+    repeated timestamps, a frame that is not the one expected) the file is decoded again plainly
+    from the start and the frames not yet yielded come from that pass.
     """
     av = _av()
     path = os.fspath(path)
@@ -725,18 +735,141 @@ def stream_frames(
         container.close()
         raise
     rgb = _rgb_converter(accurate_rgb)
+    is_ref = _ref_checker(stream) if skip_nonref and want is not None else None
+    held = {"container": container, "stream": stream}
 
     def frames():
-        i = -1
+        done = 0  # frames yielded so far
         try:
-            for frame in container.decode(stream):
+            if is_ref is not None:
+                for item in _stream_skipping(held["container"], held["stream"], want, is_ref, rgb):
+                    if item is _RESTART:
+                        break
+                    done = item[0] + 1
+                    yield item
+                else:
+                    return
+                held["container"].close()  # a surprise: the plain pass decides from here on
+                held["container"] = _open(path)
+                held["stream"] = _video_stream(held["container"], threads)
+            i = -1
+            for frame in held["container"].decode(held["stream"]):
                 i += 1
-                yield i, (rgb(frame) if want is None or want(i) else None)
+                if i >= done:
+                    item = (i, rgb(frame) if want is None or want(i) else None)
+                    done = i + 1
+                    yield item
         except av.FFmpegError as e:
             raise VideoDecodeError(
-                path, f"corrupt stream after frame {i} ({type(e).__name__}: {e})", i + 1
+                path, f"corrupt stream after frame {done - 1} ({type(e).__name__}: {e})", done
             ) from None
         finally:
-            container.close()
+            held["container"].close()
 
     return info, frames()
+
+
+class _Surprise(Exception):
+    """The packets do not behave as _stream_skipping assumes: decode plainly instead."""
+
+
+def _stream_skipping(container, stream, want, is_ref, rgb):
+    """stream_frames' skipping pass: yields (i, rgb or None) in index order, then ends, or ends
+    with _RESTART (a surprise) after the frames it could vouch for. A demuxing error (a cut or
+    damaged file) is raised after the frames decodable before it have been yielded."""
+    import heapq
+    from collections import deque
+
+    av = _av()
+    cc = stream.codec_context
+    pending: deque = deque()  # packets in decode order, not yet fed or skipped
+    unranked: list = []  # heap of (pts, serial) of shown packets without a display index yet
+    rank_of: dict = {}  # pts -> display index, for ranked frames not yet out
+    fed: list = []  # heap of display indices fed to the decoder, not yet out
+    skipped: list = []  # heap of display indices skipped, not yet yielded
+    st = {"serial": 0, "next_rank": 0, "last_pts": None, "next_out": 0, "verified": False}
+
+    def finalize(everything: bool) -> None:
+        # the smallest pending timestamp is the next display index once MARGIN packets came after
+        while unranked and (everything or st["serial"] - unranked[0][1] >= _REORDER_MARGIN):
+            pts, _ = heapq.heappop(unranked)
+            if st["last_pts"] is not None and pts <= st["last_pts"]:
+                raise _Surprise  # a repeated timestamp
+            rank_of[pts] = st["next_rank"]
+            st["next_rank"] += 1
+            st["last_pts"] = pts
+
+    def out(decoded):
+        for frame in decoded:
+            r = rank_of.pop(frame.pts, None)
+            if r is None or not fed or fed[0] != r or (not st["verified"] and r != 0):
+                raise _Surprise  # not the next frame fed, or a fed frame never came out
+            heapq.heappop(fed)
+            while skipped and skipped[0] < r:
+                s = heapq.heappop(skipped)
+                if s != st["next_out"]:
+                    raise _Surprise
+                st["next_out"] = s + 1
+                yield s, None
+            if r != st["next_out"]:
+                raise _Surprise
+            st["next_out"] = r + 1
+            st["verified"] = True
+            yield r, (rgb(frame) if want(r) else None)
+
+    def feed():
+        while pending:
+            pkt = pending[0]
+            if not pkt.is_discard:
+                r = rank_of.get(pkt.pts)
+                if r is None:
+                    return  # its display index is not final yet
+                if st["verified"] and not want(r) and not is_ref(pkt):
+                    pending.popleft()  # unwanted, and no other frame refers to it
+                    del rank_of[pkt.pts]
+                    heapq.heappush(skipped, r)
+                    continue
+                heapq.heappush(fed, r)
+            pending.popleft()
+            yield from out(cc.decode(pkt))
+
+    try:
+        packets = container.demux(stream)
+        damage = None
+        while True:
+            try:
+                pkt = next(packets)
+            except StopIteration:
+                break
+            except av.FFmpegError as e:
+                damage = e  # decode what came before it, then raise
+                break
+            if pkt.size == 0:
+                continue
+            if pkt.pts is None:
+                raise _Surprise
+            st["serial"] += 1
+            pending.append(pkt)
+            if not pkt.is_discard:
+                if st["last_pts"] is not None and pkt.pts <= st["last_pts"]:
+                    raise _Surprise  # reordered further than the margin, or a repeat
+                heapq.heappush(unranked, (pkt.pts, st["serial"]))
+            finalize(False)
+            yield from feed()
+        finalize(True)
+        yield from feed()
+        if pending:
+            raise _Surprise
+        yield from out(cc.decode(None))
+        if fed:
+            raise _Surprise
+        while skipped:
+            s = heapq.heappop(skipped)
+            if s != st["next_out"]:
+                raise _Surprise
+            st["next_out"] = s + 1
+            yield s, None
+        if damage is not None:
+            raise damage
+    except _Surprise:
+        yield _RESTART
