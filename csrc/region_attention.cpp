@@ -116,6 +116,24 @@ inline void softmax_bwd_rows(T* top, T* bottom, int64_t n, T lse, T delta) {
   }
 }
 
+// From the saved P: top <- dS = P * (dP - delta), bottom <- P.   (top holds dP)
+template <typename T>
+inline void softmax_bwd_saved(T* top, T* bottom, const T* p, int64_t n, T delta) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  const Vec vdelta(delta);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    const Vec pv = Vec::loadu(p + i);
+    (pv * (Vec::loadu(top + i) - vdelta)).store(top + i);
+    pv.store(bottom + i);
+  }
+  for (; i < n; ++i) {
+    top[i] = p[i] * (top[i] - delta);
+    bottom[i] = p[i];
+  }
+}
+
 // The three GEMM shapes of the core, on the micro-kernels of gemm.h or on the BLAS in libtorch.
 // "auto" takes the micro-kernels for M <= 32 query rows and BLAS above. Measured on the 2-core dev
 // box (AVX2, MKL), N = 384 frames, best of 8: M = 16 fwd 80 vs 108 ms, bwd 335 vs 343 ms (own vs
@@ -276,14 +294,13 @@ void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const T* l
 inline int64_t block_frames(int64_t K) { return std::max<int64_t>(1, (64 + K - 1) / K); }
 
 template <typename T>
-void op_core_fwd_kernel(const T* qs, const T* wk, const T* wv, const T* x, T* q, T* a, T* lse,
+void op_core_fwd_kernel(const T* qs, const T* wk, const T* wv, const T* x, T* q, T* a, T* p,
                         T* ctx, int64_t N, int64_t K, int64_t H, int64_t L, int64_t D) {
   const int64_t M = H * K, dh = D / H, NK = N * K;
   const Gemms<T> mm(M);
   const Rows rows{N, K, D};
   const int64_t G = block_frames(K), nb = (N + G - 1) / G;
   at::parallel_for(0, nb, 1, [&](int64_t bb, int64_t be) {
-    std::vector<T> s(static_cast<size_t>(M * L));  // this thread's M x L block of S, then P
     std::vector<T> qb(static_cast<size_t>(M * D)), ab(qb.size());
     for (int64_t b = bb; b < be; ++b) {
       const int64_t n0 = b * G, n1 = std::min(N, n0 + G), R = (n1 - n0) * K;
@@ -292,10 +309,11 @@ void op_core_fwd_kernel(const T* qs, const T* wk, const T* wv, const T* x, T* q,
                          q + h * NK * D + n0 * K * D, D);
       for (int64_t n = n0; n < n1; ++n) {
         const T* xn = x + n * L * D;
+        T* pn = p + n * M * L;  // S, then P in place: kept for the backward
         rows.gather(q, n, M, qb.data());
-        mm.nt(M, L, D, qb.data(), D, xn, D, s.data(), L);  // S = q x^T
-        for (int64_t m = 0; m < M; ++m) lse[n * M + m] = softmax_row(s.data() + m * L, L);
-        mm.nn(M, D, L, s.data(), L, xn, D, ab.data(), D);  // a = P x
+        mm.nt(M, L, D, qb.data(), D, xn, D, pn, L);  // S = q x^T
+        for (int64_t m = 0; m < M; ++m) softmax_row(pn + m * L, L);
+        mm.nn(M, D, L, pn, L, xn, D, ab.data(), D);  // a = P x
         rows.scatter(ab.data(), n, M, a);
       }
       for (int64_t h = 0; h < H; ++h)  // c_h = A_h W_v,h^T   (R x d) (d x dh)
@@ -307,8 +325,8 @@ void op_core_fwd_kernel(const T* qs, const T* wk, const T* wv, const T* x, T* q,
 
 template <typename T>
 void op_core_bwd_kernel(const T* dc, const T* wv, const T* wk, const T* qs, const T* q, const T* x,
-                        const T* a, const T* lse, T* d_qs, T* dx, T* d_wk, T* d_wv, int64_t N,
-                        int64_t K, int64_t H, int64_t L, int64_t D, bool exact_lse) {
+                        const T* a, const T* p, T* d_qs, T* dx, T* d_wk, T* d_wv, int64_t N,
+                        int64_t K, int64_t H, int64_t L, int64_t D) {
   using Vec = at::vec::Vectorized<T>;
   const int64_t M = H * K, dh = D / H, NK = N * K;
   const Gemms<T> mm(M);
@@ -318,10 +336,9 @@ void op_core_bwd_kernel(const T* dc, const T* wv, const T* wk, const T* qs, cons
   std::unique_ptr<T[]> part(new T[2 * nch * D * D]);  // d W_k, d W_v per chunk; each zeroes its own
   at::parallel_for(0, nch, 1, [&](int64_t cb, int64_t ce) {
     std::vector<T> w(static_cast<size_t>(2 * M * D));  // [q; da]   (2M x d)
-    std::vector<T> y(static_cast<size_t>(2 * M * L));  // [S; dP] -> [dS; P]   (2M x L)
+    std::vector<T> y(static_cast<size_t>(2 * M * L));  // [dP; -] -> [dS; P]   (2M x L)
     std::vector<T> dab(static_cast<size_t>(G * M * D)), dqb(dab.size());  // (H, G K, d) per block
     std::vector<T> dqf(static_cast<size_t>(M * D)), tmp(static_cast<size_t>(dh * D));
-    std::vector<T> scratch(exact_lse ? static_cast<size_t>(L) : 0);
     const Rows brows{G, K, D};  // the block buffers' layout
     auto acc = [&](T* dst) {
       at::vec::map2([](Vec u, Vec v) { return u + v; }, dst, dst, tmp.data(), dh * D);
@@ -344,13 +361,11 @@ void op_core_bwd_kernel(const T* dc, const T* wv, const T* wk, const T* qs, cons
           T* dan = w.data() + M * D;
           rows.gather(q, n, M, w.data());
           brows.gather(dab.data(), n - n0, M, dan);
-          mm.nt(2 * M, L, D, w.data(), D, xn, D, y.data(), L);  // [S; dP] = [q; da] x^T
+          mm.nt(M, L, D, dan, D, xn, D, y.data(), L);  // dP = da x^T (P is saved: no S)
           for (int64_t m = 0; m < M; ++m) {
-            T* top = y.data() + m * L;
-            T* bottom = y.data() + (M + m) * L;
             const T* am = a + (m / K) * NK * D + (n * K + m % K) * D;
-            const T row_lse = exact_lse ? row_logsumexp(top, L, scratch.data()) : lse[n * M + m];
-            softmax_bwd_rows(top, bottom, L, row_lse, dot(dan + m * D, am, D));
+            softmax_bwd_saved(y.data() + m * L, y.data() + (M + m) * L, p + (n * M + m) * L, L,
+                              dot(dan + m * D, am, D));
           }
           // dq = dS x, into the block buffer;  dx = [dS; P]^T [q; da]
           mm.nn(M, D, L, y.data(), L, xn, D, dqf.data(), D);
@@ -494,14 +509,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_fwd(
                xc = as_compute(x, ct);
   Tensor q_hm = at::empty({heads, NK, D}, qsc.options());
   Tensor a_hm = at::empty({heads, NK, D}, qsc.options());
-  Tensor lse = at::empty({N, heads * K}, qsc.options());
+  // P (N, heads K, L), rows (h k): the softmax weights, kept for the backward instead of S being
+  // recomputed there (N M L values against the q~ and A residuals' N M d each)
+  Tensor p = at::empty({N, heads * K, x.size(1)}, qsc.options());
   Tensor context = at::empty({NK, D}, qsc.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_op_fwd", [&] {
     op_core_fwd_kernel<scalar_t>(
         qsc.const_data_ptr<scalar_t>(), wkc.const_data_ptr<scalar_t>(),
         wvc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
         q_hm.mutable_data_ptr<scalar_t>(), a_hm.mutable_data_ptr<scalar_t>(),
-        lse.mutable_data_ptr<scalar_t>(), context.mutable_data_ptr<scalar_t>(), N, K, heads,
+        p.mutable_data_ptr<scalar_t>(), context.mutable_data_ptr<scalar_t>(), N, K, heads,
         x.size(1), D);
   });
   // context = [c_h + b_v,h over heads];  out = context W_o^T + b_o
@@ -511,17 +528,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_fwd(
   a_hm = a_hm.to(dt);
   context = context.to(dt);
   Tensor out = at::linear(context, w_out, b_out).view({N, K, D});
-  return {out, q_hm, a_hm, lse, qs, context};
+  return {out, q_hm, a_hm, p, qs, context};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_bwd(
     const Tensor& d_out, const Tensor& query, const Tensor& x, const Tensor& w_in,
-    const Tensor& w_out, const Tensor& q_hm, const Tensor& a_hm, const Tensor& lse,
+    const Tensor& w_out, const Tensor& q_hm, const Tensor& a_hm, const Tensor& p,
     const Tensor& qs, const Tensor& context, int64_t heads) {
   check_op_inputs(query, x, w_in, w_out, heads);
   const int64_t N = query.size(0), K = query.size(1), D = query.size(2), NK = N * K;
   const int64_t dh = D / heads;
   const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
+  TORCH_CHECK_VALUE(p.dim() == 3 && p.size(0) == N && p.size(1) == heads * K &&
+                        p.size(2) == x.size(1),
+                    "artlib native: p (the forward's softmax weights) must be (N, heads K, L) = (",
+                    N, ", ", heads * K, ", ", x.size(1), "), got ", p.sizes());
   const Tensor w_q = w_in.narrow(0, 0, D), w_k = w_in.narrow(0, D, D).view({heads, dh, D}),
                w_v = w_in.narrow(0, 2 * D, D).view({heads, dh, D});
   // d in_proj_weight = [d W_q; d W_k; d W_v], each written in place (no concatenation)
@@ -536,8 +557,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_bwd(
   const auto ct = compute_type(query.scalar_type());
   const Tensor dcc = as_compute(d_context, ct), wvc = as_compute(w_v, ct),
                wkc = as_compute(w_k, ct), qsc = as_compute(qs, ct), qc = as_compute(q_hm, ct),
-               xc = as_compute(x, ct), ac = as_compute(a_hm, ct), lsec = as_compute(lse, ct);
-  const bool exact_lse = ct == at::kDouble && lse.scalar_type() != at::kDouble;
+               xc = as_compute(x, ct), ac = as_compute(a_hm, ct), pc = as_compute(p, ct);
   Tensor d_qs = at::empty({NK, D}, qc.options());
   Tensor dx = at::empty({N, x.size(1), D}, qc.options());
   Tensor d_wk = at::empty({2, D, D}, qc.options());  // d W_k, d W_v
@@ -546,10 +566,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_bwd(
         dcc.const_data_ptr<scalar_t>(), wvc.const_data_ptr<scalar_t>(),
         wkc.const_data_ptr<scalar_t>(), qsc.const_data_ptr<scalar_t>(),
         qc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
-        ac.const_data_ptr<scalar_t>(), lsec.const_data_ptr<scalar_t>(),
+        ac.const_data_ptr<scalar_t>(), pc.const_data_ptr<scalar_t>(),
         d_qs.mutable_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
         d_wk.mutable_data_ptr<scalar_t>(), d_wk.mutable_data_ptr<scalar_t>() + D * D, N, K,
-        heads, x.size(1), D, exact_lse);
+        heads, x.size(1), D);
   });
   d_w_in.narrow(0, D, 2 * D).copy_(d_wk.view({2 * D, D}));
   Tensor d_qp = d_qs.mul_(scale).to(query.scalar_type());
@@ -579,7 +599,7 @@ TORCH_LIBRARY_FRAGMENT(artlib, m) {
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "native_region_attention_bwd(Tensor d_out, Tensor query, Tensor x, Tensor in_proj_weight, "
-      "Tensor out_proj_weight, Tensor q_hm, Tensor a_hm, Tensor lse, Tensor qs, Tensor context, "
+      "Tensor out_proj_weight, Tensor q_hm, Tensor a_hm, Tensor p, Tensor qs, Tensor context, "
       "int num_heads) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
