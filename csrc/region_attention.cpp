@@ -293,24 +293,34 @@ void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const T* l
 
 inline int64_t block_frames(int64_t K) { return std::max<int64_t>(1, (64 + K - 1) / K); }
 
+// q~_h = qs_h W_k,h for R rows (one block of frames) into a block buffer (H, ld rows, d). The
+// forward does not keep q~ (heads N K d values): the backward recomputes it per block, d_h / L of a
+// score GEMM's work.
 template <typename T>
-void op_core_fwd_kernel(const T* qs, const T* wk, const T* wv, const T* x, T* q, T* a, T* p,
-                        T* ctx, int64_t N, int64_t K, int64_t H, int64_t L, int64_t D) {
+inline void q_tilde_block(const T* qs, const T* wk, T* out, int64_t R, int64_t ld, int64_t H,
+                          int64_t dh, int64_t D) {
+  for (int64_t h = 0; h < H; ++h)  // (R x dh) (dh x d)
+    kern::gemm_nn<T>(R, D, dh, qs + h * dh, D, wk + h * dh * D, D, out + h * ld * D, D);
+}
+
+template <typename T>
+void op_core_fwd_kernel(const T* qs, const T* wk, const T* wv, const T* x, T* a, T* p, T* ctx,
+                        int64_t N, int64_t K, int64_t H, int64_t L, int64_t D) {
   const int64_t M = H * K, dh = D / H, NK = N * K;
   const Gemms<T> mm(M);
   const Rows rows{N, K, D};
   const int64_t G = block_frames(K), nb = (N + G - 1) / G;
   at::parallel_for(0, nb, 1, [&](int64_t bb, int64_t be) {
+    std::vector<T> qblk(static_cast<size_t>(G * M * D));  // the block's q~, (H, G K, d)
     std::vector<T> qb(static_cast<size_t>(M * D)), ab(qb.size());
+    const Rows brows{G, K, D};  // the block buffer's layout
     for (int64_t b = bb; b < be; ++b) {
       const int64_t n0 = b * G, n1 = std::min(N, n0 + G), R = (n1 - n0) * K;
-      for (int64_t h = 0; h < H; ++h)  // q~_h = qs_h W_k,h   (R x dh) (dh x d)
-        kern::gemm_nn<T>(R, D, dh, qs + n0 * K * D + h * dh, D, wk + h * dh * D, D,
-                         q + h * NK * D + n0 * K * D, D);
+      q_tilde_block(qs + n0 * K * D, wk, qblk.data(), R, G * K, H, dh, D);
       for (int64_t n = n0; n < n1; ++n) {
         const T* xn = x + n * L * D;
         T* pn = p + n * M * L;  // S, then P in place: kept for the backward
-        rows.gather(q, n, M, qb.data());
+        brows.gather(qblk.data(), n - n0, M, qb.data());
         mm.nt(M, L, D, qb.data(), D, xn, D, pn, L);  // S = q x^T
         for (int64_t m = 0; m < M; ++m) softmax_row(pn + m * L, L);
         mm.nn(M, D, L, pn, L, xn, D, ab.data(), D);  // a = P x
@@ -324,31 +334,35 @@ void op_core_fwd_kernel(const T* qs, const T* wk, const T* wv, const T* x, T* q,
 }
 
 template <typename T>
-void op_core_bwd_kernel(const T* dc, const T* wv, const T* wk, const T* qs, const T* q, const T* x,
-                        const T* a, const T* p, T* d_qs, T* dx, T* d_wk, T* d_wv, int64_t N,
-                        int64_t K, int64_t H, int64_t L, int64_t D) {
+void op_core_bwd_kernel(const T* dc, const T* wv, const T* wk, const T* qs, const T* x, const T* a,
+                        const T* p, T* d_qs, T* dx, T* d_wk, T* d_wv, int64_t N, int64_t K,
+                        int64_t H, int64_t L, int64_t D) {
   using Vec = at::vec::Vectorized<T>;
   const int64_t M = H * K, dh = D / H, NK = N * K;
   const Gemms<T> mm(M);
-  const Rows rows{N, K, D};
   const int64_t G = block_frames(K), nb = (N + G - 1) / G;
   const int64_t nch = std::min<int64_t>(nb, 16), per = (nb + nch - 1) / nch;  // blocks per chunk
-  std::unique_ptr<T[]> part(new T[2 * nch * D * D]);  // d W_k, d W_v per chunk; each zeroes its own
+  // d W_k, d W_v per chunk; each zeroes its own
+  const Tensor part_t =
+      pooled_empty({2 * nch * D * D}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  T* const part = part_t.mutable_data_ptr<T>();
   at::parallel_for(0, nch, 1, [&](int64_t cb, int64_t ce) {
     std::vector<T> w(static_cast<size_t>(2 * M * D));  // [q; da]   (2M x d)
     std::vector<T> y(static_cast<size_t>(2 * M * L));  // [dP; -] -> [dS; P]   (2M x L)
-    std::vector<T> dab(static_cast<size_t>(G * M * D)), dqb(dab.size());  // (H, G K, d) per block
+    // per block, (H, G K, d): da, dq and q~ (recomputed from qs, not saved by the forward)
+    std::vector<T> dab(static_cast<size_t>(G * M * D)), dqb(dab.size()), qblk(dab.size());
     std::vector<T> dqf(static_cast<size_t>(M * D)), tmp(static_cast<size_t>(dh * D));
     const Rows brows{G, K, D};  // the block buffers' layout
     auto acc = [&](T* dst) {
       at::vec::map2([](Vec u, Vec v) { return u + v; }, dst, dst, tmp.data(), dh * D);
     };
     for (int64_t c = cb; c < ce; ++c) {
-      T* pk = part.get() + 2 * c * D * D;
+      T* pk = part + 2 * c * D * D;
       T* pv = pk + D * D;
       std::fill(pk, pk + 2 * D * D, T(0));
       for (int64_t b = c * per; b < std::min(nb, (c + 1) * per); ++b) {
         const int64_t n0 = b * G, n1 = std::min(N, n0 + G), R = (n1 - n0) * K;
+        q_tilde_block(qs + n0 * K * D, wk, qblk.data(), R, G * K, H, dh, D);
         for (int64_t h = 0; h < H; ++h) {
           const T* dch = dc + n0 * K * D + h * dh;
           // da_h = dc_h W_v,h   (R x dh) (dh x d);   d W_v,h += dc_h^T A_h   (dh x R) (R x d)
@@ -359,7 +373,7 @@ void op_core_bwd_kernel(const T* dc, const T* wv, const T* wk, const T* qs, cons
         for (int64_t n = n0; n < n1; ++n) {
           const T* xn = x + n * L * D;
           T* dan = w.data() + M * D;
-          rows.gather(q, n, M, w.data());
+          brows.gather(qblk.data(), n - n0, M, w.data());
           brows.gather(dab.data(), n - n0, M, dan);
           mm.nt(M, L, D, dan, D, xn, D, y.data(), L);  // dP = da x^T (P is saved: no S)
           for (int64_t m = 0; m < M; ++m) {
@@ -386,7 +400,7 @@ void op_core_bwd_kernel(const T* dc, const T* wv, const T* wk, const T* qs, cons
   std::fill(d_wk, d_wk + D * D, T(0));
   std::fill(d_wv, d_wv + D * D, T(0));
   for (int64_t c = 0; c < nch; ++c) {
-    const T* pk = part.get() + 2 * c * D * D;
+    const T* pk = part + 2 * c * D * D;
     at::vec::map2([](Vec u, Vec v) { return u + v; }, d_wk, d_wk, pk, D * D);
     at::vec::map2([](Vec u, Vec v) { return u + v; }, d_wv, d_wv, pk + D * D, D * D);
   }
@@ -492,7 +506,7 @@ void check_op_inputs(const Tensor& query, const Tensor& x, const Tensor& w_in, c
                     w_out.sizes());
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_fwd(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> op_fwd(
     const Tensor& query, const Tensor& x, const Tensor& w_in, const c10::optional<Tensor>& b_in,
     const Tensor& w_out, const c10::optional<Tensor>& b_out, int64_t heads) {
   check_op_inputs(query, x, w_in, w_out, heads);
@@ -507,33 +521,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_fwd(
   const auto ct = compute_type(query.scalar_type());
   const Tensor qsc = as_compute(qs, ct), wkc = as_compute(w_k, ct), wvc = as_compute(w_v, ct),
                xc = as_compute(x, ct);
-  Tensor q_hm = at::empty({heads, NK, D}, qsc.options());
-  Tensor a_hm = at::empty({heads, NK, D}, qsc.options());
-  // P (N, heads K, L), rows (h k): the softmax weights, kept for the backward instead of S being
-  // recomputed there (N M L values against the q~ and A residuals' N M d each)
-  Tensor p = at::empty({N, heads * K, x.size(1)}, qsc.options());
+  Tensor a_hm = pooled_empty({heads, NK, D}, qsc.options());
+  // Kept for the backward: A heads-major and P (N, heads K, L), rows (h k), the softmax weights,
+  // so that the backward computes dP = da x^T but not S = q~ x^T again (P is N M L values, less
+  // than the N M d of q~, which is not kept: the backward recomputes it per block from qs)
+  Tensor p = pooled_empty({N, heads * K, x.size(1)}, qsc.options());
   Tensor context = at::empty({NK, D}, qsc.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_op_fwd", [&] {
     op_core_fwd_kernel<scalar_t>(
         qsc.const_data_ptr<scalar_t>(), wkc.const_data_ptr<scalar_t>(),
         wvc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
-        q_hm.mutable_data_ptr<scalar_t>(), a_hm.mutable_data_ptr<scalar_t>(),
+        a_hm.mutable_data_ptr<scalar_t>(),
         p.mutable_data_ptr<scalar_t>(), context.mutable_data_ptr<scalar_t>(), N, K, heads,
         x.size(1), D);
   });
   // context = [c_h + b_v,h over heads];  out = context W_o^T + b_o
   if (b_in.has_value()) context.add_(b_in->narrow(0, 2 * D, D));
   const auto dt = query.scalar_type();
-  q_hm = q_hm.to(dt);
   a_hm = a_hm.to(dt);
   context = context.to(dt);
   Tensor out = at::linear(context, w_out, b_out).view({N, K, D});
-  return {out, q_hm, a_hm, p, qs, context};
+  return {out, a_hm, p, qs, context};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_bwd(
     const Tensor& d_out, const Tensor& query, const Tensor& x, const Tensor& w_in,
-    const Tensor& w_out, const Tensor& q_hm, const Tensor& a_hm, const Tensor& p,
+    const Tensor& w_out, const Tensor& a_hm, const Tensor& p,
     const Tensor& qs, const Tensor& context, int64_t heads) {
   check_op_inputs(query, x, w_in, w_out, heads);
   const int64_t N = query.size(0), K = query.size(1), D = query.size(2), NK = N * K;
@@ -556,16 +569,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_bwd(
   // after it
   const auto ct = compute_type(query.scalar_type());
   const Tensor dcc = as_compute(d_context, ct), wvc = as_compute(w_v, ct),
-               wkc = as_compute(w_k, ct), qsc = as_compute(qs, ct), qc = as_compute(q_hm, ct),
+               wkc = as_compute(w_k, ct), qsc = as_compute(qs, ct),
                xc = as_compute(x, ct), ac = as_compute(a_hm, ct), pc = as_compute(p, ct);
-  Tensor d_qs = at::empty({NK, D}, qc.options());
-  Tensor dx = at::empty({N, x.size(1), D}, qc.options());
-  Tensor d_wk = at::empty({2, D, D}, qc.options());  // d W_k, d W_v
+  Tensor d_qs = at::empty({NK, D}, qsc.options());
+  Tensor dx = at::empty({N, x.size(1), D}, qsc.options());
+  Tensor d_wk = at::empty({2, D, D}, qsc.options());  // d W_k, d W_v
   AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_op_bwd", [&] {
     op_core_bwd_kernel<scalar_t>(
         dcc.const_data_ptr<scalar_t>(), wvc.const_data_ptr<scalar_t>(),
         wkc.const_data_ptr<scalar_t>(), qsc.const_data_ptr<scalar_t>(),
-        qc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+        xc.const_data_ptr<scalar_t>(),
         ac.const_data_ptr<scalar_t>(), pc.const_data_ptr<scalar_t>(),
         d_qs.mutable_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
         d_wk.mutable_data_ptr<scalar_t>(), d_wk.mutable_data_ptr<scalar_t>() + D * D, N, K,
@@ -596,10 +609,10 @@ TORCH_LIBRARY_FRAGMENT(artlib, m) {
   m.def(
       "native_region_attention_fwd(Tensor query, Tensor x, Tensor in_proj_weight, "
       "Tensor? in_proj_bias, Tensor out_proj_weight, Tensor? out_proj_bias, int num_heads) -> "
-      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "native_region_attention_bwd(Tensor d_out, Tensor query, Tensor x, Tensor in_proj_weight, "
-      "Tensor out_proj_weight, Tensor q_hm, Tensor a_hm, Tensor p, Tensor qs, Tensor context, "
+      "Tensor out_proj_weight, Tensor a_hm, Tensor p, Tensor qs, Tensor context, "
       "int num_heads) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 

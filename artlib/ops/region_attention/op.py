@@ -117,14 +117,15 @@ def _forward(
     (N, heads, K, L) or an empty tensor when not asked, and what the backward needs: q~ and A
     heads-major (heads, N K, d), lse (N, heads K) fp32, Q W_q^T scaled (N K, d), the context
     before the output projection (N K, d). The native op (:func:`_saves_weights`) keeps the
-    softmax weights P (N, heads K, L) in lse's place, so its backward skips recomputing the scores.
+    softmax weights P (N, heads K, L) in lse's place, so its backward skips recomputing the scores,
+    and not q~ (an empty tensor in its place): its backward recomputes q~ per block of frames.
     ``impl``: the core's backend when already known."""
     impl = impl or _core_backend(query)
     if _saves_weights(impl, need_weights):
         out, *saved = torch.ops.artlib.native_region_attention_fwd(
             query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, h
         )
-        return (out, query.new_empty(0), *saved)
+        return (out, query.new_empty(0), query.new_empty(0), *saved)  # no maps, q~ not kept
     n, k, d = query.shape
     nk, dh = n * k, d // h
     w_q, w_k, w_v, b_q, _, b_v = _split_in_proj(in_proj_weight, in_proj_bias)
@@ -167,7 +168,7 @@ def _backward(saved, h, has_in_bias, has_out_bias, d_out, d_weights):
     if lse.dim() == 3:  # the native forward ran and kept P (N, heads K, L): its backward runs
         d_query, dx, d_w_in, d_b_in, d_w_out, d_b_out = (
             torch.ops.artlib.native_region_attention_bwd(
-                d_out, query, x, w_in, w_out, q_hm, a_hm, lse, qs, context, h
+                d_out, query, x, w_in, w_out, a_hm, lse, qs, context, h
             )
         )
         return (
@@ -249,11 +250,12 @@ def _fake(
     acc = _acc_dtype(query.dtype)
     # planned(): plain dict reads, the choice select() makes (a fake may run inside a trace, where
     # making the choice would change what the trace guards on)
+    q_hm, a_hm = query.new_empty(h, nk, d), query.new_empty(h, nk, d)
     if _saves_weights(_backend.planned(_OP, query.device.type), need_weights):
         lse = query.new_empty(n, h * k, x.shape[1], dtype=acc)  # P in lse's place
+        q_hm = query.new_empty(0)  # not kept
     else:
         lse = query.new_empty(n, h * k, dtype=acc)
-    q_hm, a_hm = query.new_empty(h, nk, d), query.new_empty(h, nk, d)
     return (
         query.new_empty(n, k, d),
         weights,
