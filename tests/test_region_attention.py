@@ -269,8 +269,9 @@ def test_native_op_blocks_match_reference(n, k, l, d, heads, bias, use_backend):
 
 # The native op keeps the softmax weights P (N, heads K, L) for its backward instead of lse and q~
 # (recomputed per block), in buffers reused across calls (csrc/native.h, BufferPool: 1 MB and more).
-# These shapes make A and P over 1 MB (float32 and float64), so several live forwards hold pooled buffers at once and the
-# later calls get freed ones back; every output and gradient is checked against the reference.
+# These shapes make A and P over 1 MB (float32 and float64), so several live forwards hold pooled
+# buffers at once and the later calls get freed ones back; every output and gradient is checked
+# against the reference.
 def _native_or_skip():
     from artlib.ops import _native
 
