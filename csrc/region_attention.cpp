@@ -15,7 +15,8 @@
 // memory once per pass: one thread owns a frame, its M x L score block lives in a thread-local buffer
 // (<= 200 KB at M = 128, L = 196), and the two (forward) or three (backward) GEMMs that touch x run
 // back to back while x sits in L2. The backward stacks [q; da] so that one GEMM yields [S; dP] and
-// one GEMM yields dx = [dS; P]^T [q; da].
+// one GEMM yields dx = [dS; P]^T [q; da]. The whole absorbed op (op_fwd / op_bwd below) keeps P
+// from its forward instead of lse, and its backward skips S.
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/add.h>
@@ -286,10 +287,14 @@ void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const T* l
 // d_qs_h = dq_h W_k,h^T, d W_k,h = qs_h^T dq_h, d W_v,h = dc_h^T A_h as depth-32 or width-32
 // batched GEMMs over heads-major (heads, N K, d) tensors: at N = 384, K = 16 each such tensor is
 // 48 MB written and read back once. Here they run inside the core's parallel loop on blocks of G
-// frames (G K >= 64 rows, so that W_k,h and W_v,h are reused from cache at small K): da and dq
-// never leave the thread, and each block's q~, A, context and d_qs are written once. The weight
-// gradients are summed per chunk of blocks (at most 16 chunks, fixed by N and K only) and the
-// chunks reduced in order, so the result does not depend on the thread count.
+// frames (G K >= 64 rows, so that W_k,h and W_v,h are reused from cache at small K): q~, da and dq
+// never leave the thread, and each block's A, P, context and d_qs are written once. The forward
+// keeps P (N M L values; q~, N M d, is recomputed by the backward instead of kept), so the
+// backward computes dP = da x^T alone, not [S; dP] = [q~; da] x^T and exp(S - lse): one of the
+// seven M x L x d GEMMs per frame. A and P come from the buffer cache of native.h (pooled_empty):
+// on fresh pages, faulting them in costs about as much as the GEMM saved. The weight gradients
+// are summed per chunk of blocks (at most 16 chunks, fixed by N and K only) and the chunks
+// reduced in order, so the result does not depend on the thread count.
 
 inline int64_t block_frames(int64_t K) { return std::max<int64_t>(1, (64 + K - 1) / K); }
 

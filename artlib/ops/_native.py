@@ -28,7 +28,9 @@ Never a broken import: with no compiler, a failed build or ``ARTLIB_NO_NATIVE=1`
 is False, :func:`reason` says why, and ``artlib.ops.backend()`` reports it; the reference runs.
 
 Environment: ``ARTLIB_NO_NATIVE=1`` disables the kernels; ``ARTLIB_CACHE`` moves the cache;
-``ARTLIB_CSRC`` points at another copy of the sources; ``ARTLIB_NATIVE_VERBOSE=1`` shows the build.
+``ARTLIB_CSRC`` points at another copy of the sources; ``ARTLIB_NATIVE_VERBOSE=1`` shows the build;
+``ARTLIB_NATIVE_POOL_MB`` caps the cache of large internal buffers (residuals kept for a backward,
+reused across calls instead of fresh pages; default 512, 0 turns it off; csrc/native.h).
 """
 
 from __future__ import annotations
