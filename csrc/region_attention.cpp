@@ -15,7 +15,8 @@
 // memory once per pass: one thread owns a frame, its M x L score block lives in a thread-local buffer
 // (<= 200 KB at M = 128, L = 196), and the two (forward) or three (backward) GEMMs that touch x run
 // back to back while x sits in L2. The backward stacks [q; da] so that one GEMM yields [S; dP] and
-// one GEMM yields dx = [dS; P]^T [q; da].
+// one GEMM yields dx = [dS; P]^T [q; da]. The whole absorbed op (op_fwd / op_bwd below) keeps P
+// from its forward instead of lse, and its backward skips S.
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/add.h>
@@ -113,6 +114,24 @@ inline void softmax_bwd_rows(T* top, T* bottom, int64_t n, T lse, T delta) {
     T p = std::exp(top[i] - lse);
     top[i] = p * (bottom[i] - delta);
     bottom[i] = p;
+  }
+}
+
+// From the saved P: top <- dS = P * (dP - delta), bottom <- P.   (top holds dP)
+template <typename T>
+inline void softmax_bwd_saved(T* top, T* bottom, const T* p, int64_t n, T delta) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  const Vec vdelta(delta);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    const Vec pv = Vec::loadu(p + i);
+    (pv * (Vec::loadu(top + i) - vdelta)).store(top + i);
+    pv.store(bottom + i);
+  }
+  for (; i < n; ++i) {
+    top[i] = p[i] * (top[i] - delta);
+    bottom[i] = p[i];
   }
 }
 
@@ -268,34 +287,48 @@ void core_bwd_kernel(const T* da, const T* q, const T* x, const T* a, const T* l
 // d_qs_h = dq_h W_k,h^T, d W_k,h = qs_h^T dq_h, d W_v,h = dc_h^T A_h as depth-32 or width-32
 // batched GEMMs over heads-major (heads, N K, d) tensors: at N = 384, K = 16 each such tensor is
 // 48 MB written and read back once. Here they run inside the core's parallel loop on blocks of G
-// frames (G K >= 64 rows, so that W_k,h and W_v,h are reused from cache at small K): da and dq
-// never leave the thread, and each block's q~, A, context and d_qs are written once. The weight
-// gradients are summed per chunk of blocks (at most 16 chunks, fixed by N and K only) and the
-// chunks reduced in order, so the result does not depend on the thread count.
+// frames (G K >= 64 rows, so that W_k,h and W_v,h are reused from cache at small K): q~, da and dq
+// never leave the thread, and each block's A, P, context and d_qs are written once. The forward
+// keeps P (N M L values; q~, N M d, is recomputed by the backward instead of kept), so the
+// backward computes dP = da x^T alone, not [S; dP] = [q~; da] x^T and exp(S - lse): one of the
+// seven M x L x d GEMMs per frame. A and P come from the buffer cache of native.h (pooled_empty):
+// on fresh pages, faulting them in costs about as much as the GEMM saved. The weight gradients
+// are summed per chunk of blocks (at most 16 chunks, fixed by N and K only) and the chunks
+// reduced in order, so the result does not depend on the thread count.
 
 inline int64_t block_frames(int64_t K) { return std::max<int64_t>(1, (64 + K - 1) / K); }
 
+// q~_h = qs_h W_k,h for R rows (one block of frames) into a block buffer (H, ld rows, d). The
+// forward does not keep q~ (heads N K d values): the backward recomputes it per block, d_h / L of a
+// score GEMM's work.
 template <typename T>
-void op_core_fwd_kernel(const T* qs, const T* wk, const T* wv, const T* x, T* q, T* a, T* lse,
-                        T* ctx, int64_t N, int64_t K, int64_t H, int64_t L, int64_t D) {
+inline void q_tilde_block(const T* qs, const T* wk, T* out, int64_t R, int64_t ld, int64_t H,
+                          int64_t dh, int64_t D) {
+  for (int64_t h = 0; h < H; ++h)  // (R x dh) (dh x d)
+    kern::gemm_nn<T>(R, D, dh, qs + h * dh, D, wk + h * dh * D, D, out + h * ld * D, D);
+}
+
+template <typename T>
+void op_core_fwd_kernel(const T* qs, const T* wk, const T* wv, const T* x, T* a, T* p, T* ctx,
+                        int64_t N, int64_t K, int64_t H, int64_t L, int64_t D) {
   const int64_t M = H * K, dh = D / H, NK = N * K;
   const Gemms<T> mm(M);
   const Rows rows{N, K, D};
   const int64_t G = block_frames(K), nb = (N + G - 1) / G;
   at::parallel_for(0, nb, 1, [&](int64_t bb, int64_t be) {
-    std::vector<T> s(static_cast<size_t>(M * L));  // this thread's M x L block of S, then P
+    std::vector<T> qblk(static_cast<size_t>(G * M * D));  // the block's q~, (H, G K, d)
     std::vector<T> qb(static_cast<size_t>(M * D)), ab(qb.size());
+    const Rows brows{G, K, D};  // the block buffer's layout
     for (int64_t b = bb; b < be; ++b) {
       const int64_t n0 = b * G, n1 = std::min(N, n0 + G), R = (n1 - n0) * K;
-      for (int64_t h = 0; h < H; ++h)  // q~_h = qs_h W_k,h   (R x dh) (dh x d)
-        kern::gemm_nn<T>(R, D, dh, qs + n0 * K * D + h * dh, D, wk + h * dh * D, D,
-                         q + h * NK * D + n0 * K * D, D);
+      q_tilde_block(qs + n0 * K * D, wk, qblk.data(), R, G * K, H, dh, D);
       for (int64_t n = n0; n < n1; ++n) {
         const T* xn = x + n * L * D;
-        rows.gather(q, n, M, qb.data());
-        mm.nt(M, L, D, qb.data(), D, xn, D, s.data(), L);  // S = q x^T
-        for (int64_t m = 0; m < M; ++m) lse[n * M + m] = softmax_row(s.data() + m * L, L);
-        mm.nn(M, D, L, s.data(), L, xn, D, ab.data(), D);  // a = P x
+        T* pn = p + n * M * L;  // S, then P in place: kept for the backward
+        brows.gather(qblk.data(), n - n0, M, qb.data());
+        mm.nt(M, L, D, qb.data(), D, xn, D, pn, L);  // S = q x^T
+        for (int64_t m = 0; m < M; ++m) softmax_row(pn + m * L, L);
+        mm.nn(M, D, L, pn, L, xn, D, ab.data(), D);  // a = P x
         rows.scatter(ab.data(), n, M, a);
       }
       for (int64_t h = 0; h < H; ++h)  // c_h = A_h W_v,h^T   (R x d) (d x dh)
@@ -306,32 +339,35 @@ void op_core_fwd_kernel(const T* qs, const T* wk, const T* wv, const T* x, T* q,
 }
 
 template <typename T>
-void op_core_bwd_kernel(const T* dc, const T* wv, const T* wk, const T* qs, const T* q, const T* x,
-                        const T* a, const T* lse, T* d_qs, T* dx, T* d_wk, T* d_wv, int64_t N,
-                        int64_t K, int64_t H, int64_t L, int64_t D, bool exact_lse) {
+void op_core_bwd_kernel(const T* dc, const T* wv, const T* wk, const T* qs, const T* x, const T* a,
+                        const T* p, T* d_qs, T* dx, T* d_wk, T* d_wv, int64_t N, int64_t K,
+                        int64_t H, int64_t L, int64_t D) {
   using Vec = at::vec::Vectorized<T>;
   const int64_t M = H * K, dh = D / H, NK = N * K;
   const Gemms<T> mm(M);
-  const Rows rows{N, K, D};
   const int64_t G = block_frames(K), nb = (N + G - 1) / G;
   const int64_t nch = std::min<int64_t>(nb, 16), per = (nb + nch - 1) / nch;  // blocks per chunk
-  std::unique_ptr<T[]> part(new T[2 * nch * D * D]);  // d W_k, d W_v per chunk; each zeroes its own
+  // d W_k, d W_v per chunk; each zeroes its own
+  const Tensor part_t =
+      pooled_empty({2 * nch * D * D}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  T* const part = part_t.mutable_data_ptr<T>();
   at::parallel_for(0, nch, 1, [&](int64_t cb, int64_t ce) {
     std::vector<T> w(static_cast<size_t>(2 * M * D));  // [q; da]   (2M x d)
-    std::vector<T> y(static_cast<size_t>(2 * M * L));  // [S; dP] -> [dS; P]   (2M x L)
-    std::vector<T> dab(static_cast<size_t>(G * M * D)), dqb(dab.size());  // (H, G K, d) per block
+    std::vector<T> y(static_cast<size_t>(2 * M * L));  // [dP; -] -> [dS; P]   (2M x L)
+    // per block, (H, G K, d): da, dq and q~ (recomputed from qs, not saved by the forward)
+    std::vector<T> dab(static_cast<size_t>(G * M * D)), dqb(dab.size()), qblk(dab.size());
     std::vector<T> dqf(static_cast<size_t>(M * D)), tmp(static_cast<size_t>(dh * D));
-    std::vector<T> scratch(exact_lse ? static_cast<size_t>(L) : 0);
     const Rows brows{G, K, D};  // the block buffers' layout
     auto acc = [&](T* dst) {
       at::vec::map2([](Vec u, Vec v) { return u + v; }, dst, dst, tmp.data(), dh * D);
     };
     for (int64_t c = cb; c < ce; ++c) {
-      T* pk = part.get() + 2 * c * D * D;
+      T* pk = part + 2 * c * D * D;
       T* pv = pk + D * D;
       std::fill(pk, pk + 2 * D * D, T(0));
       for (int64_t b = c * per; b < std::min(nb, (c + 1) * per); ++b) {
         const int64_t n0 = b * G, n1 = std::min(N, n0 + G), R = (n1 - n0) * K;
+        q_tilde_block(qs + n0 * K * D, wk, qblk.data(), R, G * K, H, dh, D);
         for (int64_t h = 0; h < H; ++h) {
           const T* dch = dc + n0 * K * D + h * dh;
           // da_h = dc_h W_v,h   (R x dh) (dh x d);   d W_v,h += dc_h^T A_h   (dh x R) (R x d)
@@ -342,15 +378,13 @@ void op_core_bwd_kernel(const T* dc, const T* wv, const T* wk, const T* qs, cons
         for (int64_t n = n0; n < n1; ++n) {
           const T* xn = x + n * L * D;
           T* dan = w.data() + M * D;
-          rows.gather(q, n, M, w.data());
+          brows.gather(qblk.data(), n - n0, M, w.data());
           brows.gather(dab.data(), n - n0, M, dan);
-          mm.nt(2 * M, L, D, w.data(), D, xn, D, y.data(), L);  // [S; dP] = [q; da] x^T
+          mm.nt(M, L, D, dan, D, xn, D, y.data(), L);  // dP = da x^T (P is saved: no S)
           for (int64_t m = 0; m < M; ++m) {
-            T* top = y.data() + m * L;
-            T* bottom = y.data() + (M + m) * L;
             const T* am = a + (m / K) * NK * D + (n * K + m % K) * D;
-            const T row_lse = exact_lse ? row_logsumexp(top, L, scratch.data()) : lse[n * M + m];
-            softmax_bwd_rows(top, bottom, L, row_lse, dot(dan + m * D, am, D));
+            softmax_bwd_saved(y.data() + m * L, y.data() + (M + m) * L, p + (n * M + m) * L, L,
+                              dot(dan + m * D, am, D));
           }
           // dq = dS x, into the block buffer;  dx = [dS; P]^T [q; da]
           mm.nn(M, D, L, y.data(), L, xn, D, dqf.data(), D);
@@ -371,7 +405,7 @@ void op_core_bwd_kernel(const T* dc, const T* wv, const T* wk, const T* qs, cons
   std::fill(d_wk, d_wk + D * D, T(0));
   std::fill(d_wv, d_wv + D * D, T(0));
   for (int64_t c = 0; c < nch; ++c) {
-    const T* pk = part.get() + 2 * c * D * D;
+    const T* pk = part + 2 * c * D * D;
     at::vec::map2([](Vec u, Vec v) { return u + v; }, d_wk, d_wk, pk, D * D);
     at::vec::map2([](Vec u, Vec v) { return u + v; }, d_wv, d_wv, pk + D * D, D * D);
   }
@@ -477,7 +511,7 @@ void check_op_inputs(const Tensor& query, const Tensor& x, const Tensor& w_in, c
                     w_out.sizes());
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_fwd(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> op_fwd(
     const Tensor& query, const Tensor& x, const Tensor& w_in, const c10::optional<Tensor>& b_in,
     const Tensor& w_out, const c10::optional<Tensor>& b_out, int64_t heads) {
   check_op_inputs(query, x, w_in, w_out, heads);
@@ -492,36 +526,41 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_fwd(
   const auto ct = compute_type(query.scalar_type());
   const Tensor qsc = as_compute(qs, ct), wkc = as_compute(w_k, ct), wvc = as_compute(w_v, ct),
                xc = as_compute(x, ct);
-  Tensor q_hm = at::empty({heads, NK, D}, qsc.options());
-  Tensor a_hm = at::empty({heads, NK, D}, qsc.options());
-  Tensor lse = at::empty({N, heads * K}, qsc.options());
+  Tensor a_hm = pooled_empty({heads, NK, D}, qsc.options());
+  // Kept for the backward: A heads-major and P (N, heads K, L), rows (h k), the softmax weights,
+  // so that the backward computes dP = da x^T but not S = q~ x^T again (P is N M L values, less
+  // than the N M d of q~, which is not kept: the backward recomputes it per block from qs)
+  Tensor p = pooled_empty({N, heads * K, x.size(1)}, qsc.options());
   Tensor context = at::empty({NK, D}, qsc.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_op_fwd", [&] {
     op_core_fwd_kernel<scalar_t>(
         qsc.const_data_ptr<scalar_t>(), wkc.const_data_ptr<scalar_t>(),
         wvc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
-        q_hm.mutable_data_ptr<scalar_t>(), a_hm.mutable_data_ptr<scalar_t>(),
-        lse.mutable_data_ptr<scalar_t>(), context.mutable_data_ptr<scalar_t>(), N, K, heads,
+        a_hm.mutable_data_ptr<scalar_t>(),
+        p.mutable_data_ptr<scalar_t>(), context.mutable_data_ptr<scalar_t>(), N, K, heads,
         x.size(1), D);
   });
   // context = [c_h + b_v,h over heads];  out = context W_o^T + b_o
   if (b_in.has_value()) context.add_(b_in->narrow(0, 2 * D, D));
   const auto dt = query.scalar_type();
-  q_hm = q_hm.to(dt);
   a_hm = a_hm.to(dt);
   context = context.to(dt);
   Tensor out = at::linear(context, w_out, b_out).view({N, K, D});
-  return {out, q_hm, a_hm, lse, qs, context};
+  return {out, a_hm, p, qs, context};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_bwd(
     const Tensor& d_out, const Tensor& query, const Tensor& x, const Tensor& w_in,
-    const Tensor& w_out, const Tensor& q_hm, const Tensor& a_hm, const Tensor& lse,
+    const Tensor& w_out, const Tensor& a_hm, const Tensor& p,
     const Tensor& qs, const Tensor& context, int64_t heads) {
   check_op_inputs(query, x, w_in, w_out, heads);
   const int64_t N = query.size(0), K = query.size(1), D = query.size(2), NK = N * K;
   const int64_t dh = D / heads;
   const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
+  TORCH_CHECK_VALUE(p.dim() == 3 && p.size(0) == N && p.size(1) == heads * K &&
+                        p.size(2) == x.size(1),
+                    "artlib native: p (the forward's softmax weights) must be (N, heads K, L) = (",
+                    N, ", ", heads * K, ", ", x.size(1), "), got ", p.sizes());
   const Tensor w_q = w_in.narrow(0, 0, D), w_k = w_in.narrow(0, D, D).view({heads, dh, D}),
                w_v = w_in.narrow(0, 2 * D, D).view({heads, dh, D});
   // d in_proj_weight = [d W_q; d W_k; d W_v], each written in place (no concatenation)
@@ -535,21 +574,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> op_bwd(
   // after it
   const auto ct = compute_type(query.scalar_type());
   const Tensor dcc = as_compute(d_context, ct), wvc = as_compute(w_v, ct),
-               wkc = as_compute(w_k, ct), qsc = as_compute(qs, ct), qc = as_compute(q_hm, ct),
-               xc = as_compute(x, ct), ac = as_compute(a_hm, ct), lsec = as_compute(lse, ct);
-  const bool exact_lse = ct == at::kDouble && lse.scalar_type() != at::kDouble;
-  Tensor d_qs = at::empty({NK, D}, qc.options());
-  Tensor dx = at::empty({N, x.size(1), D}, qc.options());
-  Tensor d_wk = at::empty({2, D, D}, qc.options());  // d W_k, d W_v
+               wkc = as_compute(w_k, ct), qsc = as_compute(qs, ct),
+               xc = as_compute(x, ct), ac = as_compute(a_hm, ct), pc = as_compute(p, ct);
+  Tensor d_qs = at::empty({NK, D}, qsc.options());
+  Tensor dx = at::empty({N, x.size(1), D}, qsc.options());
+  Tensor d_wk = at::empty({2, D, D}, qsc.options());  // d W_k, d W_v
   AT_DISPATCH_FLOATING_TYPES(ct, "artlib_native_op_bwd", [&] {
     op_core_bwd_kernel<scalar_t>(
         dcc.const_data_ptr<scalar_t>(), wvc.const_data_ptr<scalar_t>(),
         wkc.const_data_ptr<scalar_t>(), qsc.const_data_ptr<scalar_t>(),
-        qc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
-        ac.const_data_ptr<scalar_t>(), lsec.const_data_ptr<scalar_t>(),
+        xc.const_data_ptr<scalar_t>(),
+        ac.const_data_ptr<scalar_t>(), pc.const_data_ptr<scalar_t>(),
         d_qs.mutable_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
         d_wk.mutable_data_ptr<scalar_t>(), d_wk.mutable_data_ptr<scalar_t>() + D * D, N, K,
-        heads, x.size(1), D, exact_lse);
+        heads, x.size(1), D);
   });
   d_w_in.narrow(0, D, 2 * D).copy_(d_wk.view({2 * D, D}));
   Tensor d_qp = d_qs.mul_(scale).to(query.scalar_type());
@@ -576,10 +614,10 @@ TORCH_LIBRARY_FRAGMENT(artlib, m) {
   m.def(
       "native_region_attention_fwd(Tensor query, Tensor x, Tensor in_proj_weight, "
       "Tensor? in_proj_bias, Tensor out_proj_weight, Tensor? out_proj_bias, int num_heads) -> "
-      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "native_region_attention_bwd(Tensor d_out, Tensor query, Tensor x, Tensor in_proj_weight, "
-      "Tensor out_proj_weight, Tensor q_hm, Tensor a_hm, Tensor lse, Tensor qs, Tensor context, "
+      "Tensor out_proj_weight, Tensor a_hm, Tensor p, Tensor qs, Tensor context, "
       "int num_heads) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 

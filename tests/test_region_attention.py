@@ -267,6 +267,112 @@ def test_native_op_blocks_match_reference(n, k, l, d, heads, bias, use_backend):
         assert_close(a, b, name=f"{name} (N={n} K={k} L={l} d={d} heads={heads})")
 
 
+# The native op keeps the softmax weights P (N, heads K, L) for its backward instead of lse and q~
+# (recomputed per block), in buffers reused across calls (csrc/native.h, BufferPool: 1 MB and more).
+# These shapes make A and P over 1 MB (float32 and float64), so several live forwards hold pooled
+# buffers at once and the later calls get freed ones back; every output and gradient is checked
+# against the reference.
+def _native_or_skip():
+    from artlib.ops import _native
+
+    if not _native.available(OP):
+        pytest.skip("native kernels unavailable: " + _native.reason())
+
+
+def _pool_args(seed, dtype, n=192, k=6, l=57, d=64, bias=True):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, s=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * s).to(dtype)
+
+    args = [
+        r(n, k, d),
+        r(n, l, d),
+        r(3 * d, d, s=0.2),
+        r(3 * d) if bias else None,
+        r(d, d, s=0.2),
+        r(d) if bias else None,
+    ]
+    args = [a.requires_grad_() if a is not None else None for a in args]
+    return args, r(n, k, d)
+
+
+def _ref_grads(args, heads, cot, dtype=torch.float64):
+    """The plain-PyTorch reference at ``dtype``: out and the gradients of every tensor input."""
+    args_ = [a.detach().to(dtype).requires_grad_() if a is not None else None for a in args]
+    out = region_attention_ref(*args_, heads, form="absorbed")
+    wrt = [a for a in args_ if a is not None]
+    return (out, *torch.autograd.grad(out, wrt, cot.to(dtype)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_op_keeps_weights(dtype, use_backend):
+    """The native forward's residuals: P in lse's place (equal to the reference maps), no q~."""
+    from artlib.ops.region_attention.op import _forward
+
+    _native_or_skip()
+    use_backend("native", OP)
+    heads = 4
+    args, _ = _pool_args(7, dtype, n=5, k=3, l=11, d=16)
+    with torch.no_grad():
+        out, maps, q_hm, a_hm, p, qs, context = _forward(*args, heads, False)
+        _, w_ref = region_attention_ref(
+            *[a.double() for a in args], heads, need_weights=True, form="absorbed"
+        )
+    assert maps.numel() == 0 and q_hm.numel() == 0, (maps.shape, q_hm.shape)
+    assert p.shape == (5, heads * 3, 11) and p.dtype == dtype, (p.shape, p.dtype)
+    assert a_hm.shape == (heads, 5 * 3, 16), a_hm.shape
+    assert_close(p.view(5, heads, 3, 11), w_ref, name=f"saved P ({dtype})")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_op_reused_buffers(dtype, use_backend):
+    """Three forwards alive at once (distinct pooled buffers), backwards in another order, then
+    more calls on freed buffers, with and without biases: each against the float64 reference."""
+    _native_or_skip()
+    use_backend("native", OP)
+    heads = 4
+    names = ["d_query", "d_x", "d_in_proj_weight", "d_in_proj_bias", "d_out_proj_weight"]
+    names += ["d_out_proj_bias"]
+
+    def check(out, grads, args, cot, tag):
+        ref = _ref_grads(args, heads, cot)
+        lowp = _ref_grads(args, heads, cot, dtype)  # the reference's own rounding at dtype
+        used = [name for name, a in zip(names, args) if a is not None]
+        for name, a, b, c in zip(["out", *used], (out, *grads), ref, lowp, strict=True):
+            c = c if dtype != torch.float64 else None
+            assert_close_lowp(a, b, c, dtype, f"{name} ({tag}, {dtype})")
+
+    live = []
+    for seed in range(3):
+        args, cot = _pool_args(seed, dtype, bias=seed != 1)
+        live.append((args, cot, region_attention(*args, heads, form="absorbed")))
+    for i in (1, 2, 0):
+        args, cot, out = live[i]
+        wrt = [a for a in args if a is not None]
+        check(out, torch.autograd.grad(out, wrt, cot), args, cot, f"live call {i}")
+    del live
+    for seed in (3, 4):  # the buffers freed above come back
+        args, cot = _pool_args(seed, dtype, bias=seed == 3)
+        out = region_attention(*args, heads, form="absorbed")
+        wrt = [a for a in args if a is not None]
+        check(out, torch.autograd.grad(out, wrt, cot), args, cot, f"after reuse {seed}")
+
+
+def test_native_forward_reference_backward(use_backend):
+    """A backward run under another backend than its forward: the residuals say which ran (P kept:
+    the native backward), so the gradients stay right."""
+    _native_or_skip()
+    args, cot = _pool_args(11, torch.float64, n=7, k=3, l=13, d=16)
+    with ops.use_backend("native", OP):
+        out = region_attention(*args, 4, form="absorbed")
+    with ops.use_backend("reference", OP):
+        grads = torch.autograd.grad(out, args, cot)
+    ref = _ref_grads(args, 4, cot)
+    for i, (a, b) in enumerate(zip((out, *grads), ref, strict=True)):
+        assert_close(a, b, name=f"output {i} (native forward, backward under reference)")
+
+
 # ---- gradcheck, opcheck, torch.compile --------------------------------------------------------------
 
 
@@ -313,8 +419,9 @@ def _op_args(bias=True, need_weights=True):
     return (q, x, wi, bi, wo, bo, h, need_weights)
 
 
+@pytest.mark.parametrize("need_weights", [True, False], ids=["maps", "no-maps"])
 @pytest.mark.parametrize("backend", ["reference", "native"])
-def test_opcheck(use_backend, backend):
+def test_opcheck(use_backend, backend, need_weights):
     """The forward custom op and its backward op (schema, fakes, autograd registration)."""
     from artlib.ops import _native
     from artlib.ops.region_attention.op import REGION_ATTENTION
@@ -322,7 +429,7 @@ def test_opcheck(use_backend, backend):
     if backend == "native" and not _native.available(OP):
         pytest.skip("native kernels unavailable: " + _native.reason())
     use_backend(backend, OP)
-    args = _op_args()
+    args = _op_args(need_weights=need_weights)  # native without maps: the op that keeps P
     torch.library.opcheck(torch.ops.artlib.region_attention.default, args)
     out, weights, *res = REGION_ATTENTION.op(
         *(a.detach() if torch.is_tensor(a) else a for a in args)
@@ -340,11 +447,13 @@ def test_opcheck_no_bias_no_weights():
     )
 
 
-def _compiled_matches(backend):
+def _compiled_matches(backend, need_weights=True):
     q, x, wi, bi, wo, bo, h, _ = _op_args()
     leaves = [q, x, wi, bi, wo, bo]
 
     def f(q, x, wi, bi, wo, bo):
+        if not need_weights:  # on CPU with the native kernels: the op that keeps P
+            return region_attention(q, x, wi, bi, wo, bo, h, form="absorbed").square().sum()
         out, w = region_attention(q, x, wi, bi, wo, bo, h, need_weights=True, form="absorbed")
         return out.square().sum() + (w * w).sum()
 
@@ -357,9 +466,10 @@ def _compiled_matches(backend):
         assert_close(a, e, name=f"grad {i}")
 
 
-def test_compile_fullgraph():
+@pytest.mark.parametrize("need_weights", [True, False], ids=["maps", "no-maps"])
+def test_compile_fullgraph(need_weights):
     torch._dynamo.reset()
-    _compiled_matches("aot_eager")
+    _compiled_matches("aot_eager", need_weights)
 
 
 @pytest.mark.slow

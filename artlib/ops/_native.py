@@ -15,8 +15,9 @@ ops in the ``artlib`` namespace, for CPU tensors only (the CUDA path stays on Tr
 * ``artlib::native_region_attention_core_fwd(q, x) -> (a, lse)``
 * ``artlib::native_region_attention_core_bwd(da, q, x, a, lse) -> (dq, dx)``
 * ``artlib::native_region_attention_fwd(query, x, in_proj_weight, in_proj_bias, out_proj_weight,
-  out_proj_bias, num_heads) -> (out, q~, A, lse, qs, context)``: the whole absorbed op, the
-  projections around the core included, in one call (``_bwd``: its gradients)
+  out_proj_bias, num_heads) -> (out, A, P, qs, context)``: the whole absorbed op, the
+  projections around the core included, in one call; A (heads, N K, d) and the softmax weights
+  P (N, heads K, L) are kept for ``_bwd`` (its gradients), which then skips recomputing the scores
 * ``artlib::native_mtc_loss_fwd(r, lam, hinge, w_s, w_t, w_tr) -> [total, spatial, temporal, tracklet]``
 * ``artlib::native_mtc_loss_bwd(grad, r, lam, hinge, w_s, w_t, w_tr) -> dr``
 * ``artlib::native_tracklet_aggregate_fwd(r, s, tau) -> (out, p, w)``: Eq. 9 and the saliency it
@@ -27,7 +28,9 @@ Never a broken import: with no compiler, a failed build or ``ARTLIB_NO_NATIVE=1`
 is False, :func:`reason` says why, and ``artlib.ops.backend()`` reports it; the reference runs.
 
 Environment: ``ARTLIB_NO_NATIVE=1`` disables the kernels; ``ARTLIB_CACHE`` moves the cache;
-``ARTLIB_CSRC`` points at another copy of the sources; ``ARTLIB_NATIVE_VERBOSE=1`` shows the build.
+``ARTLIB_CSRC`` points at another copy of the sources; ``ARTLIB_NATIVE_VERBOSE=1`` shows the build;
+``ARTLIB_NATIVE_POOL_MB`` caps the cache of large internal buffers (residuals kept for a backward,
+reused across calls instead of fresh pages; default 512, 0 turns it off; csrc/native.h).
 """
 
 from __future__ import annotations
@@ -254,18 +257,16 @@ def _register_fakes() -> None:
     def _(query, x, w_in, b_in, w_out, b_out, heads):
         n, k, d = query.shape
         acc = torch.float64 if query.dtype == torch.float64 else torch.float32
-        hm = query.new_empty(heads, n * k, d)
         return (
             query.new_empty(n, k, d),
-            hm,
-            torch.empty_like(hm),
-            query.new_empty(n, heads * k, dtype=acc),
+            query.new_empty(heads, n * k, d),
+            query.new_empty(n, heads * k, x.shape[1], dtype=acc),
             query.new_empty(n * k, d),
             query.new_empty(n * k, d),
         )
 
     @torch.library.register_fake("artlib::native_region_attention_bwd")
-    def _(d_out, query, x, w_in, w_out, q_hm, a_hm, lse, qs, context, heads):
+    def _(d_out, query, x, w_in, w_out, a_hm, p, qs, context, heads):
         d = query.shape[-1]
         return (
             torch.empty_like(query),

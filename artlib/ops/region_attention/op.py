@@ -116,13 +116,16 @@ def _forward(
     """Absorbed region attention on query (N, K, d), x (N, L, d) -> out (N, K, d), the maps
     (N, heads, K, L) or an empty tensor when not asked, and what the backward needs: q~ and A
     heads-major (heads, N K, d), lse (N, heads K) fp32, Q W_q^T scaled (N K, d), the context
-    before the output projection (N K, d). ``impl``: the core's backend when already known."""
+    before the output projection (N K, d). The native op (:func:`_saves_weights`) keeps the
+    softmax weights P (N, heads K, L) in lse's place, so its backward skips recomputing the scores,
+    and not q~ (an empty tensor in its place): its backward recomputes q~ per block of frames.
+    ``impl``: the core's backend when already known."""
     impl = impl or _core_backend(query)
-    if not need_weights and impl == "native":
+    if _saves_weights(impl, need_weights):
         out, *saved = torch.ops.artlib.native_region_attention_fwd(
             query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, h
         )
-        return (out, query.new_empty(0), *saved)
+        return (out, query.new_empty(0), query.new_empty(0), *saved)  # no maps, q~ not kept
     n, k, d = query.shape
     nk, dh = n * k, d // h
     w_q, w_k, w_v, b_q, _, b_v = _split_in_proj(in_proj_weight, in_proj_bias)
@@ -153,14 +156,19 @@ def _forward(
     return out, weights, q_hm, a_hm, lse, qs, context
 
 
-def _backward(saved, h, has_in_bias, has_out_bias, d_out, d_weights, impl=None):
+def _saves_weights(impl: str, need_weights: bool) -> bool:
+    """True when :func:`_forward` runs the native op, which keeps P instead of lse."""
+    return impl == "native" and not need_weights
+
+
+def _backward(saved, h, has_in_bias, has_out_bias, d_out, d_weights):
     """The gradients (query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias) of
     :func:`_forward` from d_out and d_weights (None when the maps were not asked for or not used)."""
     query, x, w_in, w_out, q_hm, a_hm, lse, qs, context = saved
-    if d_weights is None and (impl or _core_backend(query)) == "native":
+    if lse.dim() == 3:  # the native forward ran and kept P (N, heads K, L): its backward runs
         d_query, dx, d_w_in, d_b_in, d_w_out, d_b_out = (
             torch.ops.artlib.native_region_attention_bwd(
-                d_out, query, x, w_in, w_out, q_hm, a_hm, lse, qs, context, h
+                d_out, query, x, w_in, w_out, a_hm, lse, qs, context, h
             )
         )
         return (
@@ -239,8 +247,15 @@ def _fake(
     n, k, d = query.shape
     h, nk = num_heads, n * k
     weights = query.new_empty(n, h, k, x.shape[1]) if need_weights else query.new_empty(0)
-    lse = query.new_empty(n, h * k, dtype=_acc_dtype(query.dtype))
+    acc = _acc_dtype(query.dtype)
+    # planned(): plain dict reads, the choice select() makes (a fake may run inside a trace, where
+    # making the choice would change what the trace guards on)
     q_hm, a_hm = query.new_empty(h, nk, d), query.new_empty(h, nk, d)
+    if _saves_weights(_backend.planned(_OP, query.device.type), need_weights):
+        lse = query.new_empty(n, h * k, x.shape[1], dtype=acc)  # P in lse's place
+        q_hm = query.new_empty(0)  # not kept
+    else:
+        lse = query.new_empty(n, h * k, dtype=acc)
     return (
         query.new_empty(n, k, d),
         weights,
