@@ -123,6 +123,7 @@ RESUME_FIXED = frozenset(
         ),  # fmt: skip
         "optim.optimizer",
         "optim.lr_schedule",
+        "model.attn_temperature",
     }
 )
 _CKPT_NAME = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
