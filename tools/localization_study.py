@@ -57,6 +57,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "epochs16": ("--epochs 16 --eval-every 8", "16 epochs"),
     "default256": ("--synthetic-train-per-class 32", "preset, 256 training clips"),
     "t025_256": ("--attn-temperature 0.25 --synthetic-train-per-class 32", "t 0.25, 256 clips"),
+    "t01_256": ("--attn-temperature 0.1 --synthetic-train-per-class 32", "t 0.1, 256 clips"),
     "heads1_256": ("--heads 1 --synthetic-train-per-class 32", "one head, 256 clips"),
     "act1_256": ("--act-layers 1 --synthetic-train-per-class 32", "one decoder layer, 256 clips"),
 }
