@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from artlib.weights_io import CheckpointError, load_checkpoint
+from artlib.weights_io import CheckpointError, check_format_version, load_checkpoint
 
 __all__ = ["ModelInfo", "load_model", "load_video", "predict_proba", "save_model"]
 
@@ -211,12 +211,7 @@ def _read_folder(path: Path, ema) -> tuple[dict, dict, dict]:
         raise CheckpointError(f"checkpoint: {cfg_file} is not JSON: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"checkpoint: {cfg_file} is not an artlib model config")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint: {cfg_file} has format_version {version!r}, written by artlib "
-            f"{meta.get('artlib_version')}; this artlib reads up to {MODEL_FORMAT_VERSION}"
-        )
+    check_format_version(meta, MODEL_FORMAT_VERSION, f"checkpoint: {cfg_file}")
     for key in ("model", "class_names", "preprocess"):
         if key not in meta:
             raise CheckpointError(f"checkpoint: {cfg_file} has no {key!r}")

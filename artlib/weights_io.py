@@ -21,6 +21,7 @@ import hashlib
 import os
 import pickle
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -266,13 +267,21 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", what: str = "ch
             else "a backbone's weights go to --pretrained instead"
         )
         raise CheckpointError(f"{what}: {path} is not an artlib training checkpoint ({hint})")
-    version = obj.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{what}: {path} has checkpoint format_version {version!r}, written by artlib "
-            f"{obj.get('artlib_version')}; this artlib reads up to {FORMAT_VERSION}: upgrade artlib"
-        )
+    check_format_version(obj, FORMAT_VERSION, f"{what}: {path}")
     return obj
+
+
+def check_format_version(meta: Mapping, readable: int, where: str) -> None:
+    """The one check of a saved file's ``format_version`` (a training checkpoint's, a model
+    folder's ``config.json``): an integer this artlib reads (<= ``readable``), else one line
+    naming ``where``, the version, the artlib that wrote it and what to do."""
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= readable:
+        raise CheckpointError(
+            f"{where} has format_version {version!r}, written by artlib "
+            f"{meta.get('artlib_version')}; this artlib reads versions 1 to {readable}: "
+            "upgrade artlib"
+        )
 
 
 __all__ = [
@@ -283,6 +292,7 @@ __all__ = [
     "CheckpointError",
     "ResolvedCheckpoint",
     "UnsafeCheckpointError",
+    "check_format_version",
     "file_sha256",
     "load_checkpoint",
     "load_state_dict_file",

@@ -171,6 +171,14 @@ def test_save_and_load_errors(tmp_path):
     (folder / "config.json").write_text(json.dumps({**meta, "format": "other"}))
     with pytest.raises(CheckpointError, match="not an artlib model config"):
         artlib.load_model(folder)
+    for version in (2, 0, "1", None):  # newer, impossible, a string, missing: one line each
+        (folder / "config.json").write_text(json.dumps({**meta, "format_version": version}))
+        with pytest.raises(CheckpointError) as e:
+            artlib.load_model(folder)
+        assert str(e.value) == (
+            f"checkpoint: {folder / 'config.json'} has format_version {version!r}, written by "
+            f"artlib {artlib.__version__}; this artlib reads versions 1 to 1: upgrade artlib"
+        )
     (folder / "config.json").write_text(json.dumps(meta))
     weights = {k: v.contiguous() for k, v in model.state_dict().items()}
     weights["head.head_con.weight"] = torch.zeros(5, 3)

@@ -150,8 +150,8 @@ def test_build_save_load_round_trip_keeps_the_temperature(tmp_path):
 
 
 def test_train_config_flag_model_config_and_resume():
-    from artlib.engine.config import config_from_dict, config_to_dict, head_options
-    from artlib.engine.rundir import RESUME_FIXED, RunFolderError, resume_diff
+    from artlib.engine.config import RESUME_FIXED, config_from_dict, config_to_dict, head_options
+    from artlib.engine.rundir import RunFolderError, resume_diff
     from artlib.models.builder import model_config_from_train_config
 
     assert "model.attn_temperature" in RESUME_FIXED

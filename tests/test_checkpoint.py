@@ -306,3 +306,18 @@ def test_crafted_checkpoint_is_refused_by_every_reader(run, tmp_path, capsys):
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1, err  # one line
         refused(err)
+
+
+def test_a_checkpoint_of_a_newer_format_is_one_line(tmp_path):
+    """The training checkpoint's format_version goes through the same check as a model folder's
+    config.json (artlib.weights_io.check_format_version)."""
+    from artlib.weights_io import CheckpointError, load_checkpoint
+
+    path = tmp_path / "new.pt"
+    torch.save({"format": "artlib.checkpoint", "format_version": 2, "artlib_version": "9.0"}, path)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path, what="--resume")
+    assert str(e.value) == (
+        f"--resume: {path} has format_version 2, written by artlib 9.0; this artlib reads "
+        "versions 1 to 1: upgrade artlib"
+    )

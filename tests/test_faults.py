@@ -385,8 +385,7 @@ def test_torch_load_reason_keeps_the_reason_and_drops_the_advice(tmp_path):
 
 
 def test_resume_fixed_keys_are_options_of_the_trainer():
-    from artlib.engine.config import TrainConfig, config_to_dict, options
-    from artlib.engine.rundir import RESUME_FIXED
+    from artlib.engine.config import RESUME_FIXED, TrainConfig, config_to_dict, options
 
     keys = {o.key for o in options()}
     assert RESUME_FIXED <= keys, sorted(RESUME_FIXED - keys)
@@ -581,18 +580,24 @@ def test_a_refusal_under_torchrun_reaches_every_rank(tmp_path, bank):
     assert all("already holds a run" in ln for ln in lines), lines
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_with_one_line_and_a_resumable_folder(tmp_path, bank):
-    out = tmp_path / "run"
-    cmd = [sys.executable, SCRIPT, *TINY, "--bank", bank, "--epochs", "50", "--output-dir"]
+def _start_until_first_checkpoint(cmd: list[str], out: Path, **popen) -> subprocess.Popen:
+    """Start a training command; return it, still running, once epoch 1's checkpoint exists."""
     proc = subprocess.Popen(
-        [*cmd, str(out)], env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+        cmd, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
+    )
     first = out / "checkpoints" / "checkpoint_epoch0001.pt"
     deadline = time.monotonic() + 300
     while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert proc.poll() is None and first.exists(), (proc.poll(), proc.communicate()[1][-4000:])
+    return proc
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_with_one_line_and_a_resumable_folder(tmp_path, bank):
+    out = tmp_path / "run"
+    cmd = [sys.executable, SCRIPT, *TINY, "--bank", bank, "--epochs", "50", "--output-dir"]
+    proc = _start_until_first_checkpoint([*cmd, str(out)], out)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     res = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
@@ -601,6 +606,48 @@ def test_ctrl_c_stops_with_one_line_and_a_resumable_folder(tmp_path, bank):
     RunFolderLock(out).acquire().release()
     path, state = newest_intact_checkpoint(out / "checkpoints")
     assert state["epoch"] >= 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_artlib_torchrun_is_one_line_per_process(tmp_path, bank):
+    """Ctrl-C reaches the agent's process group (as a terminal sends it): each of the two workers
+    says where it stopped, the launcher says it stopped, no process prints a traceback, and the
+    folder resumes. Plain torchrun's agent ends the same stop with a SignalException traceback."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "artlib.launch", "--standalone", "--nproc_per_node=2"]
+    cmd += [SCRIPT, *TINY, "--bank", bank, "--epochs", "50", "--output-dir", str(out)]
+    agent = _start_until_first_checkpoint(cmd, out, start_new_session=True)
+    os.killpg(agent.pid, signal.SIGINT)
+    try:
+        stdout, stderr = agent.communicate(timeout=120)
+    finally:
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
+    assert agent.returncode == 130, (agent.returncode, stderr[-4000:])
+    assert "Traceback" not in stderr and "SignalException" not in stderr, stderr[-4000:]
+    launcher = [ln for ln in stderr.splitlines() if ln.startswith("artlib-torchrun: stopped by")]
+    workers = [ln for ln in stderr.splitlines() if "interrupted" in ln]
+    assert launcher == [
+        "artlib-torchrun: stopped by SIGINT; the workers were stopped (an artlib run's folder "
+        "resumes with --resume auto)"
+    ], stderr[-4000:]
+    assert sorted(ln.split(":")[0] for ln in workers) == [
+        "train_finegym.py [rank 0]",
+        "train_finegym.py [rank 1]",
+    ], stderr[-4000:]
+    assert "Received" not in stderr and "closing signal" not in stderr, stderr[-4000:]
+    RunFolderLock(out).acquire().release()
+    path, state = newest_intact_checkpoint(out / "checkpoints")
+    assert state["epoch"] >= 1, path
+
+
+def test_launch_finds_nproc_per_node_only_among_torchruns_own_arguments():
+    from artlib.launch import _nproc_per_node
+
+    assert _nproc_per_node(["--nproc_per_node=8", "train.py"]) == "8"
+    assert _nproc_per_node(["--standalone", "--nproc-per-node", "2", "-m", "x"]) == "2"
+    assert _nproc_per_node(["train.py", "--nproc_per_node=4"]) is None  # the script's argument
+    assert _nproc_per_node(["-m", "artlib.engine.cli", "--nproc_per_node=4"]) is None
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path, monkeypatch):

@@ -412,6 +412,7 @@ def test_console_scripts_point_at_mains():
         "artlib-check",
         "artlib-evaluate",
         "artlib-predict",
+        "artlib-torchrun",
     }
     assert scripts["artlib-train"] == "artlib.engine.cli:main"
     for name, target in scripts.items():
@@ -651,6 +652,7 @@ def test_eval_result_final_line_names_the_top_k_it_measures():
     assert r.final_line() == (
         "FINAL eval top1=0.6667 top3=1.0000 mean_class_acc=0.6667 count=3 skipped=0"
     )
+    assert list(r.metrics()) == ["top1", "top3", "mean_class_acc", "count", "skipped"]
     r = EvalResult(matrix=torch.eye(6, dtype=torch.long), top5_hits=6, count=6, total=6)
     assert " top5=1.0000 " in r.final_line("FINAL val")
 

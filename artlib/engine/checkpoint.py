@@ -36,7 +36,13 @@ import numpy as np
 import torch
 
 from artlib._io import atomic_save_torch, atomic_write
-from artlib.engine.config import _plain, config_from_dict, config_to_dict, head_options
+from artlib.engine.config import (
+    RESUME_FIXED,
+    _plain,
+    config_from_dict,
+    config_to_dict,
+    head_options,
+)
 from artlib.engine.model import data_config
 from artlib.weights_io import (  # the safe reader, below the engine (artlib.load_model uses it)
     FORMAT,
@@ -285,7 +291,6 @@ class Checkpointer:
         run's lr and weight decay and the schedule its base lrs, at the resumed epoch's factor.
         ``self.changes``: ``{dotted key: (saved, new)}`` of what changed."""
         from artlib.engine.rundir import (
-            RESUME_FIXED,
             RunFolderError,
             newest_intact_checkpoint,
             resume_diff,

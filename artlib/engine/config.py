@@ -64,24 +64,32 @@ def opt(default, help: str, **meta):
     return field(default=default, metadata={"help": help, **meta})
 
 
+def fixed_opt(default, help: str, **meta):
+    """An option that defines the model, its state's shapes or the data set: a resume refuses to
+    change it (:data:`RESUME_FIXED`). Everything declared with :func:`opt` (lr, epochs, batch
+    size, paths of the same data, ...) may change on resume and is recorded. The optimizer and
+    the schedule are fixed because their saved states only load into the same kind."""
+    return opt(default, help, fixed=True, **meta)
+
+
 # fmt: off
 @dataclass
 class DataConfig:
-    dataset: str = opt("finegym", "the data set whose layout --data-root holds",
-                       choices=("finegym", "diving48"), only="named")
+    dataset: str = fixed_opt("finegym", "the data set whose layout --data-root holds",
+                             choices=("finegym", "diving48"), only="named")
     data_root: str | None = opt(None, "data set root (the FineGym or Diving48 layout); with lists, "
                                 "the base of their relative paths", path="dir")
-    split: str = opt("gym99", "FineGym split", choices=("gym99", "gym288"), only="named")
+    split: str = fixed_opt("gym99", "FineGym split", choices=("gym99", "gym288"), only="named")
     train_list: str | None = opt(None, "your own training list of '<path> <label>' lines; relative "
                                  "paths resolve against --data-root, else the list's folder",
                                  path="file")
     val_list: str | None = opt(None, "your own validation list, as --train-list", path="file")
-    class_names: str | None = opt(None, "file of class names, one per line in label order (text "
-                                  "bank, metrics, confusion matrix)", only="named", path="file")
+    class_names: str | None = fixed_opt(None, "file of class names, one per line in label order (text "
+                                        "bank, metrics, confusion matrix)", only="named", path="file")
     loader: str = opt("auto", "auto: DALI on GPU, PyAV on CPU", choices=("auto", "pyav", "dali"))
     workers: int = opt(4, "DataLoader workers per rank", range=">= 0")
-    num_frames: int = opt(16, "T, frames sampled per video (paper: 16)", range=">= 1")
-    crop_size: int = opt(224, "input resolution (paper: 224)", range=">= 16")
+    num_frames: int = fixed_opt(16, "T, frames sampled per video (paper: 16)", range=">= 1")
+    crop_size: int = fixed_opt(224, "input resolution (paper: 224)", range=">= 16")
     flip: bool = opt(True, "random horizontal flip (flips change some classes' meaning)")
     crop_scale_min: float = opt(0.4, "random resized crop keeps at least this fraction of the area",
                                 range="(0, 1]")
@@ -92,59 +100,59 @@ class DataConfig:
 
 @dataclass
 class SyntheticConfig:  # flags --synthetic-<name>
-    classes: int = opt(8, "classes of the synthetic set", range=">= 2", only="builtin")
-    train_per_class: int = opt(48, "training videos per class", range=">= 1", only="builtin")
-    val_per_class: int = opt(16, "validation videos per class", range=">= 1", only="builtin")
-    size: int = opt(64, "frame size of the synthetic videos", range=">= 16", only="builtin")
-    distractors: int = opt(0, "look-alike squares doing class-like motions away from the body "
-                           "(the harder set)", range=">= 0", only="builtin")
-    distractor_amplitude: float = opt(0.5, "the distractors' motion amplitude as a fraction of the "
-                                      "limb's (at 1 only the attachment to the body tells the limb "
-                                      "apart)", range="[0, 1]", only="builtin")
-    seed: int = opt(0, "generation seed of the videos (not the training seed)", only="builtin")
+    classes: int = fixed_opt(8, "classes of the synthetic set", range=">= 2", only="builtin")
+    train_per_class: int = fixed_opt(48, "training videos per class", range=">= 1", only="builtin")
+    val_per_class: int = fixed_opt(16, "validation videos per class", range=">= 1", only="builtin")
+    size: int = fixed_opt(64, "frame size of the synthetic videos", range=">= 16", only="builtin")
+    distractors: int = fixed_opt(0, "look-alike squares doing class-like motions away from the body "
+                                 "(the harder set)", range=">= 0", only="builtin")
+    distractor_amplitude: float = fixed_opt(0.5, "the distractors' motion amplitude as a fraction of the "
+                                            "limb's (at 1 only the attachment to the body tells the limb "
+                                            "apart)", range="[0, 1]", only="builtin")
+    seed: int = fixed_opt(0, "generation seed of the videos (not the training seed)", only="builtin")
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = opt("uniformerv2_b16", "video backbone", choices=BACKBONES)
+    backbone: str = fixed_opt("uniformerv2_b16", "video backbone", choices=BACKBONES)
     pretrained: str | None = opt(None, "backbone weights: a checkpoint path, an open_clip tag, "
                                  "'synthetic' (tiny_cnn's packaged weights, 64x64), 'auto' (those "
                                  f"where they fit, else random), 'none' (random); {WEIGHTS_DOC}",
                                  path="weights")
-    text_model: str = opt("ViT-B-16", "open_clip text tower that builds the semantics bank, or "
-                          "'random' for a seeded random bank")
-    text_pretrained: str | None = opt(None, "text tower weights: a checkpoint path, an open_clip "
-                                      f"tag, 'none' (random); {WEIGHTS_DOC}", path="weights")
-    bank: str | None = opt(None, "a prebuilt semantics bank file (skips the text encoder)",
-                           path="file")
-    baseline: bool = opt(False, "backbone + linear head only (Table IV, setting 1)")
-    dim: int = opt(256, "RSSA width d (paper: 256)", range=">= 1", head=True)
-    heads: int = opt(8, "RSSA attention heads (paper: 8)", range=">= 1", head=True)
-    num_queries: int = opt(2, "K, region queries = tracklets (paper: 2)", range=">= 1", head=True)
-    se_layers: int = opt(4, "semantic enhancement layers (Eq. 1)", range=">= 1", head=True)
-    act_layers: int = opt(4, "region semantics activation layers (Eq. 3)", range=">= 1", head=True)
-    use_se: bool = opt(True, "spatial semantic enhancement (Table IV)", flag="se", head=True)
-    aggregation: str = opt("saliency", "how a tracklet reaches head_con: saliency (Eq. 9), mean or "
-                           "sum (TA off, Table IV), sequence (frames in order)", head=True,
-                           choices=("saliency", "mean", "sum", "sequence"))
-    mtc_terms: tuple[str, ...] = opt(MTC_TERMS, "MTC terms: a comma list of spatial,temporal,"
-                                     "tracklet, or 'none' (Table V)")
-    sema_video: bool = opt(True, "L_video in L_sema (Table VI)", head=True)
-    sema_prot: bool = opt(True, "L_prot in L_sema (Table VI)", head=True)
+    text_model: str = fixed_opt("ViT-B-16", "open_clip text tower that builds the semantics bank, or "
+                                "'random' for a seeded random bank")
+    text_pretrained: str | None = fixed_opt(None, "text tower weights: a checkpoint path, an open_clip "
+                                            f"tag, 'none' (random); {WEIGHTS_DOC}", path="weights")
+    bank: str | None = fixed_opt(None, "a prebuilt semantics bank file (skips the text encoder)",
+                                 path="file")
+    baseline: bool = fixed_opt(False, "backbone + linear head only (Table IV, setting 1)")
+    dim: int = fixed_opt(256, "RSSA width d (paper: 256)", range=">= 1", head=True)
+    heads: int = fixed_opt(8, "RSSA attention heads (paper: 8)", range=">= 1", head=True)
+    num_queries: int = fixed_opt(2, "K, region queries = tracklets (paper: 2)", range=">= 1", head=True)
+    se_layers: int = fixed_opt(4, "semantic enhancement layers (Eq. 1)", range=">= 1", head=True)
+    act_layers: int = fixed_opt(4, "region semantics activation layers (Eq. 3)", range=">= 1", head=True)
+    use_se: bool = fixed_opt(True, "spatial semantic enhancement (Table IV)", flag="se", head=True)
+    aggregation: str = fixed_opt("saliency", "how a tracklet reaches head_con: saliency (Eq. 9), mean or "
+                                 "sum (TA off, Table IV), sequence (frames in order)", head=True,
+                                 choices=("saliency", "mean", "sum", "sequence"))
+    mtc_terms: tuple[str, ...] = fixed_opt(MTC_TERMS, "MTC terms: a comma list of spatial,temporal,"
+                                           "tracklet, or 'none' (Table V)")
+    sema_video: bool = fixed_opt(True, "L_video in L_sema (Table VI)", head=True)
+    sema_prot: bool = fixed_opt(True, "L_prot in L_sema (Table VI)", head=True)
     lam: float = opt(0.6, "lambda of the temporal MTC term (Fig. 5)", head=True)
-    temporal: str = opt("hinge", "temporal MTC form", choices=("hinge", "linear"), head=True)
+    temporal: str = fixed_opt("hinge", "temporal MTC form", choices=("hinge", "linear"), head=True)
     gamma_mtc: float = opt(5.0, "g1 of Eq. 18 (paper: 5)", range=">= 0", head=True)
     gamma_sema: float = opt(5.0, "g2 of Eq. 18 (paper: 5)", range=">= 0", head=True)
-    attn_temperature: float = opt(1.0, "t of the RSSA cross-attention, softmax(q k^T / (t sqrt("
-                                  "d_head))): 1 = the paper's scaling, < 1 sharper region maps",
-                                  range="> 0", head=True)
+    attn_temperature: float = fixed_opt(1.0, "t of the RSSA cross-attention, softmax(q k^T / (t "
+                                        "sqrt(d_head))): 1 = the paper's scaling, < 1 sharper "
+                                        "region maps", range="> 0", head=True)
     dropout: float = opt(0.5, "dropout before the classifiers (paper: 0.5)", range="[0, 1)")
     bank_momentum: float = opt(0.999, "mu of the bank's EMA (Eq. 12)", range="[0, 1]")
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = opt("sgd", "optimizer", choices=("sgd", "adamw"))
+    optimizer: str = fixed_opt("sgd", "optimizer", choices=("sgd", "adamw"))
     epochs: int = opt(50, "training epochs", range=">= 1")
     batch_size: int = opt(6, "videos per rank and step (paper: 24 over 4 GPUs)", range=">= 1")
     accum_steps: int = opt(1, "gradient accumulation steps", range=">= 1")
@@ -158,8 +166,8 @@ class OptimConfig:
     momentum: float = opt(0.9, "SGD momentum", range="[0, 1)")
     weight_decay: float = opt(5e-4, "weight decay (none on biases, norms, the bank's agent)",
                               range=">= 0")
-    lr_schedule: str = opt("step", "step: x --lr-gamma every --lr-step epochs (paper); cosine: to "
-                           "0 over the epochs", choices=("step", "cosine"))
+    lr_schedule: str = fixed_opt("step", "step: x --lr-gamma every --lr-step epochs (paper); cosine: to "
+                                 "0 over the epochs", choices=("step", "cosine"))
     lr_step: int = opt(20, "epochs between lr decays", range=">= 1")
     lr_gamma: float = opt(0.1, "lr decay factor", range="(0, 1]")
     warmup_epochs: int = opt(0, "linear lr warm-up from lr/10, in epochs", range=">= 0")
@@ -193,9 +201,9 @@ class RunConfig:
 
 @dataclass
 class TrainConfig:
-    preset: str = opt("paper", "the recipe, on any data: paper (the paper's, Sec. IV-A); small "
-                      "(tiny_cnn from its packaged weights, AdamW, CPU-sized; 'synthetic' is its "
-                      "earlier name)", choices=("paper", "small"))
+    preset: str = fixed_opt("paper", "the recipe, on any data: paper (the paper's, Sec. IV-A); small "
+                            "(tiny_cnn from its packaged weights, AdamW, CPU-sized; 'synthetic' is its "
+                            "earlier name)", choices=("paper", "small"))
     data: DataConfig = field(default_factory=DataConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -261,6 +269,10 @@ def options() -> tuple[Option, ...]:
             key = f"{section}.{f.name}" if section else f.name
             out.append(Option(key, flag, kind, type(None) in args, f.metadata, f.default))
     return tuple(out)
+
+
+# the dotted keys declared with fixed_opt: a resume refuses to change them (rundir.resume_diff)
+RESUME_FIXED = frozenset(o.key for o in options() if o.meta.get("fixed"))
 
 
 def _get(cfg, key: str):

@@ -128,15 +128,16 @@ class EvalResult:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def metrics(self) -> dict:
-        """{"top1", "top5", "mean_class_acc", "count", "skipped"}; the accuracies over ``count``
-        and, for the mean, over the classes that have at least one clip."""
+        """{"top1", "topK", "mean_class_acc", "count", "skipped"} with K = min(5, N_cls) (a
+        3-class model's best 5 are all its classes: its "top5" is a "top3"); the accuracies over
+        ``count`` and, for the mean, over the classes that have at least one clip."""
         n = max(self.count, 1)
         per_class_n = self.matrix.sum(1)
         seen = per_class_n > 0
         per_class = self.matrix.diagonal()[seen].double() / per_class_n[seen].double()
         return {
             "top1": float(self.matrix.diagonal().sum()) / n,
-            "top5": self.top5_hits / n,
+            f"top{min(5, self.matrix.shape[0])}": self.top5_hits / n,
             "mean_class_acc": float(per_class.mean()) if bool(seen.any()) else 0.0,
             "count": self.count,
             "skipped": len(self.skipped),
@@ -145,9 +146,9 @@ class EvalResult:
     def final_line(self, prefix: str = "FINAL eval") -> str:
         """``FINAL eval top1=... topK=... mean_class_acc=... count=N skipped=S``, K = min(5,
         the number of classes) (``artlib.engine.metrics.final_line``)."""
-        from artlib.engine.metrics import final_line, topk_named
+        from artlib.engine.metrics import final_line
 
-        return final_line(topk_named(self.metrics(), self.matrix.shape[0]), prefix)
+        return final_line(self.metrics(), prefix)
 
 
 def _failure_message(skipped: dict[str, str], total: int, fraction: float, what: str) -> str:

@@ -46,7 +46,6 @@ from artlib._io import atomic_write
 
 __all__ = [
     "LOCK_NAME",
-    "RESUME_FIXED",
     "RUN_OUTPUTS",
     "RunFolderBusy",
     "RunFolderError",
@@ -75,56 +74,6 @@ RUN_OUTPUTS = (
     "per_class.csv",
     "confusion.png",
     "summary.json",
-)
-# options that define the model, its state's shapes or the data set: a resume refuses to change
-# them (resume_diff). Everything else (lr, epochs, batch size, paths of the same data, ...) may
-# change on resume and is recorded. The optimizer and the schedule are here because their saved
-# states only load into the same kind.
-RESUME_FIXED = frozenset(
-    {
-        "preset",
-        "data.dataset",
-        "data.split",
-        "data.class_names",
-        "data.num_frames",
-        "data.crop_size",
-        *(
-            f"synthetic.{k}"
-            for k in (
-                "classes",
-                "train_per_class",
-                "val_per_class",
-                "size",
-                "distractors",
-                "distractor_amplitude",
-                "seed",
-            )
-        ),  # fmt: skip
-        *(
-            f"model.{k}"
-            for k in (
-                "backbone",
-                "text_model",
-                "text_pretrained",
-                "bank",
-                "baseline",
-                "dim",
-                "heads",
-                "num_queries",
-                "se_layers",
-                "act_layers",
-                "use_se",
-                "aggregation",
-                "mtc_terms",
-                "sema_video",
-                "sema_prot",
-                "temporal",
-            )
-        ),  # fmt: skip
-        "optim.optimizer",
-        "optim.lr_schedule",
-        "model.attn_temperature",
-    }
 )
 _CKPT_NAME = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
 

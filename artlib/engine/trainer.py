@@ -387,7 +387,7 @@ class Trainer:
         summary = {
             "model": "baseline" if m.baseline else "ART",
             "top1": round(metrics["val_top1"], 4),
-            f"top{k}": round(metrics["val_top5"], 4),
+            f"top{k}": round(metrics[f"val_top{k}"], 4),
             "mean_class_acc": round(metrics["val_mean_class_acc"], 4),
             "count": metrics["val_count"],
             "skipped": metrics["val_skipped"],
