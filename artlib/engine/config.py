@@ -143,6 +143,9 @@ class ModelConfig:
     temporal: str = fixed_opt("hinge", "temporal MTC form", choices=("hinge", "linear"), head=True)
     gamma_mtc: float = opt(5.0, "g1 of Eq. 18 (paper: 5)", range=">= 0", head=True)
     gamma_sema: float = opt(5.0, "g2 of Eq. 18 (paper: 5)", range=">= 0", head=True)
+    attn_temperature: float = fixed_opt(1.0, "t of the RSSA cross-attention, softmax(q k^T / (t "
+                                        "sqrt(d_head))): 1 = the paper's scaling, < 1 sharper "
+                                        "region maps", range="> 0", head=True)
     dropout: float = opt(0.5, "dropout before the classifiers (paper: 0.5)", range="[0, 1)")
     bank_momentum: float = opt(0.999, "mu of the bank's EMA (Eq. 12)", range="[0, 1]")
 

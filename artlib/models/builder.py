@@ -53,6 +53,7 @@ HEAD_OPTIONS = (
     "temporal",
     "gamma_mtc",
     "gamma_sema",
+    "attn_temperature",
 )
 _KEYS = {
     "backbone",
@@ -211,7 +212,8 @@ def model_config_from_train_config(train_config, class_names, head: dict | None 
     if config["baseline"]:
         return config
     if head is None:
-        head = {name: get("model", name) for name in HEAD_OPTIONS}
+        head = {name: get("model", name) for name in HEAD_OPTIONS if name != "attn_temperature"}
+        head["attn_temperature"] = float(get("model", "attn_temperature", 1.0))  # older runs: 1
         terms = get("model", "mtc_terms")
         terms = [t for t in terms.split(",") if t] if isinstance(terms, str) else list(terms)
         head["mtc_weights"] = [1.0 if t in terms else 0.0 for t in MTC_TERMS]

@@ -51,6 +51,8 @@ class ARTHead(nn.Module):
             "sequence" (artlib: each tracklet kept whole, in frame order; head_con then sees
             concat(x_cls, Tr_1 ... Tr_K) with every Tr_k of width T*d).
         ta_temperature: divides Eq. 9's inner products (1 = as printed).
+        attn_temperature: divides the RSSA cross-attention logits (Eq. 3), softmax(q k^T /
+            (t sqrt(d_head))); 1 = the paper's scaling, < 1 sharper region maps.
         sema_video, sema_prot: the two terms of L_sema (Table VI).
         proto_dim: width D of the class prototypes W of Eq. 15.
         check_inputs: also check the *values* of the inputs (tokens and cls finite, labels in
@@ -86,6 +88,7 @@ class ARTHead(nn.Module):
         use_se: bool = True,
         aggregation: str = "saliency",
         ta_temperature: float = 1.0,
+        attn_temperature: float = 1.0,
         sema_video: bool = True,
         sema_prot: bool = True,
         proto_dim: int = 256,
@@ -115,7 +118,15 @@ class ARTHead(nn.Module):
         self.video_proj = nn.Linear(in_dim, c_t)  # proj_v: x_cls into the text space
         self.text_proj = nn.Linear(c_t, dim)  # S^topk: C_t -> d
         self.rssa = RSSA(
-            dim, heads, num_queries, num_frames, se_layers, act_layers, ffn_ratio, use_se=use_se
+            dim,
+            heads,
+            num_queries,
+            num_frames,
+            se_layers,
+            act_layers,
+            ffn_ratio,
+            use_se=use_se,
+            attn_temperature=attn_temperature,
         )
         self.mtc = MTCLoss(lam, temporal, mtc_weights)
         self.aggregate = TrackletAggregation(aggregation, ta_temperature)

@@ -5,6 +5,8 @@ Legend: N frames (or any leading dims such as B T), K region queries, L tokens, 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -23,12 +25,30 @@ class RegionAttention(nn.Module):
     and values (:func:`artlib.ops.region_attention`). Parameters and ``state_dict`` keys and shapes are
     nn.MultiheadAttention's (``in_proj_weight``, ``in_proj_bias``, ``out_proj.weight``,
     ``out_proj.bias``), so ``load_state_dict`` works both ways; so is the initialization.
+
+    ``temperature`` t divides the attention logits: softmax(q k^T / (t sqrt(d_head))). t = 1 (the
+    default) is the paper's and nn.MultiheadAttention's scaling; t < 1 sharpens the maps, t > 1
+    flattens them. The op scales by 1/sqrt(d_head) itself, so t is applied by dividing the query
+    projection (W_q and b_q, the first d rows of ``in_proj``) by t before the call: the same
+    logits, and the parameters keep their meaning and layout.
     """
 
-    def __init__(self, dim: int, num_heads: int, bias: bool = True, device=None, dtype=None):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        temperature: float = 1.0,
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        temperature = float(temperature)
+        if not math.isfinite(temperature) or temperature <= 0:
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        self.temperature = temperature
         factory = {"device": device, "dtype": dtype}
         self.embed_dim = dim
         self.num_heads = num_heads
@@ -54,12 +74,24 @@ class RegionAttention(nn.Module):
         """The form (``"absorbed"`` or ``"standard"``) that runs for K = ``num_queries``."""
         return region_attention_form(num_queries, self.embed_dim, self.num_heads, device)
 
+    def _scaled_in_proj(self) -> tuple[Tensor, Tensor | None]:
+        """in_proj (3d, d) and its bias (3d,) with the query rows divided by the temperature."""
+        w, b, t = self.in_proj_weight, self.in_proj_bias, self.temperature
+        if t == 1.0:
+            return w, b
+        d = self.embed_dim
+        w = torch.cat([w[:d] / t, w[d:]])
+        if b is not None:
+            b = torch.cat([b[:d] / t, b[d:]])
+        return w, b
+
     def forward(self, query: Tensor, x: Tensor, need_weights: bool = False):
+        w, b = self._scaled_in_proj()
         return region_attention(
             query,
             x,
-            self.in_proj_weight,
-            self.in_proj_bias,
+            w,
+            b,
             self.out_proj.weight,
             self.out_proj.bias,
             self.num_heads,
@@ -70,4 +102,5 @@ class RegionAttention(nn.Module):
         return (
             f"dim={self.embed_dim}, num_heads={self.num_heads}, "
             f"bias={self.in_proj_bias is not None}"
+            + (f", temperature={self.temperature}" if self.temperature != 1.0 else "")
         )

@@ -12,6 +12,8 @@ Legend: B videos, T frames, L tokens per frame, K region queries, d latent width
 
 from __future__ import annotations
 
+import math
+
 import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
@@ -21,16 +23,28 @@ from artlib.nn._checks import check_tensor
 __all__ = ["RSSA", "RegionDecoderLayer"]
 
 
-def _cross_attention(dim: int, heads: int, dropout: float) -> nn.Module:
+def _check_temperature(temperature) -> float:
+    t = float(temperature)
+    if not math.isfinite(t) or t <= 0:
+        raise ValueError(f"attn_temperature must be a finite number > 0, got {temperature}")
+    return t
+
+
+def _cross_attention(dim: int, heads: int, dropout: float, temperature: float = 1.0) -> nn.Module:
     """K-query cross-attention: artlib's fused RegionAttention when available (same state_dict layout
-    as nn.MultiheadAttention), else nn.MultiheadAttention."""
+    as nn.MultiheadAttention), else nn.MultiheadAttention (which has no temperature)."""
     try:
         from artlib.nn.region_attention import RegionAttention
     except ImportError:
+        RegionAttention = None
+    if RegionAttention is None or dropout > 0:  # the fused op has no attention dropout
+        if temperature != 1.0:
+            raise ValueError(
+                f"attn_temperature={temperature} needs RegionAttention without attention dropout "
+                f"(attn_dropout={dropout})"
+            )
         return nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-    if dropout > 0:  # the fused op has no attention dropout
-        return nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-    return RegionAttention(dim, heads)
+    return RegionAttention(dim, heads, temperature=temperature)
 
 
 class RegionDecoderLayer(nn.Module):
@@ -44,10 +58,11 @@ class RegionDecoderLayer(nn.Module):
         ffn_ratio: float = 4.0,
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
+        attn_temperature: float = 1.0,
     ):
         super().__init__()
         self.norm_q = nn.LayerNorm(dim)
-        self.attn = _cross_attention(dim, heads, attn_dropout)
+        self.attn = _cross_attention(dim, heads, attn_dropout, _check_temperature(attn_temperature))
         self.norm_ffn = nn.LayerNorm(dim)
         hidden = int(dim * ffn_ratio)
         self.ffn = nn.Sequential(
@@ -85,6 +100,9 @@ class RSSA(nn.Module):
             ``use_se=False`` skips it (the "no SE" ablation: X^ = X, S^_t = S^topk).
         act_layers: cross-attention decoder layers (Eq. 3).
         ffn_ratio, dropout, attn_dropout: transformer layer settings.
+        attn_temperature: t of the decoder's cross-attention, softmax(q k^T / (t sqrt(d_head)))
+            (1 = the paper's 1/sqrt(d_head) scaling; < 1 sharpens the region maps). The SE
+            layers (Eq. 1) keep the standard scaling.
 
     ``forward(x (B,T,L,d), semantics (B,K,d), return_attention=False)`` returns R (B,T,K,d), and with
     ``return_attention`` also the last decoder layer's maps (B,T,heads,K,L).
@@ -102,8 +120,10 @@ class RSSA(nn.Module):
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
         use_se: bool = True,
+        attn_temperature: float = 1.0,
     ):
         super().__init__()
+        self.attn_temperature = _check_temperature(attn_temperature)
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         if num_queries < 1 or num_frames < 1 or act_layers < 1:
@@ -130,7 +150,7 @@ class RSSA(nn.Module):
         self.prompts = nn.Parameter(torch.randn(num_frames, num_queries, dim) * 0.02)  # P (Eq. 2)
         self.memory_norm = nn.LayerNorm(dim)
         self.layers = nn.ModuleList(
-            RegionDecoderLayer(dim, heads, ffn_ratio, dropout, attn_dropout)
+            RegionDecoderLayer(dim, heads, ffn_ratio, dropout, attn_dropout, self.attn_temperature)
             for _ in range(act_layers)
         )
         self.out_norm = nn.LayerNorm(dim)
