@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 COMMON = (
     "--synthetic-distractors 2 --synthetic-train-per-class 16 --synthetic-val-per-class 8 "
-    "--epochs 8 --eval-every 4 --workers 1 --no-progress"
-).split()
+    "--epochs 8 --eval-every 4 --workers 1 --no-progress --attn-temperature 1"
+).split()  # t = 1 (the paper's scaling) for every setting but the temperature ones
 # name -> (flags on top of COMMON, what it is); later flags win over COMMON's
 SETTINGS: dict[str, tuple[str, str]] = {
     "default": ("", "preset (SE on, 4 heads of width 16, g1 0.5, 2 decoder layers, t 1)"),
