@@ -60,6 +60,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "t01_256": ("--attn-temperature 0.1 --synthetic-train-per-class 32", "t 0.1, 256 clips"),
     "heads1_256": ("--heads 1 --synthetic-train-per-class 32", "one head, 256 clips"),
     "act1_256": ("--act-layers 1 --synthetic-train-per-class 32", "one decoder layer, 256 clips"),
+    "dim128_256": ("--dim 128 --synthetic-train-per-class 32", "d = 128, 256 clips"),
 }
 
 
