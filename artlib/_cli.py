@@ -7,7 +7,15 @@ import argparse
 import os
 import sys
 
-__all__ = ["DefaultsOnce", "OneLineParser", "prog_name"]
+__all__ = ["DefaultsOnce", "OneLineParser", "prog_name", "say"]
+
+
+def say(line: str) -> None:
+    """Write ``line`` and its newline to stderr in one write: under torchrun every rank writes to
+    the same pipe, and with unbuffered output (``PYTHONUNBUFFERED``) ``print`` sends the text and
+    the newline as two writes, between which another rank's line can land."""
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -28,7 +28,7 @@ import os
 import sys
 from pathlib import Path
 
-from artlib._cli import DefaultsOnce, OneLineParser, prog_name
+from artlib._cli import DefaultsOnce, OneLineParser, prog_name, say
 from artlib.engine.metrics import final_line, topk_named
 
 __all__ = ["final_line", "main", "run", "topk_named"]
@@ -221,7 +221,7 @@ def run(args) -> tuple[dict, Path]:
 
 def _say(message: str) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
-        print(message, file=sys.stderr, flush=True)
+        say(message)
 
 
 def main(argv=None) -> int:
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
         _say(f"error: {torch_load_reason(e)}")
         return 1
     except KeyboardInterrupt:  # Ctrl-C: one line per process, no traceback
-        print(f"interrupted (rank {os.environ.get('RANK', '0')})", file=sys.stderr, flush=True)
+        say(f"interrupted (rank {os.environ.get('RANK', '0')})")
         return 130
     finally:
         cleanup_distributed()

@@ -179,3 +179,25 @@ def test_the_failure_budget_error_names_its_flag(three_classes, tmp_path, capsys
     assert "1 of the 4 videos of the evaluation set failed" in stderr, stderr[-3000:]
     assert str(broken.parent / "clip3.mp4") in stderr
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_say_writes_the_line_and_its_newline_in_one_write(monkeypatch):
+    """Under torchrun the ranks share stderr; with PYTHONUNBUFFERED ``print`` writes the text and
+    the newline separately and another rank's line can land between them (seen in CI)."""
+    import io
+
+    from artlib._cli import say
+
+    class Recorder(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.writes = []
+
+        def write(self, s):
+            self.writes.append(s)
+            return super().write(s)
+
+    rec = Recorder()
+    monkeypatch.setattr(sys, "stderr", rec)
+    say("train_finegym.py [rank 1]: error: --output-dir: busy")
+    assert rec.writes == ["train_finegym.py [rank 1]: error: --output-dir: busy\n"]

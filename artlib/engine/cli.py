@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from artlib._cli import OneLineParser
+from artlib._cli import OneLineParser, say
 from artlib.engine import config as C
 
 __all__ = ["main", "parse", "run_guarded"]
@@ -93,7 +93,7 @@ def parse(argv=None, dataset: str = "finegym", prog: str = "artlib-train") -> C.
             print(yaml.safe_dump(C.config_to_dict(cfg), sort_keys=False), end="")
             raise SystemExit(0)
     except C.ConfigError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        say(f"{prog}: error: {exc}")
         raise SystemExit(2) from None
     return cfg
 
@@ -123,16 +123,15 @@ def run_guarded(cfg: C.TrainConfig, fn, prog: str) -> int:
     try:
         fn()
     except (CheckpointError, RunFolderError) as e:  # refused before training
-        print(f"{who}: error: {e}", file=sys.stderr)
+        say(f"{who}: error: {e}")
         return 2
     except (FloatingPointError, CheckpointWriteError) as e:  # the run stopped
-        print(f"{who}: error: {e}", file=sys.stderr)
+        say(f"{who}: error: {e}")
         return 1
     except KeyboardInterrupt:
-        print(
+        say(
             f"{who}: interrupted; {cfg.run.output_dir} keeps the last epoch's checkpoint: "
-            "continue with --resume auto",
-            file=sys.stderr,
+            "continue with --resume auto"
         )
         return 130
     return 0
