@@ -400,6 +400,23 @@ def test_resume_fixed_keys_are_options_of_the_trainer():
     assert resume_diff(saved, new, RESUME_FIXED, flag=flags) == {"optim.lr": (0.01, 1e6)}
 
 
+def test_a_resume_of_a_run_that_predates_an_option_compares_its_value_then():
+    """A checkpoint written before --attn-temperature existed was trained at t = 1: resuming it
+    under the small preset's t = 0.25 refuses; at t = 1 nothing changes."""
+    from artlib.engine.config import RESUME_FIXED, TrainConfig, config_to_dict, with_absent
+
+    saved = config_to_dict(TrainConfig())
+    del saved["model"]["attn_temperature"]
+    new = config_to_dict(TrainConfig())
+    assert resume_diff(with_absent(saved), new, RESUME_FIXED) == {}
+    new["model"]["attn_temperature"] = 0.25
+    assert resume_diff(saved, new, RESUME_FIXED) == {}  # unfilled: the change would pass
+    with pytest.raises(RunFolderError, match=r"^--attn-temperature: the checkpoint was trained "
+                       r"with 1\.0, this run asks for 0\.25"):  # fmt: skip
+        resume_diff(with_absent(saved), new, RESUME_FIXED)
+    assert "attn_temperature" not in saved["model"]  # the saved config is not modified
+
+
 # --------------------------------------------------------------- the trainer, end to end
 SCRIPT = str(REPO / "examples" / "train_finegym.py")
 TINY = [

@@ -42,6 +42,7 @@ from artlib.engine.config import (
     config_from_dict,
     config_to_dict,
     head_options,
+    with_absent,
 )
 from artlib.engine.model import data_config
 from artlib.weights_io import (  # the safe reader, below the engine (artlib.load_model uses it)
@@ -312,7 +313,7 @@ class Checkpointer:
         else:  # weights_only: never runs code
             state = self.files.load(path, map_location="cpu")
         self.changes = resume_diff(
-            state.get("config") or {},
+            with_absent(state.get("config") or {}),
             config_to_dict(self.cfg),
             RESUME_FIXED,
             flag=_flags(),

@@ -60,7 +60,8 @@ def opt(default, help: str, **meta):
     """A field and its declaration. meta: ``choices``; ``range`` (">= 1", "(0, 1]", ...);
     ``only`` (the data it applies to: "builtin", the synthetic set, or "named", a data set under
     --data-root or in lists); ``flag`` (its command-line name when not the field's);
-    ``path`` ("file" | "dir" | "weights": checked before training); ``head`` (an ARTHead option)."""
+    ``path`` ("file" | "dir" | "weights": checked before training); ``head`` (an ARTHead option);
+    ``absent`` (the value a run recorded before the option existed used: see :func:`with_absent`)."""
     return field(default=default, metadata={"help": help, **meta})
 
 
@@ -145,7 +146,7 @@ class ModelConfig:
     gamma_sema: float = opt(5.0, "g2 of Eq. 18 (paper: 5)", range=">= 0", head=True)
     attn_temperature: float = fixed_opt(1.0, "t of the RSSA cross-attention, softmax(q k^T / (t "
                                         "sqrt(d_head))): 1 = the paper's scaling, < 1 sharper "
-                                        "region maps", range="> 0", head=True)
+                                        "region maps", range="> 0", head=True, absent=1.0)
     dropout: float = opt(0.5, "dropout before the classifiers (paper: 0.5)", range="[0, 1)")
     bank_momentum: float = opt(0.999, "mu of the bank's EMA (Eq. 12)", range="[0, 1]")
 
@@ -276,6 +277,22 @@ def options() -> tuple[Option, ...]:
 
 # the dotted keys declared with fixed_opt: a resume refuses to change them (rundir.resume_diff)
 RESUME_FIXED = frozenset(o.key for o in options() if o.meta.get("fixed"))
+
+
+def with_absent(saved: dict) -> dict:
+    """A saved config (nested dict) with the options it predates filled in with the value they
+    had then (``absent`` in their declaration), so that a resume compares a run recorded before
+    ``--attn-temperature`` existed as t = 1, not as "not recorded"."""
+    out = json.loads(json.dumps(saved))
+    for o in options():
+        if "absent" not in o.meta:
+            continue
+        *head, last = o.key.split(".")
+        node = out
+        for part in head:
+            node = node.setdefault(part, {})
+        node.setdefault(last, o.meta["absent"])
+    return out
 
 
 def _get(cfg, key: str):
