@@ -39,7 +39,7 @@ import os
 import sys
 from pathlib import Path
 
-from artlib._cli import DefaultsOnce, OneLineParser
+from artlib._cli import DefaultsOnce, OneLineParser, say
 
 __all__ = ["extract_features", "feature_file", "main"]
 
@@ -254,7 +254,7 @@ def main(argv=None) -> int:
             )  # fmt: skip
         except VideoDecodeError as e:
             errors.append((video, e.reason))
-            print(f"{video}: error: {e.reason}", file=sys.stderr, flush=True)
+            say(f"{video}: error: {e.reason}")  # ranks share stderr: one write
             continue
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         save_file(tensors, str(tmp), metadata=meta)
