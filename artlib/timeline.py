@@ -65,6 +65,7 @@ from torch import nn
 __all__ = [
     "DEFAULT_WINDOW",
     "WindowPlan",
+    "decoder_threads",
     "merge_segments",
     "plan_windows",
     "plot_timeline",
@@ -152,6 +153,18 @@ def default_window(info: dict) -> float:
     return float(value) if value else DEFAULT_WINDOW
 
 
+def decoder_threads() -> int:
+    """The timeline's FFmpeg decoder threads by default: half the cores this process may use, at
+    least 1. The model runs beside the decoder (``predict_timeline``), so the decoder does not
+    take every core, and one thread decodes with no synchronisation cost: on 2 cores, frame
+    threads (FFmpeg's default, 3 of them) cost 1.2-1.5x the CPU time of one thread on the same file."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
+
+
 def _preprocessor(info: dict) -> Callable:
     """uint8 (H, W, 3) -> float32 (3, S, S): the evaluation pipeline of ``load_video``."""
     from artlib.api import eval_dataset
@@ -175,7 +188,7 @@ def stream_windows(
     window: float | None = None,
     stride: float | None = None,
     *,
-    threads: int = 0,
+    threads: int | None = None,
     progress: bool = False,
     skip_nonref: bool = True,
 ):
@@ -194,6 +207,7 @@ def stream_windows(
     def want(i: int) -> bool:
         return bool(holder["plan"].windows_of(i))
 
+    threads = decoder_threads() if threads is None else threads
     vinfo, frames = stream_frames(path, want, threads=threads, skip_nonref=skip_nonref)
     fps = vinfo.fps or 25.0
     n_total = vinfo.num_frames or max(1, round(vinfo.duration * fps))
@@ -253,7 +267,7 @@ def predict_timeline(
     *,
     min_run: int = 2,
     progress: bool = False,
-    threads: int = 0,
+    threads: int | None = None,
     share_frames: bool = True,
     skip_nonref: bool = True,
 ) -> dict:
@@ -269,7 +283,9 @@ def predict_timeline(
     share_frames: compute a frame-wise backbone's per-frame part once per frame (module
     docstring); False: the whole model per window. skip_nonref: leave undecoded the H.264/HEVC
     non-reference frames that no window samples (module docstring); False: decode every frame.
+    threads: FFmpeg decoder threads (None: ``decoder_threads()``; 0: FFmpeg's choice).
     """
+    from artlib._malloc import retain_freed
     from artlib.data import VideoDecodeError
 
     if smooth < 1:
@@ -303,10 +319,10 @@ def predict_timeline(
                     new.setdefault(plan.start(k) + o, px)
         if new:
             cache.update(zip(new, frame_features(torch.stack(list(new.values())).to(device))))
-        x = torch.stack([
-            torch.stack([cache[plan.start(k) + o] for o in plan.offsets]) for k, _ in batch
-        ])  # fmt: skip
-        out = rest(x)
+        frames = sorted({plan.start(k) + o for k, _ in batch for o in plan.offsets})
+        row = {f: r for r, f in enumerate(frames)}
+        index = torch.tensor([[row[plan.start(k) + o] for o in plan.offsets] for k, _ in batch])
+        out = rest(torch.stack([cache[f] for f in frames]), index.to(device))
         plan.peak_features = max(plan.peak_features, len(cache))
         k_next = batch[-1][0] + 1  # windows complete in order: none to come needs earlier frames
         keep = plan.start(k_next) + plan.offsets[0] if k_next < plan.count else plan.num_frames
@@ -322,15 +338,16 @@ def predict_timeline(
             batch.clear()
 
     damage = None
-    try:
-        for k, clip in _ahead(clips, 2 * batch_size):
-            batch.append((k, clip))
-            if len(batch) >= batch_size:
-                flush()
-    except VideoDecodeError as e:
-        damage = {"time": round(plan.decoded / plan.fps, 3), "frame": plan.decoded,
-                  "reason": e.reason}  # fmt: skip
-    flush()
+    with retain_freed():  # the batches' temporaries reuse the same pages (artlib._malloc)
+        try:
+            for k, clip in _ahead(clips, 2 * batch_size):
+                batch.append((k, clip))
+                if len(batch) >= batch_size:
+                    flush()
+        except VideoDecodeError as e:
+            damage = {"time": round(plan.decoded / plan.fps, 3), "frame": plan.decoded,
+                      "reason": e.reason}  # fmt: skip
+        flush()
     if not probs:
         reason = damage["reason"] if damage else "no frames decoded"
         raise VideoDecodeError(os.fspath(path), reason, plan.decoded)
@@ -366,8 +383,9 @@ def predict_timeline(
 
 def _frame_wise(model: nn.Module):
     """(frame_features, rest) when ``model`` is an ART in eval mode whose backbone declares a
-    frame-wise part (module docstring), else None: ``rest(feats (B,T, ...))`` -> logits (B,N_cls)
-    as ``ART.forward`` computes them from the backbone's output."""
+    frame-wise part (module docstring), else None: ``rest(feats (F, ...), index (B,T))`` -> logits
+    (B,N_cls) as ``ART.forward`` computes them from the backbone's output on the windows
+    ``feats[index]``."""
     from artlib.models.art import ART
 
     bb = getattr(model, "backbone", None)
@@ -376,12 +394,17 @@ def _frame_wise(model: nn.Module):
     if not (callable(getattr(bb, "frame_features", None))
             and callable(getattr(bb, "from_frame_features", None))):  # fmt: skip
         return None
+    windowed = getattr(bb, "windows_from_frame_features", None)
 
-    def rest(feats: torch.Tensor) -> torch.Tensor:
-        if feats.dim() == 5:  # (B,T,C,h,w) feature maps: channels innermost in memory (the same
-            # values), on which CPU 3-D convolutions run ~10-20 % faster (oneDNN's blocked layout)
-            feats = feats.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-        tokens, cls = bb.from_frame_features(feats)
+    def rest(feats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        if callable(windowed):
+            tokens, cls = windowed(feats, index)
+        else:
+            x = feats[index]
+            if x.dim() == 5:  # (B,T,C,h,w) feature maps: channels innermost in memory (the same
+                # values), on which CPU 3-D convolutions run ~10-20 % faster (oneDNN's blocked layout)
+                x = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+            tokens, cls = bb.from_frame_features(x)
         if model.head is not None:
             return model.head(tokens, cls)
         return model.fc(model.dropout(cls))

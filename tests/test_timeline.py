@@ -280,6 +280,72 @@ def test_frame_wise_backbone_is_its_forward(name):
     torch.testing.assert_close(c2, cls, rtol=1e-5, atol=1e-5)
 
 
+def _windows_reference(bb, feats, index):
+    """tiny_cnn's temporal part written out per window from its definition (Conv3d, BatchNorm
+    with the running statistics, ReLU, residual; cls the mean, tokens + positional embedding),
+    independent of the backbone's own forward."""
+    import torch.nn.functional as F
+
+    x = feats[index].transpose(1, 2)  # (B, C, T, h, w)
+    for blk in bb.temporal:
+        conv, bn = blk[0], blk[1]
+        y = F.conv3d(x, conv.weight, padding=1)
+        y = (y - bn.running_mean[:, None, None, None]) / torch.sqrt(
+            bn.running_var[:, None, None, None] + bn.eps
+        ) * bn.weight[:, None, None, None] + bn.bias[:, None, None, None]
+        x = x + y.clamp(min=0)
+    cls = x.mean(dim=(2, 3, 4))
+    tokens = x.flatten(3).permute(0, 2, 3, 1) + bb.positional_embedding
+    return tokens, cls
+
+
+@pytest.mark.parametrize("width", [64, 16])
+def test_windows_from_frame_features_equals_each_window(width):
+    """tiny_cnn's shared temporal part over overlapping windows (BatchNorm folded, each value
+    that windows share computed once) equals the per-window computation, forward and gradient
+    w.r.t. the frame features, in float64: windows every 2 frames, a tail window off that grid,
+    windows with repeated frames (a video shorter than the window), random BatchNorm statistics."""
+    from artlib.models.tiny import TinyConvVideoBackbone
+
+    torch.manual_seed(0)
+    bb = TinyConvVideoBackbone(width=width).double().eval()
+    with torch.no_grad():
+        for blk in bb.temporal:
+            bn = blk[1]
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.normal_()
+            bn.bias.normal_()
+    grid = [[2 * k + t for t in range(8)] for k in range(6)]
+    index = torch.tensor([*grid, [t + 7 for t in range(8)], [0, 0, 1, 1, 2, 2, 3, 3],
+                          [5, 5, 5, 5, 5, 5, 5, 5]])  # fmt: skip
+    feats = torch.randn(int(index.max()) + 1, width, 8, 8, dtype=torch.float64, requires_grad=True)
+    tokens, cls = bb.windows_from_frame_features(feats, index)
+    ref_tokens, ref_cls = _windows_reference(bb, feats, index)
+    torch.testing.assert_close(tokens, ref_tokens, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(cls, ref_cls, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(bb.from_frame_features(feats[index])[0], ref_tokens, rtol=1e-10,
+                               atol=1e-10)  # fmt: skip
+    w_t, w_c = torch.randn_like(tokens), torch.randn_like(cls)
+    (g,) = torch.autograd.grad((tokens * w_t).sum() + (cls * w_c).sum(), feats)
+    (g_ref,) = torch.autograd.grad((ref_tokens * w_t).sum() + (ref_cls * w_c).sum(), feats)
+    torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9)
+
+
+def test_windows_from_frame_features_refuses_training_mode_and_bad_shapes():
+    from artlib.models.tiny import TinyConvVideoBackbone
+
+    bb = TinyConvVideoBackbone(width=16)
+    index = torch.arange(8)[None]
+    with pytest.raises(RuntimeError, match="eval mode"):
+        bb.windows_from_frame_features(torch.randn(8, 16, 8, 8), index)
+    bb.eval()
+    with pytest.raises(ValueError, match=r"feats, index: expected \(F, 16, h, w\) and \(B, T\)"):
+        bb.windows_from_frame_features(torch.randn(8, 32, 8, 8), index)
+    with pytest.raises(ValueError, match=r"got \(8, 16, 8, 8\) and \(8,\)"):
+        bb.windows_from_frame_features(torch.randn(8, 16, 8, 8), index[0])
+
+
 def _main_job_model():
     """The main job's model (synthetic preset: ART on tiny_cnn, T = 8, 64x64), random head and
     bank so that its probabilities differ between windows and classes."""
