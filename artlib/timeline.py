@@ -30,15 +30,21 @@ some window samples are converted to RGB and preprocessed, each once, into a buf
 overlapping windows share; a frame leaves the buffer as soon as no window still to come needs
 it, so the buffer holds at most about one window's sampled frames, whatever the video's length.
 Finished windows go through the model in batches of ``batch_size``; decoding runs in a
-background thread at most two batches ahead, so that it overlaps the model.
+background thread at most two batches ahead, so that it overlaps the model, with
+``decoder_threads()`` FFmpeg threads (half the cores: the model has the others). While the
+batches run, freed memory stays in the process (``artlib._malloc.retain_freed``), so that each
+batch's temporaries reuse the pages of the previous one instead of faulting in fresh ones.
 
 Shared frame features: when the model is an ``artlib.models.ART`` in eval mode whose backbone
 declares a frame-wise part (methods ``frame_features(frames (N,3,S,S)) -> (N, ...)`` and
 ``from_frame_features(feats (B,T, ...)) -> (tokens, cls)``, with ``forward(video)`` their
 composition; the tiny backbones do), that part runs once per sampled frame, and each window only
 runs the rest (the backbone's temporal part and the head) on the features of its T frames: with
-the default quarter-window stride a frame is shared by 4 windows. The probabilities equal the
-model's forward on each window's frames up to float rounding. Other models run whole per window.
+the default quarter-window stride a frame is shared by 4 windows. A backbone that also declares
+``windows_from_frame_features(feats (F, ...), index (B,T)) -> (tokens, cls)`` (tiny_cnn) gets a
+batch's distinct frame features and each window's rows at once, and computes the values of its
+temporal part that overlapping windows share once. The probabilities equal the model's forward
+on each window's frames up to float rounding. Other models run whole per window.
 
 Segments: each window's probabilities (the softmax of the logits) are smoothed by a centred
 moving average over ``smooth`` windows (default 3: the window and its two neighbours); a window
