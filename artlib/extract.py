@@ -97,18 +97,21 @@ def extract_features(
 
     try:
         if timeline:
-            from artlib.timeline import stream_windows
+            from artlib._malloc import retain_freed
+            from artlib.timeline import _ahead, stream_windows
 
             plan, windows = stream_windows(video, info, window, stride)
             batch, order = [], []
-            for k, clip in windows:  # a broken stream raises here: the video goes to the report
-                batch.append(clip)
-                order.append(k)
-                if len(batch) == batch_size:
+            # decoding in a background thread beside the model, freed memory kept: as the timeline
+            with retain_freed():
+                for k, clip in _ahead(windows, 2 * batch_size):  # a broken stream raises here
+                    batch.append(clip)
+                    order.append(k)
+                    if len(batch) == batch_size:
+                        run(torch.stack(batch))
+                        batch = []
+                if batch:
                     run(torch.stack(batch))
-                    batch = []
-            if batch:
-                run(torch.stack(batch))
             times = [plan.times(k) for k in order]
             duration = plan.decoded / plan.fps
         else:
