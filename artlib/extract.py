@@ -84,16 +84,22 @@ def extract_features(
 
     device = next(model.parameters()).device
     cap = _Capture(model)
-    parts: dict[str, list] = {"global": [], "tracklets": [], "logits": []}
+    # each output in one tensor of a row per view, allocated once: per-batch tensors kept until
+    # the end, allocated between the batches' large temporaries, kept the heap from reusing its
+    # free space (the resident set grew by ~200 KB a window: 773 MB for 10 minutes, 1.9 GB for 60)
+    out: dict[str, torch.Tensor] = {}
     times: list[tuple[float, float]] = []
 
-    def run(batch):
+    def run(batch, rows: list[int], capacity: int):
         with torch.no_grad():
             logits = model(batch.to(device)).float()
-        parts["logits"].append(logits.cpu())
-        parts["global"].append(cap.values.pop("global").cpu())
+        values = {"global": cap.values.pop("global"), "logits": logits}
         if "tracklets" in cap.values:
-            parts["tracklets"].append(cap.values.pop("tracklets").cpu())
+            values["tracklets"] = cap.values.pop("tracklets")
+        for name, v in values.items():
+            if name not in out:
+                out[name] = torch.zeros((capacity, *v.shape[1:]), dtype=torch.float32)
+            out[name][rows] = v.cpu()
 
     try:
         if timeline:
@@ -108,10 +114,13 @@ def extract_features(
                     batch.append(clip)
                     order.append(k)
                     if len(batch) == batch_size:
-                        run(torch.stack(batch))
+                        run(torch.stack(batch), order[-len(batch) :], plan.count)
                         batch = []
                 if batch:
-                    run(torch.stack(batch))
+                    run(torch.stack(batch), order[-len(batch) :], plan.count)
+            if order != list(range(len(order))):  # the windows decoded, in order (no copy
+                out = {name: v[order] for name, v in out.items()}  # when they came in order)
+            out = {name: v[: len(order)] for name, v in out.items()}
             times = [plan.times(k) for k in order]
             duration = plan.decoded / plan.fps
         else:
@@ -119,13 +128,14 @@ def extract_features(
 
             clips = load_video(video, info, num_clips=num_clips)  # (V, T, 3, S, S)
             for i in range(0, len(clips), batch_size):
-                run(clips[i : i + batch_size])
+                run(clips[i : i + batch_size], list(range(i, min(i + batch_size, len(clips)))),
+                    len(clips))  # fmt: skip
             vi = video_info(video)
             duration = vi.duration or (vi.num_frames / vi.fps if vi.fps else 0.0)
             times = [(0.0, duration)] * len(clips)
     finally:
         cap.close()
-    tensors = {k: torch.cat(v).contiguous() for k, v in parts.items() if v}
+    tensors = {k: v.contiguous() for k, v in out.items()}
     tensors["times"] = torch.tensor(times, dtype=torch.float64)
     meta = {
         "video": video,

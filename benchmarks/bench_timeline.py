@@ -23,8 +23,9 @@ Cases (group ``timeline``):
   ``predict_proba``. Timed on every 20th window (1 in smoke) and reported per window;
   ``extra_info["projected_s"]`` = that times the window count.
 
-Peak memory (``--memory-minutes A B``, and ``test_peak_memory`` at two lengths): the timeline
-run in a fresh subprocess per video length, its peak resident set. Videos longer than the
+Peak memory (``--memory-minutes A B``, and ``test_peak_memory`` at two lengths): the timeline,
+and ``extract --timeline``'s features of the same windows, run in a fresh subprocess per video
+length, its peak resident set. Videos longer than the
 generated one (10 minutes; ``--minutes``) that are whole multiples of it, such as 60 minutes, are
 its packets copied that many times into one file (``repeat_video``: a remux, no re-encoding).
 Targets (issue 27): timeline <= 1.5x the decode pass; >= 5x faster than per-window; peak RSS of
@@ -202,21 +203,28 @@ def sample():  # the run's own peak: ru_maxrss may date from loading the checkpo
         time.sleep(0.02)
 threading.Thread(target=sample, daemon=True).start()
 t = time.perf_counter()
-res = predict_timeline(model, info, sys.argv[2], window=float(sys.argv[3]), stride=float(sys.argv[4]))
+window, stride = float(sys.argv[3]), float(sys.argv[4])
+if sys.argv[5] == "extract":
+    from artlib.extract import extract_features
+    feats, _ = extract_features(model, info, sys.argv[2], timeline=True, window=window, stride=stride)
+    windows = feats["logits"].shape[0]
+else:
+    windows = len(predict_timeline(model, info, sys.argv[2], window=window, stride=stride)["windows"])
 seconds = time.perf_counter() - t
 done.set()
-print(json.dumps({"seconds": seconds, "windows": len(res["windows"]), "rss_before_mb": before,
+print(json.dumps({"seconds": seconds, "windows": windows, "rss_before_mb": before,
                   "run_peak_rss_mb": max(peak[0], rss()),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
-def peak_rss(ckpt: str, path: str) -> dict:
-    """The timeline of ``path`` in a fresh process -> {"seconds", "windows", "rss_before_mb" (the
-    model loaded), "run_peak_rss_mb" (the highest resident set sampled every 20 ms during the
-    run), "peak_rss_mb" (ru_maxrss: the whole process, loading included)}."""
+def peak_rss(ckpt: str, path: str, mode: str = "timeline") -> dict:
+    """The timeline of ``path`` (``mode="extract"``: ``extract_features(..., timeline=True)``,
+    the features of the same windows) in a fresh process -> {"seconds", "windows",
+    "rss_before_mb" (the model loaded), "run_peak_rss_mb" (the highest resident set sampled
+    every 20 ms during the run), "peak_rss_mb" (ru_maxrss: the whole process, loading included)}."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), *sys.path]))
-    r = subprocess.run([sys.executable, "-c", _CHILD, ckpt, path, str(WINDOW), str(STRIDE)],
+    r = subprocess.run([sys.executable, "-c", _CHILD, ckpt, path, str(WINDOW), str(STRIDE), mode],
                        capture_output=True, text=True, env=env, timeout=7200, check=True)  # fmt: skip
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -280,10 +288,11 @@ def test_peak_memory(setup):
     times: ``repeat_video``), each in a fresh process."""
     path, ckpt, _, _ = setup
     longer = repeat_video(path, os.path.join(DATA, f"long_{SECONDS:g}s_{H}p_x6.mp4"), 6)
-    a, b = peak_rss(ckpt, path), peak_rss(ckpt, longer)
-    print(f"\npeak RSS during the run: {SECONDS:g} s video {a['run_peak_rss_mb']:.0f} MB, "
-          f"{6 * SECONDS:g} s video {b['run_peak_rss_mb']:.0f} MB")  # fmt: skip
-    assert b["windows"] > 5 * a["windows"] > 0
+    for mode in ("timeline", "extract"):
+        a, b = peak_rss(ckpt, path, mode), peak_rss(ckpt, longer, mode)
+        print(f"\n{mode}: peak RSS during the run: {SECONDS:g} s video {a['run_peak_rss_mb']:.0f} MB, "
+              f"{6 * SECONDS:g} s video {b['run_peak_rss_mb']:.0f} MB")  # fmt: skip
+        assert b["windows"] > 5 * a["windows"] > 0
 
 
 # ----------------------------------------------------------------------------------- table
@@ -306,6 +315,7 @@ def main(argv=None) -> int:
     for m in args.memory_minutes if args.memory_only else []:
         vp = long_video(m, args.minutes)
         print(f"{m:g} min: {peak_rss(ckpt, vp)}", flush=True)
+        print(f"{m:g} min, extract: {peak_rss(ckpt, vp, 'extract')}", flush=True)
     if args.memory_only:
         return 0
     t = time.perf_counter()
@@ -344,6 +354,8 @@ def main(argv=None) -> int:
         vp = long_video(m, args.minutes)
         out[f"rss_{m:g}min"] = peak_rss(ckpt, vp)
         print(f"{m:g} min: {out[f'rss_{m:g}min']}", flush=True)
+        out[f"extract_rss_{m:g}min"] = peak_rss(ckpt, vp, "extract")
+        print(f"{m:g} min, extract: {out[f'extract_rss_{m:g}min']}", flush=True)
     print(json.dumps(out))
     return 0
 
