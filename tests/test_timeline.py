@@ -346,14 +346,14 @@ def test_windows_from_frame_features_refuses_training_mode_and_bad_shapes():
         bb.windows_from_frame_features(torch.randn(8, 16, 8, 8), index[0])
 
 
-def _main_job_model():
-    """The main job's model (synthetic preset: ART on tiny_cnn, T = 8, 64x64), random head and
-    bank so that its probabilities differ between windows and classes."""
+def _main_job_model(**flags):
+    """The main job's model (synthetic preset: ART on tiny_cnn, T = 8, 64x64; ``flags`` changes
+    it), random head and bank so that its probabilities differ between windows and classes."""
     from artlib.data.synthetic import CLASS_NAMES
     from artlib.engine.config import resolve
     from artlib.engine.trainer import build_model
 
-    cfg = resolve({"preset": "synthetic"})
+    cfg = resolve({"preset": "synthetic", **flags})
     torch.manual_seed(0)
     names = CLASS_NAMES[:8]
     model = build_model(cfg, names).eval()
@@ -398,6 +398,24 @@ def test_shared_frame_features_equal_the_model_on_each_window(tmp_path):
     torch.testing.assert_close(got, torch.tensor([w["probs"] for w in per["windows"]]), rtol=0,
                                atol=2e-4)  # fmt: skip
     assert sum(seen) == len({st + 2 + 4 * t for st in starts for t in range(8)}), (seen, starts)
+
+
+def test_shared_frame_features_of_a_backbone_without_the_windowed_part(tmp_path):
+    """The ViT backbone (tiny) declares frame_features/from_frame_features but not
+    windows_from_frame_features: the timeline gathers each window's frame features for it, and
+    its probabilities equal those of the whole model per window."""
+    import artlib
+
+    model, info = _main_job_model(**{"model.backbone": "tiny", "model.pretrained": "none"})
+    assert not hasattr(model.backbone, "windows_from_frame_features")
+    path = long_video(tmp_path / "v.mp4", [0, 1, 2])
+    res = artlib.predict_timeline(model, info, path, window=2.0, stride=0.5, batch_size=4)
+    per = artlib.predict_timeline(model, info, path, window=2.0, stride=0.5, batch_size=4,
+                                  share_frames=False)  # fmt: skip
+    got = torch.tensor([w["probs"] for w in res["windows"]])
+    assert len(res["windows"]) == 9 and got.std(-1).min() > 1e-3, got
+    torch.testing.assert_close(got, torch.tensor([w["probs"] for w in per["windows"]]), rtol=0,
+                               atol=2e-4)  # fmt: skip
 
 
 def test_timeline_skipping_nonref_frames_changes_nothing(tmp_path, monkeypatch):
