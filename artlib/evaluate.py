@@ -186,7 +186,7 @@ def run(args) -> tuple[dict, Path]:
         else frac,
         progress=args.progress and dist_info.is_main,
     )
-    metrics = topk_named(result.metrics(), info["num_classes"])
+    metrics = result.metrics()  # its Top-k named for k = min(5, classes)
     out = Path(args.out) if args.out else _default_out(Path(args.checkpoint))
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)

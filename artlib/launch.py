@@ -21,6 +21,8 @@ import os
 import signal
 import sys
 
+from artlib._cli import say
+
 __all__ = ["main"]
 
 # torchrun's agent logs these while it stops the workers after a signal; the one line replaces them
@@ -31,16 +33,14 @@ _AGENT_LOGGERS = (
 
 
 def _nproc_per_node(argv: list[str]) -> str | None:
-    """The ``--nproc_per_node`` / ``--nproc-per-node`` value of torchrun's arguments, if given."""
-    for i, arg in enumerate(argv):
-        if arg in ("-m", "--module") or not arg.startswith("-"):
-            return None  # the script and its own arguments start here
-        for name in ("--nproc_per_node", "--nproc-per-node"):
-            if arg == name and i + 1 < len(argv):
-                return argv[i + 1]
-            if arg.startswith(name + "="):
-                return arg.split("=", 1)[1]
-    return None
+    """The ``--nproc_per_node`` value of torchrun's own arguments (torchrun's parser reads them: a
+    script's arguments of the same name are not), or None when not given."""
+    from torch.distributed.run import get_args_parser
+
+    parser = get_args_parser()
+    parser.set_defaults(nproc_per_node=None)
+    args, _ = parser.parse_known_args(argv)
+    return args.nproc_per_node
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,15 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         torchrun_main(argv)
     except SignalException as e:
         name = signal.Signals(e.sigval).name
-        print(
+        say(
             f"artlib-torchrun: stopped by {name}; the workers were stopped (an artlib run's "
-            "folder resumes with --resume auto)",
-            file=sys.stderr,
-            flush=True,
+            "folder resumes with --resume auto)"
         )
         return 128 + int(e.sigval)
     except KeyboardInterrupt:  # a second Ctrl-C while the workers were being stopped
-        print("artlib-torchrun: stopped by SIGINT", file=sys.stderr, flush=True)
+        say("artlib-torchrun: stopped by SIGINT")
         return 130
     return 0
 

@@ -663,6 +663,7 @@ def test_launch_finds_nproc_per_node_only_among_torchruns_own_arguments():
 
     assert _nproc_per_node(["--nproc_per_node=8", "train.py"]) == "8"
     assert _nproc_per_node(["--standalone", "--nproc-per-node", "2", "-m", "x"]) == "2"
+    assert _nproc_per_node(["--nnodes", "1", "--nproc_per_node", "2", "train.py"]) == "2"
     assert _nproc_per_node(["train.py", "--nproc_per_node=4"]) is None  # the script's argument
     assert _nproc_per_node(["-m", "artlib.engine.cli", "--nproc_per_node=4"]) is None
 

@@ -222,6 +222,33 @@ def test_core_dispatch(backend, use_backend):
     assert_close(lse, lse_ref, name="lse")
 
 
+def _native_or_skip():
+    from artlib.ops import _native
+
+    if not _native.available(OP):
+        pytest.skip("native kernels unavailable: " + _native.reason())
+
+
+def _native_op_args(seed, dtype, n=192, k=6, l=57, d=64, bias=True, scale=0.2):
+    """Random (query, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias) that
+    require grad, and a cotangent (n, k, d); the weights scaled by ``scale``."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, s=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * s).to(dtype)
+
+    args = [
+        r(n, k, d),
+        r(n, l, d),
+        r(3 * d, d, s=scale),
+        r(3 * d) if bias else None,
+        r(d, d, s=scale),
+        r(d) if bias else None,
+    ]
+    args = [a.requires_grad_() if a is not None else None for a in args]
+    return args, r(n, k, d)
+
+
 # the native op runs the per-head projections on blocks of frames inside the core and sums the
 # weight gradients per chunk of blocks: shapes with a partial last block (N % G != 0), more blocks
 # than chunks (K = 70: one frame per block, 37 blocks in 13 chunks), head width not a multiple of
@@ -236,24 +263,8 @@ def test_core_dispatch(backend, use_backend):
     ],
 )
 def test_native_op_blocks_match_reference(n, k, l, d, heads, bias, use_backend):
-    from artlib.ops import _native
-
-    if not _native.available(OP):
-        pytest.skip("native kernels unavailable: " + _native.reason())
-    g = torch.Generator().manual_seed(n * 1000 + k)
-
-    def r(*shape, s=1.0):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * s).requires_grad_()
-
-    args = (
-        r(n, k, d),
-        r(n, l, d),
-        r(3 * d, d, s=0.3),
-        r(3 * d) if bias else None,
-        r(d, d, s=0.3),
-        r(d) if bias else None,
-    )
-    cot = torch.randn(n, k, d, generator=g, dtype=torch.float64)
+    _native_or_skip()
+    args, cot = _native_op_args(n * 1000 + k, torch.float64, n, k, l, d, bias, scale=0.3)
     wrt = [a for a in args if a is not None]
     results = {}
     for backend in ("native", "reference"):
@@ -272,31 +283,6 @@ def test_native_op_blocks_match_reference(n, k, l, d, heads, bias, use_backend):
 # These shapes make A and P over 1 MB (float32 and float64), so several live forwards hold pooled
 # buffers at once and the later calls get freed ones back; every output and gradient is checked
 # against the reference.
-def _native_or_skip():
-    from artlib.ops import _native
-
-    if not _native.available(OP):
-        pytest.skip("native kernels unavailable: " + _native.reason())
-
-
-def _pool_args(seed, dtype, n=192, k=6, l=57, d=64, bias=True):
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape, s=1.0):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * s).to(dtype)
-
-    args = [
-        r(n, k, d),
-        r(n, l, d),
-        r(3 * d, d, s=0.2),
-        r(3 * d) if bias else None,
-        r(d, d, s=0.2),
-        r(d) if bias else None,
-    ]
-    args = [a.requires_grad_() if a is not None else None for a in args]
-    return args, r(n, k, d)
-
-
 def _ref_grads(args, heads, cot, dtype=torch.float64):
     """The plain-PyTorch reference at ``dtype``: out and the gradients of every tensor input."""
     args_ = [a.detach().to(dtype).requires_grad_() if a is not None else None for a in args]
@@ -313,7 +299,7 @@ def test_native_op_keeps_weights(dtype, use_backend):
     _native_or_skip()
     use_backend("native", OP)
     heads = 4
-    args, _ = _pool_args(7, dtype, n=5, k=3, l=11, d=16)
+    args, _ = _native_op_args(7, dtype, n=5, k=3, l=11, d=16)
     with torch.no_grad():
         out, maps, q_hm, a_hm, p, qs, context = _forward(*args, heads, False)
         _, w_ref = region_attention_ref(
@@ -345,7 +331,7 @@ def test_native_op_reused_buffers(dtype, use_backend):
 
     live = []
     for seed in range(3):
-        args, cot = _pool_args(seed, dtype, bias=seed != 1)
+        args, cot = _native_op_args(seed, dtype, bias=seed != 1)
         live.append((args, cot, region_attention(*args, heads, form="absorbed")))
     for i in (1, 2, 0):
         args, cot, out = live[i]
@@ -353,7 +339,7 @@ def test_native_op_reused_buffers(dtype, use_backend):
         check(out, torch.autograd.grad(out, wrt, cot), args, cot, f"live call {i}")
     del live
     for seed in (3, 4):  # the buffers freed above come back
-        args, cot = _pool_args(seed, dtype, bias=seed == 3)
+        args, cot = _native_op_args(seed, dtype, bias=seed == 3)
         out = region_attention(*args, heads, form="absorbed")
         wrt = [a for a in args if a is not None]
         check(out, torch.autograd.grad(out, wrt, cot), args, cot, f"after reuse {seed}")
@@ -363,7 +349,7 @@ def test_native_forward_reference_backward(use_backend):
     """A backward run under another backend than its forward: the residuals say which ran (P kept:
     the native backward), so the gradients stay right."""
     _native_or_skip()
-    args, cot = _pool_args(11, torch.float64, n=7, k=3, l=13, d=16)
+    args, cot = _native_op_args(11, torch.float64, n=7, k=3, l=13, d=16)
     with ops.use_backend("native", OP):
         out = region_attention(*args, 4, form="absorbed")
     with ops.use_backend("reference", OP):

@@ -131,17 +131,20 @@ class EvalResult:
         """{"top1", "topK", "mean_class_acc", "count", "skipped"} with K = min(5, N_cls) (a
         3-class model's best 5 are all its classes: its "top5" is a "top3"); the accuracies over
         ``count`` and, for the mean, over the classes that have at least one clip."""
+        from artlib.engine.metrics import topk_named
+
         n = max(self.count, 1)
         per_class_n = self.matrix.sum(1)
         seen = per_class_n > 0
         per_class = self.matrix.diagonal()[seen].double() / per_class_n[seen].double()
-        return {
+        metrics = {
             "top1": float(self.matrix.diagonal().sum()) / n,
-            f"top{min(5, self.matrix.shape[0])}": self.top5_hits / n,
+            "top5": self.top5_hits / n,
             "mean_class_acc": float(per_class.mean()) if bool(seen.any()) else 0.0,
             "count": self.count,
             "skipped": len(self.skipped),
         }
+        return topk_named(metrics, self.matrix.shape[0])
 
     def final_line(self, prefix: str = "FINAL eval") -> str:
         """``FINAL eval top1=... topK=... mean_class_acc=... count=N skipped=S``, K = min(5,

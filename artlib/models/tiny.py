@@ -218,8 +218,7 @@ class TinyConvVideoBackbone(_FrameTokens):
         """
         if self.training:
             raise RuntimeError("windows_from_frame_features: the backbone must be in eval mode")
-        check = feats.dim() == 4 and feats.shape[1] == self.out_dim
-        if not check or index.dim() != 2:
+        if feats.dim() != 4 or feats.shape[1] != self.out_dim or index.dim() != 2:
             raise ValueError(
                 f"feats, index: expected (F, {self.out_dim}, h, w) and (B, T), got "
                 f"{tuple(feats.shape)} and {tuple(index.shape)}"
@@ -228,7 +227,7 @@ class TinyConvVideoBackbone(_FrameTokens):
         _, C, h, w = feats.shape
         idx = index.tolist()
         x = feats.permute(0, 2, 3, 1).contiguous()  # (n, h, w, C): one row per distinct value
-        rows = [[f for f in window] for window in idx]  # (b, t) -> its row of x
+        rows = idx  # (b, t) -> its row of x
         for depth, blk in enumerate(self.temporal, start=1):
             conv, bn = blk[0], blk[1]
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)

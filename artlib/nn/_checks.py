@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+
+def check_positive(name: str, value) -> float:
+    """``value`` as a float, finite and > 0 (a temperature), else a ValueError naming ``name``."""
+    v = float(value)
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return v
 
 
 def check_tensor(

@@ -5,11 +5,10 @@ Legend: N frames (or any leading dims such as B T), K region queries, L tokens, 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
+from artlib.nn._checks import check_positive
 from artlib.ops.region_attention import region_attention, region_attention_form
 
 __all__ = ["RegionAttention"]
@@ -45,10 +44,7 @@ class RegionAttention(nn.Module):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
-        temperature = float(temperature)
-        if not math.isfinite(temperature) or temperature <= 0:
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-        self.temperature = temperature
+        self.temperature = check_positive("temperature", temperature)
         factory = {"device": device, "dtype": dtype}
         self.embed_dim = dim
         self.num_heads = num_heads

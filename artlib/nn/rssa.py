@@ -12,22 +12,13 @@ Legend: B videos, T frames, L tokens per frame, K region queries, d latent width
 
 from __future__ import annotations
 
-import math
-
 import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from artlib.nn._checks import check_tensor
+from artlib.nn._checks import check_positive, check_tensor
 
 __all__ = ["RSSA", "RegionDecoderLayer"]
-
-
-def _check_temperature(temperature) -> float:
-    t = float(temperature)
-    if not math.isfinite(t) or t <= 0:
-        raise ValueError(f"attn_temperature must be a finite number > 0, got {temperature}")
-    return t
 
 
 def _cross_attention(dim: int, heads: int, dropout: float, temperature: float = 1.0) -> nn.Module:
@@ -62,7 +53,9 @@ class RegionDecoderLayer(nn.Module):
     ):
         super().__init__()
         self.norm_q = nn.LayerNorm(dim)
-        self.attn = _cross_attention(dim, heads, attn_dropout, _check_temperature(attn_temperature))
+        self.attn = _cross_attention(
+            dim, heads, attn_dropout, check_positive("attn_temperature", attn_temperature)
+        )
         self.norm_ffn = nn.LayerNorm(dim)
         hidden = int(dim * ffn_ratio)
         self.ffn = nn.Sequential(
@@ -123,7 +116,7 @@ class RSSA(nn.Module):
         attn_temperature: float = 1.0,
     ):
         super().__init__()
-        self.attn_temperature = _check_temperature(attn_temperature)
+        self.attn_temperature = check_positive("attn_temperature", attn_temperature)
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         if num_queries < 1 or num_frames < 1 or act_layers < 1:
