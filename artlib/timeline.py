@@ -429,20 +429,23 @@ def _ahead(items, depth: int):
     stop = threading.Event()
     end = object()
 
+    def put(x) -> bool:  # False once the consumer has gone: nothing may block after that
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work():
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put((item, None)):
                     return
-            q.put((end, None))
+            put((end, None))
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            q.put((end, e))
+            put((end, e))
 
     thread = threading.Thread(target=work, name="artlib-timeline-decode", daemon=True)
     thread.start()

@@ -445,6 +445,53 @@ def test_timeline_skipping_nonref_frames_changes_nothing(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # with the checkpoint fixture: ~25 s on 2 idle cores
+def _close_within(gen, seconds: float) -> bool:
+    """``gen.close()`` in a helper thread -> whether it returned within ``seconds``."""
+    import threading
+
+    t = threading.Thread(target=gen.close, daemon=True)
+    t.start()
+    t.join(seconds)
+    return not t.is_alive()
+
+
+@pytest.mark.parametrize("ends_with", ["end", "error"])
+def test_ahead_consumer_leaving_a_full_queue_does_not_hang(ends_with):
+    """The consumer stops (an error in the model, a closed generator) after the decoding thread
+    has produced everything and the queue is full: the thread's last put (the end, or the
+    decoding error) must not block, or closing waits for it forever."""
+    import threading
+
+    from artlib.timeline import _ahead
+
+    produced = threading.Event()
+
+    def items():
+        yield from range(3)
+        produced.set()  # from here the thread puts the end (or the error) into a full queue
+        if ends_with == "error":
+            raise RuntimeError("decoding failed")
+
+    gen = _ahead(items(), depth=1)
+    assert next(gen) == 0 and next(gen) == 1  # 2 waits in the queue (depth 1): it is full
+    assert produced.wait(10), "the decoding thread never finished its items"
+    assert _close_within(gen, 10), "closing _ahead hung on the thread's last put into a full queue"
+
+
+def test_ahead_hands_over_items_and_errors_in_order():
+    from artlib.timeline import _ahead
+
+    def items():
+        yield from range(5)
+        raise ValueError("broken at 5")
+
+    got = []
+    with pytest.raises(ValueError, match="broken at 5"):
+        for x in _ahead(items(), depth=2):
+            got.append(x)
+    assert got == [0, 1, 2, 3, 4]
+
+
 def test_timeline_recovers_concatenated_clips(synth_ckpt, long_mp4):
     """Six 2-s clips of known classes in one file: the segments name them in order, and every
     boundary is within one stride of the true one (2, 4, 6, 8, 10 s)."""
