@@ -459,9 +459,12 @@ def _ahead(items, depth: int):
             yield item
     finally:
         stop.set()
-        thread.join()
-        if hasattr(items, "close"):
-            items.close()
+        # a generator left unfinished may be closed only at interpreter exit, when a daemon thread
+        # can be frozen for good: joining it then would wait forever (it is not touched then)
+        if not sys.is_finalizing():
+            thread.join()
+            if hasattr(items, "close"):
+                items.close()
 
 
 def smooth_probs(probs: torch.Tensor, smooth: int) -> torch.Tensor:

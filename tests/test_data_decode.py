@@ -125,3 +125,42 @@ def test_unreadable_files(bad_files, kind, reason, error_kind):
     if kind != "truncated_webm":
         with pytest.raises(VideoDecodeError):
             decode_frames(path, [0])
+
+
+_FORK_CHILD = """
+import multiprocessing as mp, sys
+import numpy as np, av
+import artlib.data.decode  # registers the at-fork hook
+
+def convert():  # PyAV's own conversions: frame.reformat / to_ndarray, PyAV's cached converter
+    img = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    return av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p").to_ndarray(
+        format="rgb24")
+
+def child(q):
+    q.put(convert().shape)
+
+convert()  # the parent converts first (its converter may start a thread pool) ...
+ctx = mp.get_context("fork")
+q = ctx.Queue()
+p = ctx.Process(target=child, args=(q,))
+p.start()  # ... then forks a worker that converts too (a DataLoader worker, prepare's cutter)
+p.join(60)
+if p.is_alive():
+    p.kill()
+    sys.exit("the forked child hung converting a frame (PyAV " + av.__version__ + ")")
+print(q.get(timeout=10))
+"""
+
+
+def test_forked_worker_converts_frames_after_the_parent_did():
+    """A forked worker must not inherit the parent's swscale contexts: PyAV >= 18.1.1 keeps one per
+    thread for ``frame.reformat``/``to_ndarray`` (with a thread pool, which a forked child lacks),
+    and the child's first conversion then waited forever (artlib.data.decode's at-fork hook)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _FORK_CHILD], capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.strip() == "(480, 640, 3)", (r.returncode, r.stdout,
+                                                                      r.stderr[-2000:])  # fmt: skip

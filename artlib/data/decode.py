@@ -36,6 +36,7 @@ import functools
 import math
 import os
 import struct
+import sys
 import threading
 from collections.abc import Sequence
 from fractions import Fraction
@@ -405,10 +406,22 @@ _local = threading.local()
 
 
 def _forget_reformatters() -> None:
-    """A forked child (DataLoader or checker workers) must not reuse the parent's swscale contexts:
-    one inherited mid-use deadlocked `python -m artlib.data.check --workers 2` in the test suite."""
+    """A forked child (DataLoader, checker or prepare workers) must not reuse the parent's swscale
+    contexts: their thread pools do not exist in the child, and the first conversion waits for them
+    forever. Ours (``_local``) and PyAV's own: from PyAV 18.1.1 ``frame.reformat``/``to_ndarray``
+    keep one per thread, so a parent that converted one frame deadlocked every forked worker that
+    converts another (a user's dataset, ``prepare``'s cutter). The inherited ones are kept, never
+    freed: freeing such a context waits for its pool's threads as well."""
     global _local
+    _inherited.append(_local)
     _local = threading.local()
+    frame_module = sys.modules.get("av.video.frame")
+    if frame_module is not None and hasattr(frame_module, "_thread_local"):
+        _inherited.append(frame_module._thread_local)
+        frame_module._thread_local = threading.local()
+
+
+_inherited: list = []  # the parent's converters in a forked child: unusable, and unsafe to free
 
 
 os.register_at_fork(after_in_child=_forget_reformatters)
