@@ -26,7 +26,6 @@ import threading
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 MMAP_MAX = 32 * 2**20  # glibc's upper bound for M_MMAP_THRESHOLD on 64-bit
 TRIM_MB = 256
-AFTER_MMAP = MMAP_MAX  # after the block (see retain_freed)
 _lock = threading.Lock()
 _depth = 0
 
@@ -66,6 +65,6 @@ def retain_freed(trim_mb: int = TRIM_MB):
                 # not glibc's fixed defaults: setting a threshold ends its dynamic rule for good,
                 # and a fixed 128 KiB made later training steps fault 2-4x as often (+5-10 % CPU).
                 # The state that rule reaches once a block of MMAP_MAX has been freed instead.
-                libc.mallopt(M_MMAP_THRESHOLD, AFTER_MMAP)
-                libc.mallopt(M_TRIM_THRESHOLD, 2 * AFTER_MMAP)
+                libc.mallopt(M_MMAP_THRESHOLD, MMAP_MAX)
+                libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_MAX)
                 libc.malloc_trim(0)

@@ -459,12 +459,9 @@ def _ahead(items, depth: int):
             yield item
     finally:
         stop.set()
-        # a generator left unfinished may be closed only at interpreter exit, when a daemon thread
-        # can be frozen for good: joining it then would wait forever (it is not touched then)
-        if not sys.is_finalizing():
-            thread.join()
-            if hasattr(items, "close"):
-                items.close()
+        thread.join()
+        if hasattr(items, "close"):
+            items.close()
 
 
 def smooth_probs(probs: torch.Tensor, smooth: int) -> torch.Tensor:

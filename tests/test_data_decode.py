@@ -132,10 +132,11 @@ import multiprocessing as mp, sys
 import numpy as np, av
 import artlib.data.decode  # registers the at-fork hook
 
-def convert():  # PyAV's own conversions: frame.reformat / to_ndarray, PyAV's cached converter
+def convert():  # PyAV's own conversions (its cached converter), then artlib's per-thread one
     img = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
-    return av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p").to_ndarray(
-        format="rgb24")
+    yuv = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+    assert artlib.data.decode._rgb_converter(False)(yuv).shape == img.shape
+    return yuv.to_ndarray(format="rgb24")
 
 def child(q):
     q.put(convert().shape)

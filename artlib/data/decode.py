@@ -432,10 +432,10 @@ def _rgb_converter(accurate: bool):
     new swscale context for every new frame (4 ms for a 64x64 frame here, 50x the conversion)."""
     from av.video.reformatter import Interpolation, VideoReformatter
 
-    # one per thread and per process: a context inherited through fork() (DataLoader workers) may
-    # hold a thread pool that does not exist in the child; threads=1 keeps swscale from making one
-    if getattr(_local, "pid", None) != os.getpid():
-        _local.reformatter, _local.pid = VideoReformatter(), os.getpid()
+    # one per thread; a forked child starts with none (_forget_reformatters); threads=1 keeps
+    # swscale from making a thread pool
+    if getattr(_local, "reformatter", None) is None:
+        _local.reformatter = VideoReformatter()
     reformat = _local.reformatter.reformat
     if not accurate:
         flags = None
