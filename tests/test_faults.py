@@ -305,8 +305,9 @@ def test_resume_auto_falls_back_from_a_truncated_newest_checkpoint(tmp_path):
     assert path.name == "checkpoint_epoch0002.pt" and state["epoch"] == 2
     assert len(warnings) == 1 and str(newest) in warnings[0] and "\n" not in warnings[0]
     # every one unreadable: one line, naming them
+    junk = bytes(range(255, -1, -1)) + bytes(44)  # fixed bytes: neither a zip nor a pickle
     for epoch in (1, 2):
-        (tmp_path / f"checkpoint_epoch{epoch:04d}.pt").write_bytes(os.urandom(300))
+        (tmp_path / f"checkpoint_epoch{epoch:04d}.pt").write_bytes(junk)
     with pytest.raises(RunFolderError) as e:
         newest_intact_checkpoint(tmp_path, warn=warnings.append)
     assert "\n" not in str(e.value) and "checkpoint_epoch0001.pt" in str(e.value)
