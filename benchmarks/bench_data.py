@@ -69,12 +69,16 @@ def _source_frames() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def videos():
-    os.makedirs(DATA, exist_ok=True)
+def videos(tmp_path_factory):
+    # the full benchmark reuses the files in DATA across runs; the smoke pass writes its own (a
+    # second), so that it never reads files that another run (another commit's sizes, or one
+    # running at the same time: CI jobs on one machine share $TMPDIR) left or is writing
+    data = str(tmp_path_factory.mktemp("bench-data")) if SMOKE else DATA
+    os.makedirs(data, exist_ok=True)
     paths = {
-        "h264": os.path.join(DATA, "bbb480_gop250.mp4"),
-        "vp9": os.path.join(DATA, "bbb480.webm"),
-        "h264-short": os.path.join(DATA, "bbb480_64f.mp4"),
+        "h264": os.path.join(data, "bbb480_gop250.mp4"),
+        "vp9": os.path.join(data, "bbb480.webm"),
+        "h264-short": os.path.join(data, "bbb480_64f.mp4"),
     }
     frames = None
     for key, path in paths.items():

@@ -74,11 +74,20 @@ def _step(net, fn, video, labels):
     net.zero_grad(set_to_none=True)
 
 
+@pytest.fixture
+def bench_threads():
+    """ARTLIB_BENCH_THREADS (default 2) threads for one case; the count before comes back after
+    it, so the files that run later in the same session keep theirs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("ARTLIB_BENCH_THREADS", "2")))
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("model", ["baseline", "ART"])
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_train_step(benchmark, backbone, model, mode):
-    torch.set_num_threads(int(os.environ.get("ARTLIB_BENCH_THREADS", "2")))
+def test_train_step(benchmark, bench_threads, backbone, model, mode):
     net, fn, video, labels = _setup(backbone, model, mode)
     start = time.perf_counter()
     _step(net, fn, video, labels)  # warm-up outside the timing: the compiled case compiles here

@@ -235,11 +235,20 @@ def peak_rss(ckpt: str, path: str, mode: str = "timeline") -> dict:
 
 
 @pytest.fixture(scope="module")
-def setup():
+def data_dir(tmp_path_factory) -> str:
+    """Where the generated files go. The full benchmark reuses DATA across runs (the 10-minute
+    video takes minutes to encode); the smoke pass writes a fresh folder of its own run (seconds),
+    so that it never loads a video or checkpoint that another run left there (one of another
+    commit's code) or is writing at the same time (two CI jobs on one machine share $TMPDIR)."""
+    return str(tmp_path_factory.mktemp("bench-timeline")) if SMOKE else DATA
+
+
+@pytest.fixture(scope="module")
+def setup(data_dir):
     import artlib
 
-    path = make_video(os.path.join(DATA, f"long_{SECONDS:g}s_{H}p.mp4"), SECONDS)
-    ckpt = main_job_checkpoint(os.path.join(DATA, "main_job.pt"))
+    path = make_video(os.path.join(data_dir, f"long_{SECONDS:g}s_{H}p.mp4"), SECONDS)
+    ckpt = main_job_checkpoint(os.path.join(data_dir, "main_job.pt"))
     model, info = artlib.load_model(ckpt)
     return path, ckpt, model, info
 
@@ -270,13 +279,13 @@ def test_per_window(benchmark, setup):
         benchmark.extra_info["projected_s"] = benchmark.stats.stats.mean / done * total
 
 
-def test_repeat_video(setup):
+def test_repeat_video(setup, data_dir):
     """The remuxed copies: 3x the frames, frame k*n + i equal to frame i, one decodable file."""
     from artlib.data import decode_frames, video_info
 
     path = setup[0]
     n = int(round(SECONDS * FPS))
-    rep = repeat_video(path, os.path.join(DATA, f"long_{SECONDS:g}s_{H}p_x3.mp4"), 3)
+    rep = repeat_video(path, os.path.join(data_dir, f"long_{SECONDS:g}s_{H}p_x3.mp4"), 3)
     assert video_info(rep, exact=True).num_frames == 3 * n
     idx = [0, 7, n - 1]
     a = decode_frames(path, idx).numpy()
@@ -285,11 +294,11 @@ def test_repeat_video(setup):
     np.testing.assert_array_equal(b[3], a[1])
 
 
-def test_peak_memory(setup):
+def test_peak_memory(setup, data_dir):
     """Peak RSS of the timeline for SECONDS and for 6x as long (the same file's packets copied 6
     times: ``repeat_video``), each in a fresh process."""
     path, ckpt, _, _ = setup
-    longer = repeat_video(path, os.path.join(DATA, f"long_{SECONDS:g}s_{H}p_x6.mp4"), 6)
+    longer = repeat_video(path, os.path.join(data_dir, f"long_{SECONDS:g}s_{H}p_x6.mp4"), 6)
     for mode in ("timeline", "extract"):
         a, b = peak_rss(ckpt, path, mode), peak_rss(ckpt, longer, mode)
         print(f"\n{mode}: peak RSS during the run: {SECONDS:g} s video {a['run_peak_rss_mb']:.0f} MB, "

@@ -78,6 +78,20 @@ def _reordered_timestamps_mp4(src, dst):
     return dst
 
 
+def _frames_that_decode(path) -> int:
+    """The frames PyAV decodes from ``path``, up to its first decoding error."""
+    import av
+
+    n = 0
+    with av.open(path) as c:
+        try:
+            for _ in c.decode(video=0):
+                n += 1
+        except av.FFmpegError:
+            pass
+    return n
+
+
 def _overstate_avi(path, declared):
     """Patch an AVI's main and stream headers to declare ``declared`` frames."""
     data = bytearray(open(path, "rb").read())
@@ -140,7 +154,10 @@ def build_corpus(folder: str | os.PathLike) -> dict[str, Case]:
     cases["truncated_download"] = Case(p("truncated_faststart.mp4"), "truncated", -1, -1)
     broken = write_broken_videos(os.path.join(d, "broken"))
     cases["truncated_no_index"] = Case(broken["truncated"], "truncated", -1, -1)
-    cases["truncated_webm"] = Case(broken["truncated_webm"], "truncated", -1, 9)
+    # the frames left in the cut half depend on libvpx's packet sizes (PyAV's wheel brings its own
+    # libvpx): counted from the file, not written down
+    webm = broken["truncated_webm"]
+    cases["truncated_webm"] = Case(webm, "truncated", -1, _frames_that_decode(webm))
     cases["audio_only"] = Case(broken["audio_only"], "no_video", -1, -1)
     cases["zero_bytes"] = Case(broken["empty"], "empty", -1, 0)
     cases["garbage"] = Case(broken["garbage"], "corrupt", -1, -1)

@@ -28,9 +28,32 @@ TIMEOUT = 600  # s, per run of the two agents: generous for a loaded 2-core mach
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port for the rendezvous, chosen below the kernel's ephemeral range: the agents bind
+    it seconds later (after importing torch), and a port from that range (what ``bind(0)`` gives)
+    can be handed in the meantime to any process's outgoing connection or ``bind(0)`` on a busy
+    machine; then both agents find it taken and wait for a rendezvous host that never comes. A
+    port outside the range is only taken by a process that names it. The start of the search
+    depends on the pid, so concurrent test runs try different ports."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default start of the range
+    first, last = 10000, low - 1  # above the well-known and most registered services' ports
+    if last - first < 1000:  # an unusual range: take what the kernel gives
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    span = last - first + 1
+    start = os.getpid() * 7919 % span
+    for i in range(200):
+        port = first + (start + i * 97) % span
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))  # every address: the store's server may listen on all of them
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port among 200 tried in [{first}, {last}]")
 
 
 def _logs(log_dir: Path) -> str:

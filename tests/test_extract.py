@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -91,9 +90,28 @@ def _cmd(ckpt, out, videos):
             "--out", str(out)]  # fmt: skip
 
 
+# ``python -m artlib.extract`` that stops itself (SIGSTOP) just before it renames its second
+# feature file into place: the test kills it there, one file finished and the next one written
+# under its temporary name, wherever the machine's load puts the two processes (a kill timed by
+# polling for the first file raced the remaining 23 videos, 40 ms each)
+_EXTRACT_STOPPING_BEFORE_THE_SECOND_FILE = """
+import os, runpy, signal
+real, renamed = os.replace, []
+def replace(src, dst, *a, **k):
+    if str(dst).endswith(".safetensors"):
+        if renamed:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        renamed.append(dst)
+    return real(src, dst, *a, **k)
+os.replace = replace
+runpy.run_module("artlib.extract", run_name="__main__", alter_sys=True)
+"""
+
+
 @pytest.mark.slow
 def test_extract_resumes_after_kill(art_ckpt, clips, tmp_path):
-    """Killed after its first file: a second run writes only the rest, the first untouched."""
+    """Killed after its first file, the second one half-done: a second run writes only the rest,
+    the first untouched."""
     out = tmp_path / "feats"
     videos = clips * 3  # the same files under other names: 24 videos
     links = []
@@ -101,20 +119,28 @@ def test_extract_resumes_after_kill(art_ckpt, clips, tmp_path):
         link = tmp_path / f"v{i:02d}.mp4"
         os.symlink(v, link)
         links.append(str(link))
-    proc = subprocess.Popen(_cmd(art_ckpt, out, links), env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.is_dir() and any(out.glob("*.safetensors")):
+    cmd = _cmd(art_ckpt, out, links)
+    stopping = [sys.executable, "-c", _EXTRACT_STOPPING_BEFORE_THE_SECOND_FILE, *cmd[3:]]
+    proc = subprocess.Popen(stopping, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    deadline, stopped = time.monotonic() + 300, False
+    while not stopped and time.monotonic() < deadline:
+        pid, status = os.waitpid(proc.pid, os.WUNTRACED | os.WNOHANG)
+        if pid and not os.WIFSTOPPED(status):  # it ended: let Popen report how
+            proc.returncode = os.waitstatus_to_exitcode(status)
             break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "extract ended before it could be killed"
+        stopped = bool(pid)
+        time.sleep(0.01)
+    proc.kill()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert stopped, (
+        f"extract did not reach its second file (exit status {proc.returncode})",
+        stdout[-2000:], stderr[-2000:],
+    )  # fmt: skip
     first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.safetensors")}
-    assert 1 <= len(first) < len(links), first
-    r = subprocess.run(_cmd(art_ckpt, out, links), env=env(), capture_output=True, text=True,
-                       timeout=600)  # fmt: skip
+    assert len(first) == 1, (first, stdout[-2000:])
+    assert len(list(out.glob(".*.tmp-*"))) == 1  # the second file, written, never renamed
+    r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert f"{len(links) - len(first)} written, {len(first)} already done" in r.stderr, r.stderr
     files = {p.name: p.stat().st_mtime_ns for p in out.glob("*.safetensors")}

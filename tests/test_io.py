@@ -2,7 +2,6 @@
 
 import multiprocessing as mp
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -57,7 +56,7 @@ def test_cache_root(monkeypatch, tmp_path):
 def _hold(path, ready, release):
     with file_lock(path):
         ready.set()
-        release.wait(10)
+        release.wait(300)  # the test releases it; the bound only ends an orphan
 
 
 def test_file_lock_excludes_another_process(tmp_path):
@@ -73,8 +72,7 @@ def test_file_lock_excludes_another_process(tmp_path):
                 pass
     finally:
         release.set()
-        proc.join(30)
-    t0 = time.perf_counter()
-    with file_lock(lock, blocking=False):  # free again once the holder is gone
+        proc.join(300)
+    assert proc.exitcode == 0, f"the holder did not end cleanly: exit code {proc.exitcode}"
+    with file_lock(lock, blocking=False):  # free again once the holder is gone (else LockHeld)
         pass
-    assert time.perf_counter() - t0 < 5

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_close, assert_mtc_grad_close
 
 from artlib.ops import _native
 from artlib.ops.mtc_loss import mtc_loss_ref
@@ -118,12 +118,23 @@ def test_core_float64_backward_with_float32_lse():
 
 
 def test_core_bfloat16_runs_in_float32():
+    """bfloat16 in and out, float32 inside. The forward against float64 on the same inputs; the
+    backward against the float64 backward of what it is given: the bfloat16 ``a`` (the exact a
+    rounded once) enters delta = da . a, and that rounding alone moves dq end to end by up to ~3x
+    the bfloat16 tolerance on unlucky inputs (5 of 40 seeds), an error of the format, not of the
+    kernel. Given its inputs the kernel stays within 0.2x of the tolerance (40 seeds); a delta
+    taken from the wrong row of a is >= 100x out."""
+    from artlib.ops.region_attention import region_attention_core_backward_ref
+
     q, x, da = core_inputs(2, 3, 49, 32, torch.bfloat16)
     a, lse = _native.region_attention_core_forward(q, x)
     dq, dx = _native.region_attention_core_backward(da, q, x, a, lse)
     want = core_ref_grads(q.double(), x.double(), da.double())
-    for name, got, exp in zip(("a", "lse", "dq", "dx"), (a, lse, dq, dx), want):
+    for name, got, exp in zip(("a", "lse"), (a, lse), want):
         assert_close(got, exp, dtype=torch.bfloat16, name=name)
+    given = region_attention_core_backward_ref(*(t.double() for t in (da, q, x, a, lse)))
+    for name, got, exp in zip(("dq", "dx"), (dq, dx), given):
+        assert_close(got, exp, dtype=torch.bfloat16, name=f"{name} (given the bfloat16 a, lse)")
 
 
 def test_core_threads_agree(threads):
@@ -183,7 +194,7 @@ def check_mtc(r, dtype, hinge, weights=(1.0, 0.5, 2.0), lam=0.6):
     assert_close(
         out, want[0], dtype=dtype, lowp_ref=lowp[0], name="[total, spatial, temporal, tracklet]"
     )
-    assert_close(dr, want[1], dtype=dtype, lowp_ref=lowp[1], name="dr")
+    assert_mtc_grad_close(dr, want[1], r, dtype=dtype, lowp_ref=lowp[1], name="dr")
 
 
 @pytest.mark.parametrize("hinge", [True, False], ids=["hinge", "linear"])

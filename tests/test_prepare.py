@@ -277,19 +277,34 @@ def test_killed_run_resumes_to_the_complete_correct_set(raw, tmp_path, capsys):
     cmd = [sys.executable, "-m", "artlib.data.prepare", "finegym", "--raw", str(raw["dir"])]
     cmd += ["--annotations", str(ann), "--out", str(out), "--workers", "2", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    # a slow preset so that the kill lands mid-run
-    proc = subprocess.Popen([*cmd, "--preset", "veryslow"], env=env, cwd=REPO)
-    deadline = time.monotonic() + 90
-    while len(list(out.glob("*.mp4"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+    # a slow preset so that the kill lands mid-run: the 21 clips left take seconds after the third
+    log = tmp_path / "prepare.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([*cmd, "--preset", "veryslow"], env=env, cwd=REPO, stdout=fh,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+    t0 = time.monotonic()
+    while len(list(out.glob("*.mp4"))) < 3 and proc.poll() is None and time.monotonic() < t0 + 300:
         time.sleep(0.02)
+    waited = time.monotonic() - t0
+    workers = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
-    assert 3 <= len(done_before) < len(want), "the kill must land part-way"
+    assert 3 <= len(done_before) < len(want), (
+        f"the kill must land part-way: {len(done_before)} of {len(want)} clips done when killed "
+        f"after {waited:.1f} s (exit status {proc.returncode})", log.read_text()[-3000:],
+    )  # fmt: skip
     for p in out.glob("*.mp4"):  # what was finished is whole and exact
         assert clip_indices(p) == want[p.stem], p.name
-    # the workers died with the parent (PR_SET_PDEATHSIG): no orphan finishes a clip afterwards
-    time.sleep(0.5)
+    # the workers died with the parent (PR_SET_PDEATHSIG): no orphan finishes a clip afterwards.
+    # Wait for them to be gone (a fixed sleep could end before an orphan's clip was done)
+    assert workers or not Path("/proc/self/stat").exists(), "no worker process found"
+    deadline = time.monotonic() + 60
+    while (alive := [w for w, t in workers.items() if _running(w, t)]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.01)
+    assert not alive, f"workers {alive} outlived the killed prepare run"
     assert {p.name for p in out.glob("*.mp4")} == set(done_before)
 
     # the rerun (in this process: one torch import less) finishes the set
@@ -303,6 +318,30 @@ def test_killed_run_resumes_to_the_complete_correct_set(raw, tmp_path, capsys):
         assert clip_indices(out / f"{name}.mp4") == frames, name
     for name, mtime in done_before.items():  # finished clips were kept, not redone
         assert (out / name).stat().st_mtime_ns == mtime
+
+
+def _stat(pid) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command's name (state, ppid, ...), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _children(ppid: int) -> dict[int, str]:
+    """{pid: start time} of the running processes whose parent is ``ppid`` (Linux)."""
+    found = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        f = _stat(d.name)
+        if f and f[1] == str(ppid) and f[0] != "Z":
+            found[int(d.name)] = f[19]
+    return found
+
+
+def _running(pid: int, start: str) -> bool:
+    """Whether the process ``pid`` started at ``start`` still runs (not gone, not a zombie)."""
+    f = _stat(pid)
+    return f is not None and f[19] == start and f[0] != "Z"
 
 
 @pytest.mark.parametrize(

@@ -166,19 +166,24 @@ def test_kill_and_resume_matches_uninterrupted_run(env, tmp_path):
     # SIGKILL as soon as epoch 1's checkpoint is there, like an out-of-memory kill or a
     # pre-empted node (the checkpoint is written to a temporary name, then renamed)
     first = tmp_path / "killed" / "checkpoints" / "checkpoint_epoch0001.pt"
-    proc = subprocess.Popen(
-        base + ["--output-dir", str(tmp_path / "killed")],
-        env=e,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 600
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
+    log = tmp_path / "killed.log"  # its stderr, for the messages below
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            base + ["--output-dir", str(tmp_path / "killed")],
+            env=e,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=fh,
+        )
+    deadline = time.monotonic() + 600
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
-    assert _ckpts(tmp_path / "killed") == ["checkpoint_epoch0001.pt"]
+    assert proc.wait() == -signal.SIGKILL, (proc.returncode, log.read_text()[-4000:])
+    assert _ckpts(tmp_path / "killed") == ["checkpoint_epoch0001.pt"], (
+        _ckpts(tmp_path / "killed"),
+        log.read_text()[-4000:],
+    )
     _run(base + ["--output-dir", str(tmp_path / "killed"), "--resume", "auto"], e)
     a = torch.load(tmp_path / "straight/checkpoints/checkpoint_epoch0002.pt", weights_only=True)
     b = torch.load(tmp_path / "killed/checkpoints/checkpoint_epoch0002.pt", weights_only=True)

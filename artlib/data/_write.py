@@ -172,7 +172,7 @@ def write_index_video(
 
 def write_broken_videos(folder: str | os.PathLike) -> dict[str, str]:
     """Write one file of each broken kind into ``folder`` -> {kind: path}: "missing" (not written),
-    "empty" (0 bytes), "garbage" (random bytes named .mp4), "truncated" (an H.264 .mp4 cut in half:
+    "empty" (0 bytes), "garbage" (an mp4 signature, then random bytes), "truncated" (an H.264 .mp4 cut in half:
     its index at the end is gone), "truncated_webm" (a VP9 .webm cut in half: fewer frames than its
     header's duration), "audio_only" (an AAC .m4a). For tests of the skip-and-count rules."""
     import av
@@ -183,7 +183,9 @@ def write_broken_videos(folder: str | os.PathLike) -> dict[str, str]:
     files["empty"] = os.path.join(folder, "empty.mp4")
     open(files["empty"], "wb").close()
     files["garbage"] = os.path.join(folder, "garbage.mp4")
-    with open(files["garbage"], "wb") as fh:
+    with open(files["garbage"], "wb") as fh:  # an mp4 signature, then garbage: FFmpeg's probe
+        # picks the mp4 reader on any version (bare random bytes may probe as, e.g., a subtitle)
+        fh.write(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomavc1")
         fh.write(np.random.default_rng(0).bytes(4000))
     for kind, codec, ext in (("truncated", "h264", ".mp4"), ("truncated_webm", "vp9", ".webm")):
         whole = write_index_video(os.path.join(folder, f"whole_{codec}{ext}"), 40, codec=codec)

@@ -129,6 +129,10 @@ def run_guarded(cfg: C.TrainConfig, fn, prog: str) -> int:
         say(f"{who}: error: {e}")
         return 1
     except KeyboardInterrupt:
+        if "LOCAL_RANK" in os.environ:  # a worker about to exit: one line, once (torchrun's
+            # agent passes the terminal's Ctrl-C on again; a second one here ends in a traceback)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
         say(
             f"{who}: interrupted; {cfg.run.output_dir} keeps the last epoch's checkpoint: "
             "continue with --resume auto"

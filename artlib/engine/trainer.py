@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -533,6 +534,10 @@ def claim_output_dir(cfg: TrainConfig, info: DistInfo) -> RunFolderLock | None:
         dist.broadcast_object_list(box, src=0)
         error = box[0]
     if error:
+        if info.distributed and "LOCAL_RANK" in os.environ:
+            # every rank stops on it; once one has exited, torchrun's agent sends the others
+            # SIGTERM (an interrupt, to run_guarded): they finish saying the refusal instead
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise RunFolderError(error)
     return lock
 
