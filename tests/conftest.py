@@ -2,9 +2,20 @@
 CPU tensors here (about 20 ms a program instance: keep grids small)."""
 
 import os
+import shutil
+import tempfile
 
-import pytest
-import torch
+# torch.compile's cache (compiled kernels, precompiled headers) is this run's own, not the shared
+# /tmp/torchinductor_$USER: another run's entries made a test fail to compile (a precompiled header
+# of another CPU capability). Set TORCHINDUCTOR_CACHE_DIR to keep one across runs on purpose.
+_INDUCTOR_CACHE = None
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _INDUCTOR_CACHE = os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(
+        prefix="artlib-inductor-"
+    )
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():  # on a GPU machine the kernels run compiled (pytest -m gpu)
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -47,3 +58,8 @@ def use_backend():
         yield lambda name, op=None, interpret=None: stack.enter_context(
             _use(name, op, interpret=interpret)
         )
+
+
+def pytest_unconfigure(config):
+    if _INDUCTOR_CACHE is not None:
+        shutil.rmtree(_INDUCTOR_CACHE, ignore_errors=True)
