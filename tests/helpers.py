@@ -20,6 +20,9 @@ below any real bug (a wrong index or a missing term is off by whole units).
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
@@ -136,3 +139,38 @@ def mha_with_biases(d: int, heads: int, dtype=torch.float32, bias: bool = True, 
 def mha_params(m) -> list:
     """The four parameters of an nn.MultiheadAttention in region_attention's argument order."""
     return [m.in_proj_weight, m.in_proj_bias, m.out_proj.weight, m.out_proj.bias]
+
+
+# ------------------------------------------------------------------------ processes (Linux /proc)
+def process_gone(pid: int) -> bool:
+    """The process no longer runs (absent, or a zombie waiting for its new parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            state = next(ln for ln in fh if ln.startswith("State:"))
+        return "Z" in state.split()[1]
+    except (FileNotFoundError, ProcessLookupError, StopIteration):
+        return True
+
+
+def wait_gone(pid: int, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``process_gone(pid)`` -> whether it is gone."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process_gone(pid):
+            return True
+        time.sleep(0.05)
+    return process_gone(pid)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (/proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found

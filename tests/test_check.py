@@ -6,14 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import random
-import struct
 
 import pytest
 
 av = pytest.importorskip("av")
 
-from artlib.data._write import frame_index_image, write_index_video  # noqa: E402
+from artlib.data._write import frame_index_image, write_garbage_video, write_index_video  # noqa: E402
 from artlib.data.check import check_items, check_video  # noqa: E402
 from artlib.data.check import main as check_main  # noqa: E402
 from artlib.data.prepare import main as prepare_main  # noqa: E402
@@ -40,10 +38,7 @@ def videos(tmp_path_factory):
     write_index_video(d / "good.mp4", 24, size=(48, 64))
     write_index_video(d / "short.mp4", 9, size=(48, 64))
     (d / "empty.mp4").write_bytes(b"")
-    # an mp4 signature then garbage: fixed bytes, so FFmpeg's probe always picks the mp4 demuxer
-    # (0.5 % of os.urandom(3000) files probe as another format, e.g. an lrc subtitle: "no_video")
-    ftyp = struct.pack(">I4s4sI", 24, b"ftyp", b"isom", 512) + b"isomavc1"
-    (d / "corrupt.mp4").write_bytes(ftyp + random.Random(0).randbytes(3000))
+    write_garbage_video(d / "corrupt.mp4", 3000)  # never os.urandom: some probe as a subtitle
     write_faststart(d / "full.mp4", 60)
     with av.open(str(d / "full.mp4")) as c:  # cut at packet 30: the header still says 60 frames
         cut = [p.pos for p in c.demux(video=0) if p.size][30]

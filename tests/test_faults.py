@@ -28,6 +28,7 @@ from artlib.engine.rundir import (
     set_parent_death_signal,
     truncate_metrics,
 )
+from tests.helpers import child_pids, process_gone, wait_gone
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
@@ -52,25 +53,6 @@ def _ready(proc: subprocess.Popen, timeout: float = 60) -> str:
         proc.wait(max(1.0, deadline - time.monotonic()))
         raise AssertionError(f"child exited {proc.returncode} before ready: {proc.stderr.read()}")
     return line.strip()
-
-
-def _gone(pid: int) -> bool:
-    """The process no longer runs (absent, or a zombie waiting for its new parent to reap it)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            state = next(ln for ln in fh if ln.startswith("State:"))
-        return "Z" in state.split()[1]
-    except (FileNotFoundError, ProcessLookupError, StopIteration):
-        return True
-
-
-def _wait_gone(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if _gone(pid):
-            return True
-        time.sleep(0.05)
-    return _gone(pid)
 
 
 HOLD_LOCK = """
@@ -166,14 +148,14 @@ def test_a_killed_agent_leaves_no_orphan_worker(pdeathsig):
         agent.send_signal(signal.SIGKILL)
         agent.wait(30)
         if pdeathsig:
-            assert _wait_gone(worker, 10), f"worker {worker} outlived its agent by 10 s"
+            assert wait_gone(worker, 10), f"worker {worker} outlived its agent by 10 s"
         else:  # the control: without the signal the orphan goes on (the fault this prevents)
             time.sleep(1.0)
-            assert not _gone(worker)
+            assert not process_gone(worker)
     finally:
-        if not _gone(worker):
+        if not process_gone(worker):
             os.kill(worker, signal.SIGKILL)
-        _wait_gone(worker, 10)
+        wait_gone(worker, 10)
 
 
 def test_parent_death_signal_is_a_noop_off_linux(monkeypatch):
@@ -520,20 +502,6 @@ def test_resume_auto_after_a_kill_mid_write_falls_back_applies_lr_and_refuses_di
     assert "--dim: the checkpoint was trained with 32, this run asks for 64" in line, line
 
 
-def _children(pid: int) -> list[int]:
-    """The pids whose parent is ``pid`` (/proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
 def test_sigkill_of_the_torchrun_agent_leaves_no_orphan_worker(tmp_path, bank):
@@ -557,7 +525,7 @@ def test_sigkill_of_the_torchrun_agent_leaves_no_orphan_worker(tmp_path, bank):
             if lock.is_file() and lock.read_text().strip():
                 break
             time.sleep(0.1)
-        workers[:] = _children(agent.pid)
+        workers[:] = child_pids(agent.pid)
         assert agent.poll() is None and len(workers) == 2, (
             f"workers {workers}, agent exit {agent.poll()}, lock file "
             f"{lock.read_text() if lock.is_file() else 'absent'!r}\n{log.read_text()[-4000:]}"
@@ -565,7 +533,7 @@ def test_sigkill_of_the_torchrun_agent_leaves_no_orphan_worker(tmp_path, bank):
         agent.send_signal(signal.SIGKILL)
         agent.wait(30)
         # the kernel sends SIGKILL at once; the bound only leaves room for a loaded machine
-        left = [pid for pid in workers if not _wait_gone(pid, 30)]
+        left = [pid for pid in workers if not wait_gone(pid, 30)]
         assert not left, (
             f"workers {left} still run 30 s after their agent was killed\n{log.read_text()[-4000:]}"
         )
@@ -574,7 +542,7 @@ def test_sigkill_of_the_torchrun_agent_leaves_no_orphan_worker(tmp_path, bank):
             agent.kill()
         agent.wait(30)
         for pid in workers:  # orphans of a failed check: not left running
-            if not _gone(pid):
+            if not process_gone(pid):
                 os.kill(pid, signal.SIGKILL)
     # no one holds the folder any more (a dying process's leader shows as a zombie while its
     # other threads still exit; the lock goes with the last of them: a moment's wait, longer

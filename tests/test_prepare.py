@@ -30,6 +30,7 @@ from artlib.data.prepare import (  # noqa: E402
     main,
     run_jobs,
 )
+from tests.helpers import child_pids, wait_gone  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (120, 160)  # H, W
@@ -286,7 +287,7 @@ def test_killed_run_resumes_to_the_complete_correct_set(raw, tmp_path, capsys):
     while len(list(out.glob("*.mp4"))) < 3 and proc.poll() is None and time.monotonic() < t0 + 300:
         time.sleep(0.02)
     waited = time.monotonic() - t0
-    workers = _children(proc.pid)
+    workers = child_pids(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
@@ -299,11 +300,7 @@ def test_killed_run_resumes_to_the_complete_correct_set(raw, tmp_path, capsys):
     # the workers died with the parent (PR_SET_PDEATHSIG): no orphan finishes a clip afterwards.
     # Wait for them to be gone (a fixed sleep could end before an orphan's clip was done)
     assert workers or not Path("/proc/self/stat").exists(), "no worker process found"
-    deadline = time.monotonic() + 60
-    while (alive := [w for w, t in workers.items() if _running(w, t)]) and (
-        time.monotonic() < deadline
-    ):
-        time.sleep(0.01)
+    alive = [w for w in workers if not wait_gone(w, 60)]
     assert not alive, f"workers {alive} outlived the killed prepare run"
     assert {p.name for p in out.glob("*.mp4")} == set(done_before)
 
@@ -318,30 +315,6 @@ def test_killed_run_resumes_to_the_complete_correct_set(raw, tmp_path, capsys):
         assert clip_indices(out / f"{name}.mp4") == frames, name
     for name, mtime in done_before.items():  # finished clips were kept, not redone
         assert (out / name).stat().st_mtime_ns == mtime
-
-
-def _stat(pid) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command's name (state, ppid, ...), or None."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _children(ppid: int) -> dict[int, str]:
-    """{pid: start time} of the running processes whose parent is ``ppid`` (Linux)."""
-    found = {}
-    for d in Path("/proc").glob("[0-9]*"):
-        f = _stat(d.name)
-        if f and f[1] == str(ppid) and f[0] != "Z":
-            found[int(d.name)] = f[19]
-    return found
-
-
-def _running(pid: int, start: str) -> bool:
-    """Whether the process ``pid`` started at ``start`` still runs (not gone, not a zombie)."""
-    f = _stat(pid)
-    return f is not None and f[19] == start and f[0] != "Z"
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ __all__ = [
     "frame_index_image",
     "read_frame_index",
     "write_broken_videos",
+    "write_garbage_video",
     "write_index_video",
     "write_video",
 ]
@@ -170,9 +171,21 @@ def write_index_video(
     )
 
 
+def write_garbage_video(path: str | os.PathLike, size: int = 4000, seed: int = 0) -> str:
+    """An mp4 signature (an ``ftyp`` box), then ``size`` seeded random bytes: a file that no reader
+    opens -> its path. The signature makes FFmpeg's probe choose its mp4 reader on any version;
+    bare random bytes may probe as another format (2 of 400 ``os.urandom(3000)`` files opened as
+    an lrc subtitle file: "no video stream" instead of corrupt)."""
+    path = os.fspath(path)
+    with open(path, "wb") as fh:
+        fh.write(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomavc1")
+        fh.write(np.random.default_rng(seed).bytes(size))
+    return path
+
+
 def write_broken_videos(folder: str | os.PathLike) -> dict[str, str]:
     """Write one file of each broken kind into ``folder`` -> {kind: path}: "missing" (not written),
-    "empty" (0 bytes), "garbage" (an mp4 signature, then random bytes), "truncated" (an H.264 .mp4 cut in half:
+    "empty" (0 bytes), "garbage" (``write_garbage_video``), "truncated" (an H.264 .mp4 cut in half:
     its index at the end is gone), "truncated_webm" (a VP9 .webm cut in half: fewer frames than its
     header's duration), "audio_only" (an AAC .m4a). For tests of the skip-and-count rules."""
     import av
@@ -182,11 +195,7 @@ def write_broken_videos(folder: str | os.PathLike) -> dict[str, str]:
     files = {"missing": os.path.join(folder, "missing.mp4")}
     files["empty"] = os.path.join(folder, "empty.mp4")
     open(files["empty"], "wb").close()
-    files["garbage"] = os.path.join(folder, "garbage.mp4")
-    with open(files["garbage"], "wb") as fh:  # an mp4 signature, then garbage: FFmpeg's probe
-        # picks the mp4 reader on any version (bare random bytes may probe as, e.g., a subtitle)
-        fh.write(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomavc1")
-        fh.write(np.random.default_rng(0).bytes(4000))
+    files["garbage"] = write_garbage_video(os.path.join(folder, "garbage.mp4"))
     for kind, codec, ext in (("truncated", "h264", ".mp4"), ("truncated_webm", "vp9", ".webm")):
         whole = write_index_video(os.path.join(folder, f"whole_{codec}{ext}"), 40, codec=codec)
         with open(whole, "rb") as fh:

@@ -115,7 +115,7 @@ def run_guarded(cfg: C.TrainConfig, fn, prog: str) -> int:
     import signal
 
     from artlib.engine.checkpoint import CheckpointError, CheckpointWriteError
-    from artlib.engine.rundir import RunFolderError
+    from artlib.engine.rundir import RunFolderError, ignore_agent_signals
 
     who = f"{prog} [rank {os.environ.get('RANK', '0')}]" if "LOCAL_RANK" in os.environ else prog
     if "LOCAL_RANK" in os.environ:  # torchrun passes Ctrl-C on to its workers as SIGTERM
@@ -129,10 +129,7 @@ def run_guarded(cfg: C.TrainConfig, fn, prog: str) -> int:
         say(f"{who}: error: {e}")
         return 1
     except KeyboardInterrupt:
-        if "LOCAL_RANK" in os.environ:  # a worker about to exit: one line, once (torchrun's
-            # agent passes the terminal's Ctrl-C on again; a second one here ends in a traceback)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_IGN)
+        ignore_agent_signals()  # under torchrun: one line, once
         say(
             f"{who}: interrupted; {cfg.run.output_dir} keeps the last epoch's checkpoint: "
             "continue with --resume auto"

@@ -12,6 +12,8 @@ tests/test_faults.py):
   run's outputs are removed first (files artlib did not write are left alone).
 - :func:`set_parent_death_signal`: a worker asks the kernel to kill it when its parent (the
   ``torchrun`` agent) dies, so no orphan keeps training into the folder (Linux; a no-op elsewhere).
+- :func:`ignore_agent_signals`: a worker under torchrun that is already stopping (a refusal, an
+  interrupt) says its one line instead of a second interrupt's traceback.
 - :func:`resume_diff`: the saved configuration against the new one; an option that defines the
   model or the data refuses with one line naming the option and both values, the others are
   returned so the run applies and records them.
@@ -51,6 +53,7 @@ __all__ = [
     "RunFolderError",
     "RunFolderLock",
     "check_fresh",
+    "ignore_agent_signals",
     "newest_intact_checkpoint",
     "remove_stale_parts",
     "resume_diff",
@@ -242,6 +245,17 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
     if ok and os.getppid() != parent:  # the parent died before the request took effect
         os.kill(os.getpid(), sig)
     return ok
+
+
+def ignore_agent_signals() -> None:
+    """A worker under torchrun that is already stopping ignores SIGINT and SIGTERM from now on:
+    the agent passes the terminal's Ctrl-C on again, and stops the other ranks with SIGTERM once
+    one has exited; either, arriving while the worker says why it stops (or exits), would replace
+    that one line by a traceback or by "interrupted". Outside torchrun (no ``LOCAL_RANK``):
+    nothing, so that a process that goes on keeps its Ctrl-C."""
+    if "LOCAL_RANK" in os.environ:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 # ------------------------------------------------------------------------------------ resume

@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import random
-import signal
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -49,6 +48,7 @@ from artlib.engine.rundir import (
     RunFolderError,
     RunFolderLock,
     check_fresh,
+    ignore_agent_signals,
     remove_stale_parts,
     set_parent_death_signal,
 )
@@ -534,10 +534,8 @@ def claim_output_dir(cfg: TrainConfig, info: DistInfo) -> RunFolderLock | None:
         dist.broadcast_object_list(box, src=0)
         error = box[0]
     if error:
-        if info.distributed and "LOCAL_RANK" in os.environ:
-            # every rank stops on it; once one has exited, torchrun's agent sends the others
-            # SIGTERM (an interrupt, to run_guarded): they finish saying the refusal instead
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if info.distributed:  # every rank stops on it: each says it, whoever exits first
+            ignore_agent_signals()
         raise RunFolderError(error)
     return lock
 
